@@ -1,0 +1,32 @@
+# Two set-up commands: `make demo` and `make test`. Both create or reuse the virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.t2t-installed
+DEMO_DATA ?= data/demo
+DEMO_RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo clean-venv
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	test -d $(DEMO_DATA)/train || $(PY) scripts/make_demo_data.py --out $(DEMO_DATA)
+	$(PY) train.py -c configs/demo.yaml --data-dir $(DEMO_DATA) --output $(DEMO_RUN)
+	$(PY) validate.py -c $(DEMO_RUN)/config.yaml --checkpoint $(DEMO_RUN)/best.pth --data-dir $(DEMO_DATA)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,18 @@
+"""The T2T-ViT family, registered with timm on import."""
+from .layers import TokenPerformer, TokenTransformer, sinusoid_table
+from .t2t_vit import MODEL_ARCHS, T2TModule, T2TViT
+from .weights import (
+    CheckpointError,
+    checkpoint_filter_fn,
+    extract_state_dict,
+    load_pretrained_weights,
+    read_checkpoint,
+    resize_pos_embed,
+)
+from .complexity import count_macs, count_params
+
+__all__ = [
+    "MODEL_ARCHS", "T2TModule", "T2TViT", "TokenPerformer", "TokenTransformer", "sinusoid_table",
+    "CheckpointError", "checkpoint_filter_fn", "extract_state_dict", "load_pretrained_weights",
+    "read_checkpoint", "resize_pos_embed", "count_macs", "count_params",
+]

@@ -1,0 +1,312 @@
+"""T2T-ViT: Tokens-to-Token vision transformers (Yuan et al., ICCV 2021), registered with timm."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models.vision_transformer import Block
+
+from .layers import TokenPerformer, TokenTransformer, sinusoid_table
+
+TokensType = Literal["performer", "transformer"]
+
+
+def _soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """Overlapping patches of a (B, C, H, W) map as tokens (B, L, C*k*k), channel-major like nn.Unfold."""
+    return F.unfold(x, kernel_size=kernel, stride=stride, padding=padding).transpose(1, 2)
+
+
+def _tokens_to_map(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) tokens back to a (B, C, H, W) map."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+
+
+class T2TModule(nn.Module):
+    """Tokens-to-Token: soft split 7x7/4, token layer, 3x3/2 re-split twice, project to embed_dim."""
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            tokens_type: TokensType = "performer",
+            in_chans: int = 3,
+            embed_dim: int = 768,
+            token_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        if tokens_type == "performer":
+            layer = TokenPerformer
+        elif tokens_type == "transformer":
+            layer = TokenTransformer
+        else:
+            raise ValueError(f"tokens_type={tokens_type!r}: expected 'performer' or 'transformer'")
+        self.attention1 = layer(in_chans * 7 * 7, token_dim)
+        self.attention2 = layer(token_dim * 3 * 3, token_dim)
+        self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
+        self.grid_size = img_size // 16
+        self.num_patches = self.grid_size ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        x = self.attention1(_soft_split(x, 7, 4, 2))  # (B, H/4 * W/4, token_dim)
+        x = _tokens_to_map(x, H // 4, W // 4)
+        x = self.attention2(_soft_split(x, 3, 2, 1))  # (B, H/8 * W/8, token_dim)
+        x = _tokens_to_map(x, H // 8, W // 8)
+        return self.project(_soft_split(x, 3, 2, 1))  # (B, H/16 * W/16, embed_dim)
+
+
+class T2TViT(nn.Module):
+    """T2T-ViT classifier with the official parameter names, so released weights load strictly."""
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            tokens_type: TokensType = "performer",
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            embed_dim: int = 768,
+            depth: int = 12,
+            num_heads: int = 12,
+            mlp_ratio: float = 4.0,
+            qkv_bias: bool = False,
+            drop_rate: float = 0.0,
+            attn_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            token_dim: int = 64,
+            global_pool: str = "token",
+    ) -> None:
+        super().__init__()
+        if isinstance(img_size, (tuple, list)):
+            if len(set(img_size)) != 1:
+                raise ValueError(f"img_size={img_size}: T2T-ViT expects a square input")
+            img_size = img_size[0]
+        if img_size <= 0 or img_size % 16:
+            raise ValueError(f"img_size={img_size}: expected a positive multiple of 16")
+        if global_pool not in ("token", ""):
+            raise ValueError(f"global_pool={global_pool!r}: expected 'token' or ''")
+        self.img_size = img_size
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
+
+        self.tokens_to_token = T2TModule(img_size, tokens_type, in_chans, embed_dim, token_dim)
+        num_patches = self.tokens_to_token.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # Fixed sinusoid table: a parameter only so that it lives in the state dict as in the release.
+        self.pos_embed = nn.Parameter(sinusoid_table(num_patches + 1, embed_dim), requires_grad=False)
+        self.pos_drop = nn.Dropout(drop_rate)
+        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(*[
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=drop_path[i],
+                norm_layer=nn.LayerNorm,
+            )
+            for i in range(depth)
+        ])
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^cls_token|pos_embed|tokens_to_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) to normalised tokens (B, 1 + N, D), class token first."""
+        x = self.tokens_to_token(x)  # (B, N, D)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head",
+        "license": "bsd-3-clause-clear",
+        "paper_ids": "arXiv:2101.11986",
+        **kwargs,
+    }
+
+
+# Released ImageNet-1k weights (RELEASE_FILES). Nothing is downloaded: pass a file with
+# pretrained_cfg_overlay=dict(file=PATH) or load it with t2t.load_pretrained_weights.
+default_cfgs = generate_default_cfgs({
+    "t2t_vit_7.in1k": _cfg(),
+    "t2t_vit_10.in1k": _cfg(),
+    "t2t_vit_12.in1k": _cfg(),
+    "t2t_vit_14.in1k": _cfg(),
+    "t2t_vit_14.in1k_384": _cfg(input_size=(3, 384, 384)),
+    "t2t_vit_19.in1k": _cfg(),
+    "t2t_vit_24.in1k": _cfg(),
+    "t2t_vit_t_14.in1k": _cfg(),
+    "t2t_vit_t_19.in1k": _cfg(),
+    "t2t_vit_t_24.in1k": _cfg(),
+    "t2t_vit_14_resnext": _cfg(),
+    "t2t_vit_14_wide": _cfg(),
+})
+
+RELEASE_FILES: dict[str, str] = {
+    "t2t_vit_7.in1k": "71.7_T2T_ViT_7.pth.tar",
+    "t2t_vit_10.in1k": "75.2_T2T_ViT_10.pth.tar",
+    "t2t_vit_12.in1k": "76.5_T2T_ViT_12.pth.tar",
+    "t2t_vit_14.in1k": "81.5_T2T_ViT_14.pth.tar",
+    "t2t_vit_14.in1k_384": "83.3_T2T_ViT_14.pth.tar",
+    "t2t_vit_19.in1k": "81.9_T2T_ViT_19.pth.tar",
+    "t2t_vit_24.in1k": "82.3_T2T_ViT_24.pth.tar",
+    "t2t_vit_t_14.in1k": "81.7_T2T_ViTt_14.pth.tar",
+    "t2t_vit_t_19.in1k": "82.4_T2T_ViTt_19.pth.tar",
+    "t2t_vit_t_24.in1k": "82.6_T2T_ViTt_24.pth.tar",
+}
+
+# name -> (tokens_type, embed_dim, depth, num_heads, mlp_ratio), as in the paper's model table.
+MODEL_ARCHS: dict[str, tuple[TokensType, int, int, int, float]] = {
+    "t2t_vit_7": ("performer", 256, 7, 4, 2.0),
+    "t2t_vit_10": ("performer", 256, 10, 4, 2.0),
+    "t2t_vit_12": ("performer", 256, 12, 4, 2.0),
+    "t2t_vit_14": ("performer", 384, 14, 6, 3.0),
+    "t2t_vit_19": ("performer", 448, 19, 7, 3.0),
+    "t2t_vit_24": ("performer", 512, 24, 8, 3.0),
+    "t2t_vit_t_14": ("transformer", 384, 14, 6, 3.0),
+    "t2t_vit_t_19": ("transformer", 448, 19, 7, 3.0),
+    "t2t_vit_t_24": ("transformer", 512, 24, 8, 3.0),
+    "t2t_vit_14_resnext": ("performer", 384, 14, 32, 3.0),
+    "t2t_vit_14_wide": ("performer", 768, 4, 12, 3.0),
+}
+
+
+def _create_t2t_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    from .weights import checkpoint_filter_fn
+
+    tokens_type, embed_dim, depth, num_heads, mlp_ratio = MODEL_ARCHS[variant]
+    arch = dict(tokens_type=tokens_type, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+    return build_model_with_cfg(
+        T2TViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**arch, **kwargs}
+    )
+
+
+@register_model
+def t2t_vit_7(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_7: performer tokens, width 256, depth 7; ImageNet top-1 71.7%."""
+    return _create_t2t_vit("t2t_vit_7", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_10(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_10: performer tokens, width 256, depth 10; ImageNet top-1 75.2%."""
+    return _create_t2t_vit("t2t_vit_10", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_12(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_12: performer tokens, width 256, depth 12; ImageNet top-1 76.5%."""
+    return _create_t2t_vit("t2t_vit_12", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_14(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_14: performer tokens, width 384, depth 14; ImageNet top-1 81.5 (83.3 at 384)%."""
+    return _create_t2t_vit("t2t_vit_14", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_19(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_19: performer tokens, width 448, depth 19; ImageNet top-1 81.9%."""
+    return _create_t2t_vit("t2t_vit_19", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_24(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_24: performer tokens, width 512, depth 24; ImageNet top-1 82.3%."""
+    return _create_t2t_vit("t2t_vit_24", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_t_14(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_t_14: transformer tokens, width 384, depth 14; ImageNet top-1 81.7%."""
+    return _create_t2t_vit("t2t_vit_t_14", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_t_19(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_t_19: transformer tokens, width 448, depth 19; ImageNet top-1 82.4%."""
+    return _create_t2t_vit("t2t_vit_t_19", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_t_24(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_t_24: transformer tokens, width 512, depth 24; ImageNet top-1 82.6%."""
+    return _create_t2t_vit("t2t_vit_t_24", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_14_resnext(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_14_resnext: 32 narrow heads, width 384, depth 14; no released weights."""
+    return _create_t2t_vit("t2t_vit_14_resnext", pretrained, **kwargs)
+
+
+@register_model
+def t2t_vit_14_wide(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    """t2t_vit_14_wide: wide and shallow, width 768, depth 4; no released weights."""
+    return _create_t2t_vit("t2t_vit_14_wide", pretrained, **kwargs)
