@@ -1,0 +1,332 @@
+"""Typed run configuration: dataclass defaults < YAML file < command-line `section.key=value`.
+
+Unknown keys are errors that suggest the nearest valid key; values are checked for type and range
+with messages that name the key, the value and where it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "t2t_vit_14"
+    img_size: int = 224
+    num_classes: Optional[int] = None  # None: the number of class folders in the training set
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    init_from: Optional[str] = None  # weights only (ours or an official release file), for fine-tuning
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    workers: int = 8
+    train_split: str = "train"
+    val_split: str = "val"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    interpolation: str = "random"
+    reprob: float = 0.25
+    remode: Literal["pixel", "rand", "const"] = "pixel"
+    recount: int = 1
+    repeated_aug: bool = False
+    repeats: int = 3
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    skip_bad_images: bool = False
+    fast_decode: bool = True
+
+
+@dataclass
+class MixupConfig:
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: Literal["batch", "pair", "elem"] = "batch"
+    label_smoothing: float = 0.1
+    off_epoch: int = 0  # epoch from which mixup/cutmix stop (0: never)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 5e-4
+    lr_base_batch_size: int = 512  # the global batch `lr` is meant for; other batches scale it linearly
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad: Optional[float] = None  # max global grad norm; None: no clipping
+
+
+@dataclass
+class SchedConfig:
+    warmup_epochs: int = 10
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 10  # at min_lr after the cosine: the run lasts epochs + cooldown_epochs
+    per_step: bool = True  # False: the official per-epoch lr steps
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    batch_size: int = 64  # per process
+    grad_accum_steps: int = 1
+    seed: int = 42
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+    compile: bool = False
+    device: str = "auto"
+    log_interval: int = 50
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs, tests)
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    decay: float = 0.99996
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 1  # epochs between evaluations; 0: only after the last epoch
+    crop_pct: float = 0.9
+    interpolation: str = "bicubic"
+    batch_size: int = 100
+    metric: Literal["top1", "ema_top1", "top5", "ema_top5"] = "ema_top1"
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # mid-epoch checkpoints every N optimizer steps (0: off)
+    every_minutes: float = 0.0  # and/or every N minutes (0: off)
+    keep_epochs: int = 0  # also keep the last K end-of-epoch checkpoints (0: only last.pth / best.pth)
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, numbers, strings), safe for YAML and torch.load(weights_only=True)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# Range checks: key -> (predicate, what is expected).
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "model.img_size": (lambda v: v > 0 and v % 16 == 0, "a positive multiple of 16"),
+    "model.num_classes": (lambda v: v is None or v > 0, "a positive integer or null"),
+    "model.drop_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "data.workers": (lambda v: v >= 0, ">= 0"),
+    "data.hflip": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.reprob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.repeats": (lambda v: v >= 1, ">= 1"),
+    "data.scale": (lambda v: 0 < v[0] <= v[1] <= 1, "0 < min <= max <= 1"),
+    "data.ratio": (lambda v: 0 < v[0] <= v[1], "0 < min <= max"),
+    "mixup.mixup_alpha": (lambda v: v >= 0, ">= 0"),
+    "mixup.cutmix_alpha": (lambda v: v >= 0, ">= 0"),
+    "mixup.prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "mixup.switch_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "mixup.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup.off_epoch": (lambda v: v >= 0, ">= 0"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.lr_base_batch_size": (lambda v: v > 0, "> 0"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.eps": (lambda v: v > 0, "> 0"),
+    "optim.clip_grad": (lambda v: v is None or v > 0, "> 0 or null"),
+    "optim.name": (lambda v: v in ("adamw", "sgd"), "'adamw' or 'sgd'"),
+    "sched.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "sched.warmup_lr": (lambda v: v >= 0, ">= 0"),
+    "sched.min_lr": (lambda v: v >= 0, ">= 0"),
+    "sched.cooldown_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.grad_accum_steps": (lambda v: v >= 1, ">= 1"),
+    "train.log_interval": (lambda v: v >= 1, ">= 1"),
+    "train.max_steps": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "train.device": (lambda v: v == "auto" or v.split(":")[0] in ("cpu", "cuda", "mps", "xpu"), "auto, cpu, cuda[:N]"),
+    "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eval.interval": (lambda v: v >= 0, ">= 0"),
+    "eval.crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "checkpoint.every_steps": (lambda v: v >= 0, ">= 0"),
+    "checkpoint.every_minutes": (lambda v: v >= 0, ">= 0"),
+    "checkpoint.keep_epochs": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where no information is lost."""
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{key}={value!r} (from {origin}): expected {expected}")
+
+    args = typing.get_args(tp)
+    kind = typing.get_origin(tp)
+    if kind is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, origin)
+    if kind is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            fail(f"a list of {len(args)} numbers")
+        return tuple(_coerce(v, a, key, origin) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    raise TypeError(f"unsupported config annotation {tp} for {key}")
+
+
+def _unknown_key(key: str, valid: Sequence[str], origin: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown config key {key!r} (from {origin}){hint}")
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s, cls in _section_types().items() for k in _field_types(cls)]
+
+
+def _section_types() -> dict[str, type]:
+    return {name: tp for name, tp in _field_types(Config).items()}
+
+
+def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> None:
+    """Set nested {section: {key: value}} onto cfg, checking names and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(values).__name__}")
+    sections = _section_types()
+    for section, entries in values.items():
+        if section not in sections:
+            raise _unknown_key(str(section), list(sections), origin)
+        if not isinstance(entries, dict):
+            raise ConfigError(f"section {section!r} (from {origin}): expected a mapping of keys")
+        types = _field_types(sections[section])
+        target = getattr(cfg, section)
+        for key, value in entries.items():
+            if key not in types:
+                raise _unknown_key(f"{section}.{key}", _all_keys(), origin)
+            setattr(target, key, _coerce(value, types[key], f"{section}.{key}", origin))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'section.key=value' -> (section, key, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} (from the command line): expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    if dotted.count(".") != 1:
+        raise _unknown_key(dotted, _all_keys(), "the command line")
+    section, key = dotted.split(".")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r} (from the command line): the value is not valid YAML: {e}") from e
+    return section, key, value
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that need no context beyond the config itself."""
+    for dotted, (ok, expected) in _CHECKS.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if not ok(value):
+            raise ConfigError(f"{dotted}={value!r}: expected {expected}")
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base: Optional[Config] = None) -> Config:
+    """Defaults (or `base`), then the YAML file at `path` (if any), then `section.key=value` overrides."""
+    cfg = config_from_dict(base.to_dict(), origin="the stored config") if base is not None else Config()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        with open(path) as f:
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from e
+        apply_values(cfg, values, origin=path)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        apply_values(cfg, {section: {key: value}}, origin=f"command line {text!r}")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any], origin: str = "checkpoint") -> Config:
+    """Rebuild a Config from Config.to_dict() output (e.g. the copy stored in a checkpoint)."""
+    cfg = Config()
+    apply_values(cfg, values, origin)
+    validate(cfg)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
