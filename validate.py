@@ -1,4 +1,234 @@
-"""Placeholder until the validate command lands."""
-import sys
+#!/usr/bin/env python3
+"""Evaluate a T2T-ViT checkpoint on an ImageNet-style class-folder set: top-1, top-5, loss.
 
-sys.exit("validate.py is not available yet in this version of t2t.")
+    python validate.py --data-dir /data/imagenet -m t2t_vit_14 --checkpoint 81.5_T2T_ViT_14.pth.tar
+    python validate.py --data-dir /data/imagenet -c runs/x/config.yaml --checkpoint runs/x/best.pth
+    torchrun --nproc_per_node=2 validate.py ...    # each image is counted exactly once
+
+Settings come from, in increasing priority: built-in defaults (the paper's eval: crop 0.9, bicubic),
+the run's config (-c), the checkpoint itself (class count; image size from its position table when
+neither a flag nor a config gives one), and explicit flags. User errors exit with status 2 and one
+line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import timm
+import torch.nn as nn
+
+import t2t
+from t2t.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
+from t2t.data.dataset import DatasetError, ImageFolderDataset, resolve_eval_dir
+from t2t.data.loader import build_eval_loader
+from t2t.data.transforms import build_eval_transform
+from t2t.engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
+from t2t.engine.evaluate import evaluate
+from t2t.engine.train_loop import resolve_amp
+from t2t.models import CheckpointError, extract_state_dict, read_checkpoint
+
+_logger = logging.getLogger("validate")
+
+
+class ValidateError(Exception):
+    """A user-facing problem with the inputs: reported in one line, exit status 2."""
+
+
+@dataclass
+class Settings:
+    """Everything the evaluation depends on, after merging defaults, config and flags."""
+
+    model: str
+    img_size: int | None  # None: take it from the checkpoint's position table
+    crop_pct: float = 0.9
+    interpolation: str = "bicubic"
+    batch_size: int = 100
+    workers: int = min(8, os.cpu_count() or 1)
+    amp: str = "none"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    num_classes: int | None = None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", required=True, help="dataset root (its val/ is used) or the class-folder dir")
+    p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
+    p.add_argument("-c", "--config", help="a run's config.yaml: model, img_size, eval settings, amp")
+    p.add_argument("-m", "--model", help="registered model name, e.g. t2t_vit_14")
+    p.add_argument("--img-size", type=int, help="eval resolution (default: config, else the checkpoint's)")
+    p.add_argument("--crop-pct", type=float, help="centre-crop fraction (default 0.9)")
+    p.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest", "lanczos"])
+    p.add_argument("--batch-size", type=int, help="per-process batch size (default 100)")
+    p.add_argument("--workers", type=int, help="data-loading processes per rank")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"],
+                   help="autocast dtype (default none; auto: bf16 on CUDA, else none)")
+    p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
+    p.add_argument("--results-file", help="write the results as JSON here (rank 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    return p.parse_args(argv)
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """Defaults < the run's config (-c) < explicit flags."""
+    if args.config:
+        cfg = load_config(args.config)
+        settings = Settings(
+            model=cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
+            interpolation=cfg.eval.interpolation, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
+            amp=cfg.train.amp, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
+            num_classes=cfg.model.num_classes)
+    elif args.model:
+        settings = Settings(model=args.model, img_size=None)
+    else:
+        raise ValidateError("give the model with -m/--model NAME or a run's config with -c CONFIG")
+    flags = {"model": args.model, "img_size": args.img_size, "crop_pct": args.crop_pct,
+             "interpolation": args.interpolation, "batch_size": args.batch_size, "workers": args.workers,
+             "amp": args.amp}
+    for key, value in flags.items():
+        if value is not None:
+            setattr(settings, key, value)
+    if not timm.is_model(settings.model):
+        raise ValidateError(f"unknown model {settings.model!r}; T2T-ViT models: {', '.join(t2t.models.MODEL_ARCHS)}")
+    if settings.img_size is not None and (settings.img_size <= 0 or settings.img_size % 16):
+        raise ValidateError(f"--img-size {settings.img_size}: expected a positive multiple of 16")
+    if settings.batch_size < 1 or settings.workers < 0:
+        raise ValidateError(f"batch size {settings.batch_size} / workers {settings.workers}: expected >= 1 / >= 0")
+    return settings
+
+
+@dataclass
+class CheckpointInfo:
+    """What the weights in a checkpoint tell about the model they belong to."""
+
+    num_classes: int | None
+    img_size: int | None
+    arch: str | None  # the model name the checkpoint records, if any
+
+
+def inspect_checkpoint(path: str, use_ema: bool) -> CheckpointInfo:
+    """Class count (head rows), image size (position grid x 16) and recorded model name."""
+    checkpoint = read_checkpoint(path)
+    state_dict, _ = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")
+    head = state_dict.get("head.weight")
+    pos_embed = state_dict.get("pos_embed")
+    img_size = None
+    if pos_embed is not None and pos_embed.ndim == 3:
+        grid = math.isqrt(pos_embed.shape[1] - 1)
+        img_size = grid * 16 if grid * grid == pos_embed.shape[1] - 1 else None
+    arch = checkpoint.get("arch")
+    config = checkpoint.get("config")
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):
+        arch = config["model"].get("name", arch)
+    return CheckpointInfo(
+        num_classes=int(head.shape[0]) if head is not None and head.ndim == 2 else None,
+        img_size=img_size, arch=arch if isinstance(arch, str) else None)
+
+
+def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset:
+    transform = build_eval_transform(
+        settings.img_size, crop_pct=settings.crop_pct, interpolation=settings.interpolation,
+        mean=settings.mean, std=settings.std)
+    return ImageFolderDataset(resolve_eval_dir(data_dir), transform)
+
+
+def build_model(settings: Settings, checkpoint: str, info: CheckpointInfo, use_ema: bool) -> tuple[nn.Module, str]:
+    """Create the model with the checkpoint's class count and load its weights; return (model, entry used)."""
+    model = timm.create_model(settings.model, img_size=settings.img_size, num_classes=settings.num_classes)
+    try:
+        source = t2t.load_pretrained_weights(model, checkpoint, use_ema=use_ema)
+    except CheckpointError as e:
+        # The loader's message starts "checkpoint PATH (entry) does not fit this T2TViT: ..."; keep the details.
+        details = str(e).split(" does not fit this ", 1)[-1].split(": ", 1)[-1]
+        recorded = ""
+        if info.arch:
+            recorded = f" (it records the model {info.arch!r}"
+            recorded += f"; try -m {info.arch.lower()})" if timm.is_model(info.arch.lower()) else ")"
+        raise ValidateError(
+            f"checkpoint {checkpoint!r}{recorded} does not fit model {settings.model!r}: {details}") from e
+    return model, source
+
+
+def check_classes(settings: Settings, info: CheckpointInfo, dataset: ImageFolderDataset, checkpoint: str) -> None:
+    """The classifier must have one output per class folder; settle settings.num_classes."""
+    num_folders = len(dataset.classes)
+    if info.num_classes is not None:
+        settings.num_classes = info.num_classes
+    elif settings.num_classes is None:
+        settings.num_classes = num_folders
+    if settings.num_classes != num_folders:
+        source = f"checkpoint {checkpoint!r}" if info.num_classes is not None else "the config"
+        raise ValidateError(
+            f"{source} has {settings.num_classes} classes but {dataset.root!r} has {num_folders} class folders")
+
+
+def report(results: dict[str, Any], results_file: str | None) -> None:
+    _logger.info(
+        "%s @%d (%s weights): top1 %.3f%%  top5 %.3f%%  loss %.4f  on %d images  (%.1f images/s)",
+        results["model"], results["img_size"], results["weights"], results["top1"], results["top5"],
+        results["loss"], results["count"], results["images_per_sec"])
+    print(json.dumps(results), flush=True)
+    if results_file:
+        os.makedirs(os.path.dirname(os.path.abspath(results_file)), exist_ok=True)
+        with open(results_file, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+
+
+def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
+    settings = resolve_settings(args)
+    settings.amp = resolve_amp(settings.amp, dist.device)
+    use_ema = not args.no_ema
+    info = inspect_checkpoint(args.checkpoint, use_ema)
+    if settings.img_size is None:
+        settings.img_size = info.img_size or 224
+    dataset = build_dataset(args.data_dir, settings)
+    check_classes(settings, info, dataset, args.checkpoint)
+    model, source = build_model(settings, args.checkpoint, info, use_ema)
+    weights = "ema" if source in ("state_dict_ema", "model_ema") else "model"
+    _logger.info("Using the %s weights (entry %r) of %s; settings %s", weights, source, args.checkpoint,
+                 asdict(settings))
+    loader = build_eval_loader(
+        dataset, batch_size=settings.batch_size, workers=settings.workers, num_replicas=dist.world_size,
+        rank=dist.rank, pin_memory=dist.device.type == "cuda")
+    metrics = evaluate(model.to(dist.device), loader, device=dist.device, amp=settings.amp, dist=dist)
+    return {**metrics, "model": settings.model, "checkpoint": args.checkpoint, "weights": weights,
+            "weights_entry": source, "img_size": settings.img_size, "crop_pct": settings.crop_pct,
+            "interpolation": settings.interpolation, "amp": settings.amp, "data_dir": dataset.root,
+            "world_size": dist.world_size}
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of `error`; for errors re-raised from a data-loader worker, the original one."""
+    text = str(error).strip() or type(error).__name__
+    if "Original Traceback" in text:  # DataLoader workers wrap the message in the worker's traceback
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        dist = init_distributed(args.device)
+        setup_logging(dist.is_main)
+        results = run(args, dist)
+        if dist.is_main:
+            report(results, args.results_file)
+        return 0
+    except (ValidateError, CheckpointError, DatasetError, ConfigError, FileNotFoundError) as e:
+        print(f"validate.py: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

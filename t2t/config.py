@@ -36,8 +36,6 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     workers: int = 8
-    train_split: str = "train"
-    val_split: str = "val"
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5

@@ -53,17 +53,18 @@ class TokenPerformer(nn.Module):
             return self._linear_attention_fp32(kqv.float())
 
     def _linear_attention_fp32(self, kqv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, _ = kqv.shape
-        kqv = kqv.view(B, T, 3, self.out_dim)
-        kq, v = kqv[:, :, :2], kqv[:, :, 2]  # (B, T, 2, E), (B, T, E)
-        # phi(x) = exp(w.x - |x|^2 / 2) / sqrt(m); keys and queries in one product.
-        half_sq_norm = 0.5 * kq.pow(2).sum(-1, keepdim=True) + 0.5 * math.log(self.num_features)
-        features = torch.exp(torch.matmul(kq, self.w.float().t()) - half_sq_norm)  # (B, T, 2, m)
-        kp, qp = features[:, :, 0], features[:, :, 1]  # (B, T, m)
-        kptv = torch.matmul(kp.transpose(1, 2), v)  # (B, m, E)
-        denom = torch.matmul(qp, kp.sum(dim=1).unsqueeze(-1))  # (B, T, 1)
-        y = torch.matmul(qp, kptv) / (denom + self.epsilon)  # (B, T, E)
-        return y, v
+        k, q, v = kqv.split(self.out_dim, dim=-1)  # (B, T, E) views; split keeps the backward one cat
+        kp, qp = self._random_features(k), self._random_features(q)  # (B, T, m)
+        # Append sum_t kp as an extra column of kp^T v: one product gives numerator and denominator.
+        kptv = torch.cat((torch.bmm(kp.transpose(1, 2), v), kp.sum(dim=1).unsqueeze(-1)), dim=-1)  # (B, m, E+1)
+        y = torch.bmm(qp, kptv)  # (B, T, E+1)
+        return y[..., :-1] / (y[..., -1:] + self.epsilon), v
+
+    def _random_features(self, x: torch.Tensor) -> torch.Tensor:
+        """phi(x) = exp(w.x - |x|^2 / 2) / sqrt(m) for x of shape (B, T, E), as (B, T, m)."""
+        flat = x.reshape(-1, x.shape[-1])  # a view: rows of the kqv output, no copy
+        shift = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() * -0.5 - 0.5 * math.log(self.num_features)
+        return torch.addmm(shift, flat, self.w.float().t()).exp_().view(*x.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, v = self._linear_attention(self.kqv(self.norm1(x)))

@@ -17,14 +17,22 @@ from .layers import TokenPerformer, TokenTransformer, sinusoid_table
 TokensType = Literal["performer", "transformer"]
 
 
-def _soft_split(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """Overlapping patches of a (B, C, H, W) map as tokens (B, L, C*k*k), channel-major like nn.Unfold."""
-    return F.unfold(x, kernel_size=kernel, stride=stride, padding=padding).transpose(1, 2)
+def _image_patches(x: torch.Tensor) -> torch.Tensor:
+    """Soft split 7x7 stride 4 pad 2 of an image (B, C, H, W) into tokens (B, H/4 * W/4, C*7*7).
+
+    Same values and (c, kh, kw) feature order as nn.Unfold, gathered in one copy.
+    """
+    patches = F.pad(x, (2, 2, 2, 2)).unfold(2, 7, 4).unfold(3, 7, 4)  # (B, C, H/4, W/4, 7, 7)
+    return patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
 
 
-def _tokens_to_map(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, H*W, C) tokens back to a (B, C, H, W) map."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+def _token_patches(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Soft split 3x3 stride 2 pad 1 of tokens (B, H*W, C) on an HxW grid into (B, H/2 * W/2, C*3*3).
+
+    The tokens are read in place as a channels-last map; features come out in nn.Unfold's (c, kh, kw) order.
+    """
+    grid = F.pad(x.view(x.shape[0], height, width, x.shape[2]), (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
+    return grid.unfold(1, 3, 2).unfold(2, 3, 2).flatten(3).flatten(1, 2)  # (B, H/2, W/2, C, 3, 3) -> tokens
 
 
 class T2TModule(nn.Module):
@@ -53,11 +61,9 @@ class T2TModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
-        x = self.attention1(_soft_split(x, 7, 4, 2))  # (B, H/4 * W/4, token_dim)
-        x = _tokens_to_map(x, H // 4, W // 4)
-        x = self.attention2(_soft_split(x, 3, 2, 1))  # (B, H/8 * W/8, token_dim)
-        x = _tokens_to_map(x, H // 8, W // 8)
-        return self.project(_soft_split(x, 3, 2, 1))  # (B, H/16 * W/16, embed_dim)
+        x = self.attention1(_image_patches(x))  # (B, H/4 * W/4, token_dim)
+        x = self.attention2(_token_patches(x, H // 4, W // 4))  # (B, H/8 * W/8, token_dim)
+        return self.project(_token_patches(x, H // 8, W // 8))  # (B, H/16 * W/16, embed_dim)
 
 
 class T2TViT(nn.Module):

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Throughput, memory, FLOPs and MFU of a T2T-ViT training or inference step, or of the data pipeline.
+
+    python scripts/benchmark.py -m t2t_vit_14 --mode infer --batch-size 16 --steps 20
+    python scripts/benchmark.py -m t2t_vit_14 --mode train --amp bf16 --device cuda --json out.json
+    python scripts/benchmark.py --mode data --data-dir /data/imagenet
+
+Timing: `--warmup` untimed steps, then `--steps` timed ones (CUDA synchronised around each); the
+median step gives images/s, the fastest and slowest steps the spread. FLOPs are counted the paper's
+way (t2t.count_macs: every matmul and attention product; 1 MAC = 2 FLOPs); a training step counts as
+3 forward passes. MFU divides the achieved FLOP/s by a matrix-multiply peak measured in the same run,
+on the same device and in the same dtype (fp32, or the --amp dtype), with square matmuls.
+Peak memory is torch.cuda.max_memory_allocated on CUDA and the process's peak RSS on the CPU (taken
+before the matmul peak is measured). CPU threads: all cores available to the process unless
+--threads says otherwise (torch.set_num_threads).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+import t2t  # noqa: E402  (registers the models)
+from t2t.config import OptimConfig  # noqa: E402
+from t2t.engine.distributed import init_distributed  # noqa: E402
+from t2t.engine.evaluate import amp_dtype  # noqa: E402
+from t2t.engine.optim import build_optimizer  # noqa: E402
+
+# Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
+DEFAULTS = dict(batch_size=16, img_size=224, steps=20, warmup=5, peak_size=None, num_images=200)
+SMOKE = dict(batch_size=2, img_size=32, steps=2, warmup=1, peak_size=128, num_images=8)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int) -> list[float]:
+    """Seconds per call of `step` for `steps` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, device: torch.device,
+              amp: str) -> Callable[[], None]:
+    """One inference forward, or one real training step: forward + loss + backward + AdamW step."""
+    dtype = amp_dtype(amp)
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
+    autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")  # noqa: E731
+    if mode == "infer":
+        model.eval()
+
+        @torch.inference_mode()
+        def step() -> None:
+            with autocast():
+                model(images)
+        return step
+
+    model.train()
+    optimizer = build_optimizer(model, OptimConfig(), lr=OptimConfig().lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def step() -> None:
+        with autocast():
+            loss = F.cross_entropy(model(images), targets, label_smoothing=0.1)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(MiB, what was measured)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "CPU peak RSS of the process (getrusage)"
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """Median GFLOP/s of size x size matmuls on `device` in `dtype` (2 * size^3 FLOPs each)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    times = time_steps(lambda: torch.mm(a, b), device, steps=repeats, warmup=2)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
+    device = init_distributed(args.device).device
+    dtype = amp_dtype(args.amp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model = timm.create_model(args.model, img_size=args.img_size).to(device)
+    params, trainable = t2t.count_params(model)
+    forward_gflops = 2 * t2t.count_macs(model, args.img_size) / 1e9
+    step_gflops = forward_gflops * (3 if args.mode == "train" else 1)
+    if args.compile:
+        model = torch.compile(model)
+    times = time_steps(make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp),
+                       device, args.steps, args.warmup)
+    memory, memory_kind = peak_memory(device)
+    median = statistics.median(times)
+    peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
+    peak = matmul_peak(device, dtype, peak_size)
+    images_per_sec = args.batch_size / median
+    achieved = step_gflops * images_per_sec
+    return {
+        "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        "img_size": args.img_size, "warmup": args.warmup, "steps": args.steps,
+        "images_per_sec": images_per_sec,
+        "images_per_sec_min": args.batch_size / max(times), "images_per_sec_max": args.batch_size / min(times),
+        "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
+        "peak_memory_mib": memory, "peak_memory_kind": memory_kind,
+        "params": params, "params_trainable": trainable,
+        "gflops_per_image_forward": forward_gflops, "gflops_per_image_step": step_gflops,
+        "achieved_gflops_per_sec": achieved,
+        "matmul_peak_gflops_per_sec": peak, "matmul_peak_size": peak_size, "mfu": achieved / peak,
+    }
+
+
+def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
+    from t2t.data.bench import run_data_benchmark
+
+    if not args.data_dir:
+        raise SystemExit("benchmark.py: error: --mode data needs --data-dir DIR")
+    results = run_data_benchmark(args.data_dir, img_size=args.img_size, num_images=args.num_images)
+    return {"mode": "data", "data_dir": args.data_dir, "img_size": args.img_size, **results}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    width = max(map(len, results))
+    for key, value in results.items():
+        print(f"{key:<{width}}  {_fmt(value)}")
+    if "mfu" in results:
+        print(f"\n{results['images_per_sec']:.1f} images/s ({results['images_per_sec_min']:.1f}-"
+              f"{results['images_per_sec_max']:.1f}), {results['achieved_gflops_per_sec']:.1f} GFLOP/s of a "
+              f"{results['matmul_peak_gflops_per_sec']:.1f} GFLOP/s {results['dtype']} matmul peak: "
+              f"MFU {100 * results['mfu']:.1f}%")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-m", "--model", default="t2t_vit_14")
+    p.add_argument("--mode", choices=["train", "infer", "data"], default="infer")
+    p.add_argument("--batch-size", type=int, help="images per step (default 16)")
+    p.add_argument("--img-size", type=int, help="input resolution (default 224)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--steps", type=int, help="timed steps (default 20)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 5)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
+    p.add_argument("--peak-size", type=int, help="matmul size for the peak (default 4096 CUDA, 2048 CPU)")
+    p.add_argument("--data-dir", help="class-folder images for --mode data")
+    p.add_argument("--num-images", type=int, help="images decoded in --mode data (default 200)")
+    p.add_argument("--json", help="also write the results here as JSON")
+    p.add_argument("--smoke", action="store_true", help="tiny run for tests: batch 2, 32 px, 1 + 2 steps")
+    args = p.parse_args(argv)
+    for key, value in (SMOKE if args.smoke else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        p.error("--steps and --batch-size must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or available_cores())
+    results = benchmark_data(args) if args.mode == "data" else benchmark_model(args)
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Datasets, transforms, samplers, loaders and mixup for T2T-ViT training (timm's pieces, configured)."""
+from .dataset import (
+    DatasetError,
+    ImageFolderDataset,
+    check_same_classes,
+    derive_seed,
+    find_split_dirs,
+    resolve_eval_dir,
+    seed_global_rngs,
+)
+from .loader import build_eval_loader, build_train_loader, set_loader_epoch
+from .mixup import build_mixup, seed_main_process_rng
+from .sampler import ShardSampler, TrainSampler
+from .transforms import (
+    BatchNormalizeErase,
+    FastTrainTransform,
+    build_eval_transform,
+    build_train_transform,
+    eval_resize_size,
+    normalize_and_erase,
+)
+
+__all__ = [
+    "BatchNormalizeErase",
+    "DatasetError",
+    "FastTrainTransform",
+    "ImageFolderDataset",
+    "ShardSampler",
+    "TrainSampler",
+    "build_eval_loader",
+    "build_eval_transform",
+    "build_mixup",
+    "build_train_loader",
+    "build_train_transform",
+    "check_same_classes",
+    "derive_seed",
+    "eval_resize_size",
+    "find_split_dirs",
+    "normalize_and_erase",
+    "resolve_eval_dir",
+    "seed_global_rngs",
+    "seed_main_process_rng",
+    "set_loader_epoch",
+]

@@ -1,0 +1,259 @@
+"""ImageFolder datasets whose per-sample randomness is a function of (seed, epoch, index).
+
+Every ``__getitem__`` reseeds Python's ``random``, NumPy's global RNG and torch's global RNG from
+(seed, epoch, index) before it decodes and augments, so a sample's augmentation does not depend on
+which worker prepares it, how many workers there are, or where an epoch was resumed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+__all__ = [
+    "DatasetError",
+    "ImageFolderDataset",
+    "IMG_EXTENSIONS",
+    "check_same_classes",
+    "derive_seed",
+    "find_classes",
+    "find_split_dirs",
+    "resolve_eval_dir",
+    "seed_global_rngs",
+]
+
+_logger = logging.getLogger(__name__)
+
+# What PIL raises for a file it cannot identify, a truncated or corrupt stream, or a decompression bomb.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class DatasetError(ValueError):
+    """A dataset folder or image that cannot be used; the message names the path and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding
+
+
+# First key of every derive_seed() call, so the three uses never share a seed (SeedSequence pads
+# its entropy with zeros, so (seed, epoch) and (seed, epoch, 0) would otherwise collide).
+SEED_STREAM_SAMPLE = 1  # (stream, seed, epoch, index): a sample's augmentation
+SEED_STREAM_SHUFFLE = 2  # (stream, seed, epoch): the training sampler's permutation
+SEED_STREAM_STEP = 3  # (stream, seed, step, rank): main-process randomness of one optimizer step
+
+
+def derive_seed(*keys: int) -> int:
+    """A 64-bit seed mixed from non-negative integer keys, e.g. (SEED_STREAM_SAMPLE, seed, epoch, index)."""
+    if any(int(k) < 0 for k in keys):
+        raise ValueError(f"seed keys must be non-negative integers, got {keys}")
+    words = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32)
+    return (int(words[0]) << 32) | int(words[1])
+
+
+def seed_global_rngs(seed: int, *, accelerators: bool = False) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch's CPU RNG (and every device's if asked).
+
+    ``accelerators=False`` seeds only torch's CPU generator: enough for data workers, and cheap, while
+    ``torch.manual_seed`` costs about a millisecond when CUDA is not initialised (it queues a lazy
+    seeding call with a formatted stack trace).
+    """
+    random.seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    if accelerators:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder discovery
+
+
+def _is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def find_classes(root: str) -> list[str]:
+    """Class folder names under ``root``, sorted as torchvision's ImageFolder sorts them (hidden folders skipped)."""
+    _check_dir(root, what="dataset folder")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DatasetError(
+            f"no class folders in {root!r}: expected the ImageFolder layout {root}/<class_name>/<image files>"
+        )
+    return classes
+
+
+def _check_dir(path: str, *, what: str) -> None:
+    if not os.path.exists(path):
+        raise DatasetError(f"{what} {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise DatasetError(f"{what} {path!r} is not a directory")
+
+
+def _list_images(class_dir: str) -> list[str]:
+    """Image files under ``class_dir`` (recursively, following links), in torchvision's order."""
+    paths = []
+    for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True)):
+        for fname in sorted(fnames):
+            if _is_image_file(fname):
+                paths.append(os.path.join(dirpath, fname))
+    return paths
+
+
+def find_split_dirs(data_dir: str) -> tuple[str, str]:
+    """(train_dir, val_dir) = (data_dir/train, data_dir/val), with a clear error if either is missing."""
+    _check_dir(data_dir, what="data_dir")
+    dirs = []
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, split)
+        if not os.path.isdir(path):
+            raise DatasetError(
+                f"missing {split!r} folder: expected {path!r} (data_dir must contain train/ and val/, "
+                f"each with one sub-folder per class)"
+            )
+        dirs.append(path)
+    return dirs[0], dirs[1]
+
+
+def resolve_eval_dir(data_dir: str) -> str:
+    """data_dir/val if it is a directory, else data_dir itself (a dataset root or a class-folder dir)."""
+    val_dir = os.path.join(data_dir, "val")
+    return val_dir if os.path.isdir(val_dir) else data_dir
+
+
+def check_same_classes(train_ds: "ImageFolderDataset", val_ds: "ImageFolderDataset") -> None:
+    """Raise DatasetError naming both folders and the first differing class if the class lists differ."""
+    a, b = list(train_ds.classes), list(val_ds.classes)
+    if a == b:
+        return
+    set_a, set_b = set(a), set(b)
+    only_train = [c for c in a if c not in set_b]
+    only_val = [c for c in b if c not in set_a]
+    if only_train or only_val:
+        parts = []
+        if only_train:
+            parts.append(f"{len(only_train)} only in the training folder (first: {only_train[0]!r})")
+        if only_val:
+            parts.append(f"{len(only_val)} only in the validation folder (first: {only_val[0]!r})")
+        detail = "; ".join(parts)
+    else:
+        i = next(k for k, (ca, cb) in enumerate(zip(a, b)) if ca != cb)
+        detail = f"same names in another order: class #{i} is {a[i]!r} in training and {b[i]!r} in validation"
+    raise DatasetError(
+        f"training folder {train_ds.root!r} has {len(a)} classes and validation folder {val_ds.root!r} "
+        f"has {len(b)}; they must hold the same class folders: {detail}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """ImageFolder-layout dataset (``root/<class>/<image>``) with per-sample seeded augmentation.
+
+    If the transform has a ``decode_and_crop(image)`` method (see ``FastTrainTransform``), the dataset
+    hands it the opened, not yet decoded, image so it can decode at reduced size; otherwise the image
+    is decoded and converted to RGB here.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        transform: Callable | None = None,
+        *,
+        seed: int = 0,
+        skip_bad_images: bool = False,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = os.fspath(root)
+        _check_dir(self.root, what="dataset folder")
+        if classes is None:
+            classes = find_classes(self.root)
+        else:
+            classes = list(classes)
+            for name in classes:
+                _check_dir(os.path.join(self.root, name), what=f"class folder for class {name!r}")
+        self.classes: list[str] = list(classes)
+        self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
+        self.samples: list[tuple[str, int]] = []
+        for name in self.classes:
+            class_dir = os.path.join(self.root, name)
+            paths = _list_images(class_dir)
+            if not paths:
+                raise DatasetError(
+                    f"class folder {class_dir!r} holds no images (looked for {', '.join(IMG_EXTENSIONS)}); "
+                    f"add images or remove the folder"
+                )
+            target = self.class_to_idx[name]
+            self.samples.extend((p, target) for p in paths)
+        self.targets: list[int] = [t for _, t in self.samples]
+        self.transform = transform
+        self.seed = int(seed)
+        self.skip_bad_images = bool(skip_bad_images)
+        self.bad_images = 0  # unreadable images met in this process (with skip_bad_images=True)
+        # The epoch lives in shared memory so persistent DataLoader workers see set_epoch() calls
+        # made in the main process (call it before iterating the loader).
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation randomness __getitem__ draws (visible to live workers)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch[0] = int(epoch)
+
+    def _decode(self, path: str) -> Any:
+        decode_and_crop = getattr(self.transform, "decode_and_crop", None)
+        with Image.open(path) as img:
+            if decode_and_crop is not None:
+                return decode_and_crop(img)
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        n = len(self.samples)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} images")
+        index %= n
+        sample_seed = derive_seed(SEED_STREAM_SAMPLE, self.seed, self.epoch, index)
+        for attempt in range(n):
+            # Reseed before every attempt, so the result depends only on (seed, epoch, index).
+            seed_global_rngs(sample_seed)
+            path, target = self.samples[(index + attempt) % n]
+            try:
+                image = self._decode(path)
+                break
+            except _DECODE_ERRORS as exc:
+                if not self.skip_bad_images:
+                    raise DatasetError(
+                        f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the "
+                        f"file, or set skip_bad_images=True to substitute the next readable image"
+                    ) from exc
+                self.bad_images += 1
+                _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+        else:
+            raise DatasetError(f"no readable image in {self.root!r}: every one of the {n} files failed to decode")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={self.root!r}, images={len(self)}, classes={len(self.classes)}, "
+            f"seed={self.seed}, transform={self.transform!r})"
+        )

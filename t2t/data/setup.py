@@ -1,0 +1,120 @@
+"""The training run's data, assembled from the config: datasets, resumable loaders, mixup, reseeding."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import DataConfig, MixupConfig
+from .dataset import ImageFolderDataset, check_same_classes, find_split_dirs
+from .loader import build_eval_loader
+from .mixup import build_mixup, seed_main_process_rng
+from .sampler import TrainSampler
+from .transforms import build_eval_transform, build_train_transform
+
+
+class _EpochTaggedSampler(Sampler):
+    """Yields (epoch, index) so that persistent workers learn the epoch with every sample."""
+
+    def __init__(self, sampler: TrainSampler) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch, start_index=start_index)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _EpochTaggedDataset(Dataset):
+    """Reads (epoch, index) keys: each sample's augmentation is seeded from (seed, epoch, index)."""
+
+    def __init__(self, dataset: ImageFolderDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+@dataclass
+class TrainData:
+    train_dir: str
+    classes: list[str]
+    train_len: int
+    batch_size: int
+    batches_per_epoch: int
+    sampler: _EpochTaggedSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        """The epoch's batches from `start_batch` on (mid-epoch resume skips inside the sampler)."""
+        self.sampler.set_epoch(epoch, start_index=start_batch * self.batch_size)
+        return self.train_loader
+
+
+def build_train_and_val(
+        cfg: DataConfig,
+        data_dir: str,
+        *,
+        img_size: int,
+        seed: int,
+        batch_size: int,
+        eval_batch_size: int,
+        eval_crop_pct: float,
+        eval_interpolation: str,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pin_memory: bool = False,
+) -> TrainData:
+    train_dir, val_dir = find_split_dirs(data_dir)
+    train_tf = build_train_transform(
+        img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
+        color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,
+        re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std), fast_decode=cfg.fast_decode)
+    eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
+                                   std=tuple(cfg.std))
+    train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    check_same_classes(train_ds, val_ds)
+    sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
+                           repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True)
+    tagged = _EpochTaggedSampler(sampler)
+    loader = DataLoader(
+        _EpochTaggedDataset(train_ds), batch_size=batch_size, sampler=tagged, num_workers=cfg.workers,
+        pin_memory=pin_memory, drop_last=True, persistent_workers=cfg.workers > 0,
+        prefetch_factor=4 if cfg.workers > 0 else None)
+    val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
+                                   num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
+    sampler.set_epoch(0)
+    return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
+                     batch_size=batch_size, batches_per_epoch=len(sampler) // batch_size, sampler=tagged,
+                     train_loader=loader, val_loader=val_loader)
+
+
+def build_mixup_fn(cfg: MixupConfig, num_classes: int) -> Optional[Any]:
+    return build_mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.prob,
+                       switch_prob=cfg.switch_prob, mode=cfg.mode, label_smoothing=cfg.label_smoothing,
+                       num_classes=num_classes)
+
+
+def reseed_step(seed: int, micro_step: int, rank: int) -> None:
+    """Seed mixup, dropout and drop-path from the position in the run (exact resume)."""
+    seed_main_process_rng(seed, micro_step, rank)

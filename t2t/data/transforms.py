@@ -1,0 +1,343 @@
+"""Image transforms: the T2T-ViT evaluation pipeline and the DeiT-style training augmentation.
+
+Training augmentation is timm's (RandomResizedCrop with random bilinear/bicubic interpolation,
+horizontal flip, RandAugment, random erasing), built by ``timm.data.create_transform``. Two things
+are added on top:
+
+* ``FastTrainTransform`` (``fast_decode=True``): the same augmentation with the same random draws in
+  the same order, but the crop box is drawn from the JPEG header before decoding, the JPEG is
+  decoded at 1/2, 1/4 or 1/8 scale when the crop still covers the output size at that scale, and the
+  crop-and-resize runs on uint8 tensors with torch's anti-aliased kernels (PIL-compatible filters,
+  several times faster than PIL's) instead of PIL.
+* A guard for recent Pillow (13 here), whose ``ImageOps.posterize`` raises ValueError for 0 bits:
+  timm's RandAugment asks for 0 bits when the sampled magnitude reaches 10 (about 1 image in 650
+  with ``m9-mstd0.5``), which kills training; older Pillow returned a black image, and so does the guard.
+
+With ``use_prefetcher=True`` the training transforms return uint8 CHW tensors and normalisation plus
+random erasing run on the whole batch on the device (``BatchNormalizeErase``), as timm's prefetcher does.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as timm_auto_augment
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+from torchvision.transforms.v2 import functional as F2
+
+__all__ = [
+    "BatchNormalizeErase",
+    "FastTrainTransform",
+    "build_eval_transform",
+    "build_train_transform",
+    "eval_resize_size",
+    "guard_posterize",
+    "normalize_and_erase",
+]
+
+_INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "lanczos": InterpolationMode.LANCZOS,
+    "box": InterpolationMode.BOX,
+    "hamming": InterpolationMode.HAMMING,
+}
+# timm's "random" interpolation: a uniform choice between these two, in this order.
+_RANDOM_INTERPOLATION = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
+_PIL_RESAMPLE = {
+    InterpolationMode.NEAREST: Image.Resampling.NEAREST,
+    InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
+    InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
+}
+# Modes torch's tensor resize implements (with PIL-compatible anti-aliasing when downscaling).
+_TENSOR_INTERPOLATIONS = {InterpolationMode.NEAREST, InterpolationMode.BILINEAR, InterpolationMode.BICUBIC}
+
+
+def _interpolation_mode(name: str) -> InterpolationMode:
+    if name not in _INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {name!r}; expected one of {sorted(_INTERPOLATIONS)}")
+    return _INTERPOLATIONS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def eval_resize_size(img_size: int, crop_pct: float = 0.9) -> int:
+    """Shorter-side size before the centre crop: floor(img_size / crop_pct) (224 -> 248, 384 -> 426)."""
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    return int(math.floor(img_size / crop_pct))
+
+
+def build_eval_transform(
+    img_size: int,
+    crop_pct: float = 0.9,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> Callable:
+    """Resize the shorter side to floor(img_size / crop_pct), centre-crop img_size, to tensor, normalise."""
+    return T.Compose([
+        T.Resize(eval_resize_size(img_size, crop_pct), interpolation=_interpolation_mode(interpolation)),
+        T.CenterCrop(img_size),
+        T.ToTensor(),
+        T.Normalize(mean=tuple(mean), std=tuple(std)),
+    ])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _posterize_allow_zero_bits(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize, with 0 bits giving a black image as older Pillow did (recent Pillow raises)."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def guard_posterize(transform: Any) -> None:
+    """Point every posterize op of timm's auto-augment objects inside ``transform`` at the guarded version."""
+    for op in _augment_ops(transform):
+        if getattr(op, "aug_fn", None) is timm_auto_augment.posterize:
+            op.aug_fn = _posterize_allow_zero_bits
+
+
+def _augment_ops(transform: Any):
+    if isinstance(transform, (T.Compose, T.RandomApply)):
+        for t in transform.transforms:
+            yield from _augment_ops(t)
+    elif isinstance(transform, timm_auto_augment.RandAugment):
+        yield from transform.ops
+    elif isinstance(transform, timm_auto_augment.AutoAugment):
+        for sub_policy in transform.policy:
+            yield from sub_policy
+    elif isinstance(transform, timm_auto_augment.AugMixAugment):
+        yield from transform.ops
+
+
+def build_train_transform(
+    img_size: int,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    hflip: float = 0.5,
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+    color_jitter: float | None = 0.4,
+    interpolation: str = "random",
+    re_prob: float = 0.25,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    fast_decode: bool = False,
+    use_prefetcher: bool = False,
+) -> Callable:
+    """DeiT / T2T-ViT training augmentation (timm's), optionally with the fast decode-and-crop path.
+
+    With ``use_prefetcher=True`` it returns uint8 CHW tensors without normalisation or random erasing
+    (apply ``BatchNormalizeErase`` to the batch on the device); otherwise normalised float tensors.
+    Colour jitter is ignored when ``auto_augment`` is set, as in timm.
+    """
+    if interpolation != "random":
+        _interpolation_mode(interpolation)
+    if not 0.0 <= hflip <= 1.0:
+        raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
+    if not 0.0 <= re_prob <= 1.0:
+        raise ValueError(f"re_prob must be a probability in [0, 1], got {re_prob}")
+    kwargs = dict(
+        is_training=True,
+        scale=tuple(scale),
+        ratio=tuple(ratio),
+        hflip=hflip,
+        color_jitter=color_jitter,
+        auto_augment=auto_augment or None,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+        use_prefetcher=use_prefetcher,
+    )
+    if not fast_decode:
+        transform = create_transform(img_size, **kwargs)
+        guard_posterize(transform)
+        return transform
+    _, secondary, final = create_transform(img_size, separate=True, **kwargs)
+    guard_posterize(secondary)
+    return FastTrainTransform(
+        img_size,
+        scale=scale,
+        ratio=ratio,
+        hflip=hflip,
+        interpolation=interpolation,
+        color_transform=secondary,
+        final_transform=final,
+    )
+
+
+def _draft_scale(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
+    """Largest JPEG DCT scale-down factor (8, 4, 2, 1) at which the crop still covers the output size."""
+    for s in (8, 4, 2):
+        if crop_w >= s * out_w and crop_h >= s * out_h:
+            return s
+    return 1
+
+
+class FastTrainTransform:
+    """RandomResizedCrop + flip + colour augmentation, decoding JPEGs at reduced size when that loses nothing.
+
+    Draws the same random numbers in the same order as timm's pipeline (crop box, interpolation, flip,
+    then the colour transform), so for a given RNG state it picks the same augmentation; the pixels
+    differ only by resampling rounding (and by the DCT-domain downscale when one is used).
+
+    Call it on a PIL image, or let ``ImageFolderDataset`` call ``decode_and_crop`` on the opened,
+    undecoded file and then this transform on the result.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int],
+        *,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        hflip: float = 0.5,
+        interpolation: str = "random",
+        color_transform: Callable | None = None,
+        final_transform: Callable | None = None,
+        draft: bool = True,
+    ) -> None:
+        self.size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)  # (H, W)
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.hflip = float(hflip)
+        if interpolation == "random":
+            self.interpolation: InterpolationMode | tuple[InterpolationMode, ...] = _RANDOM_INTERPOLATION
+        else:
+            self.interpolation = _interpolation_mode(interpolation)
+        modes = self.interpolation if isinstance(self.interpolation, tuple) else (self.interpolation,)
+        if not set(modes) <= _TENSOR_INTERPOLATIONS:
+            raise ValueError(f"fast_decode supports nearest, bilinear, bicubic or random interpolation, got {interpolation!r}")
+        self.color_transform = color_transform
+        self.final_transform = final_transform if final_transform is not None else F.pil_to_tensor
+        self.draft = draft
+
+    def decode_and_crop(self, img: Image.Image) -> torch.Tensor:
+        """Draw the crop box from the header size, decode (reduced when possible), crop and resize: (3, H, W) uint8."""
+        i, j, h, w = RandomResizedCropAndInterpolation.get_params(img, self.scale, self.ratio)
+        if isinstance(self.interpolation, tuple):
+            interpolation = random.choice(self.interpolation)
+        else:
+            interpolation = self.interpolation
+        h, w = max(h, 1), max(w, 1)  # tiny images can round a crop side to 0
+        out_h, out_w = self.size
+        s = _draft_scale(w, h, out_w, out_h) if self.draft and img.format == "JPEG" else 1
+        if s > 1:
+            full_w, full_h = img.size
+            drafted = img.draft("RGB", (full_w // s, full_h // s))
+            if drafted is not None:
+                s = full_w / drafted[1][2]  # the box is (0, 0, full_w / scale, full_h / scale)
+                img.load()
+                if img.mode != "RGB":
+                    img = img.convert("RGB")
+                # PIL resizes from a sub-pixel box, so the crop is exactly the one drawn; rounding it to
+                # whole reduced pixels would shift it by up to s/2 source pixels.
+                box = (j / s, i / s, (j + w) / s, (i + h) / s)
+                out = img.resize((out_w, out_h), _PIL_RESAMPLE[interpolation], box=box)
+                return torch.from_numpy(np.array(out)).permute(2, 0, 1)
+        img.load()
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        hwc = torch.from_numpy(np.array(img))  # (H, W, 3)
+        # Copy the crop to its own channels-last block, so the resize reads contiguous rows and writes
+        # a channels-last result that converts back to PIL without a transposing copy.
+        crop = hwc[i:i + h, j:j + w].contiguous().permute(2, 0, 1)  # (3, h, w), channels-last
+        return F2.resize(crop, [out_h, out_w], interpolation, antialias=True)
+
+    def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(img, Image.Image):
+            img = self.decode_and_crop(img)
+        if self.hflip > 0 and torch.rand(1) < self.hflip:  # the same draw as torchvision's RandomHorizontalFlip
+            img = img.flip(-1)
+        pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())  # (H, W, 3) -> RGB
+        if self.color_transform is not None:
+            pil = self.color_transform(pil)
+        return self.final_transform(pil)
+
+    def __repr__(self) -> str:
+        modes = self.interpolation if isinstance(self.interpolation, tuple) else (self.interpolation,)
+        return (
+            f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={tuple(round(r, 4) for r in self.ratio)}, "
+            f"interpolation={'/'.join(m.value for m in modes)}, hflip={self.hflip}, draft={self.draft},\n"
+            f"  color_transform={self.color_transform},\n  final_transform={self.final_transform})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch normalisation and random erasing on the device (prefetcher mode)
+
+
+class BatchNormalizeErase(torch.nn.Module):
+    """uint8 (B, 3, H, W) batch -> float batch on ``device``: normalise with mean/std, then random-erase.
+
+    What timm's prefetcher does after the transfer; random erasing draws from the main process's
+    global RNGs (the engine reseeds them every step).
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        *,
+        re_prob: float = 0.0,
+        re_mode: str = "pixel",
+        re_count: int = 1,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.register_buffer("mean", torch.tensor([255.0 * m for m in mean], device=self.device).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor([255.0 * s for s in std], device=self.device).view(1, -1, 1, 1))
+        self.random_erasing = (
+            RandomErasing(re_prob, mode=re_mode, max_count=re_count, device=self.device) if re_prob > 0 else None
+        )
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.dtype != torch.uint8 or batch.dim() != 4:
+            raise ValueError(f"expected a uint8 (B, C, H, W) batch, got {batch.dtype} {tuple(batch.shape)}")
+        x = batch.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        if self.random_erasing is not None:
+            x = self.random_erasing(x)
+        return x.to(self.dtype)
+
+
+def normalize_and_erase(
+    batch_uint8: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    device: str | torch.device = "cpu",
+    *,
+    re_count: int = 1,
+) -> torch.Tensor:
+    """Functional form of ``BatchNormalizeErase`` (builds the module each call; keep one for a loop)."""
+    module = BatchNormalizeErase(mean, std, re_prob=re_prob, re_mode=re_mode, re_count=re_count, device=device)
+    return module(batch_uint8)

@@ -1,0 +1,1 @@
+"""Engine: distributed setup, optimizer and schedule, EMA, checkpoints, training and evaluation loops."""

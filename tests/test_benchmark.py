@@ -1,0 +1,36 @@
+"""scripts/benchmark.py in smoke mode: both model modes run and report every figure."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
+KEYS = ("images_per_sec", "images_per_sec_min", "images_per_sec_max", "peak_memory_mib", "peak_memory_kind",
+        "params", "gflops_per_image_forward", "gflops_per_image_step", "achieved_gflops_per_sec",
+        "matmul_peak_gflops_per_sec", "mfu")
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_benchmark_smoke(mode, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "-m", "t2t_vit_7", "--mode", mode, "--smoke", "--device", "cpu",
+         "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    for key in KEYS:
+        assert key in proc.stdout, f"{key} missing from the printed table"
+    assert "MFU" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["mode"] == mode and results["img_size"] == 32 and results["threads"] == 1
+    assert results["peak_memory_kind"].startswith("CPU peak RSS")
+    assert results["images_per_sec_min"] <= results["images_per_sec"] <= results["images_per_sec_max"]
+    assert results["mfu"] > 0 and results["matmul_peak_gflops_per_sec"] > 0
+    # A training step is counted as three forward passes.
+    factor = 3 if mode == "train" else 1
+    assert results["gflops_per_image_step"] == pytest.approx(factor * results["gflops_per_image_forward"])
+    assert results["achieved_gflops_per_sec"] == pytest.approx(
+        results["gflops_per_image_step"] * results["images_per_sec"])
