@@ -8,7 +8,8 @@ are added on top:
   the same order, but the crop box is drawn from the JPEG header before decoding, the JPEG is
   decoded at 1/2, 1/4 or 1/8 scale when the crop still covers the output size at that scale, and the
   crop-and-resize runs on uint8 tensors with torch's anti-aliased kernels (PIL-compatible filters,
-  several times faster than PIL's) instead of PIL.
+  several times faster than PIL's) instead of PIL; ToTensor + Normalize become one conversion, a
+  multiply and an add (``ToNormalizedTensor``).
 * A guard for recent Pillow (13 here), whose ``ImageOps.posterize`` raises ValueError for 0 bits:
   timm's RandAugment asks for 0 bits when the sampled magnitude reaches 10 (about 1 image in 650
   with ``m9-mstd0.5``), which kills training; older Pillow returned a black image, and so does the guard.
@@ -37,6 +38,7 @@ from torchvision.transforms.v2 import functional as F2
 __all__ = [
     "BatchNormalizeErase",
     "FastTrainTransform",
+    "ToNormalizedTensor",
     "build_eval_transform",
     "build_train_transform",
     "eval_resize_size",
@@ -177,8 +179,15 @@ def build_train_transform(
         transform = create_transform(img_size, **kwargs)
         guard_posterize(transform)
         return transform
-    _, secondary, final = create_transform(img_size, separate=True, **kwargs)
+    _, secondary, _ = create_transform(img_size, separate=True, **kwargs)
     guard_posterize(secondary)
+    if use_prefetcher:
+        final: Callable = F.pil_to_tensor
+    else:
+        final_steps: list[Callable] = [ToNormalizedTensor(mean, std)]
+        if re_prob > 0:
+            final_steps.append(RandomErasing(re_prob, mode=re_mode, max_count=re_count, device="cpu"))
+        final = T.Compose(final_steps)
     return FastTrainTransform(
         img_size,
         scale=scale,
@@ -188,6 +197,22 @@ def build_train_transform(
         color_transform=secondary,
         final_transform=final,
     )
+
+
+class ToNormalizedTensor:
+    """RGB PIL image -> normalised float (3, H, W) tensor, as ToTensor + Normalize but with fewer passes."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std_t)).view(-1, 1, 1)  # (x / 255 - mean) / std = x * scale + bias
+        self.bias = (-mean_t / std_t).view(-1, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        chw = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # uint8, channels-last memory
+        return chw.to(torch.float32, memory_format=torch.contiguous_format).mul_(self.scale).add_(self.bias)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 def _draft_scale(crop_w: int, crop_h: int, out_w: int, out_h: int) -> int:
@@ -202,8 +227,10 @@ class FastTrainTransform:
     """RandomResizedCrop + flip + colour augmentation, decoding JPEGs at reduced size when that loses nothing.
 
     Draws the same random numbers in the same order as timm's pipeline (crop box, interpolation, flip,
-    then the colour transform), so for a given RNG state it picks the same augmentation; the pixels
-    differ only by resampling rounding (and by the DCT-domain downscale when one is used).
+    then the colour transform), so for a given RNG state it picks the same augmentation. The pixels
+    differ from timm's by resampling rounding (torch's anti-aliased kernels against PIL's, within 1-2
+    levels) or, when the JPEG was decoded at reduced size, by libjpeg's DCT-domain downscale, which
+    differs from PIL's filter about as much as timm's own bilinear and bicubic choices differ.
 
     Call it on a PIL image, or let ``ImageFolderDataset`` call ``decode_and_crop`` on the opened,
     undecoded file and then this transform on the result.
@@ -243,11 +270,13 @@ class FastTrainTransform:
             interpolation = random.choice(self.interpolation)
         else:
             interpolation = self.interpolation
-        h, w = max(h, 1), max(w, 1)  # tiny images can round a crop side to 0
+        full_w, full_h = img.size
+        # Tiny images can round a crop side to 0 (and put it at the far edge): keep one pixel.
+        h, w = max(h, 1), max(w, 1)
+        i, j = min(i, full_h - h), min(j, full_w - w)
         out_h, out_w = self.size
         s = _draft_scale(w, h, out_w, out_h) if self.draft and img.format == "JPEG" else 1
         if s > 1:
-            full_w, full_h = img.size
             drafted = img.draft("RGB", (full_w // s, full_h // s))
             if drafted is not None:
                 s = full_w / drafted[1][2]  # the box is (0, 0, full_w / scale, full_h / scale)
@@ -262,18 +291,18 @@ class FastTrainTransform:
         img.load()
         if img.mode != "RGB":
             img = img.convert("RGB")
-        hwc = torch.from_numpy(np.array(img))  # (H, W, 3)
-        # Copy the crop to its own channels-last block, so the resize reads contiguous rows and writes
-        # a channels-last result that converts back to PIL without a transposing copy.
-        crop = hwc[i:i + h, j:j + w].contiguous().permute(2, 0, 1)  # (3, h, w), channels-last
+        # Only the crop leaves PIL, as a contiguous (h, w, 3) block: read as a channels-last (3, h, w)
+        # tensor, torch's uint8 kernels resize it and write a channels-last result, which goes back to
+        # PIL without a transposing copy.
+        crop = torch.from_numpy(np.array(img.crop((j, i, j + w, i + h)))).permute(2, 0, 1)
         return F2.resize(crop, [out_h, out_w], interpolation, antialias=True)
 
     def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(img, Image.Image):
             img = self.decode_and_crop(img)
-        if self.hflip > 0 and torch.rand(1) < self.hflip:  # the same draw as torchvision's RandomHorizontalFlip
-            img = img.flip(-1)
         pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())  # (H, W, 3) -> RGB
+        if self.hflip > 0 and torch.rand(1) < self.hflip:  # the same draw as torchvision's RandomHorizontalFlip
+            pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if self.color_transform is not None:
             pil = self.color_transform(pil)
         return self.final_transform(pil)

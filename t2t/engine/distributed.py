@@ -47,14 +47,21 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
+class DeviceError(ValueError):
+    """A device that does not exist or cannot be used here."""
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' -> cuda if available else cpu; 'cuda' -> cuda:LOCAL_RANK; anything else as given."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"device {device!r} is not a device name; expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+            raise DeviceError(f"device {device!r} requested but CUDA is not available; use cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev

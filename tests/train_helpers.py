@@ -1,0 +1,80 @@
+"""Shared pieces of the training tests: a tiny data set, a tiny config, checkpoint comparison."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+from make_demo_data import make_demo_dataset  # noqa: E402
+
+TINY_CONFIG = """\
+model: {name: t2t_vit_7, img_size: 32, drop_path_rate: 0.1}
+data: {workers: 0, reprob: 0.25, auto_augment: rand-m9-mstd0.5-inc1}
+mixup: {mixup_alpha: 0.8, cutmix_alpha: 1.0}
+train: {epochs: 2, batch_size: 4, log_interval: 2, device: cpu}
+optim: {lr: 1.0e-3, lr_base_batch_size: 4}
+sched: {warmup_epochs: 1, cooldown_epochs: 1}
+eval: {batch_size: 8}
+ema: {decay: 0.9}
+log: {tensorboard: false}
+"""
+
+
+def make_data(root: str, classes: int = 3, train: int = 12, val: int = 4, size: int = 40) -> str:
+    make_demo_dataset(root, classes=classes, train_per_class=train, val_per_class=val, size=size, seed=0)
+    return root
+
+
+def write_config(folder: str, text: str = TINY_CONFIG) -> str:
+    path = os.path.join(folder, "tiny.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def train_cmd(*args: str) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "train.py"), *args]
+
+
+def run_train(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(train_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def load(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
+
+
+def assert_same_optimizer(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    for idx, state in a["state"].items():
+        for k, v in state.items():
+            other = b["state"][idx][k]
+            assert torch.equal(v, other) if isinstance(v, torch.Tensor) else v == other, f"optimizer {idx}.{k}"
+
+
+def epoch_rows(ckpt: dict) -> list[dict]:
+    """Per-epoch metrics without the wall-clock throughput."""
+    return [{k: v for k, v in row.items() if k != "images_per_sec"} for row in ckpt["train_state"]["history"]]
+
+
+def assert_same_run(a_path: str, b_path: str) -> None:
+    a, b = load(a_path), load(b_path)
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    assert_same_tensors(a["model"], b["model"], "model")
+    assert_same_tensors(a["state_dict_ema"], b["state_dict_ema"], "EMA")
+    assert_same_optimizer(a["optimizer"], b["optimizer"])
+    assert epoch_rows(a) == epoch_rows(b)
