@@ -29,16 +29,21 @@ from t2t.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
 from t2t.data.dataset import DatasetError, ImageFolderDataset, resolve_eval_dir
 from t2t.data.loader import build_eval_loader
 from t2t.data.transforms import build_eval_transform
-from t2t.engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
+from t2t.engine.distributed import DeviceError, DistInfo, cleanup_distributed, init_distributed, setup_logging
 from t2t.engine.evaluate import evaluate
-from t2t.engine.train_loop import resolve_amp
+from t2t.engine.precision import resolve_amp
 from t2t.models import CheckpointError, extract_state_dict, read_checkpoint
+from t2t.models.weights import EMA_KEYS
 
 _logger = logging.getLogger("validate")
 
 
 class ValidateError(Exception):
     """A user-facing problem with the inputs: reported in one line, exit status 2."""
+
+
+# Problems with the user's inputs (files, folders, names): one line on stderr and exit status 2.
+USER_ERRORS = (ValidateError, CheckpointError, DatasetError, ConfigError, DeviceError, OSError)
 
 
 @dataclass
@@ -99,6 +104,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         raise ValidateError(f"unknown model {settings.model!r}; T2T-ViT models: {', '.join(t2t.models.MODEL_ARCHS)}")
     if settings.img_size is not None and (settings.img_size <= 0 or settings.img_size % 16):
         raise ValidateError(f"--img-size {settings.img_size}: expected a positive multiple of 16")
+    if not 0 < settings.crop_pct <= 1:
+        raise ValidateError(f"--crop-pct {settings.crop_pct}: expected a fraction in (0, 1]")
     if settings.batch_size < 1 or settings.workers < 0:
         raise ValidateError(f"batch size {settings.batch_size} / workers {settings.workers}: expected >= 1 / >= 0")
     return settings
@@ -149,8 +156,8 @@ def build_model(settings: Settings, checkpoint: str, info: CheckpointInfo, use_e
         details = str(e).split(" does not fit this ", 1)[-1].split(": ", 1)[-1]
         recorded = ""
         if info.arch:
-            recorded = f" (it records the model {info.arch!r}"
-            recorded += f"; try -m {info.arch.lower()})" if timm.is_model(info.arch.lower()) else ")"
+            hint = info.arch.lower() != settings.model and timm.is_model(info.arch.lower())
+            recorded = f" (it records the model {info.arch!r}" + (f"; try -m {info.arch.lower()})" if hint else ")")
         raise ValidateError(
             f"checkpoint {checkpoint!r}{recorded} does not fit model {settings.model!r}: {details}") from e
     return model, source
@@ -176,10 +183,13 @@ def report(results: dict[str, Any], results_file: str | None) -> None:
         results["loss"], results["count"], results["images_per_sec"])
     print(json.dumps(results), flush=True)
     if results_file:
-        os.makedirs(os.path.dirname(os.path.abspath(results_file)), exist_ok=True)
-        with open(results_file, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(results_file)), exist_ok=True)
+            with open(results_file, "w") as f:
+                json.dump(results, f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            raise ValidateError(f"cannot write --results-file {results_file!r}: {e.strerror or e}") from e
 
 
 def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
@@ -192,7 +202,7 @@ def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
     dataset = build_dataset(args.data_dir, settings)
     check_classes(settings, info, dataset, args.checkpoint)
     model, source = build_model(settings, args.checkpoint, info, use_ema)
-    weights = "ema" if source in ("state_dict_ema", "model_ema") else "model"
+    weights = "ema" if source in EMA_KEYS else "model"
     _logger.info("Using the %s weights (entry %r) of %s; settings %s", weights, source, args.checkpoint,
                  asdict(settings))
     loader = build_eval_loader(
@@ -223,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_main:
             report(results, args.results_file)
         return 0
-    except (ValidateError, CheckpointError, DatasetError, ConfigError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"validate.py: error: {_one_line(e)}", file=sys.stderr)
         return 2
     finally:

@@ -5,14 +5,23 @@
     python scripts/benchmark.py -m t2t_vit_14 --mode train --amp bf16 --device cuda --json out.json
     python scripts/benchmark.py --mode data --data-dir /data/imagenet
 
+Modes: `infer` times a forward pass under torch.inference_mode; `train` times the real training
+step on a synthetic batch: autocast forward + cross-entropy, backward, and the project's AdamW
+(t2t.engine.optim.build_optimizer, with its no-decay groups) stepped through a GradScaler (active for
+fp16 only); `data` runs t2t.data.bench.run_data_benchmark: our training input pipeline against
+timm's stock one on the same files, images/s on one core each, and the ratio.
+
 Timing: `--warmup` untimed steps, then `--steps` timed ones (CUDA synchronised around each); the
 median step gives images/s, the fastest and slowest steps the spread. FLOPs are counted the paper's
 way (t2t.count_macs: every matmul and attention product; 1 MAC = 2 FLOPs); a training step counts as
 3 forward passes. MFU divides the achieved FLOP/s by a matrix-multiply peak measured in the same run,
-on the same device and in the same dtype (fp32, or the --amp dtype), with square matmuls.
-Peak memory is torch.cuda.max_memory_allocated on CUDA and the process's peak RSS on the CPU (taken
-before the matmul peak is measured). CPU threads: all cores available to the process unless
---threads says otherwise (torch.set_num_threads).
+on the same device and in the same dtype (fp32, with TF32 on CUDA as in training, or the --amp dtype),
+as the median of several square matmuls (--peak-size): it is relative to what this device reaches
+in this run, not to a datasheet figure (on a shared machine both figures are noisy).
+Peak memory is torch.cuda.max_memory_allocated on CUDA; on the CPU it is the process's peak RSS
+(getrusage; includes the ~1 GB of the torch import), taken before the matmul peak is measured.
+CPU threads: all cores available to the process (os.sched_getaffinity) unless --threads says
+otherwise, set with torch.set_num_threads; pass --threads to compare runs on a shared machine.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import t2t  # noqa: E402  (registers the models)
 from t2t.config import OptimConfig  # noqa: E402
 from t2t.engine.distributed import init_distributed  # noqa: E402
-from t2t.engine.evaluate import amp_dtype  # noqa: E402
+from t2t.engine.precision import amp_context, amp_dtype  # noqa: E402
 from t2t.engine.optim import build_optimizer  # noqa: E402
 
 # Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
@@ -72,7 +81,7 @@ def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, devic
     dtype = amp_dtype(amp)
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
     targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
-    autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")  # noqa: E731
+    autocast = lambda: amp_context(device, amp)  # noqa: E731
     if mode == "infer":
         model.eval()
 
@@ -149,8 +158,6 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
 def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
     from t2t.data.bench import run_data_benchmark
 
-    if not args.data_dir:
-        raise SystemExit("benchmark.py: error: --mode data needs --data-dir DIR")
     results = run_data_benchmark(args.data_dir, img_size=args.img_size, num_images=args.num_images)
     return {"mode": "data", "data_dir": args.data_dir, "img_size": args.img_size, **results}
 
@@ -167,6 +174,9 @@ def print_table(results: dict[str, Any]) -> None:
     width = max(map(len, results))
     for key, value in results.items():
         print(f"{key:<{width}}  {_fmt(value)}")
+    if "speedup" in results:
+        ours, stock = results["ours_images_per_sec_per_core"], results["timm_images_per_sec_per_core"]
+        print(f"\nours {ours:.1f} vs timm {stock:.1f} images/s per core: {results['speedup']:.2f}x")
     if "mfu" in results:
         print(f"\n{results['images_per_sec']:.1f} images/s ({results['images_per_sec_min']:.1f}-"
               f"{results['images_per_sec_max']:.1f}), {results['achieved_gflops_per_sec']:.1f} GFLOP/s of a "
@@ -195,6 +205,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.mode == "data" and not args.data_dir:
+        p.error("--mode data needs --data-dir DIR (class folders, or a root with train/)")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--steps and --batch-size must be >= 1, --warmup >= 0")
     return args

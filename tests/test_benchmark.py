@@ -34,3 +34,31 @@ def test_benchmark_smoke(mode, tmp_path):
     assert results["gflops_per_image_step"] == pytest.approx(factor * results["gflops_per_image_forward"])
     assert results["achieved_gflops_per_sec"] == pytest.approx(
         results["gflops_per_image_step"] * results["images_per_sec"])
+
+
+def test_benchmark_data_mode_compares_pipelines(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        (tmp_path / f"c{label}").mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / f"c{label}" / f"{i}.jpg")
+    out = tmp_path / "data.json"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--mode", "data", "--data-dir", str(tmp_path), "--smoke", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["ours_images_per_sec_per_core"] > 0 and results["timm_images_per_sec_per_core"] > 0
+    assert results["speedup"] == pytest.approx(
+        results["ours_images_per_sec_per_core"] / results["timm_images_per_sec_per_core"])
+    assert "images/s per core" in proc.stdout
+
+
+def test_benchmark_data_mode_needs_a_folder():
+    proc = subprocess.run([sys.executable, SCRIPT, "--mode", "data"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--data-dir" in proc.stderr

@@ -446,17 +446,27 @@ def test_reduced_size_jpeg_decoding_keeps_quality(tmp_path):
     assert _draft_scale(300, 300, 32, 32) == 8
     path = str(tmp_path / "big.jpg")
     _noise_image(640, 480).save(path, quality=95)
-    from timm.data import create_transform
-
+    opened = Image.open(path)
+    assert opened.draft("RGB", (80, 60))[1] == (0, 0, 80.0, 60.0)  # 1/8 scale decoding is available
     kwargs = dict(auto_augment=None, color_jitter=None, re_prob=0.0, use_prefetcher=True, scale=(0.6, 1.0))
     fast = build_train_transform(48, fast_decode=True, **kwargs)
-    stock = create_transform(48, is_training=True, interpolation="random", **kwargs)
-    opened = Image.open(path)
-    assert opened.draft("RGB", (80, 60))[1] == (0, 0, 80.0, 60.0)  # 1/8 scale decoding available
-    for seed in range(10):
+    no_draft = build_train_transform(48, fast_decode=True, **kwargs)
+    no_draft.draft = False
+    bilinear = build_train_transform(48, fast_decode=True, **{**kwargs, "interpolation": "bilinear"})
+    bilinear.draft = False
+    bicubic = build_train_transform(48, fast_decode=True, **{**kwargs, "interpolation": "bicubic"})
+    bicubic.draft = False
+    draft_error, interpolation_spread = [], []
+    for seed in range(12):
         a = _seeded(lambda: fast(Image.open(path)), seed).float()
-        b = _seeded(lambda: stock(Image.open(path).convert("RGB")), seed).float()
-        assert (a - b).abs().mean() < 4.0  # DCT-domain downscale vs. PIL's filter: close, not identical
+        b = _seeded(lambda: no_draft(Image.open(path)), seed).float()
+        draft_error.append((a - b).abs().mean().item())
+        c = _seeded(lambda: bilinear(Image.open(path)), seed).float()
+        d = _seeded(lambda: bicubic(Image.open(path)), seed).float()
+        interpolation_spread.append((c - d).abs().mean().item())
+    # Decoding at 1/8 .. 1/2 scale moves pixels no more than timm's own random choice of filter does
+    # (on this high-frequency noise image, the hardest case).
+    assert 0 < np.mean(draft_error) < 2.0 * np.mean(interpolation_spread)
 
 
 def _robustness_images(root) -> str:
@@ -481,7 +491,8 @@ def _robustness_images(root) -> str:
         save(base.convert("CMYK"), ".jpg")
         save(base.convert("LA"), ".png")
         save(base.convert("1"), ".png")
-        save(base.convert("L").convert("I"), ".png")
+        save(base.convert("L").convert("I;16"), ".png")
+        save(base.convert("L").convert("F"), ".tif")
     rgba = Image.fromarray(rng.integers(0, 256, size=(30, 20, 4), dtype=np.uint8), "RGBA")
     save(rgba, ".webp")
     save(_noise_image(40, 30), ".bmp")
@@ -518,6 +529,16 @@ def test_augmentation_never_crashes_20k(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Device-side normalisation and erasing
+
+
+def test_to_normalized_tensor_matches_totensor_normalize():
+    from t2t.data.transforms import ToNormalizedTensor
+
+    image = _noise_image(30, 20)
+    reference = build_eval_transform(20, crop_pct=1.0).transforms[2:]  # ToTensor, Normalize
+    expected = torchvision.transforms.Compose(reference)(image)
+    out = ToNormalizedTensor()(image)
+    assert out.shape == (3, 20, 30) and out.is_contiguous() and torch.allclose(out, expected, atol=1e-6)
 
 
 def test_batch_normalize_erase_matches_in_worker_normalisation():

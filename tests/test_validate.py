@@ -247,3 +247,38 @@ def test_error_unreadable_checkpoint(setup, tmp_path):
     assert_user_error(proc, bad)
     proc = run_validate("--data-dir", setup.data, "-m", MODEL, "--checkpoint", tmp_path / "absent.pth")
     assert_user_error(proc, tmp_path / "absent.pth")
+
+
+def test_prepare_imagenet_val_then_validate(setup, tmp_path):
+    """The flat official layout + either label file -> class folders of symlinks that validate.py reads."""
+    script = os.path.join(ROOT, "scripts", "prepare_imagenet_val.py")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    synsets = [f"n{label:08d}" for _, label in setup.samples]
+    for number, (path, _) in enumerate(setup.samples, start=1):
+        Image.open(path).save(raw / f"ILSVRC2012_val_{number:08d}.JPEG", format="PNG")
+    (tmp_path / "labels.txt").write_text("\n".join(synsets) + "\n")
+    rows = [f"ILSVRC2012_val_{n:08d},{s} 1 2 30 40 {s} 5 6 7 8" for n, s in enumerate(synsets, start=1)]
+    (tmp_path / "solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n")
+
+    def prepare(labels, out):
+        return subprocess.run([sys.executable, script, "--val-dir", raw, "--labels", tmp_path / labels,
+                               "--out", tmp_path / out], capture_output=True, text=True, timeout=120)
+
+    expected = sorted(f"{s}/ILSVRC2012_val_{n:08d}.JPEG" for n, s in enumerate(synsets, start=1))
+    for labels, out in (("labels.txt", "from_txt"), ("solution.csv", "from_csv")):
+        assert prepare(labels, out).returncode == 0
+        files = list((tmp_path / out).rglob("*.JPEG"))
+        assert sorted(str(p.relative_to(tmp_path / out)) for p in files) == expected
+        assert all(p.is_symlink() for p in files)
+    assert len(list(raw.iterdir())) == len(setup.samples)  # the source is untouched
+
+    again = prepare("labels.txt", "from_txt")  # refuses to overwrite
+    assert again.returncode == 2 and "already exist" in again.stderr
+    (tmp_path / "bad.txt").write_text("n00000000\nnot-a-synset\n")
+    bad = prepare("bad.txt", "bad_out")
+    assert bad.returncode == 2 and "line 2" in bad.stderr and not (tmp_path / "bad_out").exists()
+
+    results, _ = validate_ok(tmp_path, "--data-dir", tmp_path / "from_csv", "-m", MODEL, "--checkpoint",
+                             setup.paths["bare"], "--batch-size", 9, "--workers", 0)
+    assert_matches(results, hand_metrics(setup.model, setup.samples))

@@ -14,19 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .distributed import DistInfo, all_reduce_sum
+from .precision import amp_context
 
 _logger = logging.getLogger(__name__)
-
-AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def amp_dtype(amp: str) -> torch.dtype:
-    """The autocast dtype for 'none' | 'bf16' | 'fp16'."""
-    try:
-        return AMP_DTYPES[amp]
-    except KeyError:
-        raise ValueError(f"amp={amp!r}: expected one of {sorted(AMP_DTYPES)}") from None
-
 
 @torch.no_grad()
 def evaluate(
@@ -40,7 +30,6 @@ def evaluate(
         log_every: int = 50,
 ) -> dict:
     """Evaluate `model` on `loader` (this rank's shard) and return global top1/top5 (%), loss, count, images/s."""
-    dtype = amp_dtype(amp)
     device = torch.device(device)
     model.eval()
     # Running sums on the device (no per-batch host sync): correct@1, correct@5, summed CE, images.
@@ -49,7 +38,7 @@ def evaluate(
     for step, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none"):
+        with amp_context(device, amp):
             logits = model(images)
         logits = logits.float()  # (B, num_classes)
         k = min(5, logits.shape[1])

@@ -25,7 +25,8 @@ from .distributed import DistInfo, all_reduce_sum, broadcast_object, cleanup_dis
 from .evaluate import evaluate
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, scaled_lr
-from .train_loop import StepControl, TrainState, resolve_amp, train_one_epoch
+from .precision import resolve_amp
+from .train_loop import StepControl, TrainState, train_one_epoch
 
 _logger = logging.getLogger("t2t.train")
 

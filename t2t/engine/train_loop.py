@@ -16,11 +16,9 @@ from timm.loss import SoftTargetCrossEntropy
 from .distributed import all_reduce_sum
 from .metrics import format_duration
 from .optim import LRSchedule, set_lr
+from .precision import amp_context
 
 _logger = logging.getLogger("t2t.train")
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: the run stops, the last good checkpoint stays as it is."""
@@ -53,20 +51,6 @@ class StepControl:
     """Hooks the run gives the loop: called after every optimizer step; returns True to stop the epoch."""
 
     after_step: Callable[[TrainState], bool] = lambda state: False
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' on CUDA devices that support it, else 'none' (fp32)."""
-    if amp != "auto":
-        return amp
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "none"
-
-
-def amp_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    dtype = AMP_DTYPES[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def soft_targets(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -97,7 +97,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     state_dict = strip_prefixes(state_dict)
     target = model.state_dict()
     pos_embed = state_dict.get("pos_embed")
-    if pos_embed is not None and "pos_embed" in target and pos_embed.shape != target["pos_embed"].shape:
+    if pos_embed is not None and "pos_embed" in target and pos_embed.ndim == 3 and \
+            pos_embed.shape[2] == target["pos_embed"].shape[2] and pos_embed.shape[1] != target["pos_embed"].shape[1]:
         old_rows, new_rows = pos_embed.shape[1], target["pos_embed"].shape[1]
         state_dict["pos_embed"] = resize_pos_embed(pos_embed, new_rows - 1)
         _logger.info("Resized pos_embed from %d to %d positions (grid bicubic, class row kept)", old_rows, new_rows)
@@ -134,7 +135,8 @@ def load_pretrained_weights(
     target = model.state_dict()
     head_dropped = False
     if all(k in state_dict and k in target for k in HEAD_KEYS) and \
-            state_dict["head.weight"].shape != target["head.weight"].shape:
+            state_dict["head.weight"].shape[1:] == target["head.weight"].shape[1:] and \
+            state_dict["head.weight"].shape[0] != target["head.weight"].shape[0]:
         _logger.info(
             "Classifier not loaded from %s: it has %d classes, the model %d", path,
             state_dict["head.weight"].shape[0], target["head.weight"].shape[0])
