@@ -129,7 +129,9 @@ def train_one_epoch(
         micro += 1
         if is_last_micro:
             micro = 0
-            grad_norm = _optimizer_step(model, optimizer, scaler, schedule, state, clip_grad)
+            steps_in_epoch = num_batches // accum_steps
+            log_now = (state.step_in_epoch + 1) % log_interval == 0 or state.step_in_epoch + 1 == steps_in_epoch
+            grad_norm = _optimizer_step(model, optimizer, scaler, schedule, state, clip_grad, measure_norm=log_now)
             if ema is not None:
                 ema.update(model, step=state.global_step)
             state.global_step += 1
@@ -137,8 +139,7 @@ def train_one_epoch(
             steps_since_log += 1
             t_now = time.perf_counter()
             compute += t_now - t_data
-            steps_in_epoch = num_batches // accum_steps
-            if state.step_in_epoch % log_interval == 0 or state.step_in_epoch == steps_in_epoch:
+            if log_now:
                 stats = all_reduce_sum(world_loss.clone())  # (loss sum, images) over all ranks
                 elapsed = max(t_now - t_log, 1e-9)
                 values = {
@@ -168,14 +169,18 @@ def train_one_epoch(
 
 
 def _optimizer_step(model, optimizer, scaler, schedule: LRSchedule, state: TrainState,
-                    clip_grad: Optional[float]) -> Optional[float]:
-    """Set the lr for this step, unscale, clip, step (or skip on inf/NaN under fp16), zero grads."""
+                    clip_grad: Optional[float], measure_norm: bool = False) -> Optional[float]:
+    """Set the lr for this step, unscale, clip, step (or skip on inf/NaN under fp16), zero grads.
+
+    Returns the global gradient norm when clipping or when `measure_norm` asks for it (for the logs).
+    """
     set_lr(optimizer, schedule.lr_at(state.global_step))
     grad_norm = None
-    if clip_grad is not None:
+    if clip_grad is not None or measure_norm:
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.grad is not None], clip_grad).item()
+        grads = [p for p in model.parameters() if p.grad is not None]
+        max_norm = clip_grad if clip_grad is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(grads, max_norm).item()
     scale_before = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()

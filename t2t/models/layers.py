@@ -53,23 +53,24 @@ class TokenPerformer(nn.Module):
             return self._linear_attention_fp32(kqv.float())
 
     def _linear_attention_fp32(self, kqv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, q, v = kqv.split(self.out_dim, dim=-1)  # (B, T, E) views; split keeps the backward one cat
+        k, q, v = kqv.split(self.out_dim, dim=-1)  # (B, T, E) views into kqv: no copies
         kp, qp = self._random_features(k), self._random_features(q)  # (B, T, m)
-        # Append sum_t kp as an extra column of kp^T v: one product gives numerator and denominator.
-        kptv = torch.cat((torch.bmm(kp.transpose(1, 2), v), kp.sum(dim=1).unsqueeze(-1)), dim=-1)  # (B, m, E+1)
-        y = torch.bmm(qp, kptv)  # (B, T, E+1)
-        return y[..., :-1] / (y[..., -1:] + self.epsilon), v
+        denom = torch.bmm(qp, kp.sum(dim=1).unsqueeze(-1))  # (B, T, 1)
+        kptv = torch.bmm(kp.transpose(1, 2), v)  # (B, m, E)
+        # Normalise the m-wide features rather than the E-wide output: same sums, half the work.
+        y = torch.bmm(qp / (denom + self.epsilon), kptv)  # (B, T, E)
+        return y, v
 
     def _random_features(self, x: torch.Tensor) -> torch.Tensor:
         """phi(x) = exp(w.x - |x|^2 / 2) / sqrt(m) for x of shape (B, T, E), as (B, T, m)."""
-        flat = x.reshape(-1, x.shape[-1])  # a view: rows of the kqv output, no copy
+        flat = x.reshape(-1, x.shape[-1])  # a strided view of the kqv rows, no copy
         shift = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() * -0.5 - 0.5 * math.log(self.num_features)
         return torch.addmm(shift, flat, self.w.float().t()).exp_().view(*x.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, v = self._linear_attention(self.kqv(self.norm1(x)))
-        x = v + self.dp(self.proj(y))
-        return x + self.mlp(self.norm2(x))
+        x = self.dp(self.proj(y)).add_(v)  # in place on a fresh tensor that autograd does not keep
+        return self.mlp(self.norm2(x)).add_(x)
 
 
 class TokenAttention(nn.Module):
