@@ -14,6 +14,7 @@ from .sampler import ShardSampler, TrainSampler
 from .transforms import (
     BatchNormalizeErase,
     FastTrainTransform,
+    ToNormalizedTensor,
     build_eval_transform,
     build_train_transform,
     eval_resize_size,
@@ -26,6 +27,7 @@ __all__ = [
     "FastTrainTransform",
     "ImageFolderDataset",
     "ShardSampler",
+    "ToNormalizedTensor",
     "TrainSampler",
     "build_eval_loader",
     "build_eval_transform",

@@ -1,52 +1,17 @@
 """The training run's data, assembled from the config: datasets, resumable loaders, mixup, reseeding."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from ..config import DataConfig, MixupConfig
 from .dataset import ImageFolderDataset, check_same_classes, find_split_dirs
-from .loader import build_eval_loader
+from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup, seed_main_process_rng
 from .sampler import TrainSampler
 from .transforms import build_eval_transform, build_train_transform
-
-
-class _EpochTaggedSampler(Sampler):
-    """Yields (epoch, index) so that persistent workers learn the epoch with every sample."""
-
-    def __init__(self, sampler: TrainSampler) -> None:
-        self.sampler = sampler
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch, start_index=start_index)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, i) for i in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class _EpochTaggedDataset(Dataset):
-    """Reads (epoch, index) keys: each sample's augmentation is seeded from (seed, epoch, index)."""
-
-    def __init__(self, dataset: ImageFolderDataset) -> None:
-        self.dataset = dataset
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        self.dataset.set_epoch(epoch)
-        return self.dataset[index]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
 
 @dataclass
@@ -56,7 +21,6 @@ class TrainData:
     train_len: int
     batch_size: int
     batches_per_epoch: int
-    sampler: _EpochTaggedSampler
     train_loader: DataLoader
     val_loader: DataLoader
 
@@ -66,7 +30,7 @@ class TrainData:
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """The epoch's batches from `start_batch` on (mid-epoch resume skips inside the sampler)."""
-        self.sampler.set_epoch(epoch, start_index=start_batch * self.batch_size)
+        set_loader_epoch(self.train_loader, epoch, start_index=start_batch * self.batch_size)
         return self.train_loader
 
 
@@ -96,16 +60,13 @@ def build_train_and_val(
     check_same_classes(train_ds, val_ds)
     sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                            repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True)
-    tagged = _EpochTaggedSampler(sampler)
-    loader = DataLoader(
-        _EpochTaggedDataset(train_ds), batch_size=batch_size, sampler=tagged, num_workers=cfg.workers,
-        pin_memory=pin_memory, drop_last=True, persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None)
+    loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
+                                pin_memory=pin_memory, prefetch_factor=4 if cfg.workers > 0 else None)
     val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
                                    num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
     sampler.set_epoch(0)
     return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
-                     batch_size=batch_size, batches_per_epoch=len(sampler) // batch_size, sampler=tagged,
+                     batch_size=batch_size, batches_per_epoch=len(sampler) // batch_size,
                      train_loader=loader, val_loader=val_loader)
 
 

@@ -291,11 +291,10 @@ class FastTrainTransform:
         img.load()
         if img.mode != "RGB":
             img = img.convert("RGB")
-        # Only the crop leaves PIL, as a contiguous (h, w, 3) block: read as a channels-last (3, h, w)
-        # tensor, torch's uint8 kernels resize it and write a channels-last result, which goes back to
-        # PIL without a transposing copy.
-        crop = torch.from_numpy(np.array(img.crop((j, i, j + w, i + h)))).permute(2, 0, 1)
-        return F2.resize(crop, [out_h, out_w], interpolation, antialias=True)
+        crop = torch.from_numpy(np.array(img.crop((j, i, j + w, i + h))))
+        # The crop is a contiguous (h, w, 3) block: read as a channels-last (3, h, w) tensor, torch's uint8
+        # kernels resize it and write a channels-last result, which goes to PIL without a transposing copy.
+        return F2.resize(crop.permute(2, 0, 1), [out_h, out_w], interpolation, antialias=True)
 
     def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         if isinstance(img, Image.Image):
