@@ -49,6 +49,33 @@ def test_matches_reference_equations(name, img_size):
     assert (ours - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_gradients_match_reference_equations(name):
+    # The token layers fold LayerNorm into the next Linear, gather patches in another feature order
+    # and have a hand-written soft-split backward: the gradients must still be those of the equations.
+    model = timm.create_model(name, img_size=64, num_classes=10).eval()  # eval: no dropout
+    x = torch.randn(2, 3, 64, 64)
+    model(x).square().sum().backward()
+    params = {n: p.detach().clone().requires_grad_(p.requires_grad)
+              for n, p in model.state_dict(keep_vars=True).items()}
+    forward = reference_forward.__wrapped__  # without its no_grad decorator
+    forward(params, x, num_heads=MODEL_ARCHS[name][3]).square().sum().backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, params[n].grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_batched_inference_matches_one_pass(monkeypatch):
+    # Without autograd the T2T module runs a few images at a time; the result must not change.
+    model = timm.create_model("t2t_vit_7", img_size=64, num_classes=10).eval()
+    x = torch.randn(5, 3, 64, 64)
+    with torch.enable_grad():
+        expected = model(x)
+    monkeypatch.setattr(t2t.models.t2t_vit, "_TOKENS_PER_CHUNK", 2 * 16 * 16)  # 2 images of 64 px
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected.detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("img_size", [224, 384, 160, 256])
 def test_forward_shapes_for_any_multiple_of_16(img_size):
     model = timm.create_model("t2t_vit_7", img_size=img_size, num_classes=7).eval()

@@ -20,6 +20,25 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     return table.float().unsqueeze(0)
 
 
+def norm_linear(
+        x: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear, feature_order: torch.Tensor | None = None
+) -> torch.Tensor:
+    """linear(norm(x)) with the norm's scale and shift folded into the linear weights.
+
+    The same function, but the normalised (B, T, dim) input carries no parameters: when x needs no
+    gradient (the image patches) the backward skips the input-gradient product and the norm's
+    backward, and the forward skips one pass over the normalised input. With feature_order, x holds
+    the features the modules expect in that order: x[..., i] is feature feature_order[i].
+    """
+    weight = linear.weight * norm.weight
+    if feature_order is not None:
+        weight = weight[:, feature_order]
+    bias = linear.weight @ norm.bias
+    if linear.bias is not None:
+        bias = bias + linear.bias
+    return F.linear(F.layer_norm(x, norm.normalized_shape, eps=norm.eps), weight, bias)
+
+
 class TokenPerformer(nn.Module):
     """Single-head Performer token layer: positive random features, linear attention, v-skip.
 
@@ -64,13 +83,15 @@ class TokenPerformer(nn.Module):
     def _random_features(self, x: torch.Tensor) -> torch.Tensor:
         """phi(x) = exp(w.x - |x|^2 / 2) / sqrt(m) for x of shape (B, T, E), as (B, T, m)."""
         flat = x.reshape(-1, x.shape[-1])  # a strided view of the kqv rows, no copy
-        shift = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() * -0.5 - 0.5 * math.log(self.num_features)
+        half_sq_norm = 0.5 * torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square()
+        shift = -half_sq_norm - 0.5 * math.log(self.num_features)  # (B*T, 1)
         return torch.addmm(shift, flat, self.w.float().t()).exp_().view(*x.shape[:-1], -1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, v = self._linear_attention(self.kqv(self.norm1(x)))
-        x = self.dp(self.proj(y)).add_(v)  # in place on a fresh tensor that autograd does not keep
-        return self.mlp(self.norm2(x)).add_(x)
+    def forward(self, x: torch.Tensor, feature_order: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, dim) -> (B, T, out_dim); feature_order as in norm_linear."""
+        y, v = self._linear_attention(norm_linear(x, self.norm1, self.kqv, feature_order))
+        x = v + self.dp(self.proj(y))
+        return x + self.mlp(self.norm2(x))
 
 
 class TokenAttention(nn.Module):
@@ -87,11 +108,13 @@ class TokenAttention(nn.Module):
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, 1, self.out_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, 1, T, E)
+        return self.attend(self.qkv(x))
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention output plus v, from the (B, T, 3*out_dim) projection."""
+        q, k, v = qkv.unsqueeze(1).split(self.out_dim, dim=-1)  # (B, 1, T, E) views: the backward is one cat
         y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        v, y = v.squeeze(1), y.squeeze(1)
-        return v + self.proj(y)
+        return v.squeeze(1) + self.proj(y.squeeze(1))
 
 
 class TokenTransformer(nn.Module):
@@ -104,6 +127,7 @@ class TokenTransformer(nn.Module):
         self.norm2 = nn.LayerNorm(out_dim)
         self.mlp = Mlp(in_features=out_dim, hidden_features=out_dim, out_features=out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, feature_order: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, dim) -> (B, T, out_dim); feature_order as in norm_linear."""
+        x = self.attn.attend(norm_linear(x, self.norm1, self.attn.qkv, feature_order))
         return x + self.mlp(self.norm2(x))

@@ -18,21 +18,53 @@ TokensType = Literal["performer", "transformer"]
 
 
 def _image_patches(x: torch.Tensor) -> torch.Tensor:
-    """Soft split 7x7 stride 4 pad 2 of an image (B, C, H, W) into tokens (B, H/4 * W/4, C*7*7).
+    """Soft split 7x7 stride 4 pad 2 of an image (B, C, H, W) into tokens (B, H/4 * W/4, 7*7*C).
 
-    Same values and (c, kh, kw) feature order as nn.Unfold, gathered in one copy.
+    Features in (kh, kw, c) order, gathered from a channels-last copy of the image in runs of 7*C
+    contiguous values: about twice as fast as nn.Unfold's (c, kh, kw) order (see T2TModule.image_order).
     """
-    patches = F.pad(x, (2, 2, 2, 2)).unfold(2, 7, 4).unfold(3, 7, 4)  # (B, C, H/4, W/4, 7, 7)
-    return patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
+    grid = F.pad(x.permute(0, 2, 3, 1), (0, 0, 2, 2, 2, 2))  # (B, H+4, W+4, C), one copy
+    patches = grid.unfold(1, 7, 4).unfold(2, 7, 4)  # (B, H/4, W/4, C, 7, 7)
+    return patches.permute(0, 1, 2, 4, 5, 3).flatten(3).flatten(1, 2)
+
+
+class _TokenSoftSplit(torch.autograd.Function):
+    """Soft split 3x3 stride 2 pad 1 of a channels-last grid (B, H, W, C) into patches (B, H/2, W/2, 3*3*C).
+
+    Patch features come out in (kh, kw, c) order, three contiguous runs of memory per patch: about
+    twice as fast to gather as nn.Unfold's (c, kh, kw) order, so the layers reading the patches index
+    their weights with T2TModule.patch_order instead. The backward adds the nine taps back with
+    strided slices, a few times faster than autograd's unfold_backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, grid: torch.Tensor) -> torch.Tensor:
+        ctx.grid_shape = grid.shape
+        taps = F.pad(grid, (0, 0, 1, 1, 1, 1)).unfold(1, 3, 2).unfold(2, 3, 2)  # (B, H/2, W/2, C, 3, 3)
+        return taps.permute(0, 1, 2, 4, 5, 3).flatten(3)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = ctx.grid_shape
+        taps = grad.reshape(B, H // 2, W // 2, 3, 3, C)
+        padded = grad.new_zeros(B, H + 2, W + 2, C)
+        for i in range(3):
+            for j in range(3):
+                padded[:, i:i + H:2, j:j + W:2] += taps[:, :, :, i, j]
+        return padded[:, 1:-1, 1:-1]
 
 
 def _token_patches(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Soft split 3x3 stride 2 pad 1 of tokens (B, H*W, C) on an HxW grid into (B, H/2 * W/2, C*3*3).
+    """Soft split of tokens (B, H*W, C) on an HxW grid into (B, H/2 * W/2, 3*3*C), in (kh, kw, c) order."""
+    return _TokenSoftSplit.apply(x.view(x.shape[0], height, width, x.shape[2])).flatten(1, 2)
 
-    The tokens are read in place as a channels-last map; features come out in nn.Unfold's (c, kh, kw) order.
-    """
-    grid = F.pad(x.view(x.shape[0], height, width, x.shape[2]), (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
-    return grid.unfold(1, 3, 2).unfold(2, 3, 2).flatten(3).flatten(1, 2)  # (B, H/2, W/2, C, 3, 3) -> tokens
+
+def _patch_order(channels: int, kernel: int) -> torch.Tensor:
+    """Index of nn.Unfold's (c, kh, kw) feature for each (kh, kw, c) feature of a kernel x kernel patch."""
+    return torch.arange(channels * kernel * kernel).view(channels, kernel, kernel).permute(1, 2, 0).flatten()
+
+
+_TOKENS_PER_CHUNK = 8 * 56 * 56  # first-layer tokens per chunk when running without autograd
 
 
 class T2TModule(nn.Module):
@@ -58,12 +90,25 @@ class T2TModule(nn.Module):
         self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
         self.grid_size = img_size // 16
         self.num_patches = self.grid_size ** 2
+        # Patches come in (kh, kw, c) order; the weights that read them are indexed to match.
+        self.register_buffer("image_order", _patch_order(in_chans, 7), persistent=False)
+        self.register_buffer("patch_order", _patch_order(token_dim, 3), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # On the CPU without autograd, a few images at a time: the memory-bound layers over H/4 * W/4
+        # tokens then work on tensors that stay in cache and in the allocator's free lists instead of
+        # fresh pages (t2t_vit_7, batch 32, 2 cores: no page faults instead of ~330 MiB a pass, -19% time).
+        chunk = max(1, _TOKENS_PER_CHUNK * 16 // (x.shape[-2] * x.shape[-1]))
+        if x.shape[0] > chunk and x.device.type == "cpu" and not torch.is_grad_enabled():
+            return torch.cat([self._forward(images) for images in x.split(chunk)])
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
-        x = self.attention1(_image_patches(x))  # (B, H/4 * W/4, token_dim)
-        x = self.attention2(_token_patches(x, H // 4, W // 4))  # (B, H/8 * W/8, token_dim)
-        return self.project(_token_patches(x, H // 8, W // 8))  # (B, H/16 * W/16, embed_dim)
+        x = self.attention1(_image_patches(x), self.image_order)  # (B, H/4 * W/4, token_dim)
+        x = self.attention2(_token_patches(x, H // 4, W // 4), self.patch_order)  # (B, H/8 * W/8, token_dim)
+        x = _token_patches(x, H // 8, W // 8)  # (B, H/16 * W/16, 9 * token_dim)
+        return F.linear(x, self.project.weight[:, self.patch_order], self.project.bias)  # (..., embed_dim)
 
 
 class T2TViT(nn.Module):
