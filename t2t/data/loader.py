@@ -9,6 +9,13 @@ from .sampler import ShardSampler, TrainSampler
 __all__ = ["build_eval_loader", "build_train_loader", "set_loader_epoch"]
 
 
+def _check_loader_args(batch_size: int, workers: int) -> None:
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+
+
 def build_train_loader(
     dataset: Dataset,
     *,
@@ -24,10 +31,7 @@ def build_train_loader(
 
     Call ``set_loader_epoch(loader, epoch, start_index)`` before iterating each epoch.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+    _check_loader_args(batch_size, workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -54,10 +58,7 @@ def build_eval_loader(
     persistent_workers: bool = False,
 ) -> DataLoader:
     """Evaluation DataLoader: rank r reads r, r + W, ... (no padding), keeps the last partial batch."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+    _check_loader_args(batch_size, workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
