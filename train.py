@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2t/runtime.py
 
 from t2t.config import ConfigError, dump_config, load_config
 from t2t.data.dataset import DatasetError
 from t2t.engine.run import PREEMPTED_EXIT_CODE, RunError, resume_config, run
 from t2t.engine.train_loop import NonFiniteLossError
 from t2t.models.weights import CheckpointError
+from t2t.runtime import keep_freed_memory
 
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
@@ -33,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()
     try:
         if args.config is not None:
             cfg = load_config(args.config, args.overrides)

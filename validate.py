@@ -21,6 +21,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2t/runtime.py
+
 import timm
 import torch.nn as nn
 
@@ -34,6 +36,7 @@ from t2t.engine.evaluate import evaluate
 from t2t.engine.precision import resolve_amp
 from t2t.models import CheckpointError, extract_state_dict, read_checkpoint
 from t2t.models.weights import EMA_KEYS
+from t2t.runtime import keep_freed_memory
 
 _logger = logging.getLogger("validate")
 
@@ -226,6 +229,7 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()
     try:
         dist = init_distributed(args.device)
         setup_logging(dist.is_main)

@@ -15,13 +15,20 @@ Timing: `--warmup` untimed steps, then `--steps` timed ones (CUDA synchronised a
 median step gives images/s, the fastest and slowest steps the spread. FLOPs are counted the paper's
 way (t2t.count_macs: every matmul and attention product; 1 MAC = 2 FLOPs); a training step counts as
 3 forward passes. MFU divides the achieved FLOP/s by a matrix-multiply peak measured in the same run,
-on the same device and in the same dtype (fp32, with TF32 on CUDA as in training, or the --amp dtype),
-as the median of several square matmuls (--peak-size): it is relative to what this device reaches
-in this run, not to a datasheet figure (on a shared machine both figures are noisy).
+on the same device and in the same dtype (fp32, with TF32 on CUDA as in training, or the --amp dtype):
+right after each timed step, three square matmuls of --peak-size are timed and their median is that
+step's peak. Each step's MFU is its own FLOP/s over the peak measured next to it, and the figure
+printed is the median of those, with the lowest and highest as the spread. Pairing the two matters on
+a shared machine, whose speed drifts by 10-20% within a minute: a peak taken once, before or after,
+moves the MFU by as much. The MFU is relative to what this device reaches in this run, not to a
+datasheet figure.
 Peak memory is torch.cuda.max_memory_allocated on CUDA; on the CPU it is the process's peak RSS
-(getrusage; includes the ~1 GB of the torch import), taken before the matmul peak is measured.
+(getrusage; includes the ~1 GB of the torch import); both include the matmul operands (3 x 64 MiB
+for 4096 x 4096 fp32 on CUDA, 3 x 16 MiB for 2048 on the CPU).
 CPU threads: all cores available to the process (os.sched_getaffinity) unless --threads says
 otherwise, set with torch.set_num_threads; pass --threads to compare runs on a shared machine.
+CPU memory: as in train.py and validate.py, freed memory stays in the process and large tensors
+go on transparent huge pages (t2t/runtime.py).
 """
 from __future__ import annotations
 
@@ -34,10 +41,12 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-import timm
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2t/runtime.py
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
@@ -46,6 +55,7 @@ from t2t.config import OptimConfig  # noqa: E402
 from t2t.engine.distributed import init_distributed  # noqa: E402
 from t2t.engine.precision import amp_context, amp_dtype  # noqa: E402
 from t2t.engine.optim import build_optimizer  # noqa: E402
+from t2t.runtime import keep_freed_memory  # noqa: E402
 
 # Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
 DEFAULTS = dict(batch_size=16, img_size=224, steps=20, warmup=5, peak_size=None, num_images=200)
@@ -61,18 +71,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int) -> list[float]:
-    """Seconds per call of `step` for `steps` calls after `warmup` untimed ones."""
+def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int,
+               probe: Callable[[], float] | None = None) -> tuple[list[float], list[float]]:
+    """Seconds per call of `step` for `steps` calls after `warmup` untimed ones, and what `probe`
+    returned right after each timed call (empty without a probe)."""
     for _ in range(warmup):
         step()
     _sync(device)
-    times = []
+    times, probes = [], []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return times
+        if probe is not None:
+            probes.append(probe())
+    return times, probes
+
+
+def matmul_probe(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3) -> Callable[[], float]:
+    """A function returning the median GFLOP/s of `repeats` size x size matmuls (2 * size^3 FLOPs each)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    matmul = lambda: torch.mm(a, b, out=out)  # noqa: E731
+    time_steps(matmul, device, steps=1, warmup=2)
+
+    def probe() -> float:
+        times, _ = time_steps(matmul, device, steps=repeats, warmup=0)
+        return 2 * size ** 3 / statistics.median(times) / 1e9
+    return probe
 
 
 def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, device: torch.device,
@@ -113,14 +141,6 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "CPU peak RSS of the process (getrusage)"
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """Median GFLOP/s of size x size matmuls on `device` in `dtype` (2 * size^3 FLOPs each)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    times = time_steps(lambda: torch.mm(a, b), device, steps=repeats, warmup=2)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
-
-
 def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     device = init_distributed(args.device).device
     dtype = amp_dtype(args.amp)
@@ -132,14 +152,14 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     step_gflops = forward_gflops * (3 if args.mode == "train" else 1)
     if args.compile:
         model = torch.compile(model)
-    times = time_steps(make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp),
-                       device, args.steps, args.warmup)
+    peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
+    probe = matmul_probe(device, dtype, peak_size)
+    times, peaks = time_steps(make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp),
+                              device, args.steps, args.warmup, probe)
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
-    peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
-    peak = matmul_peak(device, dtype, peak_size)
     images_per_sec = args.batch_size / median
-    achieved = step_gflops * images_per_sec
+    mfus = [step_gflops * args.batch_size / t / peak for t, peak in zip(times, peaks)]
     return {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -150,8 +170,10 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
         "peak_memory_mib": memory, "peak_memory_kind": memory_kind,
         "params": params, "params_trainable": trainable,
         "gflops_per_image_forward": forward_gflops, "gflops_per_image_step": step_gflops,
-        "achieved_gflops_per_sec": achieved,
-        "matmul_peak_gflops_per_sec": peak, "matmul_peak_size": peak_size, "mfu": achieved / peak,
+        "achieved_gflops_per_sec": step_gflops * images_per_sec,
+        "matmul_peak_gflops_per_sec": statistics.median(peaks),
+        "matmul_peak_min": min(peaks), "matmul_peak_max": max(peaks), "matmul_peak_size": peak_size,
+        "mfu": statistics.median(mfus), "mfu_min": min(mfus), "mfu_max": max(mfus),
     }
 
 
@@ -181,7 +203,8 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"\n{results['images_per_sec']:.1f} images/s ({results['images_per_sec_min']:.1f}-"
               f"{results['images_per_sec_max']:.1f}), {results['achieved_gflops_per_sec']:.1f} GFLOP/s of a "
               f"{results['matmul_peak_gflops_per_sec']:.1f} GFLOP/s {results['dtype']} matmul peak: "
-              f"MFU {100 * results['mfu']:.1f}%")
+              f"MFU {100 * results['mfu']:.1f}% ({100 * results['mfu_min']:.1f}-{100 * results['mfu_max']:.1f}, "
+              f"each step against the peak measured next to it)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -214,6 +237,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()
     torch.set_num_threads(args.threads or available_cores())
     results = benchmark_data(args) if args.mode == "data" else benchmark_model(args)
     print_table(results)
