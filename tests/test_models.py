@@ -65,15 +65,26 @@ def test_gradients_match_reference_equations(name):
             torch.testing.assert_close(p.grad, params[n].grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
-def test_batched_inference_matches_one_pass(monkeypatch):
-    # Without autograd the T2T module runs a few images at a time; the result must not change.
-    model = timm.create_model("t2t_vit_7", img_size=64, num_classes=10).eval()
+def test_chunked_t2t_module_matches_one_pass(monkeypatch):
+    # On the CPU the T2T module runs a few images at a time; outputs and gradients must not change.
+    model = timm.create_model("t2t_vit_7", img_size=64, num_classes=10).eval()  # eval: no dropout masks
     x = torch.randn(5, 3, 64, 64)
-    with torch.enable_grad():
-        expected = model(x)
-    monkeypatch.setattr(t2t.models.t2t_vit, "_TOKENS_PER_CHUNK", 2 * 16 * 16)  # 2 images of 64 px
+
+    def logits_and_grads():
+        model.zero_grad(set_to_none=True)
+        logits = model(x)
+        logits.square().sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected, expected_grads = logits_and_grads()  # 5 images, well under one chunk at 64 px
+    monkeypatch.setattr(t2t.models.t2t_vit, "_TOKENS_PER_CHUNK", 2 * 16 * 16)  # 2 images of 64 px: 3 chunks
+    logits, grads = logits_and_grads()
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], expected_grads[n], rtol=1e-4, atol=1e-6, msg=n)
     with torch.inference_mode():
-        torch.testing.assert_close(model(x), expected.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("img_size", [224, 384, 160, 256])
