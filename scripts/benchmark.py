@@ -16,12 +16,11 @@ median step gives images/s, the fastest and slowest steps the spread. FLOPs are 
 way (t2t.count_macs: every matmul and attention product; 1 MAC = 2 FLOPs); a training step counts as
 3 forward passes. MFU divides the achieved FLOP/s by a matrix-multiply peak measured in the same run,
 on the same device and in the same dtype (fp32, with TF32 on CUDA as in training, or the --amp dtype):
-right after each timed step, three square matmuls of --peak-size are timed and their median is that
-step's peak. Each step's MFU is its own FLOP/s over the peak measured next to it, and the figure
-printed is the median of those, with the lowest and highest as the spread. Pairing the two matters on
-a shared machine, whose speed drifts by 10-20% within a minute: a peak taken once, before or after,
-moves the MFU by as much. The MFU is relative to what this device reaches in this run, not to a
-datasheet figure.
+right after each timed step, three square matmuls of --peak-size are timed, and the peak is the median
+of all of them. Spreading the peak's samples through the run matters on a shared machine, whose speed
+drifts by 10-20% within a minute: a peak taken once, before or after, moves the MFU by as much. MFU is
+the median step's FLOP/s over that peak; the fastest and slowest steps over the same peak give its
+spread. It is relative to what this device reaches in this run, not to a datasheet figure.
 Peak memory is torch.cuda.max_memory_allocated on CUDA; on the CPU it is the process's peak RSS
 (getrusage; includes the ~1 GB of the torch import); both include the matmul operands (3 x 64 MiB
 for 4096 x 4096 fp32 on CUDA, 3 x 16 MiB for 2048 on the CPU).
@@ -159,7 +158,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
     images_per_sec = args.batch_size / median
-    mfus = [step_gflops * args.batch_size / t / peak for t, peak in zip(times, peaks)]
+    peak = statistics.median(peaks)
     return {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -171,17 +170,21 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
         "params": params, "params_trainable": trainable,
         "gflops_per_image_forward": forward_gflops, "gflops_per_image_step": step_gflops,
         "achieved_gflops_per_sec": step_gflops * images_per_sec,
-        "matmul_peak_gflops_per_sec": statistics.median(peaks),
+        "matmul_peak_gflops_per_sec": peak,
         "matmul_peak_min": min(peaks), "matmul_peak_max": max(peaks), "matmul_peak_size": peak_size,
-        "mfu": statistics.median(mfus), "mfu_min": min(mfus), "mfu_max": max(mfus),
+        "mfu": step_gflops * images_per_sec / peak,
+        "mfu_min": step_gflops * args.batch_size / max(times) / peak,
+        "mfu_max": step_gflops * args.batch_size / min(times) / peak,
     }
 
 
 def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
     from t2t.data.bench import run_data_benchmark
 
-    results = run_data_benchmark(args.data_dir, img_size=args.img_size, num_images=args.num_images)
-    return {"mode": "data", "data_dir": args.data_dir, "img_size": args.img_size, **results}
+    results = run_data_benchmark(args.data_dir, img_size=args.img_size, num_images=args.num_images,
+                                 prefetcher=args.prefetcher, rounds=args.rounds)
+    return {"mode": "data", "data_dir": args.data_dir, "img_size": args.img_size, "prefetcher": args.prefetcher,
+            **results}
 
 
 def _fmt(value: Any) -> str:
@@ -203,8 +206,8 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"\n{results['images_per_sec']:.1f} images/s ({results['images_per_sec_min']:.1f}-"
               f"{results['images_per_sec_max']:.1f}), {results['achieved_gflops_per_sec']:.1f} GFLOP/s of a "
               f"{results['matmul_peak_gflops_per_sec']:.1f} GFLOP/s {results['dtype']} matmul peak: "
-              f"MFU {100 * results['mfu']:.1f}% ({100 * results['mfu_min']:.1f}-{100 * results['mfu_max']:.1f}, "
-              f"each step against the peak measured next to it)")
+              f"MFU {100 * results['mfu']:.1f}% ({100 * results['mfu_min']:.1f}-{100 * results['mfu_max']:.1f} "
+              f"from the slowest and fastest steps)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -222,6 +225,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-size", type=int, help="matmul size for the peak (default 4096 CUDA, 2048 CPU)")
     p.add_argument("--data-dir", help="class-folder images for --mode data")
     p.add_argument("--num-images", type=int, help="images decoded in --mode data (default 200)")
+    p.add_argument("--rounds", type=int, default=3, help="--mode data: epochs over the images (default 3)")
+    p.add_argument("--prefetcher", action="store_true",
+                   help="--mode data: uint8 batches, normalise and erase on the device (timm's use_prefetcher)")
     p.add_argument("--json", help="also write the results here as JSON")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests: batch 2, 32 px, 1 + 2 steps")
     args = p.parse_args(argv)
