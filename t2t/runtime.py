@@ -25,9 +25,9 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 32 * 2**20
 _TRIM_THRESHOLD = 2**31 - 1  # largest value of mallopt's int argument: in effect, never trim
 
-# PyTorch reads this once, at its first allocation: the entry points (train.py, validate.py,
-# scripts/benchmark.py) set it before importing torch, unless the environment already sets it.
-THP_ENV = "THP_MEM_ALLOC_ENABLE"
+# Huge pages are PyTorch's own switch, THP_MEM_ALLOC_ENABLE, read once at its first allocation: the
+# entry points (train.py, validate.py, scripts/benchmark.py) set it before importing torch, unless
+# the environment already sets it. Importing this module imports torch, hence no helper here.
 
 
 def keep_freed_memory() -> bool:
