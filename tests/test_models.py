@@ -87,6 +87,39 @@ def test_chunked_t2t_module_matches_one_pass(monkeypatch):
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_convolved_t2t_module_is_exact_for_flat_patches(name):
+    # On the CPU in float32 each soft split and the Linear after it run as one convolution, with the
+    # LayerNorm's statistics pooled per patch. Patches whose mean is large against their spread (a flat
+    # image region) are where E[x^2] - E[x]^2 in float32 would fail (errors ~1e-2 here).
+    model = timm.create_model(name, img_size=64, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    x[0] = 3 + 0.01 * x[0]
+    exact = reference_forward({k: v.double() for k, v in model.state_dict().items()}, x.double(),
+                              num_heads=MODEL_ARCHS[name][3])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).double(), exact, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("tokens_type", ["performer", "transformer"])
+def test_convolved_t2t_module_matches_gathered(tokens_type):
+    # Elsewhere (CUDA, autocast) the patches are gathered: the same function, outputs and gradients.
+    module = t2t.models.t2t_vit.T2TModule(64, tokens_type, embed_dim=32).eval()
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for forward in (module._forward_convolved, module._forward_gathered):
+        module.zero_grad(set_to_none=True)
+        out = forward(x)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
+    (out, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == expected_grads.keys() and len(grads) > 10
+    for n in grads:  # float32 summation order: errors relative to the largest entry
+        scale = expected_grads[n].abs().max().item()
+        torch.testing.assert_close(grads[n], expected_grads[n], rtol=1e-4, atol=1e-5 * scale, msg=n)
+
+
 @pytest.mark.parametrize("img_size", [224, 384, 160, 256])
 def test_forward_shapes_for_any_multiple_of_16(img_size):
     model = timm.create_model("t2t_vit_7", img_size=img_size, num_classes=7).eval()
