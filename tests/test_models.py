@@ -214,3 +214,22 @@ def test_works_under_torch_compile():
         expected = model(x)
         compiled = torch.compile(model)(x)
     torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_dropout_mask():
+    # The Performer dropouts draw their CPU mask from 16-bit integers: p rounds to a multiple of 2^-16.
+    drop = t2t.models.layers.Dropout(0.1).train()
+    x = torch.ones(64, 128, 128, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    p = round(0.1 * 65536) / 65536
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / y.numel())
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / (1 - p))]
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient is the mask
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the global generator decides: seeded runs repeat
+    assert not torch.equal(drop(x), y)
+    assert drop(torch.ones(3, 5)).shape == (3, 5)  # sizes that are not a multiple of 4
+    assert torch.equal(drop.eval()(x), x)

@@ -78,6 +78,27 @@ def patch_norm_linear(
     return torch.addcmul(bias, tokens, rstd)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose float32 CPU training mask is made from 16 random bits per element.
+
+    torch's CPU generator fills an int64 tensor (four 16-bit draws per value) about 5x faster than
+    F.dropout draws its float mask (t2t_vit_7's Performer dropouts: ~5% of a training step on 2 cores
+    with F.dropout). Each element is dropped with probability round(p * 2^16) / 2^16 (0.1 -> 0.100006)
+    and the kept ones are scaled by the inverse of their share, so the expectation is unchanged. Other
+    devices and dtypes use F.dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or x.dtype != torch.float32 or self.inplace:
+            return super().forward(x)
+        threshold = round(self.p * 65536)
+        if threshold in (0, 65536):
+            return x if threshold == 0 else torch.zeros_like(x)
+        bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)
+        mask = bits.view(torch.int16)[:x.numel()].view(x.shape).to(torch.float32)  # uniform on [-2^15, 2^15)
+        return x * mask.ge_(threshold - 32768).mul_(65536 / (65536 - threshold))
+
+
 class TokenPerformer(nn.Module):
     """Single-head Performer token layer: positive random features, linear attention, v-skip.
 
@@ -92,14 +113,14 @@ class TokenPerformer(nn.Module):
         self.epsilon = 1e-8
         self.norm1 = nn.LayerNorm(dim)
         self.kqv = nn.Linear(dim, 3 * out_dim)
-        self.dp = nn.Dropout(drop)
+        self.dp = Dropout(drop)
         self.proj = nn.Linear(out_dim, out_dim)
         self.norm2 = nn.LayerNorm(out_dim)
         self.mlp = nn.Sequential(
             nn.Linear(out_dim, out_dim),
             nn.GELU(),
             nn.Linear(out_dim, out_dim),
-            nn.Dropout(drop),
+            Dropout(drop),
         )
         # Fixed orthogonal projection, saved with the weights but never trained.
         w = nn.init.orthogonal_(torch.empty(self.num_features, out_dim)) * math.sqrt(self.num_features)
