@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
 KEYS = ("images_per_sec", "images_per_sec_min", "images_per_sec_max", "peak_memory_mib", "peak_memory_kind",
         "params", "gflops_per_image_forward", "gflops_per_image_step", "achieved_gflops_per_sec",
-        "matmul_peak_gflops_per_sec", "mfu")
+        "matmul_peak_gflops_per_sec", "mfu", "best_peak_gflops_per_sec", "mfu_best_peak")
 
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
@@ -29,6 +29,12 @@ def test_benchmark_smoke(mode, tmp_path):
     assert results["peak_memory_kind"].startswith("CPU peak RSS")
     assert results["images_per_sec_min"] <= results["images_per_sec"] <= results["images_per_sec_max"]
     assert results["mfu"] > 0 and results["matmul_peak_gflops_per_sec"] > 0
+    # The best peak is the better of torch.mm's and oneDNN's (when torch has oneDNN), MFU over it no higher.
+    assert results["best_peak_gflops_per_sec"] == max(results["matmul_peak_gflops_per_sec"],
+                                                      results["onednn_peak_gflops_per_sec"] or 0)
+    assert results["mfu_best_peak"] == pytest.approx(
+        results["achieved_gflops_per_sec"] / results["best_peak_gflops_per_sec"])
+    assert results["mfu_best_peak"] <= results["mfu"]
     # A training step is counted as three forward passes.
     factor = 3 if mode == "train" else 1
     assert results["gflops_per_image_step"] == pytest.approx(factor * results["gflops_per_image_forward"])
