@@ -233,3 +233,16 @@ def test_cpu_dropout_mask():
     assert not torch.equal(drop(x), y)
     assert drop(torch.ones(3, 5)).shape == (3, 5)  # sizes that are not a multiple of 4
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_gelu_overwrites_its_input_only_without_autograd():
+    act, x = t2t.models.layers.GELU(), torch.randn(4, 8)
+    expected = torch.nn.functional.gelu(x)
+    y = act(x.clone().requires_grad_())  # autograd: a new tensor, the gradient of GELU
+    torch.testing.assert_close(y.detach(), expected)
+    with torch.no_grad():
+        z = x.clone()
+        assert act(z) is z
+        torch.testing.assert_close(z, expected)
+    model = timm.create_model("t2t_vit_7", img_size=64, num_classes=4)
+    assert all(type(m) is not torch.nn.GELU for m in model.modules())

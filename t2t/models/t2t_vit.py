@@ -12,7 +12,7 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from .layers import TokenPerformer, TokenTransformer, patch_norm_linear, sinusoid_table
+from .layers import GELU, TokenPerformer, TokenTransformer, patch_norm_linear, sinusoid_table
 
 TokensType = Literal["performer", "transformer"]
 
@@ -193,6 +193,7 @@ class T2TViT(nn.Module):
                 attn_drop=attn_drop_rate,
                 drop_path=drop_path[i],
                 norm_layer=nn.LayerNorm,
+                act_layer=GELU,
             )
             for i in range(depth)
         ])
