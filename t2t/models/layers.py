@@ -73,9 +73,11 @@ def patch_norm_linear(
     pixel_mean = pixel_mean.squeeze(1).double()
     pool = partial(F.avg_pool2d, kernel_size=kernel, stride=stride, padding=padding)  # zeros counted
     mean = pool(pixel_mean)
-    var = pool(pixel_var.double()) + pool(pixel_mean.square()) - mean.square()
+    var = pool(pixel_var.double() + pixel_mean.square()) - mean.square()  # E[p^2] - E[p]^2, in float64
     rstd = (var + norm.eps).rsqrt().to(tokens.dtype).flatten(1).unsqueeze(-1)  # (B, H' * W', 1)
-    return torch.addcmul(bias, tokens, rstd)
+    if torch.is_grad_enabled() and (tokens.requires_grad or rstd.requires_grad):
+        return torch.addcmul(bias, tokens, rstd)
+    return tokens.mul_(rstd).add_(bias)  # in place: no fresh (B, T', out) buffer
 
 
 class GELU(nn.GELU):
