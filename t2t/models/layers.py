@@ -80,6 +80,41 @@ def patch_norm_linear(
     return tokens.mul_(rstd).add_(bias)  # in place: no fresh (B, T', out) buffer
 
 
+def cpu_float32(x: torch.Tensor) -> bool:
+    """Whether x is a float32 CPU tensor outside autocast, with oneDNN available: the case the
+    convolution-based paths here are written for (exact in float32, oneDNN's kernels)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available())
+
+
+class Linear(nn.Linear):
+    """nn.Linear that, on the CPU in float32, runs as a 1x1 convolution over its rows.
+
+    The rows (M, in) seen as a channels-last (1, in, M, 1) grid, without a copy: oneDNN's convolution
+    kernels then do the GEMM, forward and backward, where F.linear calls MKL. On this project's AMD
+    EPYC (2 cores, backbone shapes) that is 15-30% faster forward and 5-19% forward plus backward.
+    The same parameters and state dict; other devices, dtypes and autocast use F.linear.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not cpu_float32(x):
+            return super().forward(x)
+        rows = x.reshape(-1, self.in_features)
+        if not rows.is_contiguous():
+            return super().forward(x)
+        grid = rows.view(1, rows.shape[0], 1, self.in_features).permute(0, 3, 1, 2)
+        out = F.conv2d(grid, self.weight.view(self.out_features, self.in_features, 1, 1), self.bias)
+        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
+
+
+def use_cpu_linears(module: nn.Module) -> nn.Module:
+    """Turn every plain nn.Linear in module into a Linear (same parameters), in place."""
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = Linear
+    return module
+
+
 class GELU(nn.GELU):
     """nn.GELU that overwrites its input when no gradient flows through it (inference, no_grad, frozen
     layers): one pass over the hidden activations instead of a read plus a write to fresh memory

@@ -12,7 +12,7 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from .layers import GELU, TokenPerformer, TokenTransformer, patch_norm_linear, sinusoid_table
+from .layers import GELU, TokenPerformer, TokenTransformer, cpu_float32, patch_norm_linear, sinusoid_table, use_cpu_linears
 
 TokensType = Literal["performer", "transformer"]
 
@@ -102,7 +102,7 @@ class T2TModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # On the CPU, a few images at a time: the memory-bound layers over H/4 * W/4 tokens then work on
         # tensors small enough (< 32 MiB) to come from the allocator's free lists instead of fresh pages
-        # (t2t_vit_7, batch 32, 2 cores: no page faults instead of ~330 MiB a pass, -19% time). Every
+        # (t2t_vit_7, batch 32, 2 cores: no page faults, where the whole batch faulted in ~330 MiB a pass). Every
         # operation here is per image, so the result is the same; under autograd the chunks' activations
         # are all kept, as the whole batch's would be.
         chunk = max(1, _TOKENS_PER_CHUNK * 16 // (x.shape[-2] * x.shape[-1]))
@@ -111,8 +111,7 @@ class T2TModule(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") \
-                and torch.backends.mkldnn.is_available():
+        if cpu_float32(x):
             return self._forward_convolved(x)
         return self._forward_gathered(x)
 
@@ -202,6 +201,7 @@ class T2TViT(nn.Module):
 
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
+        use_cpu_linears(self)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -234,6 +234,7 @@ class T2TViT(nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        use_cpu_linears(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, C, H, W) to normalised tokens (B, 1 + N, D), class token first."""
