@@ -246,3 +246,31 @@ def test_gelu_overwrites_its_input_only_without_autograd():
         torch.testing.assert_close(z, expected)
     model = timm.create_model("t2t_vit_7", img_size=64, num_classes=4)
     assert all(type(m) is not torch.nn.GELU for m in model.modules())
+
+
+def test_cpu_linear_matches_nn_linear(monkeypatch):
+    # On the CPU in float32 the model's linears run as 1x1 convolutions: same outputs and gradients.
+    convolutions = []
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(t2t.models.layers.F, "conv2d", lambda *a, **k: convolutions.append(1) or conv2d(*a, **k))
+    ref = torch.nn.Linear(48, 24)
+    lin = t2t.models.layers.Linear(48, 24)
+    lin.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 7, 48)
+    for inp, convolved in ((x, True), (x.transpose(0, 1), True), (x[:, 0], False)):  # strided rows: F.linear
+        convolutions.clear()
+        results = []
+        for layer in (lin, ref):
+            layer.zero_grad(set_to_none=True)
+            leaf = inp.detach().clone().requires_grad_()
+            out = layer(leaf)
+            out.square().sum().backward()
+            results.append((out.detach(), leaf.grad, layer.weight.grad, layer.bias.grad))
+        assert bool(convolutions) == convolved
+        for got, expected in zip(*results):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert lin.state_dict().keys() == ref.state_dict().keys()
+    model = timm.create_model("t2t_vit_7", img_size=64, num_classes=4)
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    model.reset_classifier(7)
+    assert type(model.head) is t2t.models.layers.Linear
