@@ -100,7 +100,7 @@ class Linear(nn.Linear):
         if not cpu_float32(x):
             return super().forward(x)
         rows = x.reshape(-1, self.in_features)
-        if not rows.is_contiguous():
+        if not rows.is_contiguous() or rows.shape[0] == 0:
             return super().forward(x)
         grid = rows.view(1, rows.shape[0], 1, self.in_features).permute(0, 3, 1, 2)
         out = F.conv2d(grid, self.weight.view(self.out_features, self.in_features, 1, 1), self.bias)
