@@ -249,7 +249,7 @@ def test_gelu_overwrites_its_input_only_without_autograd():
 
 
 def test_cpu_linear_matches_nn_linear(monkeypatch):
-    # On the CPU in float32 the model's linears run as 1x1 convolutions: same outputs and gradients.
+    # On the CPU in float32 the model's linears run on oneDNN: same outputs and gradients.
     convolutions = []
     conv2d = torch.nn.functional.conv2d
     monkeypatch.setattr(t2t.models.layers.F, "conv2d", lambda *a, **k: convolutions.append(1) or conv2d(*a, **k))
@@ -270,6 +270,15 @@ def test_cpu_linear_matches_nn_linear(monkeypatch):
         assert bool(convolutions) == convolved
         for got, expected in zip(*results):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # without autograd: oneDNN's linear on a packed copy of the weight
+        convolutions.clear()
+        torch.testing.assert_close(lin(x), ref(x), rtol=1e-5, atol=1e-5)
+        assert not convolutions
+        for layer in (lin, ref):  # an in-place update (optimizer, EMA, load_state_dict) repacks
+            layer.weight.mul_(-2)
+        torch.testing.assert_close(lin(x), ref(x), rtol=1e-5, atol=1e-5)
+        lin.weight = torch.nn.Parameter(ref.weight.flip(0).clone())  # so does a new tensor
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, ref.weight.flip(0), ref.bias))
     assert lin.state_dict().keys() == ref.state_dict().keys()
     model = timm.create_model("t2t_vit_7", img_size=64, num_classes=4)
     assert not any(type(m) is torch.nn.Linear for m in model.modules())

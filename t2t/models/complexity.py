@@ -18,14 +18,23 @@ def _sdpa_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *ar
     return 2 * n * q_len * k_len * (head_dim + v_dim)
 
 
-_sdpa_flops._get_raw = True  # FlopCounterMode passes the tensors themselves, not shapes
+def _onednn_linear_flops(x: torch.Tensor, weight: torch.Tensor, *args, out_val=None, **kwargs) -> int:
+    """FLOPs of oneDNN's linear (t2t.models.layers.Linear without autograd): weight is (out, in)."""
+    return 2 * (x.numel() // x.shape[-1]) * weight.shape[0] * weight.shape[1]
 
-# The CPU and math kernels of scaled_dot_product_attention have no formula in torch's counter.
+
+_sdpa_flops._get_raw = True  # FlopCounterMode passes the tensors themselves, not shapes
+_onednn_linear_flops._get_raw = True
+
+# The CPU and math kernels of scaled_dot_product_attention, and oneDNN's linear, have no formula in
+# torch's counter.
 _EXTRA_FORMULAS = {
     op: _sdpa_flops
     for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math")
     if (op := getattr(aten, name, None)) is not None
 }
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    _EXTRA_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
