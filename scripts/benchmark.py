@@ -75,7 +75,7 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int,
-               probe: Callable[[], float] | None = None) -> tuple[list[float], list[float]]:
+               probe: Callable[[], Any] | None = None) -> tuple[list[float], list[Any]]:
     """Seconds per call of `step` for `steps` calls after `warmup` untimed ones, and what `probe`
     returned right after each timed call (empty without a probe)."""
     for _ in range(warmup):
@@ -92,19 +92,24 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmu
     return times, probes
 
 
-def matmul_probe(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3) -> Callable[[], float]:
-    """A function returning the median GFLOP/s of `repeats` size x size matmuls (2 * size^3 FLOPs each)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-    matmul = lambda: torch.mm(a, b, out=out)  # noqa: E731
-    for _ in range(2):  # warm-up; each probe synchronises before it times
+def _gflops_probe(matmul: Callable[[], Any], device: torch.device, size: int, repeats: int) -> Callable[[], float]:
+    """A function returning the median GFLOP/s of `repeats` calls of a size x size `matmul`
+    (2 * size^3 FLOPs each), after two warm-up calls now; each probe synchronises before it times."""
+    for _ in range(2):
         matmul()
 
     def probe() -> float:
         times, _ = time_steps(matmul, device, steps=repeats, warmup=0)
         return 2 * size ** 3 / statistics.median(times) / 1e9
     return probe
+
+
+def matmul_probe(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 3) -> Callable[[], float]:
+    """A function returning the median GFLOP/s of `repeats` size x size torch.mm calls."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    return _gflops_probe(lambda: torch.mm(a, b, out=out), device, size, repeats)
 
 
 def onednn_matmul_probe(size: int, repeats: int = 3) -> Callable[[], float] | None:
@@ -117,15 +122,9 @@ def onednn_matmul_probe(size: int, repeats: int = 3) -> Callable[[], float] | No
         a = torch.randn(size, size)
         weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(size, size), size)
         matmul = lambda: torch.ops.mkldnn._linear_pointwise(a, weight, None, "none", [], "")  # noqa: E731
-        for _ in range(2):
-            matmul()
+        return _gflops_probe(matmul, torch.device("cpu"), size, repeats)
     except (AttributeError, RuntimeError):  # a torch without these ops
         return None
-
-    def probe() -> float:
-        times, _ = time_steps(matmul, torch.device("cpu"), steps=repeats, warmup=0)
-        return 2 * size ** 3 / statistics.median(times) / 1e9
-    return probe
 
 
 def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, device: torch.device,
@@ -178,19 +177,18 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     if args.compile:
         model = torch.compile(model)
     peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
-    probes = [matmul_probe(device, dtype, peak_size)]
-    if device.type == "cpu" and dtype == torch.float32:
-        probes.append(onednn_matmul_probe(peak_size))
-    probes = [p for p in probes if p is not None]
+    probe = matmul_probe(device, dtype, peak_size)
+    onednn_probe = onednn_matmul_probe(peak_size) if device.type == "cpu" and dtype == torch.float32 else None
     times, samples = time_steps(make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp),
-                                device, args.steps, args.warmup, lambda: [p() for p in probes])
+                                device, args.steps, args.warmup,
+                                lambda: (probe(), onednn_probe() if onednn_probe else None))
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
     images_per_sec = args.batch_size / median
     achieved = step_gflops * images_per_sec
     peaks = [s[0] for s in samples]
     peak = statistics.median(peaks)
-    onednn = statistics.median(s[1] for s in samples) if len(probes) > 1 else None
+    onednn = statistics.median(s[1] for s in samples) if onednn_probe else None
     best = max(peak, onednn or 0.0)
     return {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),

@@ -24,6 +24,20 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     return table.float().unsqueeze(0)
 
 
+def autograd_records(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on these tensors (grad mode on and one of them needs a
+    gradient): where the layers here must not overwrite their inputs or outputs in place."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of linear(norm(x)) acting on the unscaled, unshifted normalised x."""
+    bias = linear.weight @ norm.bias
+    if linear.bias is not None:
+        bias = bias + linear.bias
+    return linear.weight * norm.weight, bias
+
+
 def norm_linear(
         x: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear, feature_order: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -34,12 +48,9 @@ def norm_linear(
     backward, and the forward skips one pass over the normalised input. With feature_order, x holds
     the features the modules expect in that order: x[..., i] is feature feature_order[i].
     """
-    weight = linear.weight * norm.weight
+    weight, bias = _fold_norm(norm, linear)
     if feature_order is not None:
         weight = weight[:, feature_order]
-    bias = linear.weight @ norm.bias
-    if linear.bias is not None:
-        bias = bias + linear.bias
     return F.linear(F.layer_norm(x, norm.normalized_shape, eps=norm.eps), weight, bias)
 
 
@@ -60,11 +71,8 @@ def patch_norm_linear(
     already, and its output is then in token order; the statistics read the grid as it is laid out.
     """
     channels = grid.shape[1]
-    weight = linear.weight * norm.weight
+    weight, bias = _fold_norm(norm, linear)
     weight = (weight - weight.mean(dim=1, keepdim=True)).view(-1, channels, kernel, kernel)
-    bias = linear.weight @ norm.bias
-    if linear.bias is not None:
-        bias = bias + linear.bias
     grid_cl = grid.contiguous(memory_format=torch.channels_last)
     tokens = F.conv2d(grid_cl, weight, stride=stride, padding=padding).permute(0, 2, 3, 1).flatten(1, 2)
 
@@ -76,7 +84,7 @@ def patch_norm_linear(
     mean = pool(pixel_mean)
     var = pool(pixel_var.double() + pixel_mean.square()) - mean.square()  # E[p^2] - E[p]^2, in float64
     rstd = (var + norm.eps).rsqrt().to(tokens.dtype).flatten(1).unsqueeze(-1)  # (B, H' * W', 1)
-    if torch.is_grad_enabled() and (tokens.requires_grad or rstd.requires_grad):
+    if autograd_records(tokens, rstd):
         return torch.addcmul(bias, tokens, rstd)
     return tokens.mul_(rstd).add_(bias)  # in place: no fresh (B, T', out) buffer
 
@@ -123,10 +131,10 @@ class Linear(nn.Linear):
         rows = x.reshape(-1, self.in_features)
         if not rows.is_contiguous() or rows.shape[0] == 0:
             return super().forward(x)
-        no_autograd = not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
         # Not under torch.compile (inductor wants packed weights as graph constants) nor for weights made in
         # inference mode, which keep no version counter to tell when the packed copy is stale.
-        if no_autograd and not torch.compiler.is_compiling() and not self.weight.is_inference():
+        if not autograd_records(x, self.weight) and not torch.compiler.is_compiling() \
+                and not self.weight.is_inference():
             packed = _packed_weight(self.weight, rows.shape[0])
             if packed is not None:
                 out = torch.ops.mkldnn._linear_pointwise(rows, packed, self.bias, "none", [], "")
@@ -152,7 +160,7 @@ class GELU(nn.GELU):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if autograd_records(x):
             return super().forward(x)
         return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
