@@ -12,7 +12,10 @@ fp16 only); `data` runs t2t.data.bench.run_data_benchmark: our training input pi
 timm's stock one on the same files, images/s on one core each, and the ratio.
 
 Timing: `--warmup` untimed steps, then `--steps` timed ones (CUDA synchronised around each); the
-median step gives images/s, the fastest and slowest steps the spread. FLOPs are counted the paper's
+median step gives images/s, the fastest and slowest steps the spread. On the CPU the warm-up goes on,
+up to `--max-warmup` steps in all, until a step stops page-faulting (see warm_up): the first training
+steps grow the heap and are slower than the thousands after them. `warmup_steps` says how many
+ran, `page_faults_per_step` how many faults the timed steps still made. FLOPs are counted the paper's
 way (t2t.count_macs: every matmul and attention product; 1 MAC = 2 FLOPs); a training step counts as
 3 forward passes. MFU divides the achieved FLOP/s by a matrix-multiply peak measured in the same run,
 on the same device and in the same dtype (fp32, with TF32 on CUDA as in training, or the --amp dtype):
@@ -61,8 +64,10 @@ from t2t.engine.optim import build_optimizer  # noqa: E402
 from t2t.runtime import keep_freed_memory  # noqa: E402
 
 # Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
-DEFAULTS = dict(batch_size=16, img_size=224, steps=20, warmup=5, peak_size=None, num_images=200)
-SMOKE = dict(batch_size=2, img_size=32, steps=2, warmup=1, peak_size=128, num_images=8)
+DEFAULTS = dict(batch_size=16, img_size=224, steps=20, warmup=5, max_warmup=30, peak_size=None, num_images=200)
+SMOKE = dict(batch_size=2, img_size=32, steps=2, warmup=1, max_warmup=1, peak_size=128, num_images=8)
+# A warm-up step making fewer page faults than this (1 MiB of 4 KiB pages) ends the CPU warm-up.
+SETTLED_PAGE_FAULTS = 256
 
 
 def available_cores() -> int:
@@ -72,6 +77,31 @@ def available_cores() -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def page_faults() -> int:
+    """Page faults of this process so far (minor + major, getrusage)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
+
+
+def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_warmup: int) -> int:
+    """Run `warmup` untimed steps; on the CPU, go on (up to `max_warmup` steps in all) while the last
+    step still page-faulted SETTLED_PAGE_FAULTS times or more. Returns the number of steps run.
+
+    A CPU training step allocates activations of many sizes, and the C library's heap takes several
+    steps to hold a free block for each of them (t2t_vit_14, batch 16: ~90 000 faults in the first
+    step, still ~5 000 in the seventh, none from the ninth on, each faulting step 5-20% slower).
+    A long run spends nearly all its steps in that settled state, so that is what gets timed.
+    """
+    done, faults = 0, SETTLED_PAGE_FAULTS
+    while done < warmup or (device.type == "cpu" and done < max_warmup and faults >= SETTLED_PAGE_FAULTS):
+        before = page_faults()
+        step()
+        faults = page_faults() - before
+        done += 1
+    _sync(device)
+    return done
 
 
 def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int,
@@ -179,9 +209,12 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
     probe = matmul_probe(device, dtype, peak_size)
     onednn_probe = onednn_matmul_probe(peak_size) if device.type == "cpu" and dtype == torch.float32 else None
-    times, samples = time_steps(make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp),
-                                device, args.steps, args.warmup,
+    step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp)
+    warmup_steps = warm_up(step, device, args.warmup, args.max_warmup)
+    faults = page_faults()
+    times, samples = time_steps(step, device, args.steps, 0,
                                 lambda: (probe(), onednn_probe() if onednn_probe else None))
+    faults = page_faults() - faults
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
     images_per_sec = args.batch_size / median
@@ -193,7 +226,8 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        "img_size": args.img_size, "warmup": args.warmup, "steps": args.steps,
+        "img_size": args.img_size, "warmup_steps": warmup_steps, "steps": args.steps,
+        "page_faults_per_step": faults / args.steps,
         "images_per_sec": images_per_sec,
         "images_per_sec_min": args.batch_size / max(times), "images_per_sec_max": args.batch_size / min(times),
         "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
@@ -259,6 +293,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 5)")
+    p.add_argument("--max-warmup", type=int,
+                   help=f"CPU: keep warming up, up to this many steps in all, until a step makes fewer than "
+                        f"{SETTLED_PAGE_FAULTS} page faults (default 30)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
     p.add_argument("--peak-size", type=int, help="matmul size for the peak (default 4096 CUDA, 2048 CPU)")
     p.add_argument("--data-dir", help="class-folder images for --mode data")
@@ -276,6 +313,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--mode data needs --data-dir DIR (class folders, or a root with train/)")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--steps and --batch-size must be >= 1, --warmup >= 0")
+    args.max_warmup = max(args.max_warmup, args.warmup)
     return args
 
 

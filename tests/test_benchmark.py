@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
 KEYS = ("images_per_sec", "images_per_sec_min", "images_per_sec_max", "peak_memory_mib", "peak_memory_kind",
         "params", "gflops_per_image_forward", "gflops_per_image_step", "achieved_gflops_per_sec",
-        "matmul_peak_gflops_per_sec", "mfu", "best_peak_gflops_per_sec", "mfu_best_peak")
+        "matmul_peak_gflops_per_sec", "mfu", "best_peak_gflops_per_sec", "mfu_best_peak", "warmup_steps",
+        "page_faults_per_step")
 
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
@@ -68,3 +69,40 @@ def test_benchmark_data_mode_needs_a_folder():
     proc = subprocess.run([sys.executable, SCRIPT, "--mode", "data"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "--data-dir" in proc.stderr
+
+
+def _load_benchmark_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("t2t_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_warmup_runs_until_steps_stop_page_faulting(monkeypatch):
+    import torch
+
+    bench = _load_benchmark_module()
+    counter = {"faults": 0, "calls": 0}
+    monkeypatch.setattr(bench, "page_faults", lambda: counter["faults"])
+
+    def step(per_step):  # the faults each call makes, then 0 once the list runs out
+        counter["faults"] += per_step[counter["calls"]] if counter["calls"] < len(per_step) else 0
+        counter["calls"] += 1
+
+    cpu = torch.device("cpu")
+    settled = bench.SETTLED_PAGE_FAULTS
+    cases = (  # faults per step, --warmup, --max-warmup, steps run
+        ([90_000, 20_000, 12_000, 400, 0, 5_000, 0], 2, 30, 5),  # the first step under the threshold ends it
+        ([90_000] * 10, 2, 4, 4),  # never settles: capped
+        ([0, 0, 0], 3, 30, 3),  # settled at once: just --warmup
+        ([90_000] * 6, 8, 30, 8),  # settled within --warmup
+        ([settled, settled - 1], 1, 30, 2),  # the threshold itself still counts as faulting
+    )
+    for per_step, warmup, max_warmup, expected in cases:
+        counter.update(faults=0, calls=0)
+        assert bench.warm_up(lambda: step(per_step), cpu, warmup, max_warmup) == expected == counter["calls"]
+    # Elsewhere (CUDA) the warm-up is just the --warmup steps: host page faults say nothing there.
+    counter.update(faults=0, calls=0)
+    assert bench.warm_up(lambda: step([90_000] * 10), torch.device("meta"), 2, 30) == 2
