@@ -66,8 +66,10 @@ from t2t.runtime import keep_freed_memory  # noqa: E402
 # Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
 DEFAULTS = dict(batch_size=16, img_size=224, steps=20, warmup=5, max_warmup=30, peak_size=None, num_images=200)
 SMOKE = dict(batch_size=2, img_size=32, steps=2, warmup=1, max_warmup=1, peak_size=128, num_images=8)
-# A warm-up step making fewer page faults than this (1 MiB of 4 KiB pages) ends the CPU warm-up.
+# The CPU warm-up ends after SETTLED_STEPS steps in a row each made fewer page faults than this
+# (1 MiB of 4 KiB pages); one quiet step alone can be followed by faulting ones.
 SETTLED_PAGE_FAULTS = 256
+SETTLED_STEPS = 3
 
 
 def available_cores() -> int:
@@ -86,19 +88,20 @@ def page_faults() -> int:
 
 
 def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_warmup: int) -> int:
-    """Run `warmup` untimed steps; on the CPU, go on (up to `max_warmup` steps in all) while the last
-    step still page-faulted SETTLED_PAGE_FAULTS times or more. Returns the number of steps run.
+    """Run `warmup` untimed steps; on the CPU, go on (up to `max_warmup` steps in all) until the last
+    SETTLED_STEPS steps each page-faulted fewer than SETTLED_PAGE_FAULTS times. Returns the number of
+    steps run.
 
     A CPU training step allocates activations of many sizes, and the C library's heap takes several
     steps to hold a free block for each of them (t2t_vit_14, batch 16: ~90 000 faults in the first
     step, still ~5 000 in the seventh, none from the ninth on, each faulting step 5-20% slower).
     A long run spends nearly all its steps in that settled state, so that is what gets timed.
     """
-    done, faults = 0, SETTLED_PAGE_FAULTS
-    while done < warmup or (device.type == "cpu" and done < max_warmup and faults >= SETTLED_PAGE_FAULTS):
+    done = quiet = 0  # steps run; of them, the last ones in a row under the threshold
+    while done < warmup or (device.type == "cpu" and done < max_warmup and quiet < SETTLED_STEPS):
         before = page_faults()
         step()
-        faults = page_faults() - before
+        quiet = quiet + 1 if page_faults() - before < SETTLED_PAGE_FAULTS else 0
         done += 1
     _sync(device)
     return done

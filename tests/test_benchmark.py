@@ -93,12 +93,13 @@ def test_cpu_warmup_runs_until_steps_stop_page_faulting(monkeypatch):
 
     cpu = torch.device("cpu")
     settled = bench.SETTLED_PAGE_FAULTS
+    assert bench.SETTLED_STEPS == 3
     cases = (  # faults per step, --warmup, --max-warmup, steps run
-        ([90_000, 20_000, 12_000, 400, 0, 5_000, 0], 2, 30, 5),  # the first step under the threshold ends it
+        ([90_000, 20_000, 400, 0, 0, 5_000, 0, 10, 0, 0], 2, 30, 9),  # three quiet steps in a row end it
         ([90_000] * 10, 2, 4, 4),  # never settles: capped
-        ([0, 0, 0], 3, 30, 3),  # settled at once: just --warmup
-        ([90_000] * 6, 8, 30, 8),  # settled within --warmup
-        ([settled, settled - 1], 1, 30, 2),  # the threshold itself still counts as faulting
+        ([0, 0, 0, 0], 3, 30, 3),  # settled at once: just --warmup
+        ([90_000] * 4, 8, 30, 8),  # settled within --warmup
+        ([settled, settled - 1, 0, settled, 0, 0, 0], 1, 30, 7),  # the threshold itself counts as faulting
     )
     for per_step, warmup, max_warmup, expected in cases:
         counter.update(faults=0, calls=0)
