@@ -87,8 +87,10 @@ def page_faults() -> int:
     return usage.ru_minflt + usage.ru_majflt
 
 
-def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_warmup: int) -> int:
-    """Run `warmup` untimed steps; on the CPU, go on (up to `max_warmup` steps in all) until the last
+def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_warmup: int,
+            probe: Callable[[], Any] | None = None) -> int:
+    """Run `warmup` untimed steps, each followed by `probe` as the timed ones will be (its allocations
+    shape the heap too); on the CPU, go on (up to `max_warmup` steps in all) until the last
     SETTLED_STEPS steps each page-faulted fewer than SETTLED_PAGE_FAULTS times. Returns the number of
     steps run.
 
@@ -101,6 +103,8 @@ def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_war
     while done < warmup or (device.type == "cpu" and done < max_warmup and quiet < SETTLED_STEPS):
         before = page_faults()
         step()
+        if probe is not None:
+            probe()
         quiet = quiet + 1 if page_faults() - before < SETTLED_PAGE_FAULTS else 0
         done += 1
     _sync(device)
@@ -213,10 +217,10 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     probe = matmul_probe(device, dtype, peak_size)
     onednn_probe = onednn_matmul_probe(peak_size) if device.type == "cpu" and dtype == torch.float32 else None
     step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp)
-    warmup_steps = warm_up(step, device, args.warmup, args.max_warmup)
+    probes = lambda: (probe(), onednn_probe() if onednn_probe else None)  # noqa: E731
+    warmup_steps = warm_up(step, device, args.warmup, args.max_warmup, probes)
     faults = page_faults()
-    times, samples = time_steps(step, device, args.steps, 0,
-                                lambda: (probe(), onednn_probe() if onednn_probe else None))
+    times, samples = time_steps(step, device, args.steps, 0, probes)
     faults = page_faults() - faults
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
