@@ -13,8 +13,8 @@ timm's stock one on the same files, images/s on one core each, and the ratio.
 
 Timing: `--warmup` untimed steps, then `--steps` timed ones (CUDA synchronised around each); the
 median step gives images/s, the fastest and slowest steps the spread. On the CPU the warm-up goes on,
-up to `--max-warmup` steps in all, until a step stops page-faulting (see warm_up): the first training
-steps grow the heap and are slower than the thousands after them. `warmup_steps` says how many
+up to `--max-warmup` steps in all, until three steps in a row make few page faults (see warm_up): the
+first training steps grow the heap and are slower than the thousands after them. `warmup_steps` says how many
 ran, `page_faults_per_step` how many faults the timed steps still made. FLOPs are counted the paper's
 way (t2t.count_macs: every matmul and attention product; 1 MAC = 2 FLOPs); a training step counts as
 3 forward passes. MFU divides the achieved FLOP/s by a matrix-multiply peak measured in the same run,
@@ -96,7 +96,8 @@ def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_war
 
     A CPU training step allocates activations of many sizes, and the C library's heap takes several
     steps to hold a free block for each of them (t2t_vit_14, batch 16: ~90 000 faults in the first
-    step, still ~5 000 in the seventh, none from the ninth on, each faulting step 5-20% slower).
+    step, 1 000-5 000 in most of the next nine, then none but an occasional ~500; the faulting steps
+    run 5-20% slower).
     A long run spends nearly all its steps in that settled state, so that is what gets timed.
     """
     done = quiet = 0  # steps run; of them, the last ones in a row under the threshold
@@ -111,12 +112,10 @@ def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_war
     return done
 
 
-def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int,
+def time_steps(step: Callable[[], None], device: torch.device, steps: int,
                probe: Callable[[], Any] | None = None) -> tuple[list[float], list[Any]]:
-    """Seconds per call of `step` for `steps` calls after `warmup` untimed ones, and what `probe`
-    returned right after each timed call (empty without a probe)."""
-    for _ in range(warmup):
-        step()
+    """Seconds per call of `step` for `steps` calls, and what `probe` returned right after each call
+    (empty without a probe)."""
     _sync(device)
     times, probes = [], []
     for _ in range(steps):
@@ -136,7 +135,7 @@ def _gflops_probe(matmul: Callable[[], Any], device: torch.device, size: int, re
         matmul()
 
     def probe() -> float:
-        times, _ = time_steps(matmul, device, steps=repeats, warmup=0)
+        times, _ = time_steps(matmul, device, steps=repeats)
         return 2 * size ** 3 / statistics.median(times) / 1e9
     return probe
 
@@ -220,7 +219,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     probes = lambda: (probe(), onednn_probe() if onednn_probe else None)  # noqa: E731
     warmup_steps = warm_up(step, device, args.warmup, args.max_warmup, probes)
     faults = page_faults()
-    times, samples = time_steps(step, device, args.steps, 0, probes)
+    times, samples = time_steps(step, device, args.steps, probes)
     faults = page_faults() - faults
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
@@ -301,8 +300,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 5)")
     p.add_argument("--max-warmup", type=int,
-                   help=f"CPU: keep warming up, up to this many steps in all, until a step makes fewer than "
-                        f"{SETTLED_PAGE_FAULTS} page faults (default 30)")
+                   help=f"CPU: keep warming up, up to this many steps in all, until {SETTLED_STEPS} steps in a row "
+                        f"each make fewer than {SETTLED_PAGE_FAULTS} page faults (default 30)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
     p.add_argument("--peak-size", type=int, help="matmul size for the peak (default 4096 CUDA, 2048 CPU)")
     p.add_argument("--data-dir", help="class-folder images for --mode data")
