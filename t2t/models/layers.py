@@ -30,6 +30,16 @@ def autograd_records(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def token_grid(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Tokens (B, H*W, C) as a channels-last grid (B, C, H, W), without a copy."""
+    return x.view(x.shape[0], height, width, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def grid_tokens(grid: torch.Tensor) -> torch.Tensor:
+    """A grid (B, C, H, W) as tokens (B, H*W, C), row-major: without a copy when it is channels-last."""
+    return grid.permute(0, 2, 3, 1).flatten(1, 2)
+
+
 def _fold_norm(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of linear(norm(x)) acting on the unscaled, unshifted normalised x."""
     bias = linear.weight @ norm.bias
@@ -74,7 +84,7 @@ def patch_norm_linear(
     weight, bias = _fold_norm(norm, linear)
     weight = (weight - weight.mean(dim=1, keepdim=True)).view(-1, channels, kernel, kernel)
     grid_cl = grid.contiguous(memory_format=torch.channels_last)
-    tokens = F.conv2d(grid_cl, weight, stride=stride, padding=padding).permute(0, 2, 3, 1).flatten(1, 2)
+    tokens = grid_tokens(F.conv2d(grid_cl, weight, stride=stride, padding=padding))
 
     # Per pixel over the channels, two passes (torch.var_mean is several times slower on the CPU).
     pixel_mean = grid.mean(dim=1, keepdim=True)
@@ -139,9 +149,9 @@ class Linear(nn.Linear):
             if packed is not None:
                 out = torch.ops.mkldnn._linear_pointwise(rows, packed, self.bias, "none", [], "")
                 return out.view(*x.shape[:-1], self.out_features)
-        grid = rows.view(1, rows.shape[0], 1, self.in_features).permute(0, 3, 1, 2)
+        grid = token_grid(rows.unsqueeze(0), rows.shape[0], 1)  # (1, in, M, 1)
         out = F.conv2d(grid, self.weight.view(self.out_features, self.in_features, 1, 1), self.bias)
-        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
+        return grid_tokens(out).view(*x.shape[:-1], self.out_features)
 
 
 def use_cpu_linears(module: nn.Module) -> nn.Module:

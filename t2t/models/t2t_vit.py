@@ -12,7 +12,8 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from .layers import GELU, TokenPerformer, TokenTransformer, cpu_float32, patch_norm_linear, sinusoid_table, use_cpu_linears
+from .layers import (GELU, TokenPerformer, TokenTransformer, cpu_float32, grid_tokens, patch_norm_linear,
+                     sinusoid_table, token_grid, use_cpu_linears)
 
 TokensType = Literal["performer", "transformer"]
 
@@ -57,11 +58,6 @@ class _TokenSoftSplit(torch.autograd.Function):
 def _token_patches(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Soft split of tokens (B, H*W, C) on an HxW grid into (B, H/2 * W/2, 3*3*C), in (kh, kw, c) order."""
     return _TokenSoftSplit.apply(x.view(x.shape[0], height, width, x.shape[2])).flatten(1, 2)
-
-
-def _token_grid(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Tokens (B, H*W, C) as a channels-last grid (B, C, H, W), without a copy."""
-    return x.view(x.shape[0], height, width, x.shape[2]).permute(0, 3, 1, 2)
 
 
 def _patch_order(channels: int, kernel: int) -> torch.Tensor:
@@ -125,10 +121,10 @@ class T2TModule(nn.Module):
         H, W = x.shape[-2:]
         a1, a2 = self.attention1, self.attention2
         x = a1.mix(patch_norm_linear(x, a1.norm1, a1.in_proj, 7, 4, 2))
-        x = a2.mix(patch_norm_linear(_token_grid(x, H // 4, W // 4), a2.norm1, a2.in_proj, 3, 2, 1))
-        grid = _token_grid(x, H // 8, W // 8)
+        x = a2.mix(patch_norm_linear(token_grid(x, H // 4, W // 4), a2.norm1, a2.in_proj, 3, 2, 1))
+        grid = token_grid(x, H // 8, W // 8)
         weight = self.project.weight.view(-1, grid.shape[1], 3, 3)  # Unfold's (c, kh, kw) order is a conv's
-        return F.conv2d(grid, weight, self.project.bias, stride=2, padding=1).permute(0, 2, 3, 1).flatten(1, 2)
+        return grid_tokens(F.conv2d(grid, weight, self.project.bias, stride=2, padding=1))
 
     def _forward_gathered(self, x: torch.Tensor) -> torch.Tensor:
         """Each soft split gathers its patches, then the token layer or Linear reads them."""
