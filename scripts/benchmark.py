@@ -224,6 +224,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
     images_per_sec = args.batch_size / median
+    slowest, fastest = args.batch_size / max(times), args.batch_size / min(times)  # images/s
     achieved = step_gflops * images_per_sec
     peaks = [s[0] for s in samples]
     peak = statistics.median(peaks)
@@ -235,7 +236,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
         "img_size": args.img_size, "warmup_steps": warmup_steps, "steps": args.steps,
         "page_faults_per_step": faults / args.steps,
         "images_per_sec": images_per_sec,
-        "images_per_sec_min": args.batch_size / max(times), "images_per_sec_max": args.batch_size / min(times),
+        "images_per_sec_min": slowest, "images_per_sec_max": fastest,
         "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),
         "peak_memory_mib": memory, "peak_memory_kind": memory_kind,
         "params": params, "params_trainable": trainable,
@@ -244,8 +245,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
         "matmul_peak_gflops_per_sec": peak,
         "matmul_peak_min": min(peaks), "matmul_peak_max": max(peaks), "matmul_peak_size": peak_size,
         "mfu": achieved / peak,
-        "mfu_min": step_gflops * args.batch_size / max(times) / peak,
-        "mfu_max": step_gflops * args.batch_size / min(times) / peak,
+        "mfu_min": step_gflops * slowest / peak, "mfu_max": step_gflops * fastest / peak,
         "onednn_peak_gflops_per_sec": onednn,
         "best_peak_gflops_per_sec": best,
         "mfu_best_peak": achieved / best,
