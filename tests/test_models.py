@@ -65,20 +65,21 @@ def test_gradients_match_reference_equations(name):
             torch.testing.assert_close(p.grad, params[n].grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
+def _output_and_grads(module, forward, x):
+    """forward(x) and the gradients of sum(forward(x)^2) for every parameter of module that gets one."""
+    module.zero_grad(set_to_none=True)
+    out = forward(x)
+    out.square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
 def test_chunked_t2t_module_matches_one_pass(monkeypatch):
     # On the CPU the T2T module runs a few images at a time; outputs and gradients must not change.
     model = timm.create_model("t2t_vit_7", img_size=64, num_classes=10).eval()  # eval: no dropout masks
     x = torch.randn(5, 3, 64, 64)
-
-    def logits_and_grads():
-        model.zero_grad(set_to_none=True)
-        logits = model(x)
-        logits.square().sum().backward()
-        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    expected, expected_grads = logits_and_grads()  # 5 images, well under one chunk at 64 px
+    expected, expected_grads = _output_and_grads(model, model, x)  # 5 images, well under one chunk at 64 px
     monkeypatch.setattr(t2t.models.t2t_vit, "_TOKENS_PER_CHUNK", 2 * 16 * 16)  # 2 images of 64 px: 3 chunks
-    logits, grads = logits_and_grads()
+    logits, grads = _output_and_grads(model, model, x)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert grads.keys() == expected_grads.keys()
     for n in grads:
@@ -106,13 +107,8 @@ def test_convolved_t2t_module_matches_gathered(tokens_type):
     # Elsewhere (CUDA, autocast) the patches are gathered: the same function, outputs and gradients.
     module = t2t.models.t2t_vit.T2TModule(64, tokens_type, embed_dim=32).eval()
     x = torch.randn(2, 3, 64, 64)
-    results = []
-    for forward in (module._forward_convolved, module._forward_gathered):
-        module.zero_grad(set_to_none=True)
-        out = forward(x)
-        out.square().sum().backward()
-        results.append((out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
-    (out, grads), (expected, expected_grads) = results
+    out, grads = _output_and_grads(module, module._forward_convolved, x)
+    expected, expected_grads = _output_and_grads(module, module._forward_gathered, x)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     assert grads.keys() == expected_grads.keys() and len(grads) > 10
     for n in grads:  # float32 summation order: errors relative to the largest entry
@@ -194,9 +190,7 @@ def test_grad_checkpointing_gives_same_gradients():
 
     def grads():
         torch.manual_seed(1)  # the same dropout masks in both passes
-        model.zero_grad()
-        model(x).pow(2).sum().backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return _output_and_grads(model, model, x)[1]
 
     plain = grads()
     model.set_grad_checkpointing(True)
