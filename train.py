@@ -15,11 +15,14 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2
 
 from t2t.config import ConfigError, dump_config, load_config
 from t2t.data.dataset import DatasetError
-from t2t.engine.run import PREEMPTED_EXIT_CODE, RunError, resume_config, run
+from t2t.data.setup import DataSizeError
+from t2t.engine.distributed import DistributedSetupError
+from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, resume_config, run
 from t2t.engine.train_loop import NonFiniteLossError
 from t2t.models.weights import CheckpointError
 from t2t.runtime import keep_freed_memory
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
 
@@ -52,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data_dir:
             raise ConfigError("--data-dir is required: the folder holding train/ and val/")
         result = run(cfg, data_dir=args.data_dir, output=args.output, resume=args.resume)
-    except (ConfigError, RunError, DatasetError, CheckpointError) as e:
+    except DistributedSetupError as e:  # non-zero, so torchrun restarts the group or gives up
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C twice): stopped without saving; the last checkpoint is intact",
+              file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    except (ConfigError, RunError, DatasetError, DataSizeError, CheckpointError) as e:
         logging.getLogger("t2t.train").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -61,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NONFINITE
     if result.preempted:
         return PREEMPTED_EXIT_CODE
+    if result.interrupted:
+        return INTERRUPTED_EXIT_CODE
     return 0
 
 

@@ -51,6 +51,7 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     skip_bad_images: bool = False
     fast_decode: bool = True
+    prefetch_factor: int = 2  # batches each loader worker prepares ahead (shared memory: see the README)
 
 
 @dataclass
@@ -89,6 +90,10 @@ class TrainConfig:
     epochs: int = 300
     batch_size: int = 64  # per process
     grad_accum_steps: int = 1
+    # Images per optimizer step over all processes. When set, grad_accum_steps is derived from it
+    # (global_batch_size / (processes x batch_size)), so a run keeps its global batch, lr and data
+    # position when it continues on another number of GPUs.
+    global_batch_size: Optional[int] = None
     seed: int = 42
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     compile: bool = False
@@ -120,6 +125,12 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistConfig:
+    timeout_minutes: float = 60.0  # any collective; must exceed rank 0's slowest checkpoint write
+    init_timeout_minutes: float = 10.0  # forming the process group: how long a rank waits for its peers
+
+
+@dataclass
 class LogConfig:
     tensorboard: bool = True
 
@@ -135,6 +146,7 @@ class Config:
     ema: EMAConfig = field(default_factory=EMAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +193,10 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.batch_size": (lambda v: v >= 1, ">= 1"),
     "train.grad_accum_steps": (lambda v: v >= 1, ">= 1"),
+    "train.global_batch_size": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "data.prefetch_factor": (lambda v: v >= 1, ">= 1"),
+    "dist.timeout_minutes": (lambda v: 0 < v < float("inf"), "> 0 minutes"),
+    "dist.init_timeout_minutes": (lambda v: 0 < v < float("inf"), "> 0 minutes"),
     "train.log_interval": (lambda v: v >= 1, ">= 1"),
     "train.max_steps": (lambda v: v is None or v >= 1, ">= 1 or null"),
     "train.device": (lambda v: v == "auto" or v.split(":")[0] in ("cpu", "cuda", "mps", "xpu"), "auto, cpu, cuda[:N]"),

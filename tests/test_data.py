@@ -228,8 +228,8 @@ def test_sample_randomness_is_a_function_of_seed_epoch_index(tmp_path, fast):
     assert torch.equal(ds[4][0], first)
 
 
-def _epoch_batches(loader, epoch, start_index=0):
-    set_loader_epoch(loader, epoch, start_index)
+def _epoch_batches(loader, epoch, start_sample=0):
+    set_loader_epoch(loader, epoch, start_sample)
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
@@ -258,7 +258,7 @@ def test_loader_output_independent_of_workers_epochs_and_resume_point(tmp_path):
         _assert_same_batches(_epoch_batches(parallel, epoch), reference[epoch])
     # Resume inside epoch 1 after two batches, in a fresh loader with workers.
     resumed = make_loader(2)
-    _assert_same_batches(_epoch_batches(resumed, 1, start_index=2 * 4), reference[1][2:])
+    _assert_same_batches(_epoch_batches(resumed, 1, start_sample=2 * 4), reference[1][2:])
 
 
 def test_loaders_leave_the_global_torch_rng_alone(tmp_path):
@@ -316,16 +316,43 @@ def test_train_sampler_ranks_disjoint_equal_length(n, world):
     assert set(i for shard in padded for i in shard) == set(range(n))
 
 
-def test_train_sampler_start_index_gives_the_tail():
+def test_train_sampler_start_sample_gives_the_tail():
     for rank in range(2):
         s = TrainSampler(37, num_replicas=2, rank=rank, seed=9, repeats=3)
         s.set_epoch(4)
         full = list(s)
-        for start in (0, 1, 8, len(full)):
-            s.set_epoch(4, start_index=start)
-            assert list(s) == full[start:] and len(s) == len(full) - start
-    with pytest.raises(ValueError, match="start_index"):
-        s.set_epoch(0, start_index=len(full) + 1)
+        for start in (0, 2, 16, 2 * len(full)):  # global positions: a multiple of the 2 ranks
+            s.set_epoch(4, start_sample=start)
+            assert list(s) == full[start // 2:] and len(s) == len(full) - start // 2
+    with pytest.raises(ValueError, match="start_sample"):
+        s.set_epoch(0, start_sample=2 * len(full) + 2)
+    with pytest.raises(ValueError, match="multiple of num_replicas"):
+        s.set_epoch(0, start_sample=3)
+
+
+def test_train_sampler_global_batches_do_not_depend_on_the_world_size():
+    """With a global batch G = W x b x accum, step t reads global positions [tG, (t+1)G) for any W."""
+    n, g, b = 50, 8, 2
+    epoch_samples = (n // g) * g
+
+    def step_sets(world, start_sample=0):
+        accum = g // (world * b)
+        shards = []
+        for rank in range(world):
+            s = TrainSampler(n, num_replicas=world, rank=rank, seed=4, epoch_samples=epoch_samples)
+            s.set_epoch(1, start_sample)
+            shards.append(list(s))
+        steps = []
+        for t in range(len(shards[0]) // (b * accum)):
+            steps.append(sorted(i for shard in shards for i in shard[t * b * accum:(t + 1) * b * accum]))
+        return steps
+
+    four = step_sets(4)
+    assert len(four) == n // g and all(len(step) == g for step in four)
+    assert step_sets(1) == step_sets(2) == four
+    assert step_sets(1, start_sample=3 * g) == four[3:]  # stopped on 4 processes after 3 steps, resumed on 1
+    with pytest.raises(ValueError, match="epoch_samples"):
+        TrainSampler(n, num_replicas=4, epoch_samples=51)
 
 
 def test_train_sampler_repeated_augmentation():

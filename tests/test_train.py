@@ -131,7 +131,34 @@ def test_damaged_newest_checkpoint_is_skipped(tmp_path, caplog):
     newest.write_bytes(newest.read_bytes()[:20])  # truncated by a crash outside our control
     path, ckpt = find_resume_checkpoint(str(tmp_path))
     assert os.path.basename(path) == "last.pth" and ckpt["global_step"] == 9
-    assert "Skipping damaged checkpoint" in caplog.text and "step-00000012.pth" in caplog.text
+    assert "Skipping checkpoint" in caplog.text and "step-00000012.pth" in caplog.text
+    assert "RuntimeError: PytorchStreamReader" in caplog.text  # the reason is never empty
+
+
+def test_damaged_last_falls_back_to_best_and_says_why(tmp_path, caplog):
+    writer = CheckpointWriter(str(tmp_path))
+    writer.save({"global_step": 9, "epoch": 1, "model": {}}, end_of_epoch=True, is_best=True)
+    time.sleep(0.05)
+    writer.save({"global_step": 18, "epoch": 2, "model": {}}, end_of_epoch=True, is_best=False)
+    (tmp_path / "last.pth").write_bytes(b"")  # a zero-byte file: EOFError has no message of its own
+    path, ckpt = find_resume_checkpoint(str(tmp_path))
+    assert os.path.basename(path) == "best.pth" and ckpt["global_step"] == 9
+    assert "last.pth: it cannot be loaded (" in caplog.text and "(skipped: last.pth)" in caplog.text
+
+
+def test_best_and_epoch_copies_are_links_to_one_write(tmp_path, monkeypatch):
+    writes = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (writes.append(obj["global_step"]),
+                                                                real_save(obj, f, *a, **k)))
+    writer = CheckpointWriter(str(tmp_path), keep_epochs=2)
+    writer.save({"global_step": 9, "epoch": 0, "model": {}}, end_of_epoch=True, is_best=True)
+    assert writes == [9]  # serialised once
+    for name in ("best.pth", "epoch-0000.pth"):
+        assert os.path.samefile(tmp_path / "last.pth", tmp_path / name)
+    writer.save({"global_step": 18, "epoch": 1, "model": {}}, end_of_epoch=True, is_best=False)
+    assert load(tmp_path / "best.pth")["global_step"] == 9  # replacing last.pth leaves best.pth as it was
+    assert load(tmp_path / "last.pth")["global_step"] == 18
 
 
 def test_existing_run_folder_is_refused_without_resume(data_dir, tmp_path):

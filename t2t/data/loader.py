@@ -1,12 +1,25 @@
 """DataLoaders for training (resumable TrainSampler) and exact sharded evaluation (ShardSampler)."""
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .sampler import ShardSampler, TrainSampler
 
 __all__ = ["build_eval_loader", "build_train_loader", "set_loader_epoch"]
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """Loader workers ignore SIGTERM and SIGINT: the main process handles both and stops them.
+
+    Slurm, container runtimes, `kill -- -PGID` and Ctrl-C signal every process of the group; a
+    worker that died of it would make the main process fail before it could save a checkpoint.
+    Workers still end with their main process (the DataLoader's watchdog) or by SIGKILL.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_loader_args(batch_size: int, workers: int) -> None:
@@ -41,6 +54,7 @@ def build_train_loader(
         drop_last=drop_last,
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals,
         # A private generator: otherwise every iter(loader) draws a worker base seed from torch's
         # global RNG in the main process, which would shift dropout / drop-path randomness.
         generator=torch.Generator().manual_seed(0),
@@ -67,21 +81,22 @@ def build_eval_loader(
         pin_memory=pin_memory,
         drop_last=False,
         persistent_workers=persistent_workers and workers > 0,
+        worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(0),
     )
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int, start_index: int = 0) -> None:
-    """Point the loader's sampler and dataset at ``epoch``; skip ``start_index`` samples of this rank.
+def set_loader_epoch(loader: DataLoader, epoch: int, start_sample: int = 0) -> None:
+    """Point the loader's sampler and dataset at ``epoch``; skip its first ``start_sample`` global samples.
 
     Must run before ``iter(loader)``: persistent workers read the epoch from shared memory when they
     prepare each sample, and the sampler fixes its order when iteration starts.
     """
     sampler = loader.sampler
     if isinstance(sampler, TrainSampler):
-        sampler.set_epoch(epoch, start_index)
-    elif start_index:
-        raise ValueError(f"start_index={start_index} needs a TrainSampler, the loader has {type(sampler).__name__}")
+        sampler.set_epoch(epoch, start_sample)
+    elif start_sample:
+        raise ValueError(f"start_sample={start_sample} needs a TrainSampler, the loader has {type(sampler).__name__}")
     elif hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     if hasattr(loader.dataset, "set_epoch"):

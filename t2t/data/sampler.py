@@ -26,8 +26,12 @@ class TrainSampler(Sampler[int]):
     rounding of the epoch down to a multiple of 256 images. With ``drop_last`` every rank gets the
     same number of samples and a few images (different ones each epoch) are left out.
 
-    ``set_epoch(epoch, start_index)`` skips the first ``start_index`` samples of this rank's list, for
-    resuming inside an epoch (pass batches_done * batch_size); ``len()`` is what remains.
+    Progress is counted in samples of the global order, not in steps: rank k of W reads global
+    positions p, p + W, p + 2W, ... with p = start_sample + k, so with a global batch G = W x b x accum
+    every optimizer step consumes the same G consecutive positions whatever W is. ``epoch_samples``
+    (global) cuts the epoch to a whole number of global batches; a run stopped on W processes
+    continues on W' with ``set_epoch(epoch, start_sample)``, ``start_sample`` being the samples all
+    ranks consumed so far in the epoch. ``len()`` is what remains for this rank.
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class TrainSampler(Sampler[int]):
         shuffle: bool = True,
         repeats: int = 1,
         drop_last: bool = True,
+        epoch_samples: int | None = None,
     ) -> None:
         if dataset_len <= 0:
             raise ValueError(f"dataset_len must be positive, got {dataset_len}")
@@ -65,19 +70,28 @@ class TrainSampler(Sampler[int]):
                 f"a dataset of {dataset_len} images cannot give every one of {num_replicas} ranks a sample "
                 f"with drop_last=True; use more images or drop_last=False"
             )
+        self.total = self.samples_per_epoch * self.num_replicas  # global positions per epoch
+        if epoch_samples is not None:
+            if not 0 < epoch_samples <= self.total or epoch_samples % self.num_replicas:
+                raise ValueError(
+                    f"epoch_samples must be a positive multiple of num_replicas={num_replicas} and at most "
+                    f"{self.total}, got {epoch_samples}")
+            self.total = int(epoch_samples)
+            self.samples_per_epoch = self.total // self.num_replicas
         self.epoch = 0
-        self.start_index = 0
+        self.start_sample = 0
 
-    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
-        """Select the epoch's order and skip the first ``start_index`` samples of this rank."""
+    def set_epoch(self, epoch: int, start_sample: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start_sample`` global positions (all ranks')."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if not 0 <= start_index <= self.samples_per_epoch:
+        if not 0 <= start_sample <= self.total or start_sample % self.num_replicas:
             raise ValueError(
-                f"start_index must be in [0, {self.samples_per_epoch}] (samples per rank per epoch), got {start_index}"
+                f"start_sample must be a multiple of num_replicas={self.num_replicas} in [0, {self.total}] "
+                f"(samples of all ranks per epoch), got {start_sample}"
             )
         self.epoch = int(epoch)
-        self.start_index = int(start_index)
+        self.start_sample = int(start_sample)
 
     def epoch_indices(self) -> list[int]:
         """This rank's full index list for the current epoch (ignoring start_index)."""
@@ -89,16 +103,15 @@ class TrainSampler(Sampler[int]):
             order = torch.arange(self.dataset_len)
         if self.repeats > 1:
             order = order.repeat_interleave(self.repeats)
-        total = self.samples_per_epoch * self.num_replicas
-        if len(order) < total:  # only without drop_last: wrap round, as DistributedSampler pads
-            order = order.repeat(math.ceil(total / len(order)))
-        return order[self.rank:total:self.num_replicas].tolist()
+        if len(order) < self.total:  # only without drop_last: wrap round, as DistributedSampler pads
+            order = order.repeat(math.ceil(self.total / len(order)))
+        return order[self.rank:self.total:self.num_replicas].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.start_index:])
+        return iter(self.epoch_indices()[self.start_sample // self.num_replicas:])
 
     def __len__(self) -> int:
-        return self.samples_per_epoch - self.start_index
+        return self.samples_per_epoch - self.start_sample // self.num_replicas
 
 
 class ShardSampler(Sampler[int]):

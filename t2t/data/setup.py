@@ -1,9 +1,13 @@
 """The training run's data, assembled from the config: datasets, resumable loaders, mixup, reseeding."""
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig, MixupConfig
@@ -11,7 +15,13 @@ from .dataset import ImageFolderDataset, check_same_classes, find_split_dirs
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup, seed_main_process_rng
 from .sampler import TrainSampler
-from .transforms import build_eval_transform, build_train_transform
+from .transforms import BatchNormalizeErase, build_eval_transform, build_train_transform
+
+_logger = logging.getLogger(__name__)
+
+
+class DataSizeError(ValueError):
+    """The training set cannot give one global batch per epoch."""
 
 
 @dataclass
@@ -19,19 +29,47 @@ class TrainData:
     train_dir: str
     classes: list[str]
     train_len: int
-    batch_size: int
-    batches_per_epoch: int
+    batch_size: int  # per process
+    global_batch_size: int
+    steps_per_epoch: int  # optimizer steps: train_len // global_batch_size
     train_loader: DataLoader
     val_loader: DataLoader
+    # uint8 batches -> normalised, randomly erased float batches on the device (CUDA); None: the
+    # workers deliver normalised float batches.
+    on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def train_batches(self, epoch: int, start_batch: int = 0) -> DataLoader:
-        """The epoch's batches from `start_batch` on (mid-epoch resume skips inside the sampler)."""
-        set_loader_epoch(self.train_loader, epoch, start_index=start_batch * self.batch_size)
+    def train_batches(self, epoch: int, start_sample: int = 0) -> DataLoader:
+        """The epoch's batches from global sample `start_sample` on (a resume skips inside the sampler)."""
+        set_loader_epoch(self.train_loader, epoch, start_sample=start_sample)
         return self.train_loader
+
+
+def _shm_bytes_per_batch(batch_size: int, img_size: int, uint8: bool) -> int:
+    return batch_size * 3 * img_size * img_size * (1 if uint8 else 4)
+
+
+def _check_shared_memory(cfg: DataConfig, batch_size: int, img_size: int, uint8: bool) -> None:
+    """Log what the loader workers hold in shared memory, and warn when /dev/shm is smaller."""
+    if cfg.workers == 0:
+        return
+    held = cfg.workers * cfg.prefetch_factor * _shm_bytes_per_batch(batch_size, img_size, uint8)
+    msg = (f"loader workers hold up to {held / 2**20:.0f} MiB of shared memory per process "
+           f"({cfg.workers} workers x prefetch {cfg.prefetch_factor} x batch {batch_size} x 3 x {img_size}^2 "
+           f"{'uint8' if uint8 else 'float32'})")
+    try:
+        free = shutil.disk_usage("/dev/shm").total if os.path.isdir("/dev/shm") else None
+    except OSError:
+        free = None
+    if free is not None and held * max(1, torch.cuda.device_count()) > free:
+        _logger.warning("%s, more than /dev/shm (%d MiB) allows for every process of this machine: lower "
+                        "data.workers or data.prefetch_factor, or give the container more (docker --shm-size)",
+                        msg, free // 2**20)
+    else:
+        _logger.info("%s", msg)
 
 
 def build_train_and_val(
@@ -41,33 +79,52 @@ def build_train_and_val(
         img_size: int,
         seed: int,
         batch_size: int,
+        global_batch_size: int,
         eval_batch_size: int,
         eval_crop_pct: float,
         eval_interpolation: str,
         num_replicas: int = 1,
         rank: int = 0,
         pin_memory: bool = False,
+        device: torch.device = torch.device("cpu"),
 ) -> TrainData:
+    """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
+
+    On CUDA the workers send uint8 batches (a quarter of the float32 bytes through shared memory and
+    the host-to-device copy) and normalisation and random erasing run on the GPU.
+    """
     train_dir, val_dir = find_split_dirs(data_dir)
+    uint8 = device.type == "cuda"
     train_tf = build_train_transform(
         img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
         color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,
-        re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std), fast_decode=cfg.fast_decode)
+        re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std), fast_decode=cfg.fast_decode,
+        use_prefetcher=uint8)
     eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
                                    std=tuple(cfg.std))
     train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
     val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
     check_same_classes(train_ds, val_ds)
+    steps_per_epoch = len(train_ds) // global_batch_size
+    if steps_per_epoch < 1:
+        raise DataSizeError(
+            f"the global batch of {global_batch_size} images (processes x train.batch_size x grad_accum_steps) "
+            f"is more than the {len(train_ds)} training images in {train_dir!r}: not one optimizer step per epoch")
+    # The epoch is a whole number of global batches of the global order, the same for any world size.
     sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
-                           repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True)
+                           repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True,
+                           epoch_samples=steps_per_epoch * global_batch_size)
+    _check_shared_memory(cfg, batch_size, img_size, uint8)
     loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
-                                pin_memory=pin_memory, prefetch_factor=4 if cfg.workers > 0 else None)
+                                pin_memory=pin_memory, prefetch_factor=cfg.prefetch_factor)
     val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
                                    num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
     sampler.set_epoch(0)
+    on_device = BatchNormalizeErase(tuple(cfg.mean), tuple(cfg.std), re_prob=cfg.reprob, re_mode=cfg.remode,
+                                    re_count=cfg.recount, device=device) if uint8 else None
     return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
-                     batch_size=batch_size, batches_per_epoch=len(sampler) // batch_size,
-                     train_loader=loader, val_loader=val_loader)
+                     batch_size=batch_size, global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
+                     train_loader=loader, val_loader=val_loader, on_device=on_device)
 
 
 def build_mixup_fn(cfg: MixupConfig, num_classes: int) -> Optional[Any]:

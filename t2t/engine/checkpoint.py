@@ -5,6 +5,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import tempfile
 from typing import Any, Optional
 
@@ -65,19 +66,64 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
 
 
 def _candidates(folder: str) -> list[str]:
+    """Checkpoint files of a run, newest first; best.pth last among equals (it may be older than last)."""
     files = [p for p in glob.glob(os.path.join(folder, "*.pth")) if not os.path.basename(p).startswith(".tmp-")]
-    files = [p for p in files if os.path.basename(p) != BEST]  # best may be older than last
-    return sorted(files, key=os.path.getmtime, reverse=True)
+    return sorted(files, key=lambda p: (os.path.getmtime(p), os.path.basename(p) != BEST), reverse=True)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def find_resume_checkpoint(folder: str) -> Optional[tuple[str, dict[str, Any]]]:
-    """Newest loadable checkpoint in `folder`, skipping damaged files with a warning."""
+    """Newest loadable checkpoint in `folder` of any kind, saying which files were skipped and why."""
+    skipped = []
     for path in _candidates(folder):
         try:
-            return path, load_training_checkpoint(path)
+            ckpt = load_training_checkpoint(path)
         except Exception as e:
-            _logger.warning("Skipping damaged checkpoint %s: %s", path, e)
+            _logger.warning("Skipping checkpoint %s: it cannot be loaded (%s)", path, _reason(e))
+            skipped.append(os.path.basename(path))
+            continue
+        if skipped:
+            _logger.warning("Resuming from %s, the newest loadable checkpoint (skipped: %s)",
+                            os.path.basename(path), ", ".join(skipped))
+        return path, ckpt
     return None
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete `.tmp-*.pth` files that a killed save left behind; return their names."""
+    removed = []
+    for path in glob.glob(os.path.join(folder, ".tmp-*.pth")):
+        try:
+            os.remove(path)
+            removed.append(os.path.basename(path))
+        except FileNotFoundError:
+            pass
+    if removed:
+        _logger.info("Removed %d unfinished checkpoint file(s) left by an interrupted save: %s",
+                     len(removed), ", ".join(removed))
+    return removed
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Make `dst` a copy of the finished file `src`: a hard link where the filesystem allows, atomically."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    os.close(fd)
+    try:
+        os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network or FUSE filesystems): copy the bytes
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class CheckpointWriter:
@@ -91,11 +137,13 @@ class CheckpointWriter:
     def save(self, state: dict[str, Any], *, end_of_epoch: bool, is_best: bool) -> str:
         """Save `state` as last.pth (and best / epoch-N / step-N as asked); return the main path."""
         epoch, step = state["epoch"], state["global_step"]
+        # Serialised once; best / epoch-N are hard links to the same bytes (rank 0's write stalls
+        # every other rank in its next collective, so a 1 GB checkpoint must not be written thrice).
         if end_of_epoch:
             path = os.path.join(self.folder, LAST)
             atomic_save(state, path)
             if self.keep_epochs:
-                atomic_save(state, os.path.join(self.folder, f"epoch-{epoch:04d}.pth"))
+                _link_or_copy(path, os.path.join(self.folder, f"epoch-{epoch:04d}.pth"))
                 self._prune(_EPOCH_PATTERN, self.keep_epochs)
             # Mid-epoch files of this and earlier epochs are superseded by last.pth.
             self._prune(_STEP_PATTERN, 0)
@@ -104,7 +152,7 @@ class CheckpointWriter:
             atomic_save(state, path)
             self._prune(_STEP_PATTERN, self.keep_steps)
         if is_best:
-            atomic_save(state, os.path.join(self.folder, BEST))
+            _link_or_copy(path, os.path.join(self.folder, BEST))
         return path
 
     def _prune(self, pattern: re.Pattern, keep: int) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -67,11 +69,61 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+class DistributedSetupError(RuntimeError):
+    """The process group could not be formed: which rank waited for what, and for how long."""
+
+
+# The device whose tensors the process group's backend serves: cuda:LOCAL_RANK under NCCL, cpu under gloo.
+# Every collective below puts its tensors there itself, so no caller can hand NCCL a CPU tensor.
+_COLLECTIVE_DEVICE = torch.device("cpu")
+
+
+def collective_device() -> torch.device:
+    """Where tensors must live for this process's collectives (set by init_distributed)."""
+    return _COLLECTIVE_DEVICE
+
+
+def _attempt_prefix() -> str:
+    """A store namespace of its own for each torchrun attempt.
+
+    Under torchrun (torch >= 2.4) the workers' store is the elastic agent's TCPStore, and the agent
+    keeps the same store server across restarts of the worker group. Without a namespace per attempt,
+    the keys that gloo and NCCL write while a group forms (each rank's address, NCCL's unique id)
+    are still there from the attempt before: a restarted rank reads a dead peer's address and fails
+    to connect ('connectFullMesh failed ... Connection refused'), or waits for peers that are gone.
+    The restart count is the same on every worker of one agent, so single-node restarts always
+    agree; across nodes an agent that restarts only because another node failed keeps its count,
+    which is why multi-node launches set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a fresh store per
+    rendezvous round; see scripts/slurm_train.sbatch).
+    """
+    return f"t2t/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def _create_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store from MASTER_ADDR / MASTER_PORT, namespaced per torchrun attempt."""
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = _env_int("MASTER_PORT", 29500)
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    try:
+        store = dist.TCPStore(addr, port, world_size=world_size, is_master=rank == 0 and not agent_hosts_store,
+                              timeout=timeout, wait_for_workers=False)
+    except (RuntimeError, OSError) as e:
+        raise DistributedSetupError(
+            f"rank {rank} of {world_size} could not reach the rendezvous store at {addr}:{port} within "
+            f"{timeout.total_seconds():.0f} s (dist.init_timeout_minutes): {e}") from None
+    return dist.PrefixStore(_attempt_prefix(), store)
+
+
+def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
+                     init_timeout_minutes: float = 10.0) -> DistInfo:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK, pick the device and join the process group.
 
-    The group is created only when WORLD_SIZE > 1: NCCL for CUDA devices, gloo on the CPU.
+    The group is created only when WORLD_SIZE > 1: NCCL for CUDA devices, gloo on the CPU. Forming
+    the group may take `init_timeout_minutes` (peers that do not come make it fail with a message
+    naming this rank); each later collective may wait `timeout_minutes`, which must cover the
+    slowest checkpoint write of rank 0.
     """
+    global _COLLECTIVE_DEVICE
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -84,12 +136,34 @@ def init_distributed(device: str = "auto") -> DistInfo:
     backend = None
     if world_size > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
+        _COLLECTIVE_DEVICE = dev if backend == "nccl" else torch.device("cpu")
         if not dist.is_initialized():
-            dist.init_process_group(
-                backend=backend, init_method="env://", rank=rank, world_size=world_size,
-                device_id=dev if dev.type == "cuda" else None)
+            init_timeout = timedelta(minutes=init_timeout_minutes)
+            store = _create_store(rank, world_size, init_timeout)
+            started = time.monotonic()
+            try:
+                # The store's timeout bounds the wait for peers while the group forms; the group's
+                # own timeout bounds every later collective.
+                dist.init_process_group(
+                    backend=backend, store=store, rank=rank, world_size=world_size,
+                    timeout=timedelta(minutes=timeout_minutes), device_id=dev if dev.type == "cuda" else None)
+                _first_collective(rank, world_size, init_timeout)
+            except (RuntimeError, dist.DistError) as e:
+                waited = time.monotonic() - started
+                raise DistributedSetupError(
+                    f"rank {rank} of {world_size} waited {waited:.0f} s for the other ranks to form the {backend} "
+                    f"process group (rendezvous {os.environ.get('MASTER_ADDR', '?')}:"
+                    f"{os.environ.get('MASTER_PORT', '?')}, limit dist.init_timeout_minutes={init_timeout_minutes:g}) "
+                    f"and gave up: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         _logger.debug("Joined process group: rank %d of %d, backend %s, device %s", rank, world_size, backend, dev)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
+
+
+def _first_collective(rank: int, world_size: int, timeout: timedelta) -> None:
+    """One all-reduce that every rank must reach within `timeout`, so a missing peer fails the start."""
+    work = dist.all_reduce(torch.ones(1, device=_COLLECTIVE_DEVICE), async_op=True)
+    if not work.wait(timeout):
+        raise RuntimeError(f"the first all-reduce did not complete within {timeout.total_seconds():.0f} s")
 
 
 def _active() -> bool:
@@ -109,10 +183,24 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum `t` over ranks in place and return it (unchanged in a single process)."""
-    if _active():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    """Sum `t` over ranks and return the sum, on `t`'s device (returned as is in a single process).
+
+    The reduction runs on `collective_device()`, whatever device `t` is on.
+    """
+    if not _active():
+        return t
+    buf = t.to(_COLLECTIVE_DEVICE, copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)
+
+
+def sum_over_ranks(*values: float) -> list[float]:
+    """Sum each number over ranks (float64 on the group's device); returns plain numbers."""
+    if not _active():
+        return [float(v) for v in values]
+    buf = torch.tensor(values, dtype=torch.float64, device=_COLLECTIVE_DEVICE)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.tolist()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -120,7 +208,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not _active():
         return obj
     holder = [obj if dist.get_rank() == src else None]
-    dist.broadcast_object_list(holder, src=src)
+    dist.broadcast_object_list(holder, src=src, device=_COLLECTIVE_DEVICE)
     return holder[0]
 
 

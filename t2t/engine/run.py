@@ -19,18 +19,19 @@ from ..config import Config, ConfigError, config_from_dict, dump_config
 from ..data import setup as data_setup
 from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, clean_state_dict, find_resume_checkpoint, library_versions, \
-    load_training_checkpoint
-from .distributed import DistInfo, all_reduce_sum, broadcast_object, cleanup_distributed, init_distributed, \
-    setup_logging
-from .evaluate import evaluate
+    load_training_checkpoint, remove_stale_temporaries
+from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed, setup_logging, \
+    sum_over_ranks
+from .evaluate import evaluate_models
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, scaled_lr
 from .precision import resolve_amp
-from .train_loop import StepControl, TrainState, train_one_epoch
+from .train_loop import DeviceMeters, StepControl, TrainState, train_one_epoch
 
 _logger = logging.getLogger("t2t.train")
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; run again with --resume auto
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: stopped by Ctrl-C after saving
 CHECKPOINT_FORMAT = 1
 
 
@@ -43,11 +44,26 @@ class RunResult:
     output: str
     state: TrainState
     preempted: bool = False
+    interrupted: bool = False  # stopped by SIGINT (Ctrl-C) after saving
 
 
 def _folder_holds_run(folder: str) -> bool:
     return os.path.isdir(folder) and any(
-        name == "config.yaml" or name.endswith(".pth") for name in os.listdir(folder))
+        name == "config.yaml" or (name.endswith(".pth") and not name.startswith(".tmp-"))
+        for name in os.listdir(folder))
+
+
+def _folder_has_checkpoints(folder: str) -> bool:
+    return os.path.isdir(folder) and any(
+        name.endswith(".pth") and not name.startswith(".tmp-") for name in os.listdir(folder))
+
+
+def _max_restarts() -> int:
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+
+
+def _restart_count() -> int:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def _resolve_output(cfg: Config, output: Optional[str], resume: Optional[str]) -> str:
@@ -56,23 +72,47 @@ def _resolve_output(cfg: Config, output: Optional[str], resume: Optional[str]) -
     if output is None:
         if resume == "auto":
             raise RunError("--resume auto needs --output: the folder to continue in")
+        if _max_restarts() > 0:
+            raise RunError(
+                f"torchrun may restart this run (--max-restarts={_max_restarts()}), and a restart must find the "
+                "run again: give the run folder with --output")
         output = os.path.join("runs", f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     return output
 
 
-def _load_resume_state(output: str, resume: Optional[str]) -> Optional[tuple[str, dict[str, Any]]]:
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _choose_resume(output: str, resume: Optional[str]) -> Optional[str]:
+    """Rank 0's choice of the checkpoint to resume from (None: a new run), or RunError.
+
+    Every rank then loads the file chosen here: on a shared filesystem, ranks that each listed
+    the folder could see different files.
+    """
+    restarted = _restart_count() > 0
+    if os.path.isdir(output):
+        remove_stale_temporaries(output)
     if resume == "auto" or (restarted and resume is None):
         found = find_resume_checkpoint(output) if os.path.isdir(output) else None
-        if found is None and _folder_holds_run(output):
-            raise RunError(f"no loadable checkpoint in {output!r}, which holds a run: not starting over it")
-        if found is None:
+        if found is not None:
+            return found[0]
+        if _folder_has_checkpoints(output):
+            raise RunError(f"no checkpoint in {output!r} can be loaded (see the warnings above): not starting "
+                           "over them; move them away to start a new run there")
+        if _folder_holds_run(output):
+            _logger.warning("%s holds a run that never saved a checkpoint: starting it from the beginning", output)
+        else:
             _logger.info("No checkpoint in %s yet: starting a new run", output)
-        return found
+        return None
     if resume is not None:
         if not os.path.isfile(resume):
             raise RunError(f"--resume {resume!r}: no such checkpoint file")
-        return resume, load_training_checkpoint(resume)
+        if not _same_folder(os.path.dirname(os.path.abspath(resume)), output) and _folder_holds_run(output):
+            raise RunError(
+                f"--output {output!r} already holds another run; resuming {resume!r} there would overwrite it. "
+                "Choose an empty --output, or leave --output out to continue in the checkpoint's own folder")
+        return resume
     if _folder_holds_run(output):
         raise RunError(
             f"output folder {output!r} already holds a run; continue it with --resume auto, "
@@ -89,42 +129,107 @@ def _build_model(cfg: Config, num_classes: int) -> nn.Module:
     return model
 
 
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and exits."""
+def _global_batch(cfg: Config, world_size: int) -> tuple[int, int]:
+    """(global batch, gradient accumulation steps) for this launch."""
+    per_step = cfg.train.batch_size * world_size
+    wanted = cfg.train.global_batch_size
+    if wanted is None:
+        return per_step * cfg.train.grad_accum_steps, cfg.train.grad_accum_steps
+    if wanted % per_step:
+        raise ConfigError(
+            f"train.global_batch_size={wanted} is not a multiple of {world_size} processes x "
+            f"train.batch_size={cfg.train.batch_size} = {per_step}; choose a batch size that divides it")
+    if cfg.train.grad_accum_steps not in (1, wanted // per_step):
+        _logger.warning("train.grad_accum_steps=%d is ignored: train.global_batch_size=%d sets it to %d",
+                        cfg.train.grad_accum_steps, wanted, wanted // per_step)
+    return wanted, wanted // per_step
+
+
+def _check_resume_fits(ckpt: dict[str, Any], *, global_batch: int, world_size: int, classes: list[str],
+                       path: str) -> None:
+    """A resume must keep the global batch (lr and data position are counted in its steps) and the classes."""
+    saved = ckpt.get("run", {})
+    saved_batch = saved.get("global_batch_size")
+    if saved_batch is not None and saved_batch != global_batch:
+        raise RunError(
+            f"{path} was trained with a global batch of {saved_batch} images per step "
+            f"({saved.get('world_size')} processes); this launch makes {global_batch} with {world_size}. "
+            f"Set train.global_batch_size={saved_batch} to continue with the same batch, lr schedule and data "
+            "position (gradient accumulation is derived from it)")
+    saved_classes = saved.get("classes")
+    if saved_classes is not None and list(saved_classes) != list(classes):
+        first = next((i for i, (a, b) in enumerate(zip(saved_classes, classes)) if a != b),
+                     min(len(saved_classes), len(classes)))
+        detail = (f"class #{first} is {saved_classes[first]!r} in the checkpoint and {classes[first]!r} now"
+                  if first < min(len(saved_classes), len(classes))
+                  else f"{len(saved_classes)} classes in the checkpoint, {len(classes)} now")
+        raise RunError(f"{path} was trained on other classes than the data set given: {detail}")
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT set a flag; the loop saves at the next step boundary and exits.
+
+    A second SIGINT (Ctrl-C twice) stops at once, without saving.
+    """
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.terminate = False
+        self.interrupt = False
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Preemption":
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. some test runners): no handler
-            self._previous = None
+    def __enter__(self) -> "_StopSignals":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners): no handler
+                pass
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        if signum == signal.SIGINT:
+            if self.interrupt:
+                raise KeyboardInterrupt
+            self.interrupt = True
+            _logger.warning("Ctrl-C: saving at the end of this step (press it again to stop without saving)")
+        else:
+            self.terminate = True
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def run(cfg: Config, *, data_dir: str, output: Optional[str] = None, resume: Optional[str] = None) -> RunResult:
     """Train as `cfg` says; resume from `resume` ('auto' or a path) if given."""
-    dist = init_distributed(cfg.train.device)
+    dist = init_distributed(cfg.train.device, timeout_minutes=cfg.dist.timeout_minutes,
+                            init_timeout_minutes=cfg.dist.init_timeout_minutes)
     try:
         return _run(cfg, dist, data_dir=data_dir, output=output, resume=resume)
     finally:
         cleanup_distributed()
 
 
+def _agreed(dist: DistInfo, fn) -> Any:
+    """Rank 0 runs `fn`; every rank gets its result, or raises the RunError it raised."""
+    outcome = None
+    if dist.is_main:
+        try:
+            outcome = ("ok", fn())
+        except (RunError, ConfigError) as e:
+            outcome = ("error", str(e))
+    outcome = broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise RunError(outcome[1])
+    return outcome[1]
+
+
 def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], resume: Optional[str]) -> RunResult:
-    output = broadcast_object(_resolve_output(cfg, output, resume) if dist.is_main else None)
     setup_logging(dist.is_main)
-    found = _load_resume_state(output, resume)
-    os.makedirs(output, exist_ok=True)
+    output = _agreed(dist, lambda: _resolve_output(cfg, output, resume))
+    resume_path = _agreed(dist, lambda: _choose_resume(output, resume))
+    found = (resume_path, load_training_checkpoint(resume_path)) if resume_path is not None else None
+    if dist.is_main:
+        os.makedirs(output, exist_ok=True)
     setup_logging(dist.is_main, os.path.join(output, "train.log") if dist.is_main else None)
     device = dist.device
     amp = resolve_amp(cfg.train.amp, device)
@@ -132,17 +237,21 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         _logger.info("Resuming from %s (epoch %d, step %d)", found[0], found[1]["train_state"]["epoch"],
                      found[1]["global_step"])
         _warn_config_changes(cfg, found[1]["config"])
+    global_batch, accum = _global_batch(cfg, dist.world_size)
 
     # Data: datasets, class count, sampler and loaders.
     data = data_setup.build_train_and_val(
         cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
-        eval_batch_size=cfg.eval.batch_size, eval_crop_pct=cfg.eval.crop_pct,
+        global_batch_size=global_batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=cfg.eval.crop_pct,
         eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
-        pin_memory=device.type == "cuda")
+        pin_memory=device.type == "cuda", device=device)
     num_classes = data.num_classes
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but {data.train_dir!r} "
                           f"has {num_classes} class folders")
+    if found is not None:
+        _check_resume_fits(found[1], global_batch=global_batch, world_size=dist.world_size, classes=data.classes,
+                           path=found[0])
 
     # Model, EMA, optimizer, scaler and schedule.
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
@@ -152,17 +261,10 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         _logger.info("Initialised weights from %s (%s)", cfg.model.init_from, used)
     model.to(device)
     ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
-    accum = cfg.train.grad_accum_steps
-    global_batch = cfg.train.batch_size * dist.world_size * accum
     lr = scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_base_batch_size)
     optimizer = build_optimizer(model, cfg.optim, lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    batches_per_epoch = data.batches_per_epoch
-    steps_per_epoch = batches_per_epoch // accum
-    if steps_per_epoch < 1:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} x grad_accum_steps={accum} x {dist.world_size} processes "
-            f"is more than the {data.train_len} training images: not one optimizer step per epoch")
+    steps_per_epoch = data.steps_per_epoch
     schedule = build_schedule(cfg.sched, base_lr=lr, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch)
     total_epochs = cfg.train.epochs + cfg.sched.cooldown_epochs
     state = TrainState()
@@ -171,13 +273,14 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
 
     _logger.info("Config:\n%s", dump_config(cfg))
     _logger.info(
-        "world size %d, device %s, global batch %d (%d per process x %d accumulation), lr %.4g "
+        "world size %d, device %s, global batch %d (%d processes x %d per process x %d accumulation), lr %.4g "
         "(optim.lr %.4g scaled by %d/%d), %d steps per epoch, %d epochs (%d cosine + %d cool-down)",
-        dist.world_size, device, global_batch, cfg.train.batch_size, accum, lr, cfg.optim.lr, global_batch,
-        cfg.optim.lr_base_batch_size, steps_per_epoch, total_epochs, cfg.train.epochs, cfg.sched.cooldown_epochs)
-    run_info = dict(world_size=dist.world_size, global_batch_size=global_batch, lr=lr,
-                    steps_per_epoch=steps_per_epoch, total_epochs=total_epochs, num_classes=num_classes,
-                    classes=data.classes, data_dir=os.path.abspath(data_dir))
+        dist.world_size, device, global_batch, dist.world_size, cfg.train.batch_size, accum, lr, cfg.optim.lr,
+        global_batch, cfg.optim.lr_base_batch_size, steps_per_epoch, total_epochs, cfg.train.epochs,
+        cfg.sched.cooldown_epochs)
+    run_info = dict(world_size=dist.world_size, global_batch_size=global_batch, batch_size=cfg.train.batch_size,
+                    grad_accum_steps=accum, lr=lr, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
+                    num_classes=num_classes, classes=data.classes, data_dir=os.path.abspath(data_dir))
     if dist.is_main:
         with open(os.path.join(output, "config.yaml"), "w") as f:
             f.write(dump_config(cfg))
@@ -186,18 +289,29 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     if cfg.train.compile:
         train_model = torch.compile(train_model)
     if dist.is_distributed:
+        # The fixed tensors (position table, Performer projections) never change: no buffer broadcast
+        # before every forward; gradients live in DDP's buckets, saving a copy of them.
         train_model = DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+            train_model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False, gradient_as_bucket_view=True)
     ddp_no_sync = train_model.no_sync if dist.is_distributed else None
+    batch_to_device = None
+    if data.on_device is not None:
+        on_device = data.on_device
+
+        def batch_to_device(images, target):
+            return on_device(images), target.to(device, non_blocking=True)
 
     writer = CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs) if dist.is_main else None
     logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
+    meters = DeviceMeters(device)
 
     def checkpoint_state() -> dict[str, Any]:
+        meters.flush(state)  # collective; a NaN loss stops here, before anything is written
         saved = TrainState(**state.to_dict())
         # Running meters of all ranks, so the epoch's train_loss survives a resume in any world size.
-        sums = all_reduce_sum(torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64))
-        saved.loss_sum, saved.loss_count = sums[0].item(), int(sums[1].item())
+        saved.loss_sum, loss_count = sum_over_ranks(state.loss_sum, state.loss_count)
+        saved.loss_count = int(loss_count)
         return {
             "format": CHECKPOINT_FORMAT,
             "arch": cfg.model.name,
@@ -208,6 +322,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
             "epoch": state.epoch,
             "step_in_epoch": state.step_in_epoch,
             "global_step": state.global_step,
+            # Progress in samples of the global order: what a launch with another world size continues from.
+            "samples_in_epoch": state.step_in_epoch * global_batch,
+            "samples_seen": state.global_step * global_batch,
             "train_state": saved.to_dict(),
             "config": cfg.to_dict(),
             "run": run_info,
@@ -218,50 +335,60 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     def save(end_of_epoch: bool, is_best: bool = False) -> None:
         ckpt = checkpoint_state()  # collective: every rank takes part
         if writer is not None:
+            t0 = time.perf_counter()
             path = writer.save(ckpt, end_of_epoch=end_of_epoch, is_best=is_best)
-            _logger.info("Saved %s (epoch %d, step %d)", path, state.epoch, state.global_step)
+            _logger.info("Saved %s (epoch %d, step %d) in %.1f s", path, state.epoch, state.global_step,
+                         time.perf_counter() - t0)
 
-    preempted = False
+    stop = {"preempted": False, "interrupted": False}
     last_save_time = time.monotonic()
-    with _Preemption() as preemption:
-        def after_step(st: TrainState) -> bool:
-            nonlocal preempted, last_save_time
-            minutes_due = cfg.checkpoint.every_minutes > 0 and \
-                time.monotonic() - last_save_time >= 60 * cfg.checkpoint.every_minutes
-            # Ranks agree on time- and signal-driven decisions through one tiny all_reduce.
-            flags = all_reduce_sum(torch.tensor([float(preemption.requested), float(minutes_due)]))
-            stop_signal, minutes_due = flags[0].item() > 0, flags[1].item() > 0
+    with _StopSignals() as signals:
+        def after_step(st: TrainState, synced: bool) -> bool:
+            nonlocal last_save_time
+            terminate = interrupt = minutes_due = False
+            # Signals and the minutes timer are host-side, but ranks must act on them at the same
+            # step: with several processes they are agreed on at log steps, where the host has
+            # waited for the device anyway (a stop takes effect within train.log_interval steps).
+            if synced or not dist.is_distributed:
+                minutes_due = cfg.checkpoint.every_minutes > 0 and \
+                    time.monotonic() - last_save_time >= 60 * cfg.checkpoint.every_minutes
+                flags = sum_over_ranks(signals.terminate, signals.interrupt, minutes_due) \
+                    if dist.is_distributed else [signals.terminate, signals.interrupt, minutes_due]
+                terminate, interrupt, minutes_due = (v > 0 for v in flags)
             at_max = cfg.train.max_steps is not None and st.global_step >= cfg.train.max_steps
             end_of_epoch = st.step_in_epoch == steps_per_epoch
             every = cfg.checkpoint.every_steps
-            due = (every > 0 and st.global_step % every == 0) or minutes_due or stop_signal or at_max
+            stopping = terminate or interrupt
+            due = (every > 0 and st.global_step % every == 0) or minutes_due or stopping or at_max
             if due and not end_of_epoch:
                 save(end_of_epoch=False)
                 last_save_time = time.monotonic()
-            if stop_signal:
-                preempted = True
-                _logger.warning("SIGTERM: checkpoint saved at step %d; exiting", st.global_step)
-            return stop_signal or at_max
+            if stopping:
+                stop["preempted" if terminate else "interrupted"] = True
+                _logger.warning("%s: checkpoint saved at step %d; exiting", "SIGTERM" if terminate else "SIGINT",
+                                st.global_step)
+            return stopping or at_max
 
         control = StepControl(after_step=after_step)
         mixup = data_setup.build_mixup_fn(cfg.mixup, num_classes)
         while state.epoch < total_epochs:
             epoch = state.epoch
-            start = state.step_in_epoch * accum
             mixup_on = mixup is not None and (cfg.mixup.off_epoch == 0 or epoch < cfg.mixup.off_epoch)
             t_epoch, steps_before = time.perf_counter(), state.step_in_epoch
             finished = train_one_epoch(
-                train_model, batches=data.train_batches(epoch, start), num_batches=steps_per_epoch * accum,
-                optimizer=optimizer, scaler=scaler, schedule=schedule, state=state, device=device,
-                num_classes=num_classes, amp=amp, accum_steps=accum, clip_grad=cfg.optim.clip_grad,
-                mixup=mixup if mixup_on else None, label_smoothing=cfg.mixup.label_smoothing, ema=ema,
+                train_model, batches=data.train_batches(epoch, state.step_in_epoch * global_batch),
+                num_batches=steps_per_epoch * accum, optimizer=optimizer, scaler=scaler, schedule=schedule,
+                state=state, device=device, num_classes=num_classes, amp=amp, accum_steps=accum,
+                clip_grad=cfg.optim.clip_grad, mixup=mixup if mixup_on else None,
+                label_smoothing=cfg.mixup.label_smoothing, ema=ema,
                 reseed=lambda i: data_setup.reseed_step(cfg.train.seed, i, dist.rank), control=control,
-                log_interval=cfg.train.log_interval, ddp_no_sync=ddp_no_sync,
-                on_log=logger.scalars if dist.is_main else None)
+                log_interval=cfg.train.log_interval, ddp_no_sync=ddp_no_sync, batch_to_device=batch_to_device,
+                on_log=logger.scalars if dist.is_main else None, meters=meters)
             if not finished and state.step_in_epoch < steps_per_epoch:
                 break
+            meters.flush(state)
             row = _end_epoch(cfg, state, data=data, model=model, ema=ema, dist=dist, total_epochs=total_epochs,
-                             optimizer=optimizer, amp=amp)
+                             optimizer=optimizer, amp=amp, batch_to_device=batch_to_device)
             row["images_per_sec"] = (state.step_in_epoch - steps_before) * global_batch / max(
                 time.perf_counter() - t_epoch, 1e-9)  # this session's share of the epoch, evaluation included
             is_best = _update_best(cfg, state, row)
@@ -275,28 +402,28 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
             if not finished:
                 break
     logger.close()
-    return RunResult(output=output, state=state, preempted=preempted)
+    return RunResult(output=output, state=state, **stop)
 
 
 def _end_epoch(cfg: Config, state: TrainState, *, data, model, ema, dist: DistInfo, total_epochs: int,
-               optimizer, amp: str) -> dict[str, Any]:
+               optimizer, amp: str, batch_to_device=None) -> dict[str, Any]:
     """Evaluate (model and EMA) if due and return the epoch's row for the logs."""
-    sums = all_reduce_sum(torch.tensor([state.loss_sum, state.loss_count], dtype=torch.float64))
+    loss_sum, loss_count = sum_over_ranks(state.loss_sum, state.loss_count)
     epoch = state.epoch
     row: dict[str, Any] = {
         "epoch": epoch,
         "global_step": state.global_step,
-        "train_loss": (sums[0] / sums[1].clamp(min=1)).item(),
+        "train_loss": loss_sum / max(loss_count, 1.0),
         "lr": optimizer.param_groups[0]["lr"],
         "skipped_steps": state.skipped_steps,
     }
     last = epoch == total_epochs - 1
     interval = cfg.eval.interval
     if (interval > 0 and (epoch + 1) % interval == 0) or last:
-        for prefix, net in (("", model), ("ema_", ema.module if ema is not None else None)):
-            if net is None:
-                continue
-            metrics = evaluate(net, data.val_loader, device=dist.device, amp=amp, dist=dist)
+        nets = {"": model} if ema is None else {"": model, "ema_": ema.module}
+        # One pass over the validation set: each decoded batch goes through the model and the EMA.
+        results = evaluate_models(nets, data.val_loader, device=dist.device, amp=amp, dist=dist)
+        for prefix, metrics in results.items():
             row.update({f"{prefix}val_loss": metrics["loss"], f"{prefix}val_top1": metrics["top1"],
                         f"{prefix}val_top5": metrics["top5"]})
         _logger.info("epoch %d: val top-1 %.2f top-5 %.2f%s", epoch, row["val_top1"], row["val_top5"],

@@ -48,9 +48,70 @@ class TrainState:
 
 @dataclass
 class StepControl:
-    """Hooks the run gives the loop: called after every optimizer step; returns True to stop the epoch."""
+    """Hooks the run gives the loop.
 
-    after_step: Callable[[TrainState], bool] = lambda state: False
+    `after_step(state, synced)` runs after every optimizer step and returns True to stop the epoch;
+    `synced` says whether this step was a log step, where the loop has already waited for the device.
+    """
+
+    after_step: Callable[[TrainState, bool], bool] = lambda state, synced: False
+
+
+class DeviceMeters:
+    """Loss sums, the first non-finite step and skipped fp16 steps, kept on the device.
+
+    Nothing here makes the host wait for the GPU until `flush` is called (at log steps, before a
+    checkpoint is written and at the end of an epoch).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.window_sum = torch.zeros((), dtype=torch.float64, device=device)  # since the last log
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)  # first non-finite loss, -1: none
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0  # images: known on the host
+        self.window_count = 0
+
+    def add(self, loss: torch.Tensor, n: int, step: int) -> None:
+        value = loss.detach().double() * n
+        self.loss_sum += value
+        self.window_sum += value
+        self.count += n
+        self.window_count += n
+        bad = ~torch.isfinite(loss.detach())
+        self.bad_step.copy_(torch.where(bad & (self.bad_step < 0), step, self.bad_step))
+
+    def flush(self, state: TrainState, with_window: bool = False) -> tuple[float, float]:
+        """Move the sums into `state`; raise on every rank if any rank saw a NaN or infinite loss.
+
+        A collective (every rank must call it at the same step) and the one host sync of a log step.
+        Returns the loss sum and image count since the last log over all ranks when `with_window`,
+        and starts a new window; (0, 0) otherwise.
+        """
+        shared = torch.stack([(self.bad_step >= 0).double(), self.window_sum,
+                              self.window_sum.new_tensor(float(self.window_count))])
+        if not with_window:
+            shared = shared[:1]
+        local = torch.stack([self.loss_sum, self.bad_step.double(), self.skipped.double()])
+        reduced = all_reduce_sum(shared).tolist()
+        loss_sum, bad_step, skipped = local.tolist()
+        if reduced[0] > 0:
+            where = f"optimizer step {int(bad_step)}" if bad_step >= 0 else "on another rank"
+            raise NonFiniteLossError(
+                f"the loss became NaN or infinite at epoch {state.epoch}, {where}; stopping with the last "
+                "checkpoint intact (lower optim.lr, set optim.clip_grad, or use train.amp=bf16)")
+        state.loss_sum += loss_sum
+        state.loss_count += self.count
+        state.skipped_steps += int(skipped)
+        self.loss_sum.zero_()
+        self.skipped.zero_()
+        self.count = 0
+        if not with_window:
+            return 0.0, 0.0
+        self.window_sum.zero_()
+        self.window_count = 0
+        return reduced[1], reduced[2]
 
 
 def soft_targets(target: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -81,31 +142,38 @@ def train_one_epoch(
         ddp_no_sync: Optional[Callable[[], contextlib.AbstractContextManager]] = None,
         batch_to_device: Optional[Callable] = None,
         on_log: Optional[Callable[[dict[str, float], int], None]] = None,
+        meters: Optional[DeviceMeters] = None,
 ) -> bool:
-    """Train until the epoch's batches run out; return False if `control` asked to stop early.
+    """Train for the epoch's `num_batches` micro-batches; return False if `control` asked to stop early.
 
     `batches` yields micro-batches starting at `state.step_in_epoch * accum_steps`; an optimizer
-    step is taken every `accum_steps` of them. `reseed(micro_index)` makes mixup, dropout and
-    drop-path a function of the position in the run, so a resumed run draws the same numbers.
+    step is taken every `accum_steps` of them, and the epoch ends after its last whole step (a
+    partial group of micro-batches is never backpropagated). `reseed(micro_index)` makes mixup,
+    dropout and drop-path a function of the position in the run, so a resumed run draws the same
+    numbers. The host waits for the device only at log steps (every `log_interval` steps and the
+    epoch's last), where a NaN or infinite loss stops the run.
     """
     criterion = SoftTargetCrossEntropy()
     model.train()
-    world_loss = torch.zeros(2, dtype=torch.float64, device=device)  # (sum, count) since last log
+    meters = meters if meters is not None else DeviceMeters(device)
+    steps_in_epoch = num_batches // accum_steps
     data_wait = compute = 0.0
     steps_since_log = 0
     t_last = time.perf_counter()
     t_log = t_last
     micro = 0
+    if state.step_in_epoch >= steps_in_epoch:
+        return True
     for images, target in batches:
         t_data = time.perf_counter()
         data_wait += t_data - t_last
+        if reseed is not None:
+            reseed(state.global_step * accum_steps + micro)
         if batch_to_device is not None:
             images, target = batch_to_device(images, target)
         else:
             images = images.to(device, non_blocking=True)
             target = target.to(device, non_blocking=True)
-        if reseed is not None:
-            reseed(state.global_step * accum_steps + micro)
         if mixup is not None:
             images, target = mixup(images, target)
         else:
@@ -115,23 +183,14 @@ def train_one_epoch(
         with sync:
             with amp_context(device, amp):
                 loss = criterion(model(images), target)
-            loss_value = loss.item()  # one host sync per micro-batch: a NaN must stop before the step
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"loss is {loss_value} at epoch {state.epoch}, optimizer step {state.global_step}; "
-                    "stopping with the last checkpoint intact")
             scaler.scale(loss / accum_steps).backward()
-        n = images.shape[0]
-        world_loss[0] += loss_value * n
-        world_loss[1] += n
-        state.loss_sum += loss_value * n
-        state.loss_count += n
+        meters.add(loss, images.shape[0], state.global_step)
         micro += 1
         if is_last_micro:
             micro = 0
-            steps_in_epoch = num_batches // accum_steps
             log_now = (state.step_in_epoch + 1) % log_interval == 0 or state.step_in_epoch + 1 == steps_in_epoch
-            grad_norm = _optimizer_step(model, optimizer, scaler, schedule, state, clip_grad, measure_norm=log_now)
+            grad_norm = _optimizer_step(model, optimizer, scaler, schedule, state, clip_grad, meters,
+                                        measure_norm=log_now)
             if ema is not None:
                 ema.update(model, step=state.global_step)
             state.global_step += 1
@@ -140,51 +199,64 @@ def train_one_epoch(
             t_now = time.perf_counter()
             compute += t_now - t_data
             if log_now:
-                stats = all_reduce_sum(world_loss.clone())  # (loss sum, images) over all ranks
+                # The host waits for the device here (once per log interval), and a NaN stops the run.
+                loss_sum, images_seen = meters.flush(state, with_window=True)
                 elapsed = max(t_now - t_log, 1e-9)
                 values = {
-                    "train/loss": (stats[0] / stats[1].clamp(min=1)).item(),
+                    "train/loss": loss_sum / max(images_seen, 1.0),
                     "train/lr": optimizer.param_groups[0]["lr"],
-                    "train/images_per_sec": stats[1].item() / elapsed,
+                    "train/images_per_sec": images_seen / elapsed,
                     "train/data_wait": data_wait / max(data_wait + compute, 1e-9),
                 }
-                if grad_norm is not None:
-                    values["train/grad_norm"] = grad_norm
+                if grad_norm is not None and math.isfinite(norm := float(grad_norm)):
+                    values["train/grad_norm"] = norm
                 eta = (steps_in_epoch - state.step_in_epoch) * elapsed / steps_since_log
                 _logger.info(
                     "epoch %d step %d/%d  loss %.4f  lr %.3e  %.1f img/s  data %.0f%%  eta %s",
-                    state.epoch, state.step_in_epoch, num_batches // accum_steps, values["train/loss"],
+                    state.epoch, state.step_in_epoch, steps_in_epoch, values["train/loss"],
                     values["train/lr"], values["train/images_per_sec"], 100 * values["train/data_wait"],
                     format_duration(eta))  # eta: to the end of this epoch
                 if on_log is not None:
                     on_log(values, state.global_step)
-                world_loss.zero_()
                 data_wait = compute = 0.0
                 steps_since_log = 0
                 t_log = time.perf_counter()
-            if control.after_step(state):
+            if control.after_step(state, log_now):
                 return False
+            if state.step_in_epoch >= steps_in_epoch:
+                break  # leftover micro-batches of an incomplete step are not used
         t_last = time.perf_counter()
     return True
 
 
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the gradients, as a device tensor (no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+
+
 def _optimizer_step(model, optimizer, scaler, schedule: LRSchedule, state: TrainState,
-                    clip_grad: Optional[float], measure_norm: bool = False) -> Optional[float]:
+                    clip_grad: Optional[float], meters: DeviceMeters,
+                    measure_norm: bool = False) -> Optional[torch.Tensor]:
     """Set the lr for this step, unscale, clip, step (or skip on inf/NaN under fp16), zero grads.
 
-    Returns the global gradient norm when clipping or when `measure_norm` asks for it (for the logs).
+    Returns the global gradient norm (a device tensor) when it was computed: when clipping, under
+    fp16 (where a non-finite norm is a step the scaler skips) or when `measure_norm` asks for it.
     """
     set_lr(optimizer, schedule.lr_at(state.global_step))
     grad_norm = None
-    if clip_grad is not None or measure_norm:
+    if clip_grad is not None or measure_norm or scaler.is_enabled():
         scaler.unscale_(optimizer)
-        grads = [p for p in model.parameters() if p.grad is not None]
-        max_norm = clip_grad if clip_grad is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(grads, max_norm).item()
-    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+        params = [p for p in model.parameters() if p.grad is not None]
+        if clip_grad is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        else:
+            grad_norm = _grad_norm(params)
+        if scaler.is_enabled():
+            meters.skipped += (~torch.isfinite(grad_norm)).to(meters.skipped.device, torch.int64)
     scaler.step(optimizer)
     scaler.update()
-    if scale_before is not None and scaler.get_scale() < scale_before:
-        state.skipped_steps += 1  # the scaler found inf/NaN gradients and skipped this step
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm if grad_norm is None or math.isfinite(grad_norm) else None
+    return grad_norm
