@@ -1,5 +1,6 @@
 """train.py under torchrun on the CPU (gloo): one machine, two 'nodes' on localhost, restarts."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -93,3 +94,45 @@ def test_torchrun_restart_resumes_by_itself(data_dir, tmp_path):
     assert agent.returncode == 0, err
     assert "Resuming from" in (out / "train.log").read_text()
     assert_same_run(str(tmp_path / "straight" / "last.pth"), str(out / "last.pth"))
+
+
+def kill_one_worker_and_compare(data_dir: str, tmp_path, *, nproc: int, after_step: int, seed: int,
+                                rdzv: tuple[str, ...] = ("--standalone",), straight: str | None = None) -> str:
+    """Train under torchrun with restarts, SIGKILL one worker (chosen by `seed`) once step `after_step` is
+    saved, and check that the restarted group resumed and ended bit-identical to an uninterrupted run."""
+    config = write_config(str(tmp_path))
+    common = ["--data-dir", data_dir, "checkpoint.every_steps=2"]
+    if straight is None:
+        straight = str(tmp_path / "straight")
+        proc = subprocess.run(_torchrun(*rdzv, f"--nproc_per_node={nproc}") + ["-c", config, "--output", straight,
+                                                                                *common],
+                              capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / f"killed-{seed}"
+    agent = subprocess.Popen(
+        _torchrun(*rdzv, f"--nproc_per_node={nproc}", "--max-restarts=2") + ["-c", config, "--output", str(out),
+                                                                              *common],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not (out / f"step-{after_step:08d}.pth").exists():
+            assert agent.poll() is None and time.time() < deadline, "run ended before the kill"
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == nproc, workers
+        os.kill(int(random.Random(seed).choice(sorted(workers))), signal.SIGKILL)
+        _, err = agent.communicate(timeout=900)
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert agent.returncode == 0, err[-5000:]
+    log = (out / "train.log").read_text()
+    assert "Resuming from" in log, log[-3000:]
+    assert_same_run(os.path.join(straight, "last.pth"), str(out / "last.pth"))
+    return straight
+
+
+def test_killing_one_of_two_workers_restarts_and_resumes_exactly(data_dir, tmp_path):
+    """The surviving worker's group is torn down and the new group forms on a fresh store namespace:
+    no stale peer address (gloo 'Connection refused') and no wait for peers that are gone."""
+    kill_one_worker_and_compare(data_dir, tmp_path, nproc=2, after_step=6, seed=1)

@@ -11,7 +11,7 @@ import torch
 from t2t.config import load_config
 from t2t.engine.checkpoint import CheckpointWriter, atomic_save, find_resume_checkpoint
 from t2t.engine.optim import LRSchedule
-from t2t.engine.run import PREEMPTED_EXIT_CODE, RunError, run
+from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, run
 from t2t.engine.train_loop import NonFiniteLossError, TrainState, train_one_epoch
 from train_helpers import (assert_same_run, load, make_data, run_train, train_cmd, write_config)
 
@@ -206,26 +206,32 @@ def _wait_for(path_test, proc, timeout=300):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
-def test_killed_run_resumes_exactly(data_dir, tmp_path, sig):
+@pytest.mark.parametrize("sig,group", [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGTERM, True),
+                                       (signal.SIGINT, True)],
+                         ids=["sigkill", "sigterm", "sigterm-process-group", "ctrl-c-process-group"])
+def test_killed_run_resumes_exactly(data_dir, tmp_path, sig, group):
+    """SIGTERM / SIGINT to the whole process group (as Slurm, `kill -- -PGID`, docker stop and Ctrl-C send
+    them) reach the loader workers too: they ignore it, the main process saves and exits."""
     config = write_config(str(tmp_path))
     common = ["--data-dir", data_dir, "data.workers=2", "checkpoint.every_steps=4"]
     run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
     out = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd("-c", config, "--output", str(out), *common),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: (out / "step-00000012.pth").exists(), proc)  # inside epoch 1
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
         code = proc.wait(timeout=120)
     finally:
         proc.kill()
-    if sig == signal.SIGTERM:
-        assert code == PREEMPTED_EXIT_CODE
+    stderr = proc.stderr.read()
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+    else:
+        assert code == (PREEMPTED_EXIT_CODE if sig == signal.SIGTERM else INTERRUPTED_EXIT_CODE), stderr
+        assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr
         ckpt, _ = find_resume_checkpoint(str(out))
         assert load(ckpt)["global_step"] >= 12
-    else:
-        assert code == -signal.SIGKILL
     run_train("-c", config, "--output", str(out), "--resume", "auto", *common)
     assert_same_run(str(tmp_path / "straight" / "last.pth"), str(out / "last.pth"))
 

@@ -115,10 +115,10 @@ def _create_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
 
 
 def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
-                     init_timeout_minutes: float = 10.0) -> DistInfo:
+                     init_timeout_minutes: float = 10.0, always_group: bool = False) -> DistInfo:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK, pick the device and join the process group.
 
-    The group is created only when WORLD_SIZE > 1: NCCL for CUDA devices, gloo on the CPU. Forming
+    The group is created when WORLD_SIZE > 1 (or `always_group`): NCCL for CUDA devices, gloo on the CPU. Forming
     the group may take `init_timeout_minutes` (peers that do not come make it fail with a message
     naming this rank); each later collective may wait `timeout_minutes`, which must cover the
     slowest checkpoint write of rank 0.
@@ -134,7 +134,7 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
     backend = None
-    if world_size > 1:
+    if world_size > 1 or always_group:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         _COLLECTIVE_DEVICE = dev if backend == "nccl" else torch.device("cpu")
         if not dist.is_initialized():
@@ -167,7 +167,7 @@ def _first_collective(rank: int, world_size: int, timeout: timedelta) -> None:
 
 
 def _active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.is_available() and dist.is_initialized()
 
 
 def cleanup_distributed() -> None:

@@ -1,0 +1,263 @@
+"""What multi-GPU and cluster runs depend on, shown on CPU processes over gloo.
+
+Collectives only through the helpers, on the process group's device; rank 0's choices broadcast;
+no host sync per micro-batch; no leftover micro-batches; a run without --output refused where
+torchrun may restart it; a missing peer fails with a message instead of a hang; a run stopped on
+two processes continues on one.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+import train
+from t2t.config import load_config
+from t2t.engine import distributed
+from t2t.engine.optim import LRSchedule
+from t2t.engine.train_loop import DeviceMeters, NonFiniteLossError, StepControl, TrainState, train_one_epoch
+from train_helpers import ROOT, load, make_data, run_train, write_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data(str(tmp_path_factory.mktemp("data")), train=13)  # 39 images
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives
+
+
+def test_collective_device_follows_the_backend(monkeypatch):
+    assert distributed.collective_device() == torch.device("cpu")
+    # Under NCCL the helpers must place their tensors on this rank's GPU: init_distributed records it.
+    monkeypatch.setattr(distributed, "_COLLECTIVE_DEVICE", torch.device("cuda", 3))
+    assert distributed.collective_device() == torch.device("cuda", 3)
+
+
+def _collectives_worker(rank: int, world: int, port: int, data: str, out: str, calls_file: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    calls = []
+
+    def spy(name, real):
+        def wrapper(*args, **kwargs):
+            frame = sys._getframe(1)
+            tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+            calls.append((name, frame.f_globals.get("__name__"), [str(t.device) for t in tensors]))
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in ("all_reduce", "broadcast", "all_gather", "reduce_scatter", "broadcast_object_list",
+                 "all_gather_object"):
+        setattr(tdist, name, spy(name, getattr(tdist, name)))
+    from t2t.engine.run import run
+    cfg = load_config(os.path.join(out, "tiny.yaml"), ["train.epochs=1", "sched.cooldown_epochs=0",
+                                                       "train.log_interval=1", "checkpoint.every_steps=2"])
+    run(cfg, data_dir=data, output=os.path.join(out, "run"))
+    with open(f"{calls_file}.{rank}", "w") as f:
+        f.write(repr(calls))
+
+
+@pytest.mark.slow
+def test_every_collective_goes_through_the_helpers_on_the_group_device(data_dir, tmp_path):
+    """No module but t2t.engine.distributed calls a torch.distributed collective, and the helpers put every
+    tensor on collective_device(): with NCCL, a CPU tensor in a collective fails at the first step."""
+    write_config(str(tmp_path))
+    calls_file = str(tmp_path / "calls")
+    mp.start_processes(_collectives_worker, args=(2, _free_port(), data_dir, str(tmp_path), calls_file), nprocs=2,
+                       start_method="spawn")
+    for rank in range(2):
+        calls = eval(open(f"{calls_file}.{rank}").read())
+        assert len(calls) > 10
+        callers = {caller for _, caller, _ in calls if caller != "torch.distributed.distributed_c10d"}
+        assert callers == {"t2t.engine.distributed"}, callers
+        assert {d for _, _, devices in calls for d in devices} == {"cpu"}  # the gloo group's device
+
+
+def _agree_worker(rank: int, world: int, port: int, results: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from t2t.engine.run import RunError, _agreed
+    info = distributed.init_distributed("cpu")
+    try:
+        chosen = _agreed(info, lambda: f"step-{rank}.pth")  # each rank would list the folder differently
+        try:
+            _agreed(info, lambda: (_ for _ in ()).throw(RunError("no checkpoint can be loaded")))
+            error = None
+        except RunError as e:
+            error = str(e)
+        with open(f"{results}.{rank}", "w") as f:
+            f.write(repr((chosen, error)))
+    finally:
+        distributed.cleanup_distributed()
+
+
+@pytest.mark.slow
+def test_rank0_chooses_and_every_rank_follows(tmp_path):
+    results = str(tmp_path / "agreed")
+    mp.start_processes(_agree_worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn")
+    for rank in range(2):
+        assert eval(open(f"{results}.{rank}").read()) == ("step-0.pth", "no checkpoint can be loaded")
+
+
+@pytest.mark.slow
+def test_a_missing_peer_fails_with_a_message_not_a_hang(data_dir, tmp_path):
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "-c", write_config(str(tmp_path)), "--data-dir", data_dir,
+         "--output", str(tmp_path / "run"), "dist.init_timeout_minutes=0.1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert time.monotonic() - start < 120
+    assert "rank 0 of 2 waited" in proc.stderr and "dist.init_timeout_minutes=0.1" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+
+
+def _flat_schedule(lr=1e-3):
+    return LRSchedule(base_lr=lr, warmup_lr=lr, min_lr=lr, warmup_epochs=0, epochs=10, steps_per_epoch=10)
+
+
+def _epoch(model, batches, *, accum=1, log_interval=100, control=StepControl(), meters=None, num_batches=None):
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    state = TrainState()
+    train_one_epoch(model, batches=batches, num_batches=num_batches or len(batches), optimizer=optimizer,
+                    scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=_flat_schedule(), state=state,
+                    device=torch.device("cpu"), num_classes=3, accum_steps=accum, log_interval=log_interval,
+                    control=control, meters=meters)
+    return state
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return timm.create_model("t2t_vit_t_14", img_size=32, num_classes=3, depth=1)
+
+
+def _batches(n, size=2):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
+
+
+def test_no_host_sync_between_log_steps(monkeypatch):
+    """The host reads device values only at log steps: on a GPU each read would drain the queue."""
+    model = _tiny_model()
+    batches = _batches(6)
+    reads, current = [], [None]
+
+    def stream():
+        for i, batch in enumerate(batches):
+            current[0] = i
+            yield batch
+
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+        def spy(self, *args, _real=getattr(torch.Tensor, name)):
+            reads.append(current[0])
+            return _real(self, *args)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    state = _epoch(model, stream(), log_interval=3, num_batches=6)
+    monkeypatch.undo()
+    assert state.global_step == 6
+    assert reads and set(reads) <= {2, 5}, reads  # the log steps 3 and 6 (micro-batches 2 and 5)
+
+
+def test_leftover_micro_batches_are_not_backpropagated():
+    """5 micro-batches with accumulation 2: two steps; the fifth never leaks into the next epoch's first step."""
+    drawn = []
+    batches = _batches(5)
+
+    def stream():
+        for i, b in enumerate(batches):
+            drawn.append(i)
+            yield b
+
+    model = _tiny_model()
+    state = _epoch(model, stream(), accum=2, num_batches=5)
+    assert state.global_step == 2 and drawn == [0, 1, 2, 3]
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_nan_found_before_a_save_stops_the_run():
+    model = _tiny_model()
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    meters = DeviceMeters(torch.device("cpu"))
+    saves = []
+
+    def after_step(state, synced):  # what the run's save does first
+        meters.flush(state)
+        saves.append(state.global_step)
+        return False
+
+    with pytest.raises(NonFiniteLossError, match="optimizer step 0"):
+        _epoch(model, _batches(3), log_interval=100, control=StepControl(after_step=after_step), meters=meters)
+    assert saves == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Launches
+
+
+def test_run_without_output_is_refused_when_torchrun_may_restart(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    monkeypatch.chdir(tmp_path)
+    code = train.main(["-c", write_config(str(tmp_path)), "--data-dir", data_dir])
+    assert code == 2
+    assert "--output" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args, os.path.join(ROOT, "train.py")]
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_mid_epoch_continue_on_one(data_dir, tmp_path):
+    """train.global_batch_size keeps 8 images per step: 2 x 4 on two processes, 1 x 4 x 2 accumulated on one.
+    The continued run sees the same samples in every step and the same lr: without mixup and drop-path its
+    weights end where the uninterrupted two-process run's do (up to float summation order)."""
+    config = write_config(str(tmp_path))
+    common = ["--data-dir", data_dir, "train.global_batch_size=8", "mixup.mixup_alpha=0", "mixup.cutmix_alpha=0",
+              "model.drop_path_rate=0", "data.workers=0"]
+    launcher = _torchrun("--standalone", "--nproc_per_node=2")
+    straight = subprocess.run([*launcher, "-c", config, "--output", str(tmp_path / "straight"), *common],
+                              capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    out = tmp_path / "resized"
+    first = subprocess.run([*launcher, "-c", config, "--output", str(out), *common, "train.max_steps=6"],
+                           capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert first.returncode == 0, first.stdout + first.stderr
+    stopped = load(str(out / "step-00000006.pth"))
+    assert stopped["epoch"] == 1 and stopped["step_in_epoch"] == 2  # 39 // 8 = 4 steps per epoch
+    assert stopped["samples_in_epoch"] == 16 and stopped["run"]["world_size"] == 2
+
+    # Without the setting the global batch would halve: refused, naming what to set.
+    refused = run_train("-c", config, "--output", str(out), "--resume", "auto",
+                        *[a for a in common if not a.startswith("train.global_batch_size")], check=False)
+    assert refused.returncode == 2 and "train.global_batch_size=8" in refused.stderr, refused.stderr
+
+    run_train("-c", config, "--output", str(out), "--resume", "auto", *common)
+    a, b = load(str(tmp_path / "straight" / "last.pth")), load(str(out / "last.pth"))
+    assert a["global_step"] == b["global_step"] == 12 and b["run"]["world_size"] == 1
+    assert b["run"]["grad_accum_steps"] == 2
+    assert [row["lr"] for row in a["train_state"]["history"]] == [row["lr"] for row in b["train_state"]["history"]]
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-3, atol=1e-5, msg=key)
