@@ -142,8 +142,10 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
             store = _create_store(rank, world_size, init_timeout)
             started = time.monotonic()
             try:
-                # The store's timeout bounds the wait for peers while the group forms; the group's
-                # own timeout bounds every later collective.
+                # Every rank checks in through the store first, within the set-up timeout: gloo and NCCL
+                # would otherwise wait for a missing peer as long as any collective may (the group's
+                # timeout, sized for the slowest checkpoint write).
+                _wait_for_peers(store, world_size, init_timeout)
                 dist.init_process_group(
                     backend=backend, store=store, rank=rank, world_size=world_size,
                     timeout=timedelta(minutes=timeout_minutes), device_id=dev if dev.type == "cuda" else None)
@@ -157,6 +159,17 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
                     f"and gave up: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         _logger.debug("Joined process group: rank %d of %d, backend %s, device %s", rank, world_size, backend, dev)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
+
+
+def _wait_for_peers(store: dist.Store, world_size: int, timeout: timedelta) -> None:
+    """Return once all `world_size` ranks have reached this point (keys live in this attempt's namespace)."""
+    if store.add("joined", 1) == world_size:
+        store.set("all_joined", "1")
+    try:
+        store.wait(["all_joined"], timeout)
+    except (RuntimeError, dist.DistError) as e:
+        joined = store.add("joined", 0)
+        raise RuntimeError(f"only {joined} of {world_size} ranks joined") from e
 
 
 def _first_collective(rank: int, world_size: int, timeout: timedelta) -> None:

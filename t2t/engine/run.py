@@ -388,7 +388,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
                 break
             meters.flush(state)
             row = _end_epoch(cfg, state, data=data, model=model, ema=ema, dist=dist, total_epochs=total_epochs,
-                             optimizer=optimizer, amp=amp, batch_to_device=batch_to_device)
+                             optimizer=optimizer, amp=amp)
             row["images_per_sec"] = (state.step_in_epoch - steps_before) * global_batch / max(
                 time.perf_counter() - t_epoch, 1e-9)  # this session's share of the epoch, evaluation included
             is_best = _update_best(cfg, state, row)
@@ -406,7 +406,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
 
 
 def _end_epoch(cfg: Config, state: TrainState, *, data, model, ema, dist: DistInfo, total_epochs: int,
-               optimizer, amp: str, batch_to_device=None) -> dict[str, Any]:
+               optimizer, amp: str) -> dict[str, Any]:
     """Evaluate (model and EMA) if due and return the epoch's row for the logs."""
     loss_sum, loss_count = sum_over_ranks(state.loss_sum, state.loss_count)
     epoch = state.epoch
