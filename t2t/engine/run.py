@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, config_from_dict, dump_config
 from ..data import setup as data_setup
 from ..models.weights import load_pretrained_weights
-from .checkpoint import CheckpointWriter, clean_state_dict, find_resume_checkpoint, library_versions, \
-    load_training_checkpoint
+from ..data.dataset import check_classes_match
+from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
+    library_versions, load_training_checkpoint
 from .distributed import DistInfo, all_reduce_sum, broadcast_object, cleanup_distributed, init_distributed, \
     setup_logging
 from .evaluate import evaluate
@@ -56,7 +58,8 @@ def _resolve_output(cfg: Config, output: Optional[str], resume: Optional[str]) -
     if output is None:
         if resume == "auto":
             raise RunError("--resume auto needs --output: the folder to continue in")
-        output = os.path.join("runs", f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.model.name).lstrip(".")  # never a path of its own
+        output = os.path.join("runs", f"{safe_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     return output
 
 
@@ -140,6 +143,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
         pin_memory=device.type == "cuda")
     num_classes = data.num_classes
+    if found is not None and found[1].get("run", {}).get("classes") is not None:
+        check_classes_match(found[1]["run"]["classes"], data.classes, where=f"training folder {data.train_dir!r}",
+                            fix=f" (checkpoint {found[0]!r}); resume with the data the run was trained on")
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but {data.train_dir!r} "
                           f"has {num_classes} class folders")
@@ -167,6 +173,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     total_epochs = cfg.train.epochs + cfg.sched.cooldown_epochs
     state = TrainState()
     if found is not None:
+        check_checkpoint_fits(found[1], model, path=found[0], model_name=cfg.model.name)
         state = _restore(found[1], model=model, ema=ema, optimizer=optimizer, scaler=scaler, dist=dist)
 
     _logger.info("Config:\n%s", dump_config(cfg))
