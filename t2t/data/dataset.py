@@ -299,7 +299,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 if not self.skip_bad_images:
                     raise DatasetError(
                         f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the "
-                        f"file, or set skip_bad_images=True to substitute the next readable image"
+                        f"file, or set data.skip_bad_images=true to substitute the next readable image"
                     ) from exc
                 self.bad_images += 1
                 _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
