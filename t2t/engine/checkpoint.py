@@ -98,6 +98,8 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
 
 def check_checkpoint_fits(ckpt: dict[str, Any], model: torch.nn.Module, *, path: str, model_name: str) -> None:
     """CheckpointError naming what differs if the checkpoint's weights do not fit `model` (another model, class count, size)."""
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise CheckpointError(f"checkpoint {path!r} is damaged: its 'model' entry is not a state dict of tensors")
     mismatch = describe_mismatch(ckpt["model"], model.state_dict())
     if not mismatch:
         return

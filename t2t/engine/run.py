@@ -18,8 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, config_from_dict, dump_config
 from ..data import setup as data_setup
-from ..models.weights import load_pretrained_weights
 from ..data.dataset import check_classes_match
+from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
     library_versions, load_training_checkpoint
 from .distributed import DistInfo, all_reduce_sum, broadcast_object, cleanup_distributed, init_distributed, \
