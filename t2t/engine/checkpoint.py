@@ -40,7 +40,15 @@ class CheckpointSaveError(OSError):
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it
+    """The process umask, read without changing it where Linux allows (another thread may be creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)  # elsewhere the only way to read it is to set it
     os.umask(mask)
     return mask
 
