@@ -13,62 +13,105 @@ import sys
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2t/runtime.py
 
-from t2t.config import ConfigError, dump_config, load_config
+from t2t.cli import ArgumentParser, UsageError, check_output_folder, one_line
+from t2t.config import Config, ConfigError, dump_config, load_config
 from t2t.data.dataset import DatasetError
 from t2t.data.setup import DataSizeError
-from t2t.engine.distributed import DistributedSetupError
+from t2t.engine.checkpoint import CheckpointSaveError
+from t2t.engine.distributed import DeviceError, DistributedSetupError
 from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, resume_config, run
 from t2t.engine.train_loop import NonFiniteLossError
 from t2t.models.weights import CheckpointError
 from t2t.runtime import keep_freed_memory
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NONFINITE = 3
+EXIT_FAILED = 1  # e.g. the process group could not be formed: torchrun may restart the group
+EXIT_USAGE = 2  # the inputs cannot be used as given: config, arguments, data, checkpoint files
+EXIT_NONFINITE = 3  # the loss became NaN or infinite
+EXIT_IO = 74  # EX_IOERR: a write failed (full disk, permissions); the checkpoints already written are intact
+
+# Problems with what the user gave: one line on stderr, exit status 2.
+USER_ERRORS = (UsageError, ConfigError, RunError, DatasetError, CheckpointError, DeviceError, DataSizeError,
+               FileNotFoundError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml); optional when resuming")
     parser.add_argument("--data-dir", help="ImageNet-layout root with train/ and val/ class folders")
     parser.add_argument("--output", help="run folder (default: runs/<model>-<time>)")
     parser.add_argument("--resume", help="'auto' (newest valid checkpoint in --output) or a checkpoint path")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    return parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, anywhere")
+    return parser.parse_intermixed_args(argv)
+
+
+def check_resume_args(args: argparse.Namespace) -> None:
+    """Refuse --resume combinations that cannot work, before anything is read or written."""
+    if args.resume == "auto":
+        if not args.output:
+            raise UsageError("--resume auto needs --output FOLDER: the run folder to continue")
+        if args.config is None and not os.path.isdir(args.output):
+            raise UsageError(f"--resume auto: --output {args.output!r} does not exist, so there is nothing to "
+                             "resume; start a new run with -c CONFIG")
+    elif args.resume is not None:
+        if os.path.isdir(args.resume):
+            raise UsageError(f"--resume {args.resume!r} is a folder: use --resume auto --output {args.resume}")
+        if not os.path.isfile(args.resume):
+            raise UsageError(f"--resume {args.resume!r}: no such checkpoint file")
+    elif args.config is None:
+        raise UsageError("-c/--config is required (or --resume to continue a run with its stored config)")
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The recipe (-c) or the stored config of the run being resumed, with the command-line overrides."""
+    if args.config is not None:
+        return load_config(args.config, args.overrides)
+    stored = resume_config(args.output if args.resume == "auto" else args.resume)
+    return load_config(None, args.overrides, base=stored)
+
+
+def check_run_inputs(args: argparse.Namespace, cfg: Config) -> None:
+    """Paths the run will read or write, checked before it starts."""
+    if not args.data_dir:
+        raise UsageError("--data-dir is required: the folder holding train/ and val/")
+    check_output_folder(args.output or "runs")
+    if cfg.model.init_from and args.resume is None and not os.path.isfile(cfg.model.init_from):
+        raise UsageError(f"model.init_from={cfg.model.init_from!r}: no such file")
+
+
+def fail(error: BaseException, status: int, hint: str = "") -> int:
+    """Report `error` as one line on stderr (and in train.log once logging is set up); return `status`."""
+    message = one_line(error) + hint
+    if logging.getLogger().handlers:  # the run's log is open: keep the reason with it
+        logging.getLogger("t2t.train").error("%s", message)
+    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()
     try:
-        if args.config is not None:
-            cfg = load_config(args.config, args.overrides)
-        elif args.resume is not None:
-            stored = resume_config(args.output if args.resume == "auto" and args.output else args.resume)
-            cfg = load_config(None, args.overrides, base=stored)
-        else:
-            raise ConfigError("-c/--config is required (or --resume to continue a run with its stored config)")
+        check_resume_args(args)
+        cfg = resolve_config(args)
         if args.print_config:
             print(dump_config(cfg), end="")
             return 0
-        if not args.data_dir:
-            raise ConfigError("--data-dir is required: the folder holding train/ and val/")
+        check_run_inputs(args, cfg)
         result = run(cfg, data_dir=args.data_dir, output=args.output, resume=args.resume)
     except DistributedSetupError as e:  # non-zero, so torchrun restarts the group or gives up
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(e, EXIT_FAILED)
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C twice): stopped without saving; the last checkpoint is intact",
-              file=sys.stderr)
-        return INTERRUPTED_EXIT_CODE
-    except (ConfigError, RunError, DatasetError, DataSizeError, CheckpointError) as e:
-        logging.getLogger("t2t.train").error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(KeyboardInterrupt("interrupted (Ctrl-C twice): stopped without saving; the last checkpoint "
+                                      "is intact"), INTERRUPTED_EXIT_CODE)
+    except USER_ERRORS as e:
+        return fail(e, EXIT_USAGE)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
+        return fail(e, EXIT_NONFINITE)
+    except CheckpointSaveError as e:
+        return fail(e, EXIT_IO, "; free space (or fix the cause) and continue with --resume auto --output FOLDER")
+    except OSError as e:
+        return fail(e, EXIT_IO)
     if result.preempted:
         return PREEMPTED_EXIT_CODE
     if result.interrupted:

@@ -27,8 +27,9 @@ import timm
 import torch.nn as nn
 
 import t2t
+from t2t.cli import ArgumentParser, one_line
 from t2t.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
-from t2t.data.dataset import DatasetError, ImageFolderDataset, resolve_eval_dir
+from t2t.data.dataset import DatasetError, ImageFolderDataset, check_classes_match, resolve_eval_dir
 from t2t.data.loader import build_eval_loader
 from t2t.data.transforms import build_eval_transform
 from t2t.engine.distributed import DeviceError, DistInfo, cleanup_distributed, init_distributed, setup_logging
@@ -66,7 +67,7 @@ class Settings:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True, help="dataset root (its val/ is used) or the class-folder dir")
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
     p.add_argument("-c", "--config", help="a run's config.yaml: model, img_size, eval settings, amp")
@@ -79,6 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"],
                    help="autocast dtype (default none; auto: bf16 on CUDA, else none)")
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
+    p.add_argument("--allow-class-mismatch", action="store_true",
+                   help="evaluate even if the class folder names differ from the classes the checkpoint records")
     p.add_argument("--results-file", help="write the results as JSON here (rank 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     return p.parse_args(argv)
@@ -121,6 +124,7 @@ class CheckpointInfo:
     num_classes: int | None
     img_size: int | None
     arch: str | None  # the model name the checkpoint records, if any
+    classes: list[str] | None = None  # the class names of the training run, in label order (our checkpoints)
 
 
 def inspect_checkpoint(path: str, use_ema: bool) -> CheckpointInfo:
@@ -137,9 +141,12 @@ def inspect_checkpoint(path: str, use_ema: bool) -> CheckpointInfo:
     config = checkpoint.get("config")
     if isinstance(config, dict) and isinstance(config.get("model"), dict):
         arch = config["model"].get("name", arch)
+    run = checkpoint.get("run")
+    classes = run.get("classes") if isinstance(run, dict) else None
     return CheckpointInfo(
         num_classes=int(head.shape[0]) if head is not None and head.ndim == 2 else None,
-        img_size=img_size, arch=arch if isinstance(arch, str) else None)
+        img_size=img_size, arch=arch if isinstance(arch, str) else None,
+        classes=list(classes) if isinstance(classes, (list, tuple)) else None)
 
 
 def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset:
@@ -166,8 +173,9 @@ def build_model(settings: Settings, checkpoint: str, info: CheckpointInfo, use_e
     return model, source
 
 
-def check_classes(settings: Settings, info: CheckpointInfo, dataset: ImageFolderDataset, checkpoint: str) -> None:
-    """The classifier must have one output per class folder; settle settings.num_classes."""
+def check_classes(settings: Settings, info: CheckpointInfo, dataset: ImageFolderDataset, checkpoint: str,
+                  allow_mismatch: bool = False) -> None:
+    """One classifier output per class folder, named as in training (if recorded); settle settings.num_classes."""
     num_folders = len(dataset.classes)
     if info.num_classes is not None:
         settings.num_classes = info.num_classes
@@ -177,6 +185,9 @@ def check_classes(settings: Settings, info: CheckpointInfo, dataset: ImageFolder
         source = f"checkpoint {checkpoint!r}" if info.num_classes is not None else "the config"
         raise ValidateError(
             f"{source} has {settings.num_classes} classes but {dataset.root!r} has {num_folders} class folders")
+    if info.classes is not None and not allow_mismatch:
+        check_classes_match(info.classes, dataset.classes, where=f"{dataset.root!r}",
+                            fix=f" (checkpoint {checkpoint!r}); rename the folders, or pass --allow-class-mismatch")
 
 
 def report(results: dict[str, Any], results_file: str | None) -> None:
@@ -203,7 +214,7 @@ def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
     if settings.img_size is None:
         settings.img_size = info.img_size or 224
     dataset = build_dataset(args.data_dir, settings)
-    check_classes(settings, info, dataset, args.checkpoint)
+    check_classes(settings, info, dataset, args.checkpoint, allow_mismatch=args.allow_class_mismatch)
     model, source = build_model(settings, args.checkpoint, info, use_ema)
     weights = "ema" if source in EMA_KEYS else "model"
     _logger.info("Using the %s weights (entry %r) of %s; settings %s", weights, source, args.checkpoint,
@@ -218,15 +229,6 @@ def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
             "world_size": dist.world_size}
 
 
-def _one_line(error: BaseException) -> str:
-    """The message of `error`; for errors re-raised from a data-loader worker, the original one."""
-    text = str(error).strip() or type(error).__name__
-    if "Original Traceback" in text:  # DataLoader workers wrap the message in the worker's traceback
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()
@@ -238,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report(results, args.results_file)
         return 0
     except USER_ERRORS as e:
-        print(f"validate.py: error: {_one_line(e)}", file=sys.stderr)
+        print(f"validate.py: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         cleanup_distributed()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
@@ -31,6 +33,7 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     init_from: Optional[str] = None  # weights only (ours or an official release file), for fine-tuning
     grad_checkpointing: bool = False
+    allow_any_timm_model: bool = False  # accept a model name that is not a T2T-ViT (any timm name)
 
 
 @dataclass
@@ -162,6 +165,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Resampling filters the transforms know (t2t.data.transforms), by name.
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+# What the fast JPEG decode path can resample with.
+_FAST_DECODE_INTERPOLATIONS = ("random", "nearest", "bilinear", "bicubic")
+
 # Range checks: key -> (predicate, what is expected).
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "model.img_size": (lambda v: v > 0 and v % 16 == 0, "a positive multiple of 16"),
@@ -199,7 +207,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "dist.init_timeout_minutes": (lambda v: 0 < v < float("inf"), "> 0 minutes"),
     "train.log_interval": (lambda v: v >= 1, ">= 1"),
     "train.max_steps": (lambda v: v is None or v >= 1, ">= 1 or null"),
-    "train.device": (lambda v: v == "auto" or v.split(":")[0] in ("cpu", "cuda", "mps", "xpu"), "auto, cpu, cuda[:N]"),
+    "train.device": (lambda v: re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", v) is not None, "auto, cpu, cuda[:N]"),
     "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "eval.interval": (lambda v: v >= 0, ">= 0"),
     "eval.crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -207,6 +215,14 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "checkpoint.every_steps": (lambda v: v >= 0, ">= 0"),
     "checkpoint.every_minutes": (lambda v: v >= 0, ">= 0"),
     "checkpoint.keep_epochs": (lambda v: v >= 0, ">= 0"),
+    "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "train.seed": (lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"),
+    "data.color_jitter": (lambda v: v >= 0, ">= 0"),
+    "data.recount": (lambda v: v >= 1, ">= 1"),
+    "data.std": (lambda v: all(s > 0 for s in v), "three numbers > 0"),
+    "data.interpolation": (lambda v: v == "random" or v in _INTERPOLATIONS,
+                           "random or one of " + ", ".join(_INTERPOLATIONS)),
+    "eval.interpolation": (lambda v: v in _INTERPOLATIONS, "one of " + ", ".join(_INTERPOLATIONS)),
 }
 
 
@@ -307,26 +323,103 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that need no context beyond the config itself."""
+    """Check every value that needs no context beyond the config itself, so that bad ones fail before a run starts."""
+    for section, section_type in _section_types().items():
+        for key, tp in _field_types(section_type).items():
+            value = getattr(getattr(cfg, section), key)
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ConfigError(f"{section}.{key}={value!r}: expected a finite number")
     for dotted, (ok, expected) in _CHECKS.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if not ok(value):
             raise ConfigError(f"{dotted}={value!r}: expected {expected}")
+    if cfg.data.fast_decode and cfg.data.interpolation not in _FAST_DECODE_INTERPOLATIONS:
+        raise ConfigError(f"data.interpolation={cfg.data.interpolation!r} with data.fast_decode=true: expected one "
+                          f"of {', '.join(_FAST_DECODE_INTERPOLATIONS)} (or set data.fast_decode=false)")
+    mixing = cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0
+    if mixing and cfg.train.batch_size % 2:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: mixup / cutmix need an even batch size "
+                          "(or set mixup.mixup_alpha=0 mixup.cutmix_alpha=0)")
+    _check_auto_augment(cfg.data.auto_augment)
+    _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
+
+
+def _check_auto_augment(policy: Optional[str]) -> None:
+    """data.auto_augment must be a policy string timm parses ('rand-m9-mstd0.5-inc1', 'augmix-m5', 'v0', ...)."""
+    if not policy:
+        return
+    from timm.data import auto_augment as aa  # late import: timm is heavy and config must stay importable alone
+
+    hparams = dict(translate_const=100, img_mean=(124, 116, 104))
+    build = aa.rand_augment_transform if policy.startswith("rand") else \
+        aa.augment_and_mix_transform if policy.startswith("augmix") else aa.auto_augment_transform
+    try:
+        build(policy, hparams)
+    except Exception as e:  # timm reports a bad policy with asserts, KeyError or ValueError
+        detail = f": {e}" if str(e) else ""
+        raise ConfigError(f"data.auto_augment={policy!r}: timm cannot parse this policy{detail}; expected e.g. "
+                          "'rand-m9-mstd0.5-inc1', 'augmix-m5-w3', 'v0' or null") from e
+
+
+def _check_model_name(name: str, allow_any: bool) -> None:
+    """A registered T2T-ViT (with an optional pretrained tag), or any timm model if explicitly allowed."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    from .models import MODEL_ARCHS
+
+    base, _, tag = name.partition(".")
+    if base in MODEL_ARCHS:
+        try:
+            get_pretrained_cfg(name, allow_unregistered=False)
+        except Exception:  # timm raises RuntimeError for an unknown tag
+            raise ConfigError(f"model.name={name!r}: {base} has no pretrained tag {tag!r}") from None
+        return
+    if not allow_any:
+        raise ConfigError(f"model.name={name!r}: expected a T2T-ViT model ({', '.join(MODEL_ARCHS)}); "
+                          "set model.allow_any_timm_model=true to train another timm model")
+    if not (name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name)):
+        raise ConfigError(f"model.name={name!r}: not a model timm knows (model.allow_any_timm_model is set)")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """The mapping in a UTF-8 YAML config file; ConfigError if it is missing, empty, not UTF-8 or not valid YAML."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.load(f, Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}): save it as UTF-8") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from e
+    if values is None:
+        raise ConfigError(f"config file {path!r} is empty: expected sections such as model:, data:, train:")
+    return values
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base: Optional[Config] = None) -> Config:
     """Defaults (or `base`), then the YAML file at `path` (if any), then `section.key=value` overrides."""
     cfg = config_from_dict(base.to_dict(), origin="the stored config") if base is not None else Config()
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist")
-        with open(path) as f:
-            try:
-                values = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from e
-        apply_values(cfg, values, origin=path)
+        apply_values(cfg, read_yaml(path), origin=path)
     for text in overrides:
         section, key, value = parse_override(text)
         apply_values(cfg, {section: {key: value}}, origin=f"command line {text!r}")

@@ -74,3 +74,30 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
     path.write_text(dump_config(cfg))
     assert load_config(str(path)) == cfg
     assert Config() == load_config(None)
+
+
+def _float_keys():
+    """Every config key holding a float or a tuple of floats."""
+    cfg = Config()
+    for section in cfg.to_dict():
+        for key, value in getattr(cfg, section).__dict__.items():
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) for v in values):
+                yield f"{section}.{key}", isinstance(value, tuple), len(values)
+
+
+@pytest.mark.parametrize("bad", [".inf", "-.inf", ".nan"])
+def test_no_float_key_accepts_inf_or_nan(bad):
+    keys = list(_float_keys())
+    assert len(keys) > 20  # lr, weight_decay, betas, the mixup and data probabilities, ...
+    for dotted, is_tuple, n in keys:
+        value = f"[{', '.join([bad] * n)}]" if is_tuple else bad
+        with pytest.raises(ConfigError, match=f"{dotted}=.*: expected a finite number"):
+            load_config(None, [f"{dotted}={value}"])
+
+
+def test_optional_floats_and_the_timm_escape_hatch():
+    assert load_config(None, ["optim.clip_grad=null"]).optim.clip_grad is None
+    assert load_config(None, ["model.name=t2t_vit_14.in1k_384"]).model.name == "t2t_vit_14.in1k_384"
+    cfg = load_config(None, ["model.name=resnet18", "model.allow_any_timm_model=true"])
+    assert cfg.model.name == "resnet18"

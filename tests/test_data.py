@@ -23,8 +23,10 @@ from t2t.data import (
     build_mixup,
     build_train_loader,
     build_train_transform,
+    check_classes_match,
     check_same_classes,
     find_split_dirs,
+    find_unreadable_images,
     normalize_and_erase,
     resolve_eval_dir,
     seed_main_process_rng,
@@ -206,6 +208,44 @@ def test_split_dirs_resolve_eval_dir_and_class_check(tmp_path):
     short = _make_folder(tmp_path / "short", classes=("a", "b"), per_class=1)
     with pytest.raises(DatasetError, match="only in the training folder \\(first: 'c'\\)"):
         check_same_classes(train_ds, ImageFolderDataset(short))
+
+
+def test_class_names_are_checked_against_a_checkpoints_classes():
+    check_classes_match(["a", "b", "c"], ["a", "b", "c"], where="folder 'v'")
+    with pytest.raises(DatasetError, match="1 only in the checkpoint \\(first: 'b'\\); 1 only in folder 'v' "
+                                           "\\(first: 'x'\\); the labels would be wrong; pass --force"):
+        check_classes_match(["a", "b", "c"], ["a", "c", "x"], where="folder 'v'", fix="; pass --force")
+    with pytest.raises(DatasetError, match="class #0 is 'a' in the checkpoint and 'b' in folder 'v'"):
+        check_classes_match(["a", "b"], ["b", "a"], where="folder 'v'")
+    with pytest.raises(DatasetError, match="the 2 classes .* \\(3 here\\)"):
+        check_classes_match(["a", "b"], ["a", "b", "c"], where="folder 'v'")
+
+
+def test_hidden_files_and_folders_are_not_images(tmp_path):
+    root = _make_folder(tmp_path, classes=("a", "b"), per_class=2)
+    for junk in ("a/._000.jpg", "a/.DS_Store.png", "b/.cache/001.jpg"):  # AppleDouble, dot-file, dot-folder
+        os.makedirs(os.path.dirname(tmp_path / junk), exist_ok=True)
+        (tmp_path / junk).write_bytes(b"\x00\x05\x16\x07 not an image")
+    ds = ImageFolderDataset(root, build_eval_transform(32))
+    assert [os.path.relpath(p, root) for p, _ in ds.samples] == ["a/000.jpg", "a/001.jpg", "b/000.jpg", "b/001.jpg"]
+    assert all(image.shape == (3, 32, 32) for image, _ in ds)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_images_are_found_up_front(tmp_path, workers):
+    root = _make_folder(tmp_path, classes=("a", "b"), per_class=3, size=(200, 150))
+    good = sorted(os.path.join(root, c, f) for c in ("a", "b") for f in os.listdir(os.path.join(root, c)))
+    truncated, empty, text = good[1], good[3], good[4]
+    with open(truncated, "rb") as f:
+        head = f.read(400)
+    with open(truncated, "wb") as f:
+        f.write(head)
+    open(empty, "wb").close()
+    with open(text, "w") as f:
+        f.write("not an image")
+    bad = find_unreadable_images(good, workers=workers)
+    assert [p for p, _ in bad] == [truncated, empty, text]
+    assert all(reason for _, reason in bad)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -282,3 +282,23 @@ def test_prepare_imagenet_val_then_validate(setup, tmp_path):
     results, _ = validate_ok(tmp_path, "--data-dir", tmp_path / "from_csv", "-m", MODEL, "--checkpoint",
                              setup.paths["bare"], "--batch-size", 9, "--workers", 0)
     assert_matches(results, hand_metrics(setup.model, setup.samples))
+
+
+def test_error_class_names_differ_from_the_checkpoints(setup, tmp_path, capsys):
+    sys.path.insert(0, ROOT)
+    import validate
+
+    ckpt = torch.load(setup.paths["ours"], weights_only=True)
+    ckpt["run"] = {"classes": [f"c{i}" for i in range(NUM_CLASSES)]}
+    path = tmp_path / "trained.pth"
+    torch.save(ckpt, path)
+    folder = tmp_path / "renamed"
+    make_image_folder(str(folder))
+    os.rename(folder / "c3", folder / "c3_renamed")  # same count, label 3 now means another folder
+    args = ["--device", "cpu", "--data-dir", str(folder), "-m", MODEL, "--checkpoint", str(path), "--workers", "0"]
+    assert validate.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "'c3'" in err and "'c3_renamed'" in err and "--allow-class-mismatch" in err
+    assert validate.main(args + ["--allow-class-mismatch", "--batch-size", "9"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 9

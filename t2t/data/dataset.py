@@ -22,10 +22,12 @@ __all__ = [
     "DatasetError",
     "ImageFolderDataset",
     "IMG_EXTENSIONS",
+    "check_classes_match",
     "check_same_classes",
     "derive_seed",
     "find_classes",
     "find_split_dirs",
+    "find_unreadable_images",
     "resolve_eval_dir",
     "seed_global_rngs",
 ]
@@ -100,13 +102,19 @@ def _check_dir(path: str, *, what: str) -> None:
         raise DatasetError(f"{what} {path!r} is not a directory")
 
 
+def _is_hidden(relative_path: str) -> bool:
+    # Dot-files and dot-folders: macOS AppleDouble "._x.jpg" companions, editor and sync droppings.
+    return any(part.startswith(".") for part in relative_path.split(os.sep))
+
+
 def _list_images(class_dir: str) -> list[str]:
-    """Image files under ``class_dir`` (recursively, following links), in torchvision's order."""
+    """Image files under ``class_dir`` (recursively, following links, hidden ones skipped), in torchvision's order."""
     paths = []
     for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True)):
         for fname in sorted(fnames):
-            if _is_image_file(fname):
-                paths.append(os.path.join(dirpath, fname))
+            path = os.path.join(dirpath, fname)
+            if _is_image_file(fname) and not _is_hidden(os.path.relpath(path, class_dir)):
+                paths.append(path)
     return paths
 
 
@@ -131,28 +139,75 @@ def resolve_eval_dir(data_dir: str) -> str:
     return val_dir if os.path.isdir(val_dir) else data_dir
 
 
+def _class_difference(a: Sequence[str], b: Sequence[str], name_a: str, name_b: str) -> str:
+    """The first way two class lists differ: names only in one of them, else the first index whose name differs."""
+    set_a, set_b = set(a), set(b)
+    only_a = [c for c in a if c not in set_b]
+    only_b = [c for c in b if c not in set_a]
+    if only_a or only_b:
+        parts = []
+        if only_a:
+            parts.append(f"{len(only_a)} only in {name_a} (first: {only_a[0]!r})")
+        if only_b:
+            parts.append(f"{len(only_b)} only in {name_b} (first: {only_b[0]!r})")
+        return "; ".join(parts)
+    i = next(k for k, (ca, cb) in enumerate(zip(a, b)) if ca != cb)
+    return f"same names in another order: class #{i} is {a[i]!r} in {name_a} and {b[i]!r} in {name_b}"
+
+
 def check_same_classes(train_ds: "ImageFolderDataset", val_ds: "ImageFolderDataset") -> None:
     """Raise DatasetError naming both folders and the first differing class if the class lists differ."""
     a, b = list(train_ds.classes), list(val_ds.classes)
     if a == b:
         return
-    set_a, set_b = set(a), set(b)
-    only_train = [c for c in a if c not in set_b]
-    only_val = [c for c in b if c not in set_a]
-    if only_train or only_val:
-        parts = []
-        if only_train:
-            parts.append(f"{len(only_train)} only in the training folder (first: {only_train[0]!r})")
-        if only_val:
-            parts.append(f"{len(only_val)} only in the validation folder (first: {only_val[0]!r})")
-        detail = "; ".join(parts)
-    else:
-        i = next(k for k, (ca, cb) in enumerate(zip(a, b)) if ca != cb)
-        detail = f"same names in another order: class #{i} is {a[i]!r} in training and {b[i]!r} in validation"
+    detail = _class_difference(a, b, "the training folder", "the validation folder")
     raise DatasetError(
         f"training folder {train_ds.root!r} has {len(a)} classes and validation folder {val_ds.root!r} "
         f"has {len(b)}; they must hold the same class folders: {detail}"
     )
+
+
+def check_classes_match(expected: Sequence[str], found: Sequence[str], where: str, fix: str = "") -> None:
+    """Raise DatasetError if the class folders of ``where`` differ from the classes a checkpoint was trained on.
+
+    Label i means class ``expected[i]`` to the model; scoring or training on folders named otherwise
+    would pair images with the wrong labels. ``fix`` is appended to the message (e.g. an override flag).
+    """
+    expected, found = list(expected), list(found)
+    if expected == found:
+        return
+    detail = _class_difference(expected, found, "the checkpoint", where)
+    raise DatasetError(
+        f"the class folders of {where} do not match the {len(expected)} classes the checkpoint was trained on "
+        f"({len(found)} here): {detail}; the labels would be wrong{fix}"
+    )
+
+
+def find_unreadable_images(paths: Sequence[str], workers: int = 0) -> list[tuple[str, str]]:
+    """(path, reason) for every file PIL cannot decode; JPEGs are decoded at 1/8 scale, so a check costs little."""
+    loader = torch.utils.data.DataLoader(
+        _DecodeCheck(list(paths)), batch_size=64, num_workers=workers, collate_fn=lambda rows: rows)
+    return [row for batch in loader for row in batch if row is not None]
+
+
+class _DecodeCheck(torch.utils.data.Dataset):
+    """Item i: None if ``paths[i]`` decodes, else (path, reason)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[str, str] | None:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (1, 1))  # JPEG: decode in the DCT domain at the smallest scale
+                img.load()
+        except _DECODE_ERRORS as exc:
+            return path, f"{type(exc).__name__}: {exc}"
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +299,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 if not self.skip_bad_images:
                     raise DatasetError(
                         f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the "
-                        f"file, or set skip_bad_images=True to substitute the next readable image"
+                        f"file, or set data.skip_bad_images=true to substitute the next readable image"
                     ) from exc
                 self.bad_images += 1
                 _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)

@@ -1,6 +1,8 @@
 """DataLoaders for training (resumable TrainSampler) and exact sharded evaluation (ShardSampler)."""
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 
 import torch
@@ -20,6 +22,28 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _kill_leftover_workers() -> None:
+    """At exit, SIGKILL loader workers still alive (they ignore the SIGTERM multiprocessing would send).
+
+    Registered after multiprocessing's own exit hook, so it runs first; a run that ends with an error
+    inside a loader's iteration leaves its workers to this.
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_kill_leftover_workers)
+        _exit_hook_registered = True
 
 
 def _check_loader_args(batch_size: int, workers: int) -> None:
@@ -45,6 +69,7 @@ def build_train_loader(
     Call ``set_loader_epoch(loader, epoch, start_index)`` before iterating each epoch.
     """
     _check_loader_args(batch_size, workers)
+    _register_exit_hook()
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -73,6 +98,7 @@ def build_eval_loader(
 ) -> DataLoader:
     """Evaluation DataLoader: rank r reads r, r + W, ... (no padding), keeps the last partial batch."""
     _check_loader_args(batch_size, workers)
+    _register_exit_hook()
     return DataLoader(
         dataset,
         batch_size=batch_size,

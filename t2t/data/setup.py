@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import DataConfig, MixupConfig
-from .dataset import ImageFolderDataset, check_same_classes, find_split_dirs
+from .dataset import DatasetError, ImageFolderDataset, check_same_classes, find_split_dirs, find_unreadable_images
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup, seed_main_process_rng
 from .sampler import TrainSampler
@@ -111,6 +111,7 @@ def build_train_and_val(
             f"the global batch of {global_batch_size} images (processes x train.batch_size x grad_accum_steps) "
             f"is more than the {len(train_ds)} training images in {train_dir!r}: not one optimizer step per epoch")
     # The epoch is a whole number of global batches of the global order, the same for any world size.
+    check_val_images(val_ds, workers=cfg.workers)
     sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                            repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True,
                            epoch_samples=steps_per_epoch * global_batch_size)
@@ -125,6 +126,27 @@ def build_train_and_val(
     return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
                      batch_size=batch_size, global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
                      train_loader=loader, val_loader=val_loader, on_device=on_device)
+
+
+def check_val_images(val_ds: ImageFolderDataset, workers: int) -> None:
+    """Decode every validation image once, cheaply, so a bad one fails the run before an epoch is spent on it.
+
+    With ``skip_bad_images`` the unreadable files are left out of the validation set, with a warning.
+    """
+    bad = find_unreadable_images([path for path, _ in val_ds.samples], workers=workers)
+    if not bad:
+        return
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    if not val_ds.skip_bad_images:
+        raise DatasetError(
+            f"validation image {bad[0][0]!r} cannot be read ({bad[0][1]}){more}: replace or delete it, or set "
+            "data.skip_bad_images=true to leave such files out")
+    unreadable = {path for path, _ in bad}
+    val_ds.samples = [(p, t) for p, t in val_ds.samples if p not in unreadable]
+    val_ds.targets = [t for _, t in val_ds.samples]
+    if not val_ds.samples:
+        raise DatasetError(f"every image of the validation folder {val_ds.root!r} is unreadable, e.g. {bad[0][0]!r}")
+    _logger.warning("Left %d unreadable validation images out: %s%s", len(bad), bad[0][0], more)
 
 
 def build_mixup_fn(cfg: MixupConfig, num_classes: int) -> Optional[Any]:

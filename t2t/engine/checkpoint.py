@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..models.weights import strip_prefixes
+from ..models.weights import CheckpointError, describe_mismatch, read_checkpoint, strip_prefixes
 
 _logger = logging.getLogger(__name__)
 
@@ -36,19 +36,43 @@ def clean_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return strip_prefixes(module.state_dict())
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename onto `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (full disk, lost permission); the files already there are untouched."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (another thread may be creating files)."""
     try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)  # elsewhere the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename onto `path`; CheckpointSaveError if it fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    except OSError as e:
+        raise _save_error(path, folder, e) from e
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; other files of the run follow the umask
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise _save_error(path, folder, e) from e
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -57,12 +81,51 @@ def atomic_save(obj: Any, path: str) -> None:
         os.close(dir_fd)
 
 
+def _save_error(path: str, folder: str, error: OSError) -> CheckpointSaveError:
+    reason = error.strerror or str(error) or type(error).__name__
+    previous = f"the previous {os.path.basename(path)} and the other checkpoints" if os.path.exists(path) else \
+        "the checkpoints already there"
+    out = CheckpointSaveError(f"could not save checkpoint {path!r}: {reason}; nothing was replaced: "
+                              f"{previous} in {folder!r} are intact")
+    out.errno = error.errno
+    return out
+
+
 def load_training_checkpoint(path: str) -> dict[str, Any]:
-    """Load one of our training checkpoints (plain data only) on the CPU."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "global_step" not in ckpt:
-        raise ValueError(f"{path!r} is not a t2t training checkpoint (no 'model'/'global_step' entries)")
+    """Load one of our training checkpoints (plain data only) on the CPU; CheckpointError says why one cannot be."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    ckpt = read_checkpoint(path)
+    missing = [k for k in ("model", "global_step") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        found = f"keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise CheckpointError(
+            f"checkpoint {path!r} is not a t2t training checkpoint: no {' / '.join(map(repr, missing))} entry "
+            f"(it holds {found}); to start from its weights, use model.init_from={path} without --resume")
     return ckpt
+
+
+def check_checkpoint_fits(ckpt: dict[str, Any], model: torch.nn.Module, *, path: str, model_name: str) -> None:
+    """CheckpointError naming what differs if the checkpoint's weights do not fit `model` (another model, class count, size)."""
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise CheckpointError(f"checkpoint {path!r} is damaged: its 'model' entry is not a state dict of tensors")
+    mismatch = describe_mismatch(ckpt["model"], model.state_dict())
+    if not mismatch:
+        return
+    recorded = ckpt.get("config", {}).get("model", {}) if isinstance(ckpt.get("config"), dict) else {}
+    saved = (recorded.get("name", ckpt.get("arch")), _num_classes(ckpt["model"]), recorded.get("img_size"))
+    now = (model_name, _num_classes(model.state_dict()), getattr(model, "img_size", None))
+    differs = [f"{what} {a!r} -> {b!r}" for what, a, b in zip(("model", "classes", "img_size"), saved, now)
+               if a is not None and b is not None and a != b]
+    raise CheckpointError(
+        f"cannot resume from {path!r}: its weights do not fit the model this run builds "
+        f"({', '.join(differs) or mismatch}); resume with the run's own config, or start a new run with "
+        f"model.init_from={path} to fine-tune from it")
+
+
+def _num_classes(state_dict: dict[str, Any]) -> Optional[int]:
+    head = state_dict.get("head.weight")
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else None
 
 
 def _candidates(folder: str) -> list[str]:

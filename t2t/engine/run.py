@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, config_from_dict, dump_config
 from ..data import setup as data_setup
+from ..data.dataset import check_classes_match
 from ..models.weights import load_pretrained_weights
-from .checkpoint import CheckpointWriter, clean_state_dict, find_resume_checkpoint, library_versions, \
-    load_training_checkpoint, remove_stale_temporaries
+from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
+    library_versions, load_training_checkpoint, remove_stale_temporaries
 from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed, setup_logging, \
     sum_over_ranks
 from .evaluate import evaluate_models
@@ -76,7 +78,8 @@ def _resolve_output(cfg: Config, output: Optional[str], resume: Optional[str]) -
             raise RunError(
                 f"torchrun may restart this run (--max-restarts={_max_restarts()}), and a restart must find the "
                 "run again: give the run folder with --output")
-        output = os.path.join("runs", f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.model.name).lstrip(".")  # never a path of its own
+        output = os.path.join("runs", f"{safe_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     return output
 
 
@@ -145,9 +148,8 @@ def _global_batch(cfg: Config, world_size: int) -> tuple[int, int]:
     return wanted, wanted // per_step
 
 
-def _check_resume_fits(ckpt: dict[str, Any], *, global_batch: int, world_size: int, classes: list[str],
-                       path: str) -> None:
-    """A resume must keep the global batch (lr and data position are counted in its steps) and the classes."""
+def _check_global_batch(ckpt: dict[str, Any], *, global_batch: int, world_size: int, path: str) -> None:
+    """A resume must keep the global batch: lr and data position are counted in its steps."""
     saved = ckpt.get("run", {})
     saved_batch = saved.get("global_batch_size")
     if saved_batch is not None and saved_batch != global_batch:
@@ -156,14 +158,6 @@ def _check_resume_fits(ckpt: dict[str, Any], *, global_batch: int, world_size: i
             f"({saved.get('world_size')} processes); this launch makes {global_batch} with {world_size}. "
             f"Set train.global_batch_size={saved_batch} to continue with the same batch, lr schedule and data "
             "position (gradient accumulation is derived from it)")
-    saved_classes = saved.get("classes")
-    if saved_classes is not None and list(saved_classes) != list(classes):
-        first = next((i for i, (a, b) in enumerate(zip(saved_classes, classes)) if a != b),
-                     min(len(saved_classes), len(classes)))
-        detail = (f"class #{first} is {saved_classes[first]!r} in the checkpoint and {classes[first]!r} now"
-                  if first < min(len(saved_classes), len(classes))
-                  else f"{len(saved_classes)} classes in the checkpoint, {len(classes)} now")
-        raise RunError(f"{path} was trained on other classes than the data set given: {detail}")
 
 
 class _StopSignals:
@@ -246,12 +240,14 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
         pin_memory=device.type == "cuda", device=device)
     num_classes = data.num_classes
+    if found is not None and found[1].get("run", {}).get("classes") is not None:
+        check_classes_match(found[1]["run"]["classes"], data.classes, where=f"training folder {data.train_dir!r}",
+                            fix=f" (checkpoint {found[0]!r}); resume with the data the run was trained on")
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but {data.train_dir!r} "
                           f"has {num_classes} class folders")
     if found is not None:
-        _check_resume_fits(found[1], global_batch=global_batch, world_size=dist.world_size, classes=data.classes,
-                           path=found[0])
+        _check_global_batch(found[1], global_batch=global_batch, world_size=dist.world_size, path=found[0])
 
     # Model, EMA, optimizer, scaler and schedule.
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
@@ -269,6 +265,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     total_epochs = cfg.train.epochs + cfg.sched.cooldown_epochs
     state = TrainState()
     if found is not None:
+        check_checkpoint_fits(found[1], model, path=found[0], model_name=cfg.model.name)
         state = _restore(found[1], model=model, ema=ema, optimizer=optimizer, scaler=scaler, dist=dist)
 
     _logger.info("Config:\n%s", dump_config(cfg))

@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import pickle
 from typing import Any, Mapping
 
 import torch
@@ -31,7 +32,7 @@ class CheckpointError(RuntimeError):
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """torch.load a checkpoint on the CPU without running arbitrary pickled code."""
+    """torch.load a checkpoint on the CPU without running arbitrary pickled code; CheckpointError says why it fails."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
@@ -40,7 +41,24 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path!r} could not be read as a torch checkpoint: {e}") from e
+        raise CheckpointError(f"checkpoint {path!r} cannot be read: {_load_failure(path, e)}") from e
+
+
+def _load_failure(path: str, error: Exception) -> str:
+    """Why torch.load failed, in one line (torch's own messages span lines and carry terminal escapes)."""
+    text = str(error)
+    if os.path.getsize(path) == 0:
+        return "the file is empty (0 bytes)"
+    if isinstance(error, EOFError) or "central directory" in text:
+        return "the file is truncated (an interrupted write or copy)"
+    if "not a ZIP archive" in text:
+        return "it is not a torch checkpoint, or its start is damaged"
+    if isinstance(error, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ", 1)[0]
+        return (f"it holds Python objects other than tensors, numbers, strings, lists and dicts ({detail}), "
+                "which are not loaded because loading them could run code")
+    first = text.strip().splitlines()[0] if text.strip() else "no details"
+    return f"it is not a torch checkpoint, or it is damaged ({type(error).__name__}: {first})"
 
 
 def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,7 +123,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
     return state_dict
 
 
-def _describe_mismatch(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:
+def describe_mismatch(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:
+    """Missing, unexpected and wrongly shaped keys of `state_dict` against `target`, the first few of each; '' if none."""
     missing = [k for k in target if k not in state_dict]
     unexpected = [k for k in state_dict if k not in target]
     wrong_shape = [
@@ -143,7 +162,7 @@ def load_pretrained_weights(
         for k in HEAD_KEYS:
             del state_dict[k]
         head_dropped = True
-    mismatch = _describe_mismatch(state_dict, target)
+    mismatch = describe_mismatch(state_dict, target)
     only_head_missing = head_dropped and all(
         k in HEAD_KEYS for k in target if k not in state_dict) and set(state_dict) <= set(target)
     if mismatch and not only_head_missing and strict:
