@@ -262,3 +262,93 @@ def test_two_processes_stopped_mid_epoch_continue_on_one(data_dir, tmp_path):
     assert [row["lr"] for row in a["train_state"]["history"]] == [row["lr"] for row in b["train_state"]["history"]]
     assert [row["epoch"] for row in b["train_state"]["history"]] == [0, 1, 2]
     assert "1 processes x 4 per process x 2 accumulation" in (out / "train.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders and checkpoints
+
+
+def _tree(folder):
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_resume_choice_in_run_folders(tmp_path, caplog):
+    from t2t.engine.checkpoint import CheckpointWriter
+    from t2t.engine.run import RunError, _choose_resume
+
+    # A run that stopped before its first checkpoint: --resume auto starts it, and says so; the
+    # temporary file of a killed save is removed.
+    never_saved = tmp_path / "never-saved"
+    never_saved.mkdir()
+    (never_saved / "config.yaml").write_text("model: {name: t2t_vit_7}\n")
+    (never_saved / ".tmp-abc123.pth").write_bytes(b"half a checkpoint")
+    assert _choose_resume(str(never_saved), "auto") is None
+    assert not (never_saved / ".tmp-abc123.pth").exists()
+    assert "never saved a checkpoint: starting it from the beginning" in caplog.text
+    with pytest.raises(RunError, match="already holds a run"):
+        _choose_resume(str(never_saved), None)
+
+    # --resume with a checkpoint of another run into a folder that holds a run: refused, folder unchanged.
+    other, existing = tmp_path / "other", tmp_path / "existing"
+    for folder, step in ((other, 5), (existing, 9)):
+        folder.mkdir()
+        CheckpointWriter(str(folder)).save({"global_step": step, "epoch": 0, "model": {}}, end_of_epoch=True,
+                                           is_best=True)
+        (folder / "config.yaml").write_text(f"# run {step}\n")
+    before = _tree(existing)
+    with pytest.raises(RunError, match="holds another run"):
+        _choose_resume(str(existing), str(other / "last.pth"))
+    assert _tree(existing) == before
+    # ...but into its own folder, or an empty one, it goes ahead.
+    assert _choose_resume(str(other), str(other / "last.pth")) == str(other / "last.pth")
+    assert _choose_resume(str(tmp_path / "fresh"), str(other / "last.pth")) == str(other / "last.pth")
+
+    # Every checkpoint damaged: not started over them.
+    (existing / "last.pth").write_bytes(b"")
+    (existing / "best.pth").unlink()
+    with pytest.raises(RunError, match="can be loaded"):
+        _choose_resume(str(existing), "auto")
+
+
+def test_model_and_ema_are_evaluated_on_one_pass(monkeypatch):
+    from t2t.engine.evaluate import evaluate, evaluate_models
+
+    torch.manual_seed(0)
+    a = timm.create_model("t2t_vit_7", img_size=32, num_classes=3)
+    b = timm.create_model("t2t_vit_7", img_size=32, num_classes=3)
+    batches = _batches(3, size=5)
+    reads = []
+
+    def loader():
+        for i, batch in enumerate(batches):
+            reads.append(i)
+            yield batch
+
+    both = evaluate_models({"": a, "ema_": b}, loader(), device=torch.device("cpu"))
+    assert reads == [0, 1, 2]  # the validation set is decoded once for both
+    for name, model in (("", a), ("ema_", b)):
+        alone = evaluate(model, batches, device=torch.device("cpu"))
+        assert both[name]["top1"] == alone["top1"] and both[name]["count"] == 15
+        assert both[name]["loss"] == pytest.approx(alone["loss"], rel=1e-12)
+    assert both[""]["loss"] != both["ema_"]["loss"]
+
+
+def test_uint8_batches_normalised_on_the_device(data_dir):
+    """The CUDA path: workers send uint8 images; BatchNormalizeErase makes the float batch on the device."""
+    from t2t.config import DataConfig
+    from t2t.data import setup as data_setup
+    from t2t.data.transforms import ToNormalizedTensor
+
+    cfg = DataConfig(workers=0, auto_augment=None, reprob=0.0, color_jitter=0.0, hflip=0.0, scale=(1.0, 1.0),
+                     ratio=(1.0, 1.0))
+    kwargs = dict(img_size=32, seed=0, batch_size=4, global_batch_size=4, eval_batch_size=8, eval_crop_pct=0.9,
+                  eval_interpolation="bicubic")
+    as_uint8 = data_setup.build_train_and_val(cfg, data_dir, normalize_on_device=True, **kwargs)
+    as_float = data_setup.build_train_and_val(cfg, data_dir, normalize_on_device=False, **kwargs)
+    assert as_float.on_device is None
+    raw, _ = next(iter(as_uint8.train_batches(0)))
+    ref, _ = next(iter(as_float.train_batches(0)))
+    assert raw.dtype == torch.uint8 and ref.dtype == torch.float32
+    torch.testing.assert_close(as_uint8.on_device(raw), ref, rtol=0, atol=1e-5)
+    assert raw.element_size() * raw.nelement() * 4 == ref.element_size() * ref.nelement()

@@ -87,14 +87,16 @@ def build_train_and_val(
         rank: int = 0,
         pin_memory: bool = False,
         device: torch.device = torch.device("cpu"),
+        normalize_on_device: Optional[bool] = None,
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
 
-    On CUDA the workers send uint8 batches (a quarter of the float32 bytes through shared memory and
-    the host-to-device copy) and normalisation and random erasing run on the GPU.
+    With `normalize_on_device` (default: on CUDA) the workers send uint8 batches (a quarter of the
+    float32 bytes through shared memory and the host-to-device copy), and `TrainData.on_device`
+    normalises and randomly erases them on `device`.
     """
     train_dir, val_dir = find_split_dirs(data_dir)
-    uint8 = device.type == "cuda"
+    uint8 = device.type == "cuda" if normalize_on_device is None else normalize_on_device
     train_tf = build_train_transform(
         img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
         color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,
