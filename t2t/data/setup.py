@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from torch.utils.data import DataLoader
 
-from ..config import DataConfig, MixupConfig
-from .dataset import ImageFolderDataset, check_same_classes, find_split_dirs
+from ..config import ConfigError, DataConfig, MixupConfig
+from .cifar import CIFARDataset, find_cifar_dir
+from .dataset import ImageFolderDataset, SeededDataset, check_same_classes, find_split_dirs
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup, seed_main_process_rng
 from .sampler import TrainSampler
-from .transforms import build_eval_transform, build_train_transform
+from .transforms import build_eval_transform, build_padded_crop_transform, build_train_transform
 
 
 @dataclass
@@ -34,6 +35,44 @@ class TrainData:
         return self.train_loader
 
 
+def resolve_format(data_dir: str, fmt: str) -> str:
+    """'cifar' or 'imagefolder' for `data_dir`; 'auto' picks cifar for an extracted CIFAR folder."""
+    if fmt == "auto":
+        return "cifar" if find_cifar_dir(data_dir) is not None else "imagefolder"
+    return fmt
+
+
+def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: Callable,
+                   seed: int) -> tuple[SeededDataset, SeededDataset, str]:
+    """(train, val, the folder read) in the format `cfg.format` names or detects."""
+    if resolve_format(data_dir, cfg.format) == "cifar":
+        train_ds = CIFARDataset(data_dir, train=True, transform=train_tf, seed=seed)
+        return train_ds, CIFARDataset(data_dir, train=False, transform=eval_tf, seed=seed), train_ds.root
+    train_dir, val_dir = find_split_dirs(data_dir)
+    train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    check_same_classes(train_ds, val_ds)
+    return train_ds, val_ds, train_dir
+
+
+def build_train_tf(cfg: DataConfig, img_size: int) -> Callable:
+    """The training transform `cfg.train_transform` names."""
+    if cfg.train_transform == "cifar":
+        if cfg.auto_augment:
+            raise ConfigError(f"data.auto_augment={cfg.auto_augment!r} is not used by data.train_transform=cifar: "
+                              "set it to null")
+        if cfg.interpolation == "random":
+            raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
+                              "choose bilinear or bicubic for the cifar resize")
+        return build_padded_crop_transform(
+            img_size, padding=img_size // 8, hflip=cfg.hflip, interpolation=cfg.interpolation,
+            re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    return build_train_transform(
+        img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
+        color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,
+        re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std), fast_decode=cfg.fast_decode)
+
+
 def build_train_and_val(
         cfg: DataConfig,
         data_dir: str,
@@ -48,16 +87,10 @@ def build_train_and_val(
         rank: int = 0,
         pin_memory: bool = False,
 ) -> TrainData:
-    train_dir, val_dir = find_split_dirs(data_dir)
-    train_tf = build_train_transform(
-        img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
-        color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,
-        re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std), fast_decode=cfg.fast_decode)
+    train_tf = build_train_tf(cfg, img_size)
     eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
                                    std=tuple(cfg.std))
-    train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
-    val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
-    check_same_classes(train_ds, val_ds)
+    train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed)
     sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                            repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True)
     loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
