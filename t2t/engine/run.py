@@ -24,7 +24,7 @@ from .distributed import DistInfo, all_reduce_sum, broadcast_object, cleanup_dis
     setup_logging
 from .evaluate import evaluate
 from .metrics import RunLogger
-from .optim import build_optimizer, build_schedule, scaled_lr
+from .optim import build_optimizer, build_schedule, freeze_parameters, scaled_lr
 from .precision import resolve_amp
 from .train_loop import StepControl, TrainState, train_one_epoch
 
@@ -150,6 +150,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     if cfg.model.init_from and found is None:
         used = load_pretrained_weights(model, cfg.model.init_from)
         _logger.info("Initialised weights from %s (%s)", cfg.model.init_from, used)
+    if cfg.model.freeze:  # before the optimizer and DDP, which then leave these parameters out
+        frozen = freeze_parameters(model, cfg.model.freeze)
+        _logger.info("Frozen (model.freeze %s): %d tensors", list(cfg.model.freeze), len(frozen))
     model.to(device)
     ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
     accum = cfg.train.grad_accum_steps
