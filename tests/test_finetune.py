@@ -153,3 +153,48 @@ def test_train_py_with_freeze_and_transfer_ratio(tmp_path):
     with open(os.path.join(out, "train.log")) as f:
         log = f.read()
     assert "Frozen (model.freeze ['tokens_to_token', 'blocks.0-3'])" in log and "Optimizer sgd" in log
+
+
+CIFAR_CONFIGS = ["t2t_vit_14_cifar10", "t2t_vit_14_cifar100", "t2t_vit_19_cifar10", "t2t_vit_19_cifar100"]
+
+
+def _config(name):
+    return load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+
+
+def test_cifar_transfer_configs_share_one_recipe():
+    first = _config(CIFAR_CONFIGS[0])
+    for name in CIFAR_CONFIGS:
+        cfg = _config(name)
+        assert cfg.model.name == name[:10] and cfg.model.init_from == ("81.5_T2T_ViT_14.pth.tar" if "14" in name
+                                                                      else "81.9_T2T_ViT_19.pth.tar")
+        for section in ("data", "mixup", "optim", "sched", "train", "ema", "eval"):
+            assert getattr(cfg, section) == getattr(first, section), (name, section)
+        assert cfg.model.freeze == first.model.freeze and cfg.model.drop_path_rate == 0.1
+
+
+def test_cifar_transfer_config_carries_the_official_recipe():
+    from t2t.data.setup import build_train_tf
+    from t2t.engine.optim import build_schedule
+    cfg = _config("t2t_vit_14_cifar10")
+    assert cfg.model.img_size == 224
+    assert (cfg.data.train_transform, cfg.data.format) == ("cifar", "auto") and cfg.data.auto_augment is None
+    assert cfg.data.mean == (0.4914, 0.4822, 0.4465) and cfg.data.std == (0.2023, 0.1994, 0.2010)
+    assert cfg.mixup.mixup_alpha == cfg.mixup.cutmix_alpha == cfg.mixup.label_smoothing == cfg.data.reprob == 0
+    assert not cfg.ema.enabled and cfg.eval.crop_pct == 1.0 and cfg.train.epochs == 60
+    crop = [t for t in build_train_tf(cfg.data, 224).transforms if type(t).__name__ == "RandomCrop"][0]
+    assert crop.size == (224, 224) and crop.padding == 28
+    # The optimizer and the lr of each part, at the recipe's global batch.
+    model = timm.create_model(cfg.model.name, num_classes=10, img_size=224)
+    freeze_parameters(model, cfg.model.freeze)
+    opt = build_optimizer(model, cfg.optim, lr=cfg.optim.lr)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    lrs = _lr_by_name(model, opt)
+    assert lrs["head.weight"] == (0.05, 5e-4)
+    assert lrs["tokens_to_token.attention2.kqv.weight"] == (pytest.approx(5e-4), 5e-4)
+    assert lrs["blocks.13.attn.proj.weight"] == (pytest.approx(5e-4), 5e-4)
+    assert "cls_token" not in lrs and "norm.weight" not in lrs  # outside the official optimizer
+    schedule = build_schedule(cfg.sched, base_lr=0.05, epochs=cfg.train.epochs, steps_per_epoch=100)
+    assert schedule.lr_at(0) == schedule.lr_at(99) == 0.05
+    assert schedule.lr_at(30 * 100) == pytest.approx(2e-4 + 0.5 * (0.05 - 2e-4))
+    assert schedule.lr_at(60 * 100) == 2e-4

@@ -148,6 +148,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
     model = _build_model(cfg, num_classes)
     if cfg.model.init_from and found is None:
+        if not os.path.isfile(cfg.model.init_from):
+            raise ConfigError(f"model.init_from={cfg.model.init_from!r}: no such file (expected an official release "
+                              "file, one of our checkpoints or a .safetensors file)")
         used = load_pretrained_weights(model, cfg.model.init_from)
         _logger.info("Initialised weights from %s (%s)", cfg.model.init_from, used)
     if cfg.model.freeze:  # before the optimizer and DDP, which then leave these parameters out
