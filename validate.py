@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -34,7 +33,8 @@ from t2t.data.transforms import build_eval_transform
 from t2t.engine.distributed import DeviceError, DistInfo, cleanup_distributed, init_distributed, setup_logging
 from t2t.engine.evaluate import evaluate
 from t2t.engine.precision import resolve_amp
-from t2t.models import CheckpointError, extract_state_dict, read_checkpoint
+from t2t.inference import CheckpointInfo, inspect_checkpoint
+from t2t.models import CheckpointError
 from t2t.models.weights import EMA_KEYS
 from t2t.runtime import keep_freed_memory
 
@@ -112,34 +112,6 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if settings.batch_size < 1 or settings.workers < 0:
         raise ValidateError(f"batch size {settings.batch_size} / workers {settings.workers}: expected >= 1 / >= 0")
     return settings
-
-
-@dataclass
-class CheckpointInfo:
-    """What the weights in a checkpoint tell about the model they belong to."""
-
-    num_classes: int | None
-    img_size: int | None
-    arch: str | None  # the model name the checkpoint records, if any
-
-
-def inspect_checkpoint(path: str, use_ema: bool) -> CheckpointInfo:
-    """Class count (head rows), image size (position grid x 16) and recorded model name."""
-    checkpoint = read_checkpoint(path)
-    state_dict, _ = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")
-    head = state_dict.get("head.weight")
-    pos_embed = state_dict.get("pos_embed")
-    img_size = None
-    if pos_embed is not None and pos_embed.ndim == 3:
-        grid = math.isqrt(pos_embed.shape[1] - 1)
-        img_size = grid * 16 if grid * grid == pos_embed.shape[1] - 1 else None
-    arch = checkpoint.get("arch")
-    config = checkpoint.get("config")
-    if isinstance(config, dict) and isinstance(config.get("model"), dict):
-        arch = config["model"].get("name", arch)
-    return CheckpointInfo(
-        num_classes=int(head.shape[0]) if head is not None and head.ndim == 2 else None,
-        img_size=img_size, arch=arch if isinstance(arch, str) else None)
 
 
 def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset:
