@@ -27,6 +27,7 @@ import torch.nn as nn
 
 import t2t
 from t2t.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
+from t2t.data.cifar import CIFARDataset, find_cifar_dir
 from t2t.data.dataset import DatasetError, ImageFolderDataset, resolve_eval_dir
 from t2t.data.loader import build_eval_loader
 from t2t.data.transforms import build_eval_transform
@@ -67,7 +68,8 @@ class Settings:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", required=True, help="dataset root (its val/ is used) or the class-folder dir")
+    p.add_argument("--data-dir", required=True,
+                   help="dataset root (its val/ is used), the class-folder dir, or an extracted CIFAR folder (test split)")
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
     p.add_argument("-c", "--config", help="a run's config.yaml: model, img_size, eval settings, amp")
     p.add_argument("-m", "--model", help="registered model name, e.g. t2t_vit_14")
@@ -114,10 +116,13 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset:
+def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset | CIFARDataset:
+    """The test split of an extracted CIFAR folder, else the class folders of data_dir/val or data_dir."""
     transform = build_eval_transform(
         settings.img_size, crop_pct=settings.crop_pct, interpolation=settings.interpolation,
         mean=settings.mean, std=settings.std)
+    if find_cifar_dir(data_dir) is not None:
+        return CIFARDataset(data_dir, train=False, transform=transform)
     return ImageFolderDataset(resolve_eval_dir(data_dir), transform)
 
 

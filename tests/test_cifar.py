@@ -147,3 +147,21 @@ def test_resume_inside_an_epoch_is_exact_on_cifar_files(tmp_path):
     assert_same_run(str(tmp_path / "straight" / "last.pth"), str(tmp_path / "resumed" / "last.pth"))
     ckpt = load(str(tmp_path / "straight" / "last.pth"))
     assert ckpt["run"]["classes"] == ["class_0", "class_1", "class_2"] and ckpt["global_step"] == 30
+
+
+def test_validate_py_reads_the_cifar_test_split(tmp_path, capsys):
+    import json
+    import sys
+    from train_helpers import ROOT
+    from test_predict import save_run_checkpoint
+    sys.path.insert(0, ROOT)
+    import validate
+    folder = make_cifar(str(tmp_path), per_file=5)
+    ckpt = str(tmp_path / "best.pth")
+    save_run_checkpoint(ckpt, classes=["class_0", "class_1", "class_2"])
+    code = validate.main(["--data-dir", folder, "--checkpoint", ckpt, "-m", "t2t_vit_7", "--img-size", "32",
+                          "--crop-pct", "1.0", "--workers", "0", "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    results = json.loads(out.out.strip().splitlines()[-1])
+    assert results["count"] == 5 and results["data_dir"] == folder
