@@ -34,7 +34,7 @@ def test_official_transfer_recipe_groups():
     assert lrs["blocks.0.norm1.weight"] == (pytest.approx(5e-4), 0.0)
     assert lrs["cls_token"][1] == 0.0
     assert "pos_embed" not in lrs and "tokens_to_token.attention1.w" not in lrs  # fixed tensors
-    assert opt.param_groups[0]["name"].startswith("head")  # the logs show the head's (scheduled) lr
+    assert model.head.weight in opt.param_groups[0]["params"]  # the logs show the head's (scheduled) lr
     # Every trainable parameter is in exactly one group.
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert sorted(lrs) == sorted(trainable) and sum(len(g["params"]) for g in opt.param_groups) == len(trainable)
@@ -100,6 +100,15 @@ def test_freeze_key_reads_a_list_or_one_name(tmp_path):
         load_config(None, ["optim.layer_decay=1.5"])
 
 
+def test_default_groups_are_timms():
+    """Without lr factors the groups are timm's (no-decay, then decay, same order): older runs resume."""
+    from timm.optim import create_optimizer_v2
+    model = _model()
+    ours = build_optimizer(model, OptimConfig(), lr=1e-3).state_dict()["param_groups"]
+    timms = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05).state_dict()["param_groups"]
+    assert [(g["params"], g["weight_decay"]) for g in ours] == [(g["params"], g["weight_decay"]) for g in timms]
+
+
 def test_nesterov_sgd():
     opt = build_optimizer(_model(), OptimConfig(name="sgd", momentum=0.8, nesterov=True), lr=0.1)
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.8
@@ -147,8 +156,8 @@ def test_train_py_with_freeze_and_transfer_ratio(tmp_path):
     assert torch.equal(ft["model"]["blocks.3.attn.qkv.weight"], base["state_dict_ema"]["blocks.3.attn.qkv.weight"])
     assert not torch.equal(ft["model"]["blocks.4.attn.qkv.weight"], base["state_dict_ema"]["blocks.4.attn.qkv.weight"])
     groups = ft["optimizer"]["param_groups"]
-    assert [g["name"] for g in groups[:2]] == ["head x1", "head x1 no-decay"]
-    assert sorted(g["name"] for g in groups[2:]) == ["backbone x0.01", "backbone x0.01 no-decay"]
+    assert [g["name"] for g in groups[:2]] == ["lr x1", "lr x1 no-decay"]  # the head's
+    assert sorted(g["name"] for g in groups[2:]) == ["lr x0.01", "lr x0.01 no-decay"]
     assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 0.01, 0.01]
     with open(os.path.join(out, "train.log")) as f:
         log = f.read()

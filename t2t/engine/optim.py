@@ -69,29 +69,33 @@ def _layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
 
 def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: float = 1.0,
                  layer_decay: Optional[float] = None) -> list[dict[str, Any]]:
-    """Parameter groups by (lr_scale, weight decay), classifier groups first.
+    """Parameter groups by (lr factor, weight decay), the classifier's first.
 
     No weight decay on 1-D tensors (biases, norms) and on ``model.no_weight_decay()`` names; parameters
-    that do not require grad (frozen ones, pos_embed, the Performer projections) are left out. The lr
-    factor of a parameter is ``backbone_lr_scale`` outside the classifier, times the layer-wise decay
-    when ``layer_decay`` is set. ``set_lr`` multiplies the scheduled lr by each group's ``lr_scale``.
-    The classifier comes first, so ``param_groups[0]['lr']`` is the scheduled lr the logs show.
+    that do not require grad (frozen ones, fixed tables) are left out. The lr factor (``lr_scale``) of
+    a parameter is ``backbone_lr_scale`` outside the classifier, times the layer-wise decay when
+    ``layer_decay`` is set; ``set_lr`` multiplies the scheduled lr by it. Groups that hold classifier
+    parameters come first, so ``param_groups[0]['lr']`` is the scheduled lr the logs show. With the
+    defaults this is timm's grouping (no-decay group, then decay group), so older checkpoints resume.
     """
     no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
     layer_scale = _layer_scales(model, layer_decay) if layer_decay is not None else {}
-    groups: dict[tuple[bool, float, float], dict[str, Any]] = {}
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    has_head: set[tuple[float, float]] = set()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_head = id(param) in head
         decay = 0.0 if param.ndim <= 1 or name.endswith(".bias") or name in no_decay else weight_decay
         scale = layer_scale.get(name, 1.0) * (1.0 if is_head else backbone_lr_scale)
-        group = groups.setdefault((is_head, scale, decay), {
-            "name": f"{'head' if is_head else 'backbone'} x{scale:.4g}{'' if decay else ' no-decay'}",
-            "params": [], "lr_scale": scale, "weight_decay": decay})
+        group = groups.setdefault((scale, decay), {
+            "name": f"lr x{scale:.4g}{'' if decay else ' no-decay'}", "params": [], "lr_scale": scale,
+            "weight_decay": decay})
         group["params"].append(param)
-    return sorted(groups.values(), key=lambda g: not g["name"].startswith("head"))
+        if is_head:
+            has_head.add((scale, decay))
+    return [g for key, g in sorted(groups.items(), key=lambda item: item[0] not in has_head)]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
