@@ -66,7 +66,7 @@ def _run_onnx(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str, opset: int) -> Callable:
     batch = torch.export.Dim("batch")
     torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["logits"], opset_version=opset,
-                      dynamo=True, dynamic_shapes={"x": {0: batch}}, external_data=False)
+                      dynamo=True, dynamic_shapes={"x": {0: batch}}, external_data=False, verbose=False)
     return _run_onnx(path)
 
 
