@@ -31,6 +31,7 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     init_from: Optional[str] = None  # weights only (ours or an official release file), for fine-tuning
     grad_checkpointing: bool = False
+    cpu_backend: bool = False  # t2t.models.cpu.accelerate in float32 CPU runs (README, Speed: when it pays)
 
 
 @dataclass
