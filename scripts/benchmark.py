@@ -32,8 +32,10 @@ better of the two, the stricter figure.
 `--cpu-backend on` times the model converted by t2t.models.cpu.accelerate (float32 CPU only).
 `--compare plain,official,backend` times those variants side by side in one process on the same
 weights: each warmed up as above, then --rounds rounds in which every variant runs --steps timed steps
-in turn, so a shared machine's drift hits them alike. Each round gives a median images/s; the table
-shows every round, the median over rounds and its ratio to the first variant. `official` is the official
+in turn, so a shared machine's drift hits them alike. Each round gives a median images/s per variant
+and its ratio to the first variant's in the same round; the table shows every round, the median rate
+over rounds, and the median of the per-round ratios with their range (the figure to read on a
+machine whose speed moves between rounds). `official` is the official
 model code (scripts/official_t2t.py), `backend` the plain model after accelerate.
 Peak memory is torch.cuda.max_memory_allocated on CUDA; on the CPU it is the process's peak RSS
 (getrusage; includes the ~1 GB of the torch import); both include the matmul operands (3 x 64 MiB
@@ -298,11 +300,12 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(amp_dtype(args.amp)).replace("torch.", ""),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "img_size": args.img_size,
         "rounds": args.rounds, "steps": args.steps}
-    base = statistics.median(rounds[kinds[0]])
     for k in kinds:
-        median = statistics.median(rounds[k])
+        ratios = [rate / base for rate, base in zip(rounds[k], rounds[kinds[0]])]
         results.update({f"{k}_warmup_steps": warmups[k], f"{k}_images_per_sec_rounds": rounds[k],
-                        f"{k}_images_per_sec": median, f"{k}_vs_{kinds[0]}": median / base})
+                        f"{k}_images_per_sec": statistics.median(rounds[k]),
+                        f"{k}_vs_{kinds[0]}_rounds": ratios, f"{k}_vs_{kinds[0]}": statistics.median(ratios),
+                        f"{k}_vs_{kinds[0]}_min": min(ratios), f"{k}_vs_{kinds[0]}_max": max(ratios)})
     return results
 
 
