@@ -1,5 +1,4 @@
-# Two set-up commands: `make demo` and `make test`. Both create or reuse the virtual environment
-# (with the test and export extras: the export tests check ONNX files in onnxruntime).
+# Two set-up commands: `make demo` and `make test`. Both create or reuse the virtual environment.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +12,7 @@ PYTEST_ARGS ?=
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,export]"
+	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -64,6 +64,7 @@ class Settings:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     num_classes: int | None = None
+    cpu_backend: bool = False
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -80,6 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="data-loading processes per rank")
     p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"],
                    help="autocast dtype (default none; auto: bf16 on CUDA, else none)")
+    p.add_argument("--cpu-backend", choices=["on", "off"], help="t2t.models.cpu.accelerate in float32 on the CPU "
+                   "(default: the config's model.cpu_backend, else off)")
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
     p.add_argument("--results-file", help="write the results as JSON here (rank 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
@@ -94,14 +97,14 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             model=cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
             interpolation=cfg.eval.interpolation, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
             amp=cfg.train.amp, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
-            num_classes=cfg.model.num_classes)
+            num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend)
     elif args.model:
         settings = Settings(model=args.model, img_size=None)
     else:
         raise ValidateError("give the model with -m/--model NAME or a run's config with -c CONFIG")
     flags = {"model": args.model, "img_size": args.img_size, "crop_pct": args.crop_pct,
              "interpolation": args.interpolation, "batch_size": args.batch_size, "workers": args.workers,
-             "amp": args.amp}
+             "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on"}
     for key, value in flags.items():
         if value is not None:
             setattr(settings, key, value)
@@ -188,6 +191,7 @@ def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
     loader = build_eval_loader(
         dataset, batch_size=settings.batch_size, workers=settings.workers, num_replicas=dist.world_size,
         rank=dist.rank, pin_memory=dist.device.type == "cuda")
+    t2t.models.cpu.apply_backend(model, settings.cpu_backend, dist.device, settings.amp)
     metrics = evaluate(model.to(dist.device), loader, device=dist.device, amp=settings.amp, dist=dist)
     return {**metrics, "model": settings.model, "checkpoint": args.checkpoint, "weights": weights,
             "weights_entry": source, "img_size": settings.img_size, "crop_pct": settings.crop_pct,

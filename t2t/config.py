@@ -32,6 +32,7 @@ class ModelConfig:
     init_from: Optional[str] = None  # weights only (ours, an official release file or .safetensors), for fine-tuning
     grad_checkpointing: bool = False
     freeze: tuple[str, ...] = ()  # parts left out of training: names or prefixes, e.g. tokens_to_token, blocks.0-6
+    cpu_backend: bool = False  # t2t.models.cpu.accelerate in float32 CPU runs (README, Speed: when it pays)
 
 
 @dataclass

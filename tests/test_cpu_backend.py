@@ -166,3 +166,25 @@ def test_flop_counter_still_counts_the_accelerated_model():
 def test_unknown_trick_is_refused():
     with pytest.raises(ValueError, match="unknown"):
         cpu.accelerate(torch.nn.Linear(2, 2), tricks=("linear", "fast"))
+
+
+def test_apply_backend_only_in_float32_cpu_runs_that_ask_for_it():
+    def converted(setting, device, amp):
+        model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        applied = cpu.apply_backend(model, setting, torch.device(device), amp)
+        assert applied == (type(model[0]) is cpu.OneDnnLinear)
+        return applied
+
+    assert converted(True, "cpu", "none")
+    assert not converted(False, "cpu", "none")
+    assert not converted(True, "cpu", "bf16")
+    assert not converted(True, "meta", "none")
+
+
+def test_config_key_is_checked():
+    from t2t.config import ConfigError, load_config
+
+    assert load_config().model.cpu_backend is False
+    assert load_config(overrides=["model.cpu_backend=true"]).model.cpu_backend is True
+    with pytest.raises(ConfigError, match="model.cpu_backend"):
+        load_config(overrides=["model.cpu_backend=fast"])

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, config_from_dict, dump_config
 from ..data import setup as data_setup
+from ..models import cpu as cpu_backend
 from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, clean_state_dict, find_resume_checkpoint, library_versions, \
     load_training_checkpoint
@@ -147,6 +148,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     # Model, EMA, optimizer, scaler and schedule.
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
     model = _build_model(cfg, num_classes)
+    cpu_backend.apply_backend(model, cfg.model.cpu_backend, device, amp)
     if cfg.model.init_from and found is None:
         if not os.path.isfile(cfg.model.init_from):
             raise ConfigError(f"model.init_from={cfg.model.init_from!r}: no such file (expected an official release "

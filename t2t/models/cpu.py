@@ -20,6 +20,7 @@ Whether they pay off depends on the CPU (oneDNN against MKL, memory bandwidth): 
 `scripts/benchmark.py --cpu-backend both` before switching it on. A converted model is not meant for
 TorchScript, FX or export: convert after those, or keep a plain copy.
 """
+import logging
 from typing import Optional
 
 import torch
@@ -31,6 +32,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .t2t_vit import T2TModule
 
 TRICKS = ("linear", "gelu", "t2t")
+_logger = logging.getLogger(__name__)
 
 
 def cpu_float32(x: torch.Tensor) -> bool:
@@ -221,6 +223,18 @@ def accelerate(model: nn.Module, tricks: tuple = TRICKS) -> nn.Module:
             if type(m) is plain:
                 m.__class__ = fast
     return model
+
+
+def apply_backend(model: nn.Module, enabled: bool, device: torch.device, amp: str) -> bool:
+    """accelerate(model) where `enabled` (model.cpu_backend) and the run is float32 on the CPU; logs the
+    choice and returns whether the backend was applied."""
+    applied = enabled and device.type == "cpu" and amp == "none"
+    if applied:
+        accelerate(model)
+        _logger.info("CPU backend on: %s (t2t.models.cpu)", ", ".join(TRICKS))
+    elif enabled:
+        _logger.info("CPU backend not applied: it serves float32 on the CPU, this run is %s on %s", amp, device)
+    return applied
 
 
 def restore(model: nn.Module) -> nn.Module:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.jit import Final
-from timm.layers import Mlp, use_fused_attn
+from timm.layers import Mlp, register_notrace_module, use_fused_attn
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -20,6 +20,7 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     return table.float().unsqueeze(0)
 
 
+@register_notrace_module  # FX keeps it whole: its autocast region takes the device type from a tensor
 class TokenPerformer(nn.Module):
     """Single-head Performer token layer: positive random features, linear attention, v-skip, MLP.
 

@@ -14,23 +14,6 @@ from .layers import TokenPerformer, TokenTransformer, sinusoid_table
 TokensType = Literal["performer", "transformer"]
 
 
-def take_indices(depth: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
-    """Blocks to return, as timm counts them: None all, n the last n, a list those (negative from the end);
-    and the largest."""
-    if indices is None:
-        indices = depth
-    if isinstance(indices, int):
-        if indices < 1 or indices > depth:
-            raise ValueError("indices=" + str(indices) + ": expected the number of last blocks, 1 to " + str(depth))
-        taken = [depth - indices + i for i in range(indices)]
-    else:
-        taken = [i + depth if i < 0 else i for i in indices]
-        for i in taken:
-            if i < 0 or i >= depth:
-                raise ValueError("indices: block " + str(i) + " out of range for depth " + str(depth))
-    return taken, max(taken)
-
-
 class T2TModule(nn.Module):
     """Tokens-to-Token: soft split 7x7/4, token layer, re-split 3x3/2, token layer, re-split 3x3/2, project.
 
@@ -243,6 +226,23 @@ class T2TViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def take_indices(depth: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
+    """Blocks to return, as timm counts them: None all, n the last n, a list those (negative from the end);
+    and the largest."""
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int):
+        if indices < 1 or indices > depth:
+            raise ValueError(f"indices={indices}: expected the number of last blocks, 1 to {depth}")
+        taken = [depth - indices + i for i in range(indices)]
+    else:
+        taken = [i + depth if i < 0 else i for i in indices]
+        for i in taken:
+            if i < 0 or i >= depth:
+                raise ValueError(f"indices={indices}: block {i} is out of range for depth {depth}")
+    return taken, max(taken)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
