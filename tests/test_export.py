@@ -12,7 +12,7 @@ from t2t.inference import load_model
 from test_predict import CLASSES, make_images, save_run_checkpoint
 from train_helpers import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
 import export  # noqa: E402
 import predict  # noqa: E402
 
