@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -29,13 +28,15 @@ import torch.nn as nn
 import t2t
 from t2t.cli import ArgumentParser, one_line
 from t2t.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
+from t2t.data.cifar import CIFARDataset, find_cifar_dir
 from t2t.data.dataset import DatasetError, ImageFolderDataset, check_classes_match, resolve_eval_dir
 from t2t.data.loader import build_eval_loader
 from t2t.data.transforms import build_eval_transform
 from t2t.engine.distributed import DeviceError, DistInfo, cleanup_distributed, init_distributed, setup_logging
 from t2t.engine.evaluate import evaluate
 from t2t.engine.precision import resolve_amp
-from t2t.models import CheckpointError, extract_state_dict, read_checkpoint
+from t2t.inference import CheckpointInfo, inspect_checkpoint
+from t2t.models import CheckpointError
 from t2t.models.weights import EMA_KEYS
 from t2t.runtime import keep_freed_memory
 
@@ -64,11 +65,13 @@ class Settings:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     num_classes: int | None = None
+    cpu_backend: bool = False
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", required=True, help="dataset root (its val/ is used) or the class-folder dir")
+    p.add_argument("--data-dir", required=True,
+                   help="dataset root (its val/ is used), the class-folder dir, or an extracted CIFAR folder (test split)")
     p.add_argument("--checkpoint", required=True, help="our checkpoint or an official release file")
     p.add_argument("-c", "--config", help="a run's config.yaml: model, img_size, eval settings, amp")
     p.add_argument("-m", "--model", help="registered model name, e.g. t2t_vit_14")
@@ -79,6 +82,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="data-loading processes per rank")
     p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"],
                    help="autocast dtype (default none; auto: bf16 on CUDA, else none)")
+    p.add_argument("--cpu-backend", choices=["on", "off"], help="t2t.models.cpu.accelerate in float32 on the CPU "
+                   "(default: the config's model.cpu_backend, else off)")
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
     p.add_argument("--allow-class-mismatch", action="store_true",
                    help="evaluate even if the class folder names differ from the classes the checkpoint records")
@@ -95,14 +100,14 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             model=cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
             interpolation=cfg.eval.interpolation, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
             amp=cfg.train.amp, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
-            num_classes=cfg.model.num_classes)
+            num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend)
     elif args.model:
         settings = Settings(model=args.model, img_size=None)
     else:
         raise ValidateError("give the model with -m/--model NAME or a run's config with -c CONFIG")
     flags = {"model": args.model, "img_size": args.img_size, "crop_pct": args.crop_pct,
              "interpolation": args.interpolation, "batch_size": args.batch_size, "workers": args.workers,
-             "amp": args.amp}
+             "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on"}
     for key, value in flags.items():
         if value is not None:
             setattr(settings, key, value)
@@ -117,42 +122,13 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-@dataclass
-class CheckpointInfo:
-    """What the weights in a checkpoint tell about the model they belong to."""
-
-    num_classes: int | None
-    img_size: int | None
-    arch: str | None  # the model name the checkpoint records, if any
-    classes: list[str] | None = None  # the class names of the training run, in label order (our checkpoints)
-
-
-def inspect_checkpoint(path: str, use_ema: bool) -> CheckpointInfo:
-    """Class count (head rows), image size (position grid x 16) and recorded model name."""
-    checkpoint = read_checkpoint(path)
-    state_dict, _ = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")
-    head = state_dict.get("head.weight")
-    pos_embed = state_dict.get("pos_embed")
-    img_size = None
-    if pos_embed is not None and pos_embed.ndim == 3:
-        grid = math.isqrt(pos_embed.shape[1] - 1)
-        img_size = grid * 16 if grid * grid == pos_embed.shape[1] - 1 else None
-    arch = checkpoint.get("arch")
-    config = checkpoint.get("config")
-    if isinstance(config, dict) and isinstance(config.get("model"), dict):
-        arch = config["model"].get("name", arch)
-    run = checkpoint.get("run")
-    classes = run.get("classes") if isinstance(run, dict) else None
-    return CheckpointInfo(
-        num_classes=int(head.shape[0]) if head is not None and head.ndim == 2 else None,
-        img_size=img_size, arch=arch if isinstance(arch, str) else None,
-        classes=list(classes) if isinstance(classes, (list, tuple)) else None)
-
-
-def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset:
+def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset | CIFARDataset:
+    """The test split of an extracted CIFAR folder, else the class folders of data_dir/val or data_dir."""
     transform = build_eval_transform(
         settings.img_size, crop_pct=settings.crop_pct, interpolation=settings.interpolation,
         mean=settings.mean, std=settings.std)
+    if find_cifar_dir(data_dir) is not None:
+        return CIFARDataset(data_dir, train=False, transform=transform)
     return ImageFolderDataset(resolve_eval_dir(data_dir), transform)
 
 
@@ -222,6 +198,7 @@ def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
     loader = build_eval_loader(
         dataset, batch_size=settings.batch_size, workers=settings.workers, num_replicas=dist.world_size,
         rank=dist.rank, pin_memory=dist.device.type == "cuda")
+    t2t.models.cpu.apply_backend(model, settings.cpu_backend, dist.device, settings.amp)
     metrics = evaluate(model.to(dist.device), loader, device=dist.device, amp=settings.amp, dist=dist)
     return {**metrics, "model": settings.model, "checkpoint": args.checkpoint, "weights": weights,
             "weights_entry": source, "img_size": settings.img_size, "crop_pct": settings.crop_pct,

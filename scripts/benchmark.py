@@ -4,6 +4,7 @@
     python scripts/benchmark.py -m t2t_vit_14 --mode infer --batch-size 16 --steps 20
     python scripts/benchmark.py -m t2t_vit_14 --mode train --amp bf16 --device cuda --json out.json
     python scripts/benchmark.py --mode data --data-dir /data/imagenet
+    python scripts/benchmark.py -m t2t_vit_14 --mode train --compare plain,official,backend --rounds 3
 
 Modes: `infer` times a forward pass under torch.inference_mode; `train` times the real training
 step on a synthetic batch: autocast forward + cross-entropy, backward, and the project's AdamW
@@ -28,6 +29,14 @@ On the CPU in float32 a second peak is sampled the same way with oneDNN's inner 
 weights), the library under torch's CPU convolutions, which the T2T module uses; it can beat torch.mm
 (MKL) by a wide margin on some CPUs. `mfu` keeps the torch.mm peak; `mfu_best_peak` divides by the
 better of the two, the stricter figure.
+`--cpu-backend on` times the model converted by t2t.models.cpu.accelerate (float32 CPU only).
+`--compare plain,official,backend` times those variants side by side in one process on the same
+weights: each warmed up as above, then --rounds rounds in which every variant runs --steps timed steps
+in turn, so a shared machine's drift hits them alike. Each round gives a median images/s per variant
+and its ratio to the first variant's in the same round; the table shows every round, the median rate
+over rounds, and the median of the per-round ratios with their range (the figure to read on a
+machine whose speed moves between rounds). `official` is the official
+model code (scripts/official_t2t.py), `backend` the plain model after accelerate.
 Peak memory is torch.cuda.max_memory_allocated on CUDA; on the CPU it is the process's peak RSS
 (getrusage; includes the ~1 GB of the torch import); both include the matmul operands (3 x 64 MiB
 for 4096 x 4096 fp32 on CUDA, 3 x 16 MiB for 2048 on the CPU).
@@ -55,12 +64,14 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # official_t2t, next to this file
 
 import t2t  # noqa: E402  (registers the models)
 from t2t.config import OptimConfig  # noqa: E402
 from t2t.engine.distributed import init_distributed  # noqa: E402
 from t2t.engine.precision import amp_context, amp_dtype  # noqa: E402
 from t2t.engine.optim import build_optimizer  # noqa: E402
+from t2t.models import cpu  # noqa: E402
 from t2t.runtime import keep_freed_memory  # noqa: E402
 
 # Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
@@ -209,6 +220,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     model = timm.create_model(args.model, img_size=args.img_size).to(device)
     params, trainable = t2t.count_params(model)
     forward_gflops = 2 * t2t.count_macs(model, args.img_size) / 1e9
+    backend = cpu.apply_backend(model, args.cpu_backend == "on", device, args.amp)
     step_gflops = forward_gflops * (3 if args.mode == "train" else 1)
     if args.compile:
         model = torch.compile(model)
@@ -232,7 +244,8 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     best = max(peak, onednn or 0.0)
     return {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        "compile": args.compile, "cpu_backend": backend, "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
         "img_size": args.img_size, "warmup_steps": warmup_steps, "steps": args.steps,
         "page_faults_per_step": faults / args.steps,
         "images_per_sec": images_per_sec,
@@ -252,6 +265,50 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+VARIANTS = ("plain", "backend", "official")
+
+
+def build_variant(kind: str, args: argparse.Namespace, device: torch.device, weights: dict | None) -> nn.Module:
+    """The plain model, the plain model after cpu.accelerate, or the official model code, on `weights`."""
+    if kind == "official":
+        from official_t2t import official_model
+
+        model = official_model(args.model, img_size=args.img_size)
+    else:
+        model = timm.create_model(args.model, img_size=args.img_size)
+        if kind == "backend":
+            cpu.accelerate(model)
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model.to(device)
+
+
+def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """images/s of each --compare variant, in alternating rounds in one process (see the module docs)."""
+    device = init_distributed(args.device).device
+    kinds = args.compare
+    weights = timm.create_model(args.model, img_size=args.img_size).state_dict()
+    steps = {k: make_step(build_variant(k, args, device, weights), args.mode, args.batch_size, args.img_size,
+                          device, args.amp) for k in kinds}
+    warmups = {k: warm_up(step, device, args.warmup, args.max_warmup) for k, step in steps.items()}
+    rounds: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for k, step in steps.items():
+            times, _ = time_steps(step, device, args.steps)
+            rounds[k].append(args.batch_size / statistics.median(times))
+    results: dict[str, Any] = {
+        "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(amp_dtype(args.amp)).replace("torch.", ""),
+        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "img_size": args.img_size,
+        "rounds": args.rounds, "steps": args.steps}
+    for k in kinds:
+        ratios = [rate / base for rate, base in zip(rounds[k], rounds[kinds[0]])]
+        results.update({f"{k}_warmup_steps": warmups[k], f"{k}_images_per_sec_rounds": rounds[k],
+                        f"{k}_images_per_sec": statistics.median(rounds[k]),
+                        f"{k}_vs_{kinds[0]}_rounds": ratios, f"{k}_vs_{kinds[0]}": statistics.median(ratios),
+                        f"{k}_vs_{kinds[0]}_min": min(ratios), f"{k}_vs_{kinds[0]}_max": max(ratios)})
+    return results
+
+
 def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
     from t2t.data.bench import run_data_benchmark
 
@@ -266,6 +323,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
+    if isinstance(value, list):
+        return " / ".join(map(_fmt, value))
     return str(value)
 
 
@@ -296,6 +355,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, help="input resolution (default 224)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cpu-backend", choices=["on", "off"], default="off",
+                   help="convert the model with t2t.models.cpu.accelerate (float32 CPU runs only; default off)")
+    p.add_argument("--compare", type=lambda s: s.split(","),
+                   help=f"comma-separated variants timed side by side in alternating rounds: {', '.join(VARIANTS)}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 5)")
@@ -306,7 +369,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-size", type=int, help="matmul size for the peak (default 4096 CUDA, 2048 CPU)")
     p.add_argument("--data-dir", help="class-folder images for --mode data")
     p.add_argument("--num-images", type=int, help="images decoded in --mode data (default 200)")
-    p.add_argument("--rounds", type=int, default=3, help="--mode data: epochs over the images (default 3)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--mode data: epochs over the images; --compare: alternating rounds (default 3)")
     p.add_argument("--prefetcher", action="store_true",
                    help="--mode data: uint8 batches, normalise and erase on the device (timm's use_prefetcher)")
     p.add_argument("--json", help="also write the results here as JSON")
@@ -315,6 +379,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.compare and (args.mode == "data" or not set(args.compare) <= set(VARIANTS) or args.compile):
+        p.error(f"--compare {','.join(args.compare)}: expected variants among {', '.join(VARIANTS)}, "
+                "with --mode train or infer and without --compile")
     if args.mode == "data" and not args.data_dir:
         p.error("--mode data needs --data-dir DIR (class folders, or a root with train/)")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
@@ -327,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()
     torch.set_num_threads(args.threads or available_cores())
-    results = benchmark_data(args) if args.mode == "data" else benchmark_model(args)
+    if args.mode == "data":
+        results = benchmark_data(args)
+    else:
+        results = benchmark_compare(args) if args.compare else benchmark_model(args)
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:

@@ -31,9 +31,11 @@ class ModelConfig:
     num_classes: Optional[int] = None  # None: the number of class folders in the training set
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
-    init_from: Optional[str] = None  # weights only (ours or an official release file), for fine-tuning
+    init_from: Optional[str] = None  # weights only (ours, an official release file or .safetensors), for fine-tuning
     grad_checkpointing: bool = False
     allow_any_timm_model: bool = False  # accept a model name that is not a T2T-ViT (any timm name)
+    freeze: tuple[str, ...] = ()  # parts left out of training: names or prefixes, e.g. tokens_to_token, blocks.0-6
+    cpu_backend: bool = False  # t2t.models.cpu.accelerate in float32 CPU runs (README, Speed: when it pays)
 
 
 @dataclass
@@ -55,6 +57,9 @@ class DataConfig:
     skip_bad_images: bool = False
     fast_decode: bool = True
     prefetch_factor: int = 2  # batches each loader worker prepares ahead (shared memory: see the README)
+    format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
+    # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
+    train_transform: Literal["imagenet", "cifar"] = "imagenet"
 
 
 @dataclass
@@ -77,6 +82,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     clip_grad: Optional[float] = None  # max global grad norm; None: no clipping
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    backbone_lr_scale: float = 1.0  # lr factor of everything but the classifier (the official transfer ratio: 0.01)
+    layer_decay: Optional[float] = None  # layer-wise lr decay (BEiT / timm): layer i of L gets decay ** (L - 1 - i)
 
 
 @dataclass
@@ -194,6 +203,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "optim.eps": (lambda v: v > 0, "> 0"),
     "optim.clip_grad": (lambda v: v is None or v > 0, "> 0 or null"),
     "optim.name": (lambda v: v in ("adamw", "sgd"), "'adamw' or 'sgd'"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.backbone_lr_scale": (lambda v: v > 0, "> 0 (to keep parts fixed, list them in model.freeze)"),
+    "optim.layer_decay": (lambda v: v is None or 0 < v <= 1, "in (0, 1] or null"),
     "sched.warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "sched.warmup_lr": (lambda v: v >= 0, ">= 0"),
     "sched.min_lr": (lambda v: v >= 0, ">= 0"),
@@ -247,6 +259,12 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
         if value not in args:
             fail("one of " + ", ".join(repr(a) for a in args))
         return value
+    if kind is tuple and len(args) == 2 and args[1] is Ellipsis:  # a list of any length
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        return tuple(_coerce(v, args[0], key, origin) for v in value)
     if kind is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             fail(f"a list of {len(args)} numbers")

@@ -107,3 +107,39 @@ def test_cpu_warmup_runs_until_steps_stop_page_faulting(monkeypatch):
     # Elsewhere (CUDA) the warm-up is just the --warmup steps: host page faults say nothing there.
     counter.update(faults=0, calls=0)
     assert bench.warm_up(lambda: step([90_000] * 10), torch.device("meta"), 2, 30) == 2
+
+
+def test_benchmark_compare_smoke(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "-m", "t2t_vit_7", "--mode", "infer", "--smoke", "--device", "cpu", "--threads", "1",
+         "--compare", "plain,official,backend", "--rounds", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    for kind in ("plain", "official", "backend"):
+        rounds = results[f"{kind}_images_per_sec_rounds"]
+        assert len(rounds) == 2 and all(r > 0 for r in rounds)
+        ratios = [r / base for r, base in zip(rounds, results["plain_images_per_sec_rounds"])]
+        assert results[f"{kind}_vs_plain_rounds"] == pytest.approx(ratios)
+        assert results[f"{kind}_vs_plain_min"] <= results[f"{kind}_vs_plain"] <= results[f"{kind}_vs_plain_max"]
+    bad = subprocess.run([sys.executable, SCRIPT, "--compare", "plain,fast"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "--compare plain,fast" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14"])
+def test_official_model_code_computes_the_same_function(name):
+    # The benchmark's baseline must be the same model: our weights load strictly, the logits agree.
+    import timm
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from official_t2t import official_model
+
+    ours = timm.create_model(name, img_size=64, num_classes=10).eval()
+    official = official_model(name, img_size=64, num_classes=10).eval()
+    official.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(official(x), ours(x), rtol=1e-4, atol=1e-5)

@@ -23,6 +23,7 @@ __all__ = [
     "ImageFolderDataset",
     "IMG_EXTENSIONS",
     "check_classes_match",
+    "SeededDataset",
     "check_same_classes",
     "derive_seed",
     "find_classes",
@@ -211,10 +212,41 @@ class _DecodeCheck(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dataset
+# Datasets
 
 
-class ImageFolderDataset(torch.utils.data.Dataset):
+class SeededDataset(torch.utils.data.Dataset):
+    """Base of the training datasets: an epoch shared with workers, and per-sample reseeding."""
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.seed = int(seed)
+        # The epoch lives in shared memory so persistent DataLoader workers see set_epoch() calls
+        # made in the main process (call it before iterating the loader).
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation randomness __getitem__ draws (visible to live workers)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch[0] = int(epoch)
+
+    def check_index(self, index: int) -> int:
+        """`index` in [0, len) (negative indices count from the end); IndexError otherwise."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} images")
+        return index % n
+
+    def reseed(self, index: int) -> None:
+        """Seed the global RNGs from (seed, epoch, index): the sample's augmentation depends on nothing else."""
+        seed_global_rngs(derive_seed(SEED_STREAM_SAMPLE, self.seed, self.epoch, index))
+
+
+class ImageFolderDataset(SeededDataset):
     """ImageFolder-layout dataset (``root/<class>/<image>``) with per-sample seeded augmentation.
 
     If the transform has a ``decode_and_crop(image)`` method (see ``FastTrainTransform``), the dataset
@@ -231,6 +263,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         skip_bad_images: bool = False,
         classes: Sequence[str] | None = None,
     ) -> None:
+        super().__init__(seed=seed)
         self.root = os.fspath(root)
         _check_dir(self.root, what="dataset folder")
         if classes is None:
@@ -254,25 +287,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             self.samples.extend((p, target) for p in paths)
         self.targets: list[int] = [t for _, t in self.samples]
         self.transform = transform
-        self.seed = int(seed)
         self.skip_bad_images = bool(skip_bad_images)
         self.bad_images = 0  # unreadable images met in this process (with skip_bad_images=True)
-        # The epoch lives in shared memory so persistent DataLoader workers see set_epoch() calls
-        # made in the main process (call it before iterating the loader).
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentation randomness __getitem__ draws (visible to live workers)."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch[0] = int(epoch)
 
     def _decode(self, path: str) -> Any:
         decode_and_crop = getattr(self.transform, "decode_and_crop", None)
@@ -283,14 +302,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return img if img.mode == "RGB" else img.convert("RGB")
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        index = self.check_index(index)
         n = len(self.samples)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n} images")
-        index %= n
-        sample_seed = derive_seed(SEED_STREAM_SAMPLE, self.seed, self.epoch, index)
         for attempt in range(n):
             # Reseed before every attempt, so the result depends only on (seed, epoch, index).
-            seed_global_rngs(sample_seed)
+            self.reseed(index)
             path, target = self.samples[(index + attempt) % n]
             try:
                 image = self._decode(path)

@@ -10,12 +10,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import DataConfig, MixupConfig
-from .dataset import DatasetError, ImageFolderDataset, check_same_classes, find_split_dirs, find_unreadable_images
+from ..config import ConfigError, DataConfig, MixupConfig
+from .cifar import CIFARDataset, find_cifar_dir
+from .dataset import DatasetError, ImageFolderDataset, SeededDataset, check_same_classes, find_split_dirs, \
+    find_unreadable_images
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup, seed_main_process_rng
 from .sampler import TrainSampler
-from .transforms import BatchNormalizeErase, build_eval_transform, build_train_transform
+from .transforms import BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, build_train_transform
 
 _logger = logging.getLogger(__name__)
 
@@ -70,6 +72,43 @@ def _check_shared_memory(cfg: DataConfig, batch_size: int, img_size: int, uint8:
                         msg, free // 2**20)
     else:
         _logger.info("%s", msg)
+def resolve_format(data_dir: str, fmt: str) -> str:
+    """'cifar' or 'imagefolder' for `data_dir`; 'auto' picks cifar for an extracted CIFAR folder."""
+    if fmt == "auto":
+        return "cifar" if find_cifar_dir(data_dir) is not None else "imagefolder"
+    return fmt
+
+
+def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: Callable,
+                   seed: int) -> tuple[SeededDataset, SeededDataset, str]:
+    """(train, val, the folder read) in the format `cfg.format` names or detects."""
+    if resolve_format(data_dir, cfg.format) == "cifar":
+        train_ds = CIFARDataset(data_dir, train=True, transform=train_tf, seed=seed)
+        return train_ds, CIFARDataset(data_dir, train=False, transform=eval_tf, seed=seed), train_ds.root
+    train_dir, val_dir = find_split_dirs(data_dir)
+    train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    check_same_classes(train_ds, val_ds)
+    return train_ds, val_ds, train_dir
+
+
+def build_train_tf(cfg: DataConfig, img_size: int, use_prefetcher: bool = False) -> Callable:
+    """The training transform `cfg.train_transform` names (uint8 output with `use_prefetcher`, imagenet only)."""
+    if cfg.train_transform == "cifar":
+        if cfg.auto_augment:
+            raise ConfigError(f"data.auto_augment={cfg.auto_augment!r} is not used by data.train_transform=cifar: "
+                              "set it to null")
+        if cfg.interpolation == "random":
+            raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
+                              "choose bilinear or bicubic for the cifar resize")
+        return build_padded_crop_transform(
+            img_size, padding=img_size // 8, hflip=cfg.hflip, interpolation=cfg.interpolation,
+            re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    return build_train_transform(
+        img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
+        color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,
+        re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std), fast_decode=cfg.fast_decode,
+        use_prefetcher=use_prefetcher)
 
 
 def build_train_and_val(
@@ -91,29 +130,24 @@ def build_train_and_val(
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
 
-    With `normalize_on_device` (default: on CUDA) the workers send uint8 batches (a quarter of the
-    float32 bytes through shared memory and the host-to-device copy), and `TrainData.on_device`
-    normalises and randomly erases them on `device`.
+    With `normalize_on_device` (default: on CUDA, for the ImageNet transform) the workers send uint8
+    batches (a quarter of the float32 bytes through shared memory and the host-to-device copy), and
+    `TrainData.on_device` normalises and randomly erases them on `device`.
     """
-    train_dir, val_dir = find_split_dirs(data_dir)
     uint8 = device.type == "cuda" if normalize_on_device is None else normalize_on_device
-    train_tf = build_train_transform(
-        img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
-        color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,
-        re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std), fast_decode=cfg.fast_decode,
-        use_prefetcher=uint8)
+    uint8 = uint8 and cfg.train_transform == "imagenet"
+    train_tf = build_train_tf(cfg, img_size, use_prefetcher=uint8)
     eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
                                    std=tuple(cfg.std))
-    train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
-    val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
-    check_same_classes(train_ds, val_ds)
+    train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed)
     steps_per_epoch = len(train_ds) // global_batch_size
     if steps_per_epoch < 1:
         raise DataSizeError(
             f"the global batch of {global_batch_size} images (processes x train.batch_size x grad_accum_steps) "
             f"is more than the {len(train_ds)} training images in {train_dir!r}: not one optimizer step per epoch")
+    if isinstance(val_ds, ImageFolderDataset):
+        check_val_images(val_ds, workers=cfg.workers)
     # The epoch is a whole number of global batches of the global order, the same for any world size.
-    check_val_images(val_ds, workers=cfg.workers)
     sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                            repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True,
                            epoch_samples=steps_per_epoch * global_batch_size)

@@ -40,6 +40,7 @@ __all__ = [
     "FastTrainTransform",
     "ToNormalizedTensor",
     "build_eval_transform",
+    "build_padded_crop_transform",
     "build_train_transform",
     "eval_resize_size",
     "guard_posterize",
@@ -197,6 +198,33 @@ def build_train_transform(
         color_transform=secondary,
         final_transform=final,
     )
+
+
+def build_padded_crop_transform(
+    img_size: int,
+    *,
+    padding: int,
+    hflip: float = 0.5,
+    interpolation: str = "bilinear",
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> Callable:
+    """The CIFAR transfer augmentation: resize to img_size, RandomCrop(img_size, padding), flip, normalise.
+
+    The official T2T-ViT transfer script resizes CIFAR's 32 px images to 224 and pads by 224 // 8 = 28.
+    """
+    steps: list[Callable] = [
+        T.Resize(img_size, interpolation=_interpolation_mode(interpolation)),
+        T.RandomCrop(img_size, padding=padding),
+        T.RandomHorizontalFlip(hflip),
+        ToNormalizedTensor(mean, std),
+    ]
+    if re_prob > 0:
+        steps.append(RandomErasing(re_prob, mode=re_mode, max_count=re_count, device="cpu"))
+    return T.Compose(steps)
 
 
 class ToNormalizedTensor:

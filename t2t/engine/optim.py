@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.optim import create_optimizer_v2
+from timm.models import group_parameters
 from timm.scheduler import CosineLRScheduler
 
-from ..config import OptimConfig, SchedConfig
+from ..config import ConfigError, OptimConfig, SchedConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -20,13 +22,101 @@ def scaled_lr(base_lr: float, global_batch_size: int, base_batch_size: int) -> f
     return base_lr * global_batch_size / base_batch_size
 
 
+_RANGE = re.compile(r"^(?P<prefix>.*?)(?P<first>\d+)-(?P<last>\d+)$")
+
+
+def _expand_freeze_spec(spec: str) -> list[str]:
+    """'blocks.0-6' -> ['blocks.0', ..., 'blocks.6'] (inclusive); other names as they are."""
+    match = _RANGE.match(spec)
+    if match is None:
+        return [spec]
+    first, last = int(match["first"]), int(match["last"])
+    if first > last:
+        raise ConfigError(f"model.freeze entry {spec!r}: the range {first}-{last} is empty (expected first <= last)")
+    return [f"{match['prefix']}{i}" for i in range(first, last + 1)]
+
+
+def freeze_parameters(model: nn.Module, specs: Sequence[str]) -> list[str]:
+    """Set requires_grad=False on the parts `specs` names (parameter names or module prefixes); return their names.
+
+    Frozen parameters then stay out of the optimizer (``param_groups``) and out of DDP's gradient buckets.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    frozen: list[str] = []
+    for spec in specs:
+        for part in _expand_freeze_spec(spec):
+            hits = [n for n in names if n == part or n.startswith(part + ".")]
+            if not hits:
+                tops = sorted({n.split(".")[0] for n in names})
+                raise ConfigError(f"model.freeze entry {spec!r}: {part!r} names no parameter of this model; "
+                                  f"expected a parameter name or a module prefix such as {', '.join(tops)} "
+                                  f"(blocks.N or blocks.A-B for blocks)")
+            frozen.extend(h for h in hits if h not in frozen)
+    params = dict(model.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    return frozen
+
+
+def _layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Per-parameter lr factor decay ** (L - 1 - layer) over the model's group_matcher layers (head: 1)."""
+    if not hasattr(model, "group_matcher"):
+        raise ConfigError(f"optim.layer_decay needs a model with group_matcher(); {type(model).__name__} has none")
+    layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)  # name -> layer id
+    last = max(layer_of.values())
+    return {name: layer_decay ** (last - layer) for name, layer in layer_of.items()}
+
+
+def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: float = 1.0,
+                 layer_decay: Optional[float] = None) -> list[dict[str, Any]]:
+    """Parameter groups by (lr factor, weight decay), the classifier's first.
+
+    No weight decay on 1-D tensors (biases, norms) and on ``model.no_weight_decay()`` names; parameters
+    that do not require grad (frozen ones, fixed tables) are left out. The lr factor (``lr_scale``) of
+    a parameter is ``backbone_lr_scale`` outside the classifier, times the layer-wise decay when
+    ``layer_decay`` is set; ``set_lr`` multiplies the scheduled lr by it. Groups that hold classifier
+    parameters come first, so ``param_groups[0]['lr']`` is the scheduled lr the logs show. With the
+    defaults this is timm's grouping (no-decay group, then decay group), so older checkpoints resume.
+    """
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
+    layer_scale = _layer_scales(model, layer_decay) if layer_decay is not None else {}
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    has_head: set[tuple[float, float]] = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = id(param) in head
+        decay = 0.0 if param.ndim <= 1 or name.endswith(".bias") or name in no_decay else weight_decay
+        scale = layer_scale.get(name, 1.0) * (1.0 if is_head else backbone_lr_scale)
+        group = groups.setdefault((scale, decay), {
+            "name": f"lr x{scale:.4g}{'' if decay else ' no-decay'}", "params": [], "lr_scale": scale,
+            "weight_decay": decay})
+        group["params"].append(param)
+        if is_head:
+            has_head.add((scale, decay))
+    return [g for key, g in sorted(groups.items(), key=lambda item: item[0] not in has_head)]
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW (or SGD) without weight decay on biases, norms, cls_token and pos_embed."""
-    kwargs = dict(betas=tuple(cfg.betas), eps=cfg.eps) if cfg.name == "adamw" else dict(momentum=0.9)
-    # timm groups 1-D tensors (biases, norm weights) and model.no_weight_decay() names without decay,
-    # and leaves out parameters that do not require grad (pos_embed, the Performer projections).
-    return create_optimizer_v2(model, opt=cfg.name, lr=lr, weight_decay=cfg.weight_decay,
-                               filter_bias_and_bn=True, **kwargs)
+    """AdamW or SGD over ``param_groups`` (per-group lr factors, no decay on biases, norms, cls_token)."""
+    groups = param_groups(model, weight_decay=cfg.weight_decay, backbone_lr_scale=cfg.backbone_lr_scale,
+                          layer_decay=cfg.layer_decay)
+    if not groups:
+        raise ConfigError("no trainable parameters: model.freeze leaves nothing to optimize")
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
+    if cfg.name == "sgd":
+        if cfg.nesterov and cfg.momentum == 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                      weight_decay=cfg.weight_decay)
+    _logger.info("Optimizer %s, %d parameter groups: %s", cfg.name, len(groups), "; ".join(
+        f"{g['name']} ({sum(p.numel() for p in g['params']):,} params, lr {g['lr']:.4g})" for g in groups))
+    return optimizer
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, config_from_dict, dump_config
 from ..data import setup as data_setup
 from ..data.dataset import check_classes_match
+from ..models import cpu as cpu_backend
 from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
     library_versions, load_training_checkpoint, remove_stale_temporaries
@@ -26,7 +27,7 @@ from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_d
     sum_over_ranks
 from .evaluate import evaluate_models
 from .metrics import RunLogger
-from .optim import build_optimizer, build_schedule, scaled_lr
+from .optim import build_optimizer, build_schedule, freeze_parameters, scaled_lr
 from .precision import resolve_amp
 from .train_loop import DeviceMeters, StepControl, TrainState, train_one_epoch
 
@@ -252,9 +253,16 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     # Model, EMA, optimizer, scaler and schedule.
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
     model = _build_model(cfg, num_classes)
+    cpu_backend.apply_backend(model, cfg.model.cpu_backend, device, amp)
     if cfg.model.init_from and found is None:
+        if not os.path.isfile(cfg.model.init_from):
+            raise ConfigError(f"model.init_from={cfg.model.init_from!r}: no such file (expected an official release "
+                              "file, one of our checkpoints or a .safetensors file)")
         used = load_pretrained_weights(model, cfg.model.init_from)
         _logger.info("Initialised weights from %s (%s)", cfg.model.init_from, used)
+    if cfg.model.freeze:  # before the optimizer and DDP, which then leave these parameters out
+        frozen = freeze_parameters(model, cfg.model.freeze)
+        _logger.info("Frozen (model.freeze %s): %d tensors", list(cfg.model.freeze), len(frozen))
     model.to(device)
     ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
     lr = scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_base_batch_size)

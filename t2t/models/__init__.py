@@ -10,6 +10,7 @@ from .weights import (
     resize_pos_embed,
 )
 from .complexity import count_macs, count_params
+from . import cpu  # the optional float32 CPU backend: t2t.models.cpu.accelerate(model)
 
 __all__ = [
     "MODEL_ARCHS", "T2TModule", "T2TViT", "TokenPerformer", "TokenTransformer", "sinusoid_table",

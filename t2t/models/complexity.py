@@ -1,46 +1,47 @@
-"""Parameter and multiply-accumulate counts, the paper's way (attention products included)."""
+"""Parameter and multiply-accumulate counts, the paper's way (attention products included).
+
+Importing this module teaches torch.utils.flop_counter.FlopCounterMode the CPU kernel of
+scaled_dot_product_attention, which it otherwise counts as zero: with it, FlopCounterMode on any
+model (with or without no_grad) counts the attention products as on CUDA.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 aten = torch.ops.aten
 
 
-def _sdpa_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, out_val=None, **kwargs) -> int:
-    """FLOPs of softmax(q k^T) v: two batched products, 2 FLOPs per multiply-accumulate."""
-    *batch, q_len, head_dim = query.shape
-    k_len, v_dim = key.shape[-2], value.shape[-1]
-    n = 1
-    for b in batch:
-        n *= b
-    return 2 * n * q_len * k_len * (head_dim + v_dim)
+def _attention_flops(q_shape: torch.Size, k_shape: torch.Size, v_shape: torch.Size) -> int:
+    """FLOPs of softmax(q k^T) v for (..., L, E) queries: two batched products, 2 FLOPs per MAC."""
+    *batch, q_len, head_dim = q_shape
+    return 2 * math.prod(batch) * q_len * k_shape[-2] * (head_dim + v_shape[-1])
 
 
-def _onednn_linear_flops(x: torch.Tensor, weight: torch.Tensor, *args, out_val=None, **kwargs) -> int:
-    """FLOPs of oneDNN's linear (t2t.models.layers.Linear without autograd): weight is (out, in)."""
-    return 2 * (x.numel() // x.shape[-1]) * weight.shape[0] * weight.shape[1]
+def _cpu_sdpa_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return _attention_flops(q_shape, k_shape, v_shape)
 
 
-_sdpa_flops._get_raw = True  # FlopCounterMode passes the tensors themselves, not shapes
-_onednn_linear_flops._get_raw = True
+def _cpu_sdpa_backward_flops(grad_out_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """Four products: the scores' gradient and dv, then dq and dk: twice the forward."""
+    return 2 * _attention_flops(q_shape, k_shape, v_shape)
 
-# The CPU and math kernels of scaled_dot_product_attention, and oneDNN's linear, have no formula in
-# torch's counter.
-_EXTRA_FORMULAS = {
-    op: _sdpa_flops
-    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math")
-    if (op := getattr(aten, name, None)) is not None
-}
-if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-    _EXTRA_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
+
+for _op, _formula in ((getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None), _cpu_sdpa_flops),
+                      (getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None),
+                       _cpu_sdpa_backward_flops)):
+    if _op is not None and _op not in flop_registry:  # a torch that counts it already wins
+        register_flop_formula(_op)(_formula)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """(all, trainable): all includes the fixed pos_embed and Performer projections."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    """(all, trainable): all includes the fixed buffers saved with the weights (pos_embed, the
+    Performer projections), as the official model holds them as parameters."""
+    saved = sum(t.numel() for t in model.state_dict().values())  # parameters and persistent buffers
+    return saved, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @torch.no_grad()
@@ -50,7 +51,7 @@ def count_macs(model: nn.Module, img_size: int = 224, in_chans: int = 3) -> int:
     model.eval()
     device = next(model.parameters()).device
     x = torch.zeros(1, in_chans, img_size, img_size, device=device)
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    counter = FlopCounterMode(display=False)
     try:
         with counter:
             model(x)

@@ -1,75 +1,25 @@
 """T2T-ViT: Tokens-to-Token vision transformers (Yuan et al., ICCV 2021), registered with timm."""
-from __future__ import annotations
 
-from functools import partial
-from typing import Any, Literal
+from typing import Any, List, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from .layers import (GELU, TokenPerformer, TokenTransformer, cpu_float32, grid_tokens, patch_norm_linear,
-                     sinusoid_table, token_grid, use_cpu_linears)
+from .layers import TokenPerformer, TokenTransformer, sinusoid_table
 
 TokensType = Literal["performer", "transformer"]
 
 
-def _image_patches(x: torch.Tensor) -> torch.Tensor:
-    """Soft split 7x7 stride 4 pad 2 of an image (B, C, H, W) into tokens (B, H/4 * W/4, 7*7*C).
-
-    Features in (kh, kw, c) order, gathered from a channels-last copy of the image in runs of 7*C
-    contiguous values: about twice as fast as nn.Unfold's (c, kh, kw) order (see T2TModule.image_order).
-    """
-    grid = F.pad(x.permute(0, 2, 3, 1), (0, 0, 2, 2, 2, 2))  # (B, H+4, W+4, C), one copy
-    patches = grid.unfold(1, 7, 4).unfold(2, 7, 4)  # (B, H/4, W/4, C, 7, 7)
-    return patches.permute(0, 1, 2, 4, 5, 3).flatten(3).flatten(1, 2)
-
-
-class _TokenSoftSplit(torch.autograd.Function):
-    """Soft split 3x3 stride 2 pad 1 of a channels-last grid (B, H, W, C) into patches (B, H/2, W/2, 3*3*C).
-
-    Patch features come out in (kh, kw, c) order, three contiguous runs of memory per patch: about
-    twice as fast to gather as nn.Unfold's (c, kh, kw) order, so the layers reading the patches index
-    their weights with T2TModule.patch_order instead. The backward adds the nine taps back with
-    strided slices, a few times faster than autograd's unfold_backward.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, grid: torch.Tensor) -> torch.Tensor:
-        ctx.grid_shape = grid.shape
-        taps = F.pad(grid, (0, 0, 1, 1, 1, 1)).unfold(1, 3, 2).unfold(2, 3, 2)  # (B, H/2, W/2, C, 3, 3)
-        return taps.permute(0, 1, 2, 4, 5, 3).flatten(3)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = ctx.grid_shape
-        taps = grad.reshape(B, H // 2, W // 2, 3, 3, C)
-        padded = grad.new_zeros(B, H + 2, W + 2, C)
-        for i in range(3):
-            for j in range(3):
-                padded[:, i:i + H:2, j:j + W:2] += taps[:, :, :, i, j]
-        return padded[:, 1:-1, 1:-1]
-
-
-def _token_patches(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Soft split of tokens (B, H*W, C) on an HxW grid into (B, H/2 * W/2, 3*3*C), in (kh, kw, c) order."""
-    return _TokenSoftSplit.apply(x.view(x.shape[0], height, width, x.shape[2])).flatten(1, 2)
-
-
-def _patch_order(channels: int, kernel: int) -> torch.Tensor:
-    """Index of nn.Unfold's (c, kh, kw) feature for each (kh, kw, c) feature of a kernel x kernel patch."""
-    return torch.arange(channels * kernel * kernel).view(channels, kernel, kernel).permute(1, 2, 0).flatten()
-
-
-_TOKENS_PER_CHUNK = 8 * 56 * 56  # first-layer tokens per chunk when running without autograd
-
-
 class T2TModule(nn.Module):
-    """Tokens-to-Token: soft split 7x7/4, token layer, 3x3/2 re-split twice, project to embed_dim."""
+    """Tokens-to-Token: soft split 7x7/4, token layer, re-split 3x3/2, token layer, re-split 3x3/2, project.
+
+    Each soft split is nn.Unfold over the image or over the tokens laid back on their grid:
+    (B, C, H, W) -> (B, H/4 * W/4, 49 C) -> (B, H/8 * W/8, 9 token_dim) -> (B, H/16 * W/16, embed_dim).
+    """
 
     def __init__(
             self,
@@ -86,53 +36,22 @@ class T2TModule(nn.Module):
             layer = TokenTransformer
         else:
             raise ValueError(f"tokens_type={tokens_type!r}: expected 'performer' or 'transformer'")
+        self.soft_split0 = nn.Unfold(kernel_size=7, stride=4, padding=2)
+        self.soft_split1 = nn.Unfold(kernel_size=3, stride=2, padding=1)
+        self.soft_split2 = nn.Unfold(kernel_size=3, stride=2, padding=1)
         self.attention1 = layer(in_chans * 7 * 7, token_dim)
         self.attention2 = layer(token_dim * 3 * 3, token_dim)
         self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
         self.grid_size = img_size // 16
         self.num_patches = self.grid_size ** 2
-        # Patches come in (kh, kw, c) order; the weights that read them are indexed to match.
-        self.register_buffer("image_order", _patch_order(in_chans, 7), persistent=False)
-        self.register_buffer("patch_order", _patch_order(token_dim, 3), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # On the CPU, a few images at a time: the memory-bound layers over H/4 * W/4 tokens then work on
-        # tensors small enough (< 32 MiB) to come from the allocator's free lists instead of fresh pages
-        # (t2t_vit_7, batch 32, 2 cores: no page faults, where the whole batch faulted in ~330 MiB a pass). Every
-        # operation here is per image, so the result is the same; under autograd the chunks' activations
-        # are all kept, as the whole batch's would be.
-        chunk = max(1, _TOKENS_PER_CHUNK * 16 // (x.shape[-2] * x.shape[-1]))
-        if x.shape[0] > chunk and x.device.type == "cpu":
-            return torch.cat([self._forward(images) for images in x.split(chunk)])
-        return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_float32(x):
-            return self._forward_convolved(x)
-        return self._forward_gathered(x)
-
-    def _forward_convolved(self, x: torch.Tensor) -> torch.Tensor:
-        """Each soft split and the Linear after it as one convolution over a channels-last grid.
-
-        The same function as _forward_gathered. On the CPU in float32, oneDNN's convolutions beat
-        gathering the patches and multiplying (t2t_vit_7, 8 images, 2 cores: 7.5 against 12.3 ms for
-        the second split), and patch_norm_linear writes no normalised copy of the patches.
-        """
-        H, W = x.shape[-2:]
-        a1, a2 = self.attention1, self.attention2
-        x = a1.mix(patch_norm_linear(x, a1.norm1, a1.in_proj, 7, 4, 2))
-        x = a2.mix(patch_norm_linear(token_grid(x, H // 4, W // 4), a2.norm1, a2.in_proj, 3, 2, 1))
-        grid = token_grid(x, H // 8, W // 8)
-        weight = self.project.weight.view(-1, grid.shape[1], 3, 3)  # Unfold's (c, kh, kw) order is a conv's
-        return grid_tokens(F.conv2d(grid, weight, self.project.bias, stride=2, padding=1))
-
-    def _forward_gathered(self, x: torch.Tensor) -> torch.Tensor:
-        """Each soft split gathers its patches, then the token layer or Linear reads them."""
-        H, W = x.shape[-2:]
-        x = self.attention1(_image_patches(x), self.image_order)  # (B, H/4 * W/4, token_dim)
-        x = self.attention2(_token_patches(x, H // 4, W // 4), self.patch_order)  # (B, H/8 * W/8, token_dim)
-        x = _token_patches(x, H // 8, W // 8)  # (B, H/16 * W/16, 9 * token_dim)
-        return F.linear(x, self.project.weight[:, self.patch_order], self.project.bias)  # (..., embed_dim)
+        B, _, H, W = x.shape
+        x = self.attention1(self.soft_split0(x).transpose(1, 2))  # (B, H/4 * W/4, token_dim)
+        x = x.transpose(1, 2).reshape(B, -1, H // 4, W // 4)
+        x = self.attention2(self.soft_split1(x).transpose(1, 2))  # (B, H/8 * W/8, token_dim)
+        x = x.transpose(1, 2).reshape(B, -1, H // 8, W // 8)
+        return self.project(self.soft_split2(x).transpose(1, 2))  # (B, H/16 * W/16, embed_dim)
 
 
 class T2TViT(nn.Module):
@@ -174,8 +93,8 @@ class T2TViT(nn.Module):
         self.tokens_to_token = T2TModule(img_size, tokens_type, in_chans, embed_dim, token_dim)
         num_patches = self.tokens_to_token.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        # Fixed sinusoid table: a parameter only so that it lives in the state dict as in the release.
-        self.pos_embed = nn.Parameter(sinusoid_table(num_patches + 1, embed_dim), requires_grad=False)
+        # Fixed sinusoid table, never trained: a buffer saved with the weights, as in the release.
+        self.register_buffer("pos_embed", sinusoid_table(num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(*[
@@ -188,16 +107,17 @@ class T2TViT(nn.Module):
                 attn_drop=attn_drop_rate,
                 drop_path=drop_path[i],
                 norm_layer=nn.LayerNorm,
-                act_layer=GELU,
+                act_layer=nn.GELU,
             )
             for i in range(depth)
         ])
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=16) for i in range(depth)]
 
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
-        use_cpu_linears(self)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -225,18 +145,74 @@ class T2TViT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        use_cpu_linears(self.head)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) to tokens (B, 1 + N, D) with the class token and positions."""
+        x = self.tokens_to_token(x)  # (B, N, D)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return self.pos_drop(x + self.pos_embed)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs as timm's ViTs give them: indices=n takes the last n blocks, a list takes those.
+
+        output_fmt 'NCHW' lays the patch tokens on their (H/16, W/16) grid, 'NLC' keeps them as tokens;
+        return_prefix_tokens pairs each with its class token; norm applies the final norm to each.
+        Returns the intermediates, or (final features, intermediates) unless intermediates_only.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}: expected 'NCHW' or 'NLC'")
+        taken, max_index = take_indices(len(self.blocks), indices)
+        B, _, height, width = x.shape
+        x = self._embed(x)
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a Sequential
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in taken:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == "NCHW":  # (B, N, D) -> (B, D, H/16, W/16)
+            intermediates = [y.reshape(B, height // 16, width // 16, -1).permute(0, 3, 1, 2).contiguous()
+                             for y in intermediates]
+        if not torch.jit.is_scripting() and return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the blocks after the last of `indices` (and the norm, the head); returns the kept indices."""
+        taken, max_index = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, C, H, W) to normalised tokens (B, 1 + N, D), class token first."""
-        x = self.tokens_to_token(x)  # (B, N, D)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        x = self.pos_drop(x + self.pos_embed)
+        x = self._embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
@@ -252,6 +228,23 @@ class T2TViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def take_indices(depth: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
+    """Blocks to return, as timm counts them: None all, n the last n, a list those (negative from the end);
+    and the largest."""
+    if indices is None:
+        indices = depth
+    if isinstance(indices, int):
+        if indices < 1 or indices > depth:
+            raise ValueError(f"indices={indices}: expected the number of last blocks, 1 to {depth}")
+        taken = [depth - indices + i for i in range(indices)]
+    else:
+        taken = [i + depth if i < 0 else i for i in indices]
+        for i in taken:
+            if i < 0 or i >= depth:
+                raise ValueError(f"indices={indices}: block {i} is out of range for depth {depth}")
+    return taken, max(taken)
+
+
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "num_classes": 1000,
@@ -261,6 +254,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
+        "fixed_input_size": True,  # img_size is passed to the model from input_size
+        "first_conv": "tokens_to_token.attention1.kqv",  # the first layer with weights on the image patches
         "classifier": "head",
         "license": "bsd-3-clause-clear",
         "paper_ids": "arXiv:2101.11986",
@@ -278,9 +273,9 @@ default_cfgs = generate_default_cfgs({
     "t2t_vit_14.in1k_384": _cfg(input_size=(3, 384, 384)),
     "t2t_vit_19.in1k": _cfg(),
     "t2t_vit_24.in1k": _cfg(),
-    "t2t_vit_t_14.in1k": _cfg(),
-    "t2t_vit_t_19.in1k": _cfg(),
-    "t2t_vit_t_24.in1k": _cfg(),
+    "t2t_vit_t_14.in1k": _cfg(first_conv="tokens_to_token.attention1.attn.qkv"),
+    "t2t_vit_t_19.in1k": _cfg(first_conv="tokens_to_token.attention1.attn.qkv"),
+    "t2t_vit_t_24.in1k": _cfg(first_conv="tokens_to_token.attention1.attn.qkv"),
     "t2t_vit_14_resnext": _cfg(),
     "t2t_vit_14_wide": _cfg(),
 })
@@ -319,8 +314,10 @@ def _create_t2t_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> T2
 
     tokens_type, embed_dim, depth, num_heads, mlp_ratio = MODEL_ARCHS[variant]
     arch = dict(tokens_type=tokens_type, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+    out_indices = kwargs.pop("out_indices", 3)  # features_only: the last 3 blocks, as timm's ViTs
     return build_model_with_cfg(
-        T2TViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **{**arch, **kwargs}
+        T2TViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **{**arch, **kwargs}
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file as load_safetensors
 from timm.layers import resample_abs_pos_embed
 
 _logger = logging.getLogger(__name__)
@@ -32,10 +33,16 @@ class CheckpointError(RuntimeError):
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """torch.load a checkpoint on the CPU without running arbitrary pickled code; CheckpointError says why it fails."""
+    """torch.load a checkpoint (or read a .safetensors file) on the CPU without running arbitrary pickled code;
+    CheckpointError says why it fails."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if path.endswith(".safetensors"):  # a bare state dict (scripts/export.py --format safetensors writes one)
+        try:
+            return load_safetensors(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error types for damaged headers
+            raise CheckpointError(f"checkpoint {path!r} could not be read as a safetensors file: {e}") from e
     try:
         # Official training checkpoints store their command line as an argparse.Namespace.
         with torch.serialization.safe_globals([argparse.Namespace]):

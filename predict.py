@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Top-k predictions of a trained T2T-ViT for image files, written as CSV or JSON.
+
+    python predict.py --checkpoint runs/x/best.pth --images photos/ extra.jpg --topk 5 --output preds.csv
+    python predict.py --checkpoint 81.5_T2T_ViT_14.pth.tar --model t2t_vit_14 --images img.jpg --output p.json
+
+The class names and the eval transform come from the checkpoint (our runs store the config and the
+class names; official ImageNet weights get timm's ImageNet names and the paper's eval transform).
+EMA weights are used when the file has them. Unreadable images are reported and skipped; the exit
+status is then 1. Problems with the inputs: one line on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2t/runtime.py
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from t2t.config import ConfigError
+from t2t.data.dataset import IMG_EXTENSIONS
+from t2t.engine.distributed import DeviceError, resolve_device
+from t2t.inference import load_model
+from t2t.models import CheckpointError
+
+USER_ERRORS = (ConfigError, CheckpointError, DeviceError, OSError, ValueError)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="our checkpoint, an official release file or .safetensors")
+    p.add_argument("--images", required=True, nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--topk", type=int, default=5, help="predictions per image (default 5)")
+    p.add_argument("--output", help="CSV file, or JSON when the name ends in .json (default: CSV on stdout)")
+    p.add_argument("--model", help="model name, for files that record none (official weights), e.g. t2t_vit_14")
+    p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
+    return p.parse_args(argv)
+
+
+def list_images(inputs: Sequence[str]) -> list[str]:
+    """Image files named or found (recursively, sorted) under the folders named; a missing path is an error."""
+    paths: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, _, names in sorted(os.walk(item, followlinks=True)):
+                paths.extend(os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"--images {item!r}: no such file or folder")
+    if not paths:
+        raise ValueError(f"--images {' '.join(inputs)}: no image files ({', '.join(IMG_EXTENSIONS)})")
+    return paths
+
+
+class ImageFiles(Dataset):
+    """Transformed images; an unreadable file gives (None, index, reason) instead of raising."""
+
+    def __init__(self, paths: list[str], transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Optional[torch.Tensor], int, str]:
+        try:
+            with Image.open(self.paths[index]) as img:
+                return self.transform(img.convert("RGB")), index, ""
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+            return None, index, f"{type(e).__name__}: {e}"
+
+
+def _collate(items: list) -> tuple[Optional[torch.Tensor], list[int], list[tuple[int, str]]]:
+    good = [(x, i) for x, i, _ in items if x is not None]
+    bad = [(i, why) for x, i, why in items if x is None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], bad
+
+
+def _progress(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images", end=end, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """(rows of {path, labels, probs}, skipped (path, reason)) for every image, in input order."""
+    if args.topk < 1 or args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--topk {args.topk} / --batch-size {args.batch_size} / --workers {args.workers}: "
+                         "expected >= 1 / >= 1 / >= 0")
+    paths = list_images(args.images)
+    device = resolve_device(args.device)
+    loaded = load_model(args.checkpoint, model_name=args.model, img_size=args.img_size, use_ema=not args.no_ema)
+    model = loaded.model.to(device)
+    k = min(args.topk, len(loaded.classes))
+    print(f"{loaded.model_name} @{loaded.img_size}, {loaded.weights} weights of {args.checkpoint}, "
+          f"{len(loaded.classes)} classes, {len(paths)} images on {device}", file=sys.stderr)
+    loader = DataLoader(ImageFiles(paths, loaded.transform), batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=_collate)
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    done = 0
+    for images, indices, bad in loader:
+        for i, why in bad:
+            skipped.append((paths[i], why))
+            print(f"\npredict.py: skipped unreadable image {paths[i]!r}: {why}", file=sys.stderr)
+        if images is not None:
+            probs = model(images.to(device)).float().softmax(dim=-1)
+            top_p, top_i = probs.topk(k, dim=-1)
+            for i, p_row, i_row in zip(indices, top_p.tolist(), top_i.tolist()):
+                rows.append({"path": paths[i], "labels": [loaded.classes[c] for c in i_row], "probs": p_row})
+        done += len(indices) + len(bad)
+        _progress(done, len(paths))
+    return rows, skipped
+
+
+def write_results(rows: list[dict[str, Any]], k: int, output: Optional[str]) -> None:
+    """CSV (path,label_1,prob_1,...,label_k,prob_k) or, for a .json name, a list of {path, predictions}."""
+    if output and output.endswith(".json"):
+        data = [{"path": r["path"], "predictions": [{"label": lab, "prob": p} for lab, p in zip(r["labels"], r["probs"])]}
+                for r in rows]
+        with open(output, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        return
+    f = open(output, "w", newline="") if output else sys.stdout
+    try:
+        writer = csv.writer(f)
+        writer.writerow(["path"] + [f"{kind}_{j}" for j in range(1, k + 1) for kind in ("label", "prob")])
+        for r in rows:
+            writer.writerow([r["path"]] + [v for lab, p in zip(r["labels"], r["probs"]) for v in (lab, f"{p:.6f}")])
+    finally:
+        if output:
+            f.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        rows, skipped = predict(args)
+        k = len(rows[0]["labels"]) if rows else args.topk
+        write_results(rows, k, args.output)
+    except USER_ERRORS as e:
+        print(f"predict.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    if args.output:
+        print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    if skipped:
+        print(f"predict.py: {len(skipped)} of {len(rows) + len(skipped)} images could not be read and were skipped",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A trained model ready to use: weights, class names and the eval transform its recipe used.
+
+Works with our checkpoints (config and class names stored with them), the official release files
+(ImageNet-1k: timm's ImageNet class names and the paper's eval transform) and the ``.safetensors``
+files ``scripts/export.py`` writes (config and class names in the file's metadata).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import timm
+import torch.nn as nn
+from safetensors import safe_open
+from timm.data import ImageNetInfo
+
+from . import models  # noqa: F401  (registers the T2T-ViT family with timm)
+from .config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, config_from_dict
+from .data.transforms import build_eval_transform
+from .models.weights import CheckpointError, extract_state_dict, load_pretrained_weights, read_checkpoint
+
+__all__ = ["CheckpointInfo", "LoadedModel", "class_names", "inspect_checkpoint", "load_model", "read_metadata"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint tells about the model it belongs to."""
+
+    num_classes: int | None
+    img_size: int | None
+    arch: str | None  # the model name the checkpoint records, if any
+    config: dict[str, Any] | None = None  # the run's config (our checkpoints, exported .safetensors)
+    classes: list[str] | None = None  # the run's class names
+
+
+def read_metadata(path: str, checkpoint: Any = None) -> dict[str, Any]:
+    """The checkpoint's dict (ours, official files: `checkpoint` if given) or a .safetensors file's metadata."""
+    if not path.endswith(".safetensors"):
+        checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
+        return checkpoint if isinstance(checkpoint, dict) else {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise CheckpointError(f"checkpoint {path!r} could not be read as a safetensors file: {e}") from e
+    meta: dict[str, Any] = {k: json.loads(v) for k, v in raw.items() if k in ("config", "classes")}
+    if "arch" in raw:
+        meta["arch"] = raw["arch"]
+    if "classes" in meta:
+        meta["run"] = {"classes": meta.pop("classes")}
+    return meta
+
+
+def inspect_checkpoint(path: str, use_ema: bool = True) -> CheckpointInfo:
+    """Class count (head rows), image size (position grid x 16), model name, config and class names."""
+    checkpoint = read_checkpoint(path)
+    state_dict, _ = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")
+    meta = read_metadata(path, checkpoint)
+    head = state_dict.get("head.weight")
+    pos_embed = state_dict.get("pos_embed")
+    img_size = None
+    if pos_embed is not None and pos_embed.ndim == 3:
+        grid = math.isqrt(pos_embed.shape[1] - 1)
+        img_size = grid * 16 if grid * grid == pos_embed.shape[1] - 1 else None
+    arch = meta.get("arch")
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else None
+    if config is not None and isinstance(config.get("model"), dict):
+        arch = config["model"].get("name", arch)
+    run = meta.get("run")
+    classes = run.get("classes") if isinstance(run, dict) else None
+    return CheckpointInfo(
+        num_classes=int(head.shape[0]) if head is not None and head.ndim == 2 else None,
+        img_size=img_size, arch=arch if isinstance(arch, str) else None, config=config,
+        classes=list(classes) if isinstance(classes, list) else None)
+
+
+def class_names(info: CheckpointInfo) -> list[str]:
+    """The run's class names; ImageNet's for 1000 classes without names; else class_0, class_1, ..."""
+    n = info.num_classes or 0
+    if info.classes is not None and len(info.classes) == n:
+        return info.classes
+    if n == 1000:
+        return list(ImageNetInfo().label_descriptions())  # e.g. 'tench, Tinca tinca', from timm's package data
+    _logger.warning("The checkpoint names no classes: labels are class_0 ... class_%d", n - 1)
+    return [f"class_{i}" for i in range(n)]
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    transform: Callable
+    classes: list[str]
+    model_name: str
+    img_size: int
+    weights: str  # the checkpoint entry used: state_dict_ema, model, ...
+
+
+def load_model(path: str, *, model_name: Optional[str] = None, img_size: Optional[int] = None,
+               use_ema: bool = True) -> LoadedModel:
+    """The checkpoint's model in eval mode with its weights, class names and eval transform."""
+    info = inspect_checkpoint(path, use_ema)
+    cfg = config_from_dict(info.config, origin=f"checkpoint {path!r}") if info.config is not None else None
+    name = model_name or (cfg.model.name if cfg is not None else (info.arch or "").lower())
+    if not name or not timm.is_model(name):
+        raise ConfigError(f"checkpoint {path!r} records no usable model name ({name or 'none'}): "
+                          "give one with --model, e.g. --model t2t_vit_14")
+    size = img_size or (cfg.model.img_size if cfg is not None else None) or info.img_size or 224
+    if info.num_classes is None:
+        raise CheckpointError(f"checkpoint {path!r} has no classifier (head.weight): nothing to predict with")
+    model = timm.create_model(name, num_classes=info.num_classes, img_size=size)
+    weights = load_pretrained_weights(model, path, use_ema=use_ema)
+    if cfg is not None:
+        transform = build_eval_transform(size, cfg.eval.crop_pct, cfg.eval.interpolation, mean=cfg.data.mean,
+                                         std=cfg.data.std)
+    else:  # the paper's evaluation, which the official weights were released with
+        transform = build_eval_transform(size, 0.9, "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return LoadedModel(model=model.eval(), transform=transform, classes=class_names(info), model_name=name,
+                       img_size=size, weights=weights)
