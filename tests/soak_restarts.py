@@ -47,7 +47,8 @@ def main() -> int:
         straight = None
         passed = 0
         for trial in range(args.trials):
-            step = rng.choice([2, 4, 6, 8, 10])
+            # Mid-epoch step files (5 steps per epoch; end-of-epoch steps are saved as last.pth).
+            step = rng.choice([2, 4, 6, 8, 12, 14])
             start = time.monotonic()
             try:
                 folder = root / f"trial-{trial}"
