@@ -98,8 +98,12 @@ def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: fl
     return [g for key, g in sorted(groups.items(), key=lambda item: item[0] not in has_head)]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``param_groups`` (per-group lr factors, no decay on biases, norms, cls_token)."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``param_groups`` (per-group lr factors, no decay on biases, norms, cls_token).
+
+    ``fused`` (for CUDA) makes AdamW one kernel per parameter group and lets the fp16 GradScaler skip
+    a step on the device, without reading its inf check back to the host.
+    """
     groups = param_groups(model, weight_decay=cfg.weight_decay, backbone_lr_scale=cfg.backbone_lr_scale,
                           layer_decay=cfg.layer_decay)
     if not groups:
@@ -113,7 +117,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
             groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                      weight_decay=cfg.weight_decay)
+                                      weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
     _logger.info("Optimizer %s, %d parameter groups: %s", cfg.name, len(groups), "; ".join(
         f"{g['name']} ({sum(p.numel() for p in g['params']):,} params, lr {g['lr']:.4g})" for g in groups))
     return optimizer

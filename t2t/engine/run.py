@@ -266,7 +266,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     model.to(device)
     ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
     lr = scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_base_batch_size)
-    optimizer = build_optimizer(model, cfg.optim, lr)
+    optimizer = build_optimizer(model, cfg.optim, lr, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     steps_per_epoch = data.steps_per_epoch
     schedule = build_schedule(cfg.sched, base_lr=lr, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch)
