@@ -286,9 +286,11 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     run_info = dict(world_size=dist.world_size, global_batch_size=global_batch, batch_size=cfg.train.batch_size,
                     grad_accum_steps=accum, lr=lr, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
                     num_classes=num_classes, classes=data.classes, data_dir=os.path.abspath(data_dir))
-    if dist.is_main:
-        with open(os.path.join(output, "config.yaml"), "w") as f:
+    if dist.is_main:  # written whole or not at all: a full disk never leaves a truncated config.yaml
+        path = os.path.join(output, "config.yaml")
+        with open(path + ".tmp", "w") as f:
             f.write(dump_config(cfg))
+        os.replace(path + ".tmp", path)
 
     train_model: nn.Module = model
     if cfg.train.compile:
