@@ -123,6 +123,8 @@ def test_benchmark_compare_smoke(tmp_path):
         ratios = [r / base for r, base in zip(rounds, results["plain_images_per_sec_rounds"])]
         assert results[f"{kind}_vs_plain_rounds"] == pytest.approx(ratios)
         assert results[f"{kind}_vs_plain_min"] <= results[f"{kind}_vs_plain"] <= results[f"{kind}_vs_plain_max"]
+        assert results[f"{kind}_images_per_sec_best"] == max(rounds)
+        assert results[f"{kind}_best_vs_plain_best"] == pytest.approx(max(rounds) / max(results["plain_images_per_sec_rounds"]))
     bad = subprocess.run([sys.executable, SCRIPT, "--compare", "plain,fast"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "--compare plain,fast" in bad.stderr
