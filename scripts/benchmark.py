@@ -35,7 +35,12 @@ weights: each warmed up as above, then --rounds rounds in which every variant ru
 in turn, so a shared machine's drift hits them alike. Each round gives a median images/s per variant
 and its ratio to the first variant's in the same round; the table shows every round, the median rate
 over rounds, and the median of the per-round ratios with their range (the figure to read on a
-machine whose speed moves between rounds). `official` is the official
+machine whose speed moves between rounds). The best round of each variant and the ratio of the bests
+are given too: where other jobs take the cores for seconds at a time, each variant's fastest round is
+the nearest thing to its speed on a quiet machine. `--cpu-time --threads 1` times each step in the
+process's CPU seconds instead: one thread's CPU time is the step's cost whatever else runs on the
+cores (up to cache sharing), so images per CPU second compare the variants on a busy machine; with
+more threads, time spent spinning at OpenMP barriers while a sibling thread waits for a core would count. `official` is the official
 model code (scripts/official_t2t.py), `backend` the plain model after accelerate.
 Peak memory is torch.cuda.max_memory_allocated on CUDA; on the CPU it is the process's peak RSS
 (getrusage; includes the ~1 GB of the torch import); both include the matmul operands (3 x 64 MiB
@@ -124,16 +129,17 @@ def warm_up(step: Callable[[], None], device: torch.device, warmup: int, max_war
 
 
 def time_steps(step: Callable[[], None], device: torch.device, steps: int,
-               probe: Callable[[], Any] | None = None) -> tuple[list[float], list[Any]]:
-    """Seconds per call of `step` for `steps` calls, and what `probe` returned right after each call
-    (empty without a probe)."""
+               probe: Callable[[], Any] | None = None,
+               clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[Any]]:
+    """Seconds per call of `step` for `steps` calls (on `clock`), and what `probe` returned right after
+    each call (empty without a probe)."""
     _sync(device)
     times, probes = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = clock()
         step()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
         if probe is not None:
             probes.append(probe())
     return times, probes
@@ -294,18 +300,20 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(args.rounds):
         for k, step in steps.items():
-            times, _ = time_steps(step, device, args.steps)
+            times, _ = time_steps(step, device, args.steps, clock=time.process_time if args.cpu_time else time.perf_counter)
             rounds[k].append(args.batch_size / statistics.median(times))
     results: dict[str, Any] = {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(amp_dtype(args.amp)).replace("torch.", ""),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "img_size": args.img_size,
-        "rounds": args.rounds, "steps": args.steps}
+        "rounds": args.rounds, "steps": args.steps, "clock": "process CPU time" if args.cpu_time else "wall"}
     for k in kinds:
         ratios = [rate / base for rate, base in zip(rounds[k], rounds[kinds[0]])]
         results.update({f"{k}_warmup_steps": warmups[k], f"{k}_images_per_sec_rounds": rounds[k],
                         f"{k}_images_per_sec": statistics.median(rounds[k]),
                         f"{k}_vs_{kinds[0]}_rounds": ratios, f"{k}_vs_{kinds[0]}": statistics.median(ratios),
-                        f"{k}_vs_{kinds[0]}_min": min(ratios), f"{k}_vs_{kinds[0]}_max": max(ratios)})
+                        f"{k}_vs_{kinds[0]}_min": min(ratios), f"{k}_vs_{kinds[0]}_max": max(ratios),
+                        f"{k}_images_per_sec_best": max(rounds[k]),
+                        f"{k}_best_vs_{kinds[0]}_best": max(rounds[k]) / max(rounds[kinds[0]])})
     return results
 
 
@@ -359,6 +367,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="convert the model with t2t.models.cpu.accelerate (float32 CPU runs only; default off)")
     p.add_argument("--compare", type=lambda s: s.split(","),
                    help=f"comma-separated variants timed side by side in alternating rounds: {', '.join(VARIANTS)}")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="--compare on the CPU: time steps in process CPU seconds instead of wall seconds (with "
+                        "--threads 1, what a step costs whatever else shares the cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 5)")

@@ -113,16 +113,19 @@ def test_benchmark_compare_smoke(tmp_path):
     out = tmp_path / "compare.json"
     proc = subprocess.run(
         [sys.executable, SCRIPT, "-m", "t2t_vit_7", "--mode", "infer", "--smoke", "--device", "cpu", "--threads", "1",
-         "--compare", "plain,official,backend", "--rounds", "2", "--json", str(out)],
+         "--compare", "plain,official,backend", "--rounds", "2", "--cpu-time", "--json", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
+    assert results["clock"] == "process CPU time"
     for kind in ("plain", "official", "backend"):
         rounds = results[f"{kind}_images_per_sec_rounds"]
         assert len(rounds) == 2 and all(r > 0 for r in rounds)
         ratios = [r / base for r, base in zip(rounds, results["plain_images_per_sec_rounds"])]
         assert results[f"{kind}_vs_plain_rounds"] == pytest.approx(ratios)
         assert results[f"{kind}_vs_plain_min"] <= results[f"{kind}_vs_plain"] <= results[f"{kind}_vs_plain_max"]
+        assert results[f"{kind}_images_per_sec_best"] == max(rounds)
+        assert results[f"{kind}_best_vs_plain_best"] == pytest.approx(max(rounds) / max(results["plain_images_per_sec_rounds"]))
     bad = subprocess.run([sys.executable, SCRIPT, "--compare", "plain,fast"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "--compare plain,fast" in bad.stderr
