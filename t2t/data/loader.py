@@ -30,10 +30,14 @@ def _kill_leftover_workers() -> None:
     Registered after multiprocessing's own exit hook, so it runs first; a run that ends with an error
     inside a loader's iteration leaves its workers to this.
     """
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=5)
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    # The DataLoader's SIGCHLD handler would raise "worker killed by signal" from inside this hook.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+        child.join(timeout=5)
 
 
 _exit_hook_registered = False
