@@ -88,11 +88,12 @@ def _same_folder(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _choose_resume(output: str, resume: Optional[str]) -> Optional[str]:
+def _choose_resume(output: str, resume: Optional[str], loaded: Optional[dict[str, Any]] = None) -> Optional[str]:
     """Rank 0's choice of the checkpoint to resume from (None: a new run), or RunError.
 
     Every rank then loads the file chosen here: on a shared filesystem, ranks that each listed
-    the folder could see different files.
+    the folder could see different files. A checkpoint read while choosing is kept in `loaded`
+    (path -> contents), so rank 0 does not read a large file twice.
     """
     restarted = _restart_count() > 0
     if os.path.isdir(output):
@@ -100,6 +101,8 @@ def _choose_resume(output: str, resume: Optional[str]) -> Optional[str]:
     if resume == "auto" or (restarted and resume is None):
         found = find_resume_checkpoint(output) if os.path.isdir(output) else None
         if found is not None:
+            if loaded is not None:
+                loaded[found[0]] = found[1]
             return found[0]
         if _folder_has_checkpoints(output):
             raise RunError(f"no checkpoint in {output!r} can be loaded (see the warnings above): not starting "
@@ -221,8 +224,11 @@ def _agreed(dist: DistInfo, fn) -> Any:
 def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], resume: Optional[str]) -> RunResult:
     setup_logging(dist.is_main)
     output = _agreed(dist, lambda: _resolve_output(cfg, output, resume))
-    resume_path = _agreed(dist, lambda: _choose_resume(output, resume))
-    found = (resume_path, load_training_checkpoint(resume_path)) if resume_path is not None else None
+    loaded: dict[str, Any] = {}
+    resume_path = _agreed(dist, lambda: _choose_resume(output, resume, loaded))
+    found = None
+    if resume_path is not None:
+        found = resume_path, loaded.pop(resume_path, None) or load_training_checkpoint(resume_path)
     if dist.is_main:
         os.makedirs(output, exist_ok=True)
     setup_logging(dist.is_main, os.path.join(output, "train.log") if dist.is_main else None)
