@@ -4,6 +4,7 @@ Everything here is a no-op in a single process, so callers never branch on world
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -223,6 +224,37 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     holder = [obj if dist.get_rank() == src else None]
     dist.broadcast_object_list(holder, src=src, device=_COLLECTIVE_DEVICE)
     return holder[0]
+
+
+def settle_bucket_layout(model: DistributedDataParallel, example: torch.Tensor,
+                         context: contextlib.AbstractContextManager) -> None:
+    """Have DDP lay out its gradient buckets before the first real step of this process group.
+
+    DDP reduces the first backward of a new group in a layout taken from the parameter order, and
+    from the second step on in the order gradients became ready in that first backward. With more
+    than two ranks the ring all-reduce adds the ranks' gradients in an order that depends on where
+    an element sits in its bucket, so without this a group restarted at step k would reduce step k
+    differently from a run that never stopped (two ranks are immune: a + b = b + a). One throwaway
+    forward and backward of `example` (under `context`, the run's autocast) at the start of every
+    run, fresh or resumed, records that order, and every real step of every run then reduces in the
+    same layout. Weights, buffers, random state and gradients are left as they were; the cost is
+    one step's compute and one all-reduce of the gradients, once per start.
+    """
+    module = unwrap_model(model)
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    was_training = module.training
+    model.train()
+    with torch.random.fork_rng(devices=[example.device] if example.device.type == "cuda" else []):
+        with context:
+            out = model(example)
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        torch.stack([o.float().sum() for o in outputs]).sum().backward()
+    with torch.no_grad():
+        for buf, saved in buffers:
+            buf.copy_(saved)
+    for p in module.parameters():
+        p.grad = None
+    model.train(was_training)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

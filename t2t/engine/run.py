@@ -23,12 +23,12 @@ from ..models import cpu as cpu_backend
 from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
     library_versions, load_training_checkpoint, remove_stale_temporaries
-from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed, setup_logging, \
-    sum_over_ranks
+from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed, settle_bucket_layout, \
+    setup_logging, sum_over_ranks
 from .evaluate import evaluate_models
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters, scaled_lr
-from .precision import resolve_amp
+from .precision import amp_context, resolve_amp
 from .train_loop import DeviceMeters, StepControl, TrainState, train_one_epoch
 
 _logger = logging.getLogger("t2t.train")
@@ -307,6 +307,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         train_model = DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False, gradient_as_bucket_view=True)
+        # The same bucket layout from the first step of every start, so a restart reduces as before.
+        settle_bucket_layout(train_model, torch.zeros(cfg.train.batch_size, 3, cfg.model.img_size,
+                                                      cfg.model.img_size, device=device), amp_context(device, amp))
     ddp_no_sync = train_model.no_sync if dist.is_distributed else None
     batch_to_device = None
     if data.on_device is not None:
