@@ -87,6 +87,7 @@ def test_every_collective_goes_through_the_helpers_on_the_group_device(data_dir,
         callers = {caller for _, caller, _ in calls if caller != "torch.distributed.distributed_c10d"}
         assert callers == {"t2t.engine.distributed"}, callers
         assert {d for _, _, devices in calls for d in devices} == {"cpu"}  # the gloo group's device
+        assert "all_gather_object" in {name for name, _, _ in calls}  # the shared check of the validation images
 
 
 def _agree_worker(rank: int, world: int, port: int, results: str) -> None:

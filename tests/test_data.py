@@ -248,6 +248,36 @@ def test_unreadable_images_are_found_up_front(tmp_path, workers):
     assert all(reason for _, reason in bad)
 
 
+def test_processes_share_the_validation_check_and_agree(tmp_path, monkeypatch):
+    """Each of 3 processes decodes a third of the images; the pooled findings give all the same verdict."""
+    from t2t.data import setup as data_setup
+    root = _make_folder(tmp_path, classes=("a", "b"), per_class=4)
+    for bad in ("a/001.jpg", "b/002.jpg"):
+        with open(os.path.join(root, bad), "w") as f:
+            f.write("not an image")
+    checked: list[list[str]] = []
+    real_find = data_setup.find_unreadable_images
+    monkeypatch.setattr(data_setup, "find_unreadable_images",
+                        lambda paths, workers: checked.append(list(paths)) or real_find(paths, workers))
+    verdicts = []
+    for rank in range(3):
+        ds = ImageFolderDataset(root, build_eval_transform(32), skip_bad_images=True)
+        paths = [p for p, _ in ds.samples]
+        # What the collective would return: every process's findings, in rank order.
+        pooled = lambda mine, rank=rank, paths=paths: [  # noqa: E731
+            mine if r == rank else real_find(paths[r::3], 0) for r in range(3)]
+        data_setup.check_val_images(ds, workers=0, rank=rank, num_replicas=3, gather=pooled)
+        verdicts.append([os.path.relpath(p, root) for p, _ in ds.samples])
+    assert [len(c) for c in checked] == [3, 3, 2] and sorted(sum(checked, [])) == sorted(paths)
+    assert verdicts[0] == verdicts[1] == verdicts[2]
+    assert verdicts[0] == ["a/000.jpg", "a/002.jpg", "a/003.jpg", "b/000.jpg", "b/001.jpg", "b/003.jpg"]
+    ds = ImageFolderDataset(root, build_eval_transform(32))  # without skip_bad_images: the first bad one, named
+    with pytest.raises(DatasetError, match="a/001.jpg") as e:
+        data_setup.check_val_images(ds, workers=0, rank=2, num_replicas=3, gather=lambda mine: [
+            real_find([p for p, _ in ds.samples][r::3], 0) for r in range(3)])
+    assert "and 1 more" in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-sample determinism
 

@@ -1,6 +1,7 @@
 """train.py under torchrun on the CPU (gloo): one machine, two 'nodes' on localhost, restarts."""
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -127,7 +128,10 @@ def kill_one_worker_and_compare(data_dir: str, tmp_path, *, nproc: int, after_st
             os.killpg(agent.pid, signal.SIGKILL)
     assert agent.returncode == 0, err[-5000:]
     log = (out / "train.log").read_text()
-    assert "Resuming from" in log, log[-3000:]
+    resumed = re.search(r"Resuming from \S+ \(epoch \d+, step (\d+)\)", log)
+    assert resumed, log[-3000:]
+    # At least the checkpoint that was on disk before the kill: the newest one, not an older epoch file.
+    assert int(resumed.group(1)) >= after_step, resumed.group(0)
     assert_same_run(os.path.join(straight, "last.pth"), str(out / "last.pth"))
     return straight
 

@@ -127,12 +127,14 @@ def build_train_and_val(
         pin_memory: bool = False,
         device: torch.device = torch.device("cpu"),
         normalize_on_device: Optional[bool] = None,
+        gather: Callable[[Any], list[Any]] = lambda found: [found],
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
 
     With `normalize_on_device` (default: on CUDA, for the ImageNet transform) the workers send uint8
     batches (a quarter of the float32 bytes through shared memory and the host-to-device copy), and
-    `TrainData.on_device` normalises and randomly erases them on `device`.
+    `TrainData.on_device` normalises and randomly erases them on `device`. The processes share the
+    check of the validation images; `gather` is the collective that pools their findings.
     """
     uint8 = device.type == "cuda" if normalize_on_device is None else normalize_on_device
     uint8 = uint8 and cfg.train_transform == "imagenet"
@@ -146,7 +148,7 @@ def build_train_and_val(
             f"the global batch of {global_batch_size} images (processes x train.batch_size x grad_accum_steps) "
             f"is more than the {len(train_ds)} training images in {train_dir!r}: not one optimizer step per epoch")
     if isinstance(val_ds, ImageFolderDataset):
-        check_val_images(val_ds, workers=cfg.workers)
+        check_val_images(val_ds, workers=cfg.workers, rank=rank, num_replicas=num_replicas, gather=gather)
     # The epoch is a whole number of global batches of the global order, the same for any world size.
     sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                            repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True,
@@ -164,12 +166,18 @@ def build_train_and_val(
                      train_loader=loader, val_loader=val_loader, on_device=on_device)
 
 
-def check_val_images(val_ds: ImageFolderDataset, workers: int) -> None:
+def check_val_images(val_ds: ImageFolderDataset, workers: int, *, rank: int = 0, num_replicas: int = 1,
+                     gather: Callable[[Any], list[Any]] = lambda found: [found]) -> None:
     """Decode every validation image once, cheaply, so a bad one fails the run before an epoch is spent on it.
 
-    With ``skip_bad_images`` the unreadable files are left out of the validation set, with a warning.
+    Each of `num_replicas` processes checks every `num_replicas`-th image from `rank`; `gather` (a
+    collective: every process's findings, in rank order) gives all of them the same verdict. With
+    ``skip_bad_images`` the unreadable files are left out of the validation set, with a warning.
     """
-    bad = find_unreadable_images([path for path, _ in val_ds.samples], workers=workers)
+    paths = [path for path, _ in val_ds.samples]
+    mine = find_unreadable_images(paths[rank::num_replicas], workers=workers)
+    position = {path: i for i, path in enumerate(paths)}
+    bad = sorted((found for part in gather(mine) for found in part), key=lambda found: position[found[0]])
     if not bad:
         return
     more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

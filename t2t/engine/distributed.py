@@ -226,6 +226,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return holder[0]
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (any picklable object), in rank order, on every rank."""
+    if not _active():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)  # on the current CUDA device under NCCL (set at init)
+    return gathered
+
+
 def settle_bucket_layout(model: DistributedDataParallel, example: torch.Tensor,
                          context: contextlib.AbstractContextManager) -> None:
     """Have DDP lay out its gradient buckets before the first real step of this process group.

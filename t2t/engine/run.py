@@ -23,8 +23,8 @@ from ..models import cpu as cpu_backend
 from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
     library_versions, load_training_checkpoint, remove_stale_temporaries
-from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed, settle_bucket_layout, \
-    setup_logging, sum_over_ranks
+from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather_objects, init_distributed, \
+    settle_bucket_layout, setup_logging, sum_over_ranks
 from .evaluate import evaluate_models
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters, scaled_lr
@@ -245,7 +245,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
         global_batch_size=global_batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=cfg.eval.crop_pct,
         eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
-        pin_memory=device.type == "cuda", device=device)
+        pin_memory=device.type == "cuda", device=device, gather=gather_objects)
     num_classes = data.num_classes
     if found is not None and found[1].get("run", {}).get("classes") is not None:
         check_classes_match(found[1]["run"]["classes"], data.classes, where=f"training folder {data.train_dir!r}",
