@@ -195,13 +195,14 @@ def _flat_schedule(lr=1e-3):
     return LRSchedule(base_lr=lr, warmup_lr=lr, min_lr=lr, warmup_epochs=0, epochs=10, steps_per_epoch=10)
 
 
-def _epoch(model, batches, *, accum=1, log_interval=100, control=StepControl(), meters=None, num_batches=None):
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+def _epoch(model, batches, *, accum=1, log_interval=100, control=StepControl(), meters=None, num_batches=None,
+           optimizer=None, amp="none"):
+    optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     state = TrainState()
     train_one_epoch(model, batches=batches, num_batches=num_batches or len(batches), optimizer=optimizer,
-                    scaler=torch.amp.GradScaler("cpu", enabled=False), schedule=_flat_schedule(), state=state,
-                    device=torch.device("cpu"), num_classes=3, accum_steps=accum, log_interval=log_interval,
-                    control=control, meters=meters)
+                    scaler=torch.amp.GradScaler("cpu", enabled=amp == "fp16"), schedule=_flat_schedule(),
+                    state=state, device=torch.device("cpu"), num_classes=3, accum_steps=accum,
+                    log_interval=log_interval, control=control, meters=meters, amp=amp)
     return state
 
 
@@ -215,9 +216,17 @@ def _batches(n, size=2):
     return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
 
 
-def test_no_host_sync_between_log_steps(monkeypatch):
-    """The host reads device values only at log steps: on a GPU each read would drain the queue."""
+@pytest.mark.parametrize("amp,optimizer", [("none", None), ("fp16", "adamw")])
+def test_no_host_sync_between_log_steps(monkeypatch, amp, optimizer):
+    """The host reads device values only at log steps: on a GPU each read would drain the queue.
+
+    Under fp16 the GradScaler's inf check stays on the device too: AdamW is built fused, as on CUDA,
+    so the scaler hands it the check instead of reading it back to skip a step."""
+    from t2t.config import OptimConfig
+    from t2t.engine.optim import build_optimizer
     model = _tiny_model()
+    if optimizer is not None:
+        optimizer = build_optimizer(model, OptimConfig(name=optimizer, momentum=0.9), 1e-3, fused=True)
     batches = _batches(6)
     reads, current = [], [None]
 
@@ -231,7 +240,7 @@ def test_no_host_sync_between_log_steps(monkeypatch):
             reads.append(current[0])
             return _real(self, *args)
         monkeypatch.setattr(torch.Tensor, name, spy)
-    state = _epoch(model, stream(), log_interval=3, num_batches=6)
+    state = _epoch(model, stream(), log_interval=3, num_batches=6, optimizer=optimizer, amp=amp)
     monkeypatch.undo()
     assert state.global_step == 6
     assert reads and set(reads) <= {2, 5}, reads  # the log steps 3 and 6 (micro-batches 2 and 5)

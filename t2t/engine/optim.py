@@ -102,7 +102,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, fused: bool =
     """AdamW or SGD over ``param_groups`` (per-group lr factors, no decay on biases, norms, cls_token).
 
     ``fused`` (for CUDA) makes AdamW one kernel per parameter group and lets the fp16 GradScaler skip
-    a step on the device, without reading its inf check back to the host.
+    a step on the device, without reading its inf check back to the host. SGD stays unfused: torch's
+    fused SGD allocates its momentum buffers uninitialised and, when the scaler skips the first step
+    (common under fp16: the initial scale overflows), leaves them so and then reads them as momentum
+    (seen with torch 2.14: NaN losses from the third step). Under fp16, SGD costs one host sync per step.
     """
     groups = param_groups(model, weight_decay=cfg.weight_decay, backbone_lr_scale=cfg.backbone_lr_scale,
                           layer_decay=cfg.layer_decay)
