@@ -40,7 +40,8 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """An integer environment variable (torchrun's RANK, TORCHELASTIC_RESTART_COUNT, ...); `default` if unset."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -103,7 +104,7 @@ def _attempt_prefix() -> str:
 def _create_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     """The rendezvous store from MASTER_ADDR / MASTER_PORT, namespaced per torchrun attempt."""
     addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    port = _env_int("MASTER_PORT", 29500)
+    port = env_int("MASTER_PORT", 29500)
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     try:
         store = dist.TCPStore(addr, port, world_size=world_size, is_master=rank == 0 and not agent_hosts_store,
@@ -125,9 +126,9 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
     slowest checkpoint write of rank 0.
     """
     global _COLLECTIVE_DEVICE
-    rank = _env_int("RANK", 0)
-    world_size = _env_int("WORLD_SIZE", 1)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    rank = env_int("RANK", 0)
+    world_size = env_int("WORLD_SIZE", 1)
+    local_rank = env_int("LOCAL_RANK", 0)
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -23,8 +23,8 @@ from ..models import cpu as cpu_backend
 from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
     library_versions, load_training_checkpoint, remove_stale_temporaries
-from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather_objects, init_distributed, \
-    settle_bucket_layout, setup_logging, sum_over_ranks
+from .distributed import DistInfo, broadcast_object, cleanup_distributed, env_int, gather_objects, \
+    init_distributed, settle_bucket_layout, setup_logging, sum_over_ranks
 from .evaluate import evaluate_models
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters, scaled_lr
@@ -61,23 +61,16 @@ def _folder_has_checkpoints(folder: str) -> bool:
         name.endswith(".pth") and not name.startswith(".tmp-") for name in os.listdir(folder))
 
 
-def _max_restarts() -> int:
-    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
-
-
-def _restart_count() -> int:
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
 def _resolve_output(cfg: Config, output: Optional[str], resume: Optional[str]) -> str:
     if output is None and resume not in (None, "auto"):
         return os.path.dirname(os.path.abspath(resume))
     if output is None:
         if resume == "auto":
             raise RunError("--resume auto needs --output: the folder to continue in")
-        if _max_restarts() > 0:
+        max_restarts = env_int("TORCHELASTIC_MAX_RESTARTS", 0)
+        if max_restarts > 0:
             raise RunError(
-                f"torchrun may restart this run (--max-restarts={_max_restarts()}), and a restart must find the "
+                f"torchrun may restart this run (--max-restarts={max_restarts}), and a restart must find the "
                 "run again: give the run folder with --output")
         safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.model.name).lstrip(".")  # never a path of its own
         output = os.path.join("runs", f"{safe_name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -95,7 +88,7 @@ def _choose_resume(output: str, resume: Optional[str], loaded: Optional[dict[str
     the folder could see different files. A checkpoint read while choosing is kept in `loaded`
     (path -> contents), so rank 0 does not read a large file twice.
     """
-    restarted = _restart_count() > 0
+    restarted = env_int("TORCHELASTIC_RESTART_COUNT", 0) > 0
     if os.path.isdir(output):
         remove_stale_temporaries(output)
     if resume == "auto" or (restarted and resume is None):
