@@ -108,12 +108,16 @@ def _agree_worker(rank: int, world: int, port: int, results: str) -> None:
         distributed.cleanup_distributed()
 
 
+def _results_of_ranks(worker, world: int, tmp_path) -> list:
+    """Run `worker(rank, world, port, results)` on `world` spawned processes; what each wrote, by rank."""
+    results = str(tmp_path / worker.__name__)
+    mp.start_processes(worker, args=(world, _free_port(), results), nprocs=world, start_method="spawn")
+    return [eval(open(f"{results}.{rank}").read()) for rank in range(world)]
+
+
 @pytest.mark.slow
 def test_rank0_chooses_and_every_rank_follows(tmp_path):
-    results = str(tmp_path / "agreed")
-    mp.start_processes(_agree_worker, args=(2, _free_port(), results), nprocs=2, start_method="spawn")
-    for rank in range(2):
-        assert eval(open(f"{results}.{rank}").read()) == ("step-0.pth", "no checkpoint can be loaded")
+    assert _results_of_ranks(_agree_worker, 2, tmp_path) == [("step-0.pth", "no checkpoint can be loaded")] * 2
 
 
 def _bucket_worker(rank: int, world: int, port: int, results: str) -> None:
@@ -162,9 +166,7 @@ def _bucket_worker(rank: int, world: int, port: int, results: str) -> None:
 @pytest.mark.slow
 def test_a_restarted_group_of_four_reduces_in_the_same_order(tmp_path):
     """With four ranks a new DDP reduces its first step in another order unless its buckets are settled."""
-    results = str(tmp_path / "buckets")
-    mp.start_processes(_bucket_worker, args=(4, _free_port(), results), nprocs=4, start_method="spawn")
-    found = [eval(open(f"{results}.{rank}").read()) for rank in range(4)]
+    found = _results_of_ranks(_bucket_worker, 4, tmp_path)
     assert all(r == found[0] for r in found), found
     # Without settling, the step after the restart differs (so this test can tell the two apart) ...
     assert not found[0]["plain"], "DDP no longer changes its reduction order on a restart"
