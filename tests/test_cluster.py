@@ -48,9 +48,14 @@ def test_collective_device_follows_the_backend(monkeypatch):
     assert distributed.collective_device() == torch.device("cuda", 3)
 
 
-def _collectives_worker(rank: int, world: int, port: int, data: str, out: str, calls_file: str) -> None:
+def _as_rank(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives rank `rank` of `world` on one machine."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+
+
+def _collectives_worker(rank: int, world: int, port: int, data: str, out: str, calls_file: str) -> None:
+    _as_rank(rank, world, port)
     torch.set_num_threads(1)
     calls = []
 
@@ -91,8 +96,7 @@ def test_every_collective_goes_through_the_helpers_on_the_group_device(data_dir,
 
 
 def _agree_worker(rank: int, world: int, port: int, results: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _as_rank(rank, world, port)
     from t2t.engine.run import RunError, _agreed
     info = distributed.init_distributed("cpu")
     try:
@@ -121,8 +125,7 @@ def test_rank0_chooses_and_every_rank_follows(tmp_path):
 
 
 def _bucket_worker(rank: int, world: int, port: int, results: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _as_rank(rank, world, port)
     from contextlib import nullcontext
     from torch.nn.parallel import DistributedDataParallel
     distributed.init_distributed("cpu")
