@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from PIL import Image
 
-from .dataset import DatasetError, SeededDataset
+from .dataset import DatasetError, SampleKey, SeededDataset
 
 __all__ = ["CIFAR_LAYOUTS", "CIFARDataset", "CIFARLayout", "find_cifar_dir", "read_cifar_split"]
 
@@ -140,9 +140,9 @@ class CIFARDataset(SeededDataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        index = self.check_index(index)
-        self.reseed(index)
+    def __getitem__(self, key: SampleKey) -> tuple[Any, int]:
+        index, slot = self.check_index(key)
+        self.reseed(index, slot)
         image = Image.fromarray(self.images[index])
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
 
