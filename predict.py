@@ -30,10 +30,11 @@ from t2t.cli import ArgumentParser, one_line
 from t2t.config import ConfigError
 from t2t.data.dataset import IMG_EXTENSIONS
 from t2t.data.decode import to_rgb
+from t2t.data.loader import ignore_stop_signals
 from t2t.engine.distributed import DeviceError, resolve_device
 from t2t.inference import load_model
 from t2t.models import CheckpointError
-from t2t.outputs import INTERRUPTED, atomic_output, check_output_file
+from t2t.outputs import INTERRUPTED, CtrlC, atomic_output, check_output_file
 
 USER_ERRORS = (ConfigError, CheckpointError, DeviceError, OSError, ValueError)
 
@@ -117,22 +118,26 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[
     k = min(args.topk, len(loaded.classes))
     print(f"{loaded.model_name} @{loaded.img_size}, {loaded.weights} weights of {args.checkpoint}, "
           f"{len(loaded.classes)} classes, {len(paths)} images on {device}", file=sys.stderr)
+    # Workers ignore Ctrl-C: the main process stops them, so the interruption is one line, not their tracebacks.
     loader = DataLoader(ImageFiles(paths, loaded.transform), batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=_collate)
+                        collate_fn=_collate, worker_init_fn=ignore_stop_signals)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     done = 0
-    for images, indices, bad in loader:
-        for i, why in bad:
-            skipped.append((paths[i], why))
-            print(f"\npredict.py: skipped unreadable image {paths[i]!r}: {why}", file=sys.stderr)
-        if images is not None:
-            probs = model(images.to(device)).float().softmax(dim=-1)
-            top_p, top_i = probs.topk(k, dim=-1)
-            for i, p_row, i_row in zip(indices, top_p.tolist(), top_i.tolist()):
-                rows.append({"path": paths[i], "labels": [loaded.classes[c] for c in i_row], "probs": p_row})
-        done += len(indices) + len(bad)
-        _progress(done, len(paths))
+    with CtrlC() as ctrl_c:  # a Ctrl-C that Python swallows (at a worker's start) still stops at the next batch
+        for images, indices, bad in loader:
+            ctrl_c.check()
+            for i, why in bad:
+                skipped.append((paths[i], why))
+                print(f"\npredict.py: skipped unreadable image {paths[i]!r}: {why}", file=sys.stderr)
+            if images is not None:
+                probs = model(images.to(device)).float().softmax(dim=-1)
+                top_p, top_i = probs.topk(k, dim=-1)
+                for i, p_row, i_row in zip(indices, top_p.tolist(), top_i.tolist()):
+                    rows.append({"path": paths[i], "labels": [loaded.classes[c] for c in i_row], "probs": p_row})
+            done += len(indices) + len(bad)
+            _progress(done, len(paths))
+        ctrl_c.check()
     return rows, skipped
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import signal
 import tempfile
+import threading
 from typing import Iterable, Iterator, Optional
 
 from .cli import UsageError
 
-__all__ = ["INTERRUPTED", "OutputError", "atomic_output", "check_output_file", "check_output_folder_inputs",
+__all__ = ["INTERRUPTED", "CtrlC", "OutputError", "atomic_output", "check_output_file", "check_output_folder_inputs",
            "same_file"]
 
 INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
@@ -139,3 +141,34 @@ def write_text(path: str, text: str) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+
+
+class CtrlC:
+    """While active, Ctrl-C raises KeyboardInterrupt and is also remembered, for `check()` to raise it again.
+
+    Python drops an exception raised where it cannot propagate (its own at-fork handlers, which run
+    when DataLoader workers start, and __del__ methods): a Ctrl-C landing there would be lost and the
+    command would run on. A loop that calls check() once per batch stops at the next batch instead.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed since the start."""
+        if self.requested:
+            raise KeyboardInterrupt
