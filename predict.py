@@ -14,6 +14,7 @@ complete. Ctrl-C stops with exit status 130 and writes nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -90,6 +91,18 @@ class ImageFiles(Dataset):
             return None, index, f"{type(e).__name__}: {e}"
 
 
+class _Stoppable:
+    """close() shuts down a DataLoader iterator's worker processes now."""
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+
+    def close(self) -> None:
+        shutdown = getattr(self.batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def _collate(items: list) -> tuple[Optional[torch.Tensor], list[int], list[tuple[int, str]]]:
     good = [(x, i) for x, i, _ in items if x is not None]
     bad = [(i, why) for x, i, why in items if x is None]
@@ -124,8 +137,11 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     done = 0
-    with CtrlC() as ctrl_c:  # a Ctrl-C that Python swallows (at a worker's start) still stops at the next batch
-        for images, indices, bad in loader:
+    batches = iter(loader)
+    with CtrlC() as ctrl_c, contextlib.closing(_Stoppable(batches)):
+        # A Ctrl-C that Python swallows (at a worker's start) still stops at the next batch; workers are
+        # stopped before the process exits (else the fd-sharing thread can print a traceback at exit).
+        for images, indices, bad in batches:
             ctrl_c.check()
             for i, why in bad:
                 skipped.append((paths[i], why))

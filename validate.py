@@ -97,8 +97,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_settings(args: argparse.Namespace) -> Settings:
-    """Defaults < the run's config (-c) < explicit flags."""
+def resolve_settings(args: argparse.Namespace, recorded: str | None = None) -> Settings:
+    """Defaults < the run's config (-c) < explicit flags; without -m or -c, the model the checkpoint records."""
     if args.config:
         cfg = load_config(args.config)
         settings = Settings(
@@ -108,15 +108,20 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend)
     elif args.model:
         settings = Settings(model=args.model, img_size=None)
+    elif recorded:  # the checkpoint names its model (our runs, exported .safetensors, official training files)
+        settings = Settings(model=recorded.lower(), img_size=None)
     else:
-        raise ValidateError("give the model with -m/--model NAME or a run's config with -c CONFIG")
+        raise ValidateError(f"checkpoint {args.checkpoint!r} records no model name: give it with -m/--model NAME "
+                            "or a run's config with -c CONFIG")
     flags = {"model": args.model, "img_size": args.img_size, "crop_pct": args.crop_pct,
              "interpolation": args.interpolation, "batch_size": args.batch_size, "workers": args.workers,
              "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on"}
     for key, value in flags.items():
         if value is not None:
             setattr(settings, key, value)
-    check_model_name(settings.model, "-m/--model" if args.model else f"model.name in {args.config!r}")
+    where = "-m/--model" if args.model else f"model.name in {args.config!r}" if args.config else \
+        f"recorded in checkpoint {args.checkpoint!r}"
+    check_model_name(settings.model, where)
     if settings.img_size is not None and (settings.img_size <= 0 or settings.img_size % 16):
         raise ValidateError(f"--img-size {settings.img_size}: expected a positive multiple of 16")
     if not 0 < settings.crop_pct <= 1:
@@ -194,10 +199,10 @@ def check_results_file(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
     check_results_file(args)
-    settings = resolve_settings(args)
-    settings.amp = resolve_amp(settings.amp, dist.device)
     use_ema = not args.no_ema
     info = inspect_checkpoint(args.checkpoint, use_ema)
+    settings = resolve_settings(args, info.arch)
+    settings.amp = resolve_amp(settings.amp, dist.device)
     if settings.img_size is None:
         settings.img_size = info.img_size or 224
     dataset = build_dataset(args.data_dir, settings)

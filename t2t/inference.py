@@ -24,8 +24,8 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, config_from_dict
 from .data.transforms import build_eval_transform
 from .models.weights import CheckpointError, extract_state_dict, load_pretrained_weights, read_checkpoint
 
-__all__ = ["BatchSizeError", "CheckpointInfo", "LoadedModel", "available_memory", "check_batch_fits", "check_model_name", "class_names", "inspect_checkpoint", "load_model",
-           "read_metadata"]
+__all__ = ["BatchSizeError", "CheckpointInfo", "LoadedModel", "available_memory", "check_batch_fits",
+           "check_model_name", "class_names", "inspect_checkpoint", "load_model", "read_metadata"]
 
 _logger = logging.getLogger(__name__)
 

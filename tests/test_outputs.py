@@ -411,3 +411,18 @@ def test_ctrl_c_in_predict_exits_130_without_a_traceback_or_a_partial_file(own_c
     assert proc.wait(timeout=60) == 130, err
     assert "Traceback" not in err and "interrupted" in err
     assert not out.exists() and no_temporaries(tmp_path)
+
+
+def test_probe_fixes(own_checkpoint, tmp_path, capsys):
+    """A folder given as --checkpoint is named as such; validate.py takes the model the checkpoint records."""
+    images = make_images(str(tmp_path / "imgs"), n=1)
+    assert predict.main(["--checkpoint", str(tmp_path / "imgs"), "--images", *images]) == 2
+    assert "is a folder" in one_line_error(capsys, "predict.py")
+    data = make_data(str(tmp_path / "data"), classes=3, train=1, val=1)
+    out = tmp_path / "r.json"
+    assert validate.main(["--data-dir", data, "--checkpoint", own_checkpoint, "--device", "cpu", "--workers", "0",
+                          "--allow-class-mismatch", "--results-file", str(out)]) == 0
+    assert json.loads(out.read_text())["model"] == "t2t_vit_7"
+    with pytest.raises(SystemExit) as stop:
+        model_info.main(["t2t_vit_7", "--img-size", "100000"])
+    assert stop.value.code == 2 and "use a smaller --img-size" in capsys.readouterr().err

@@ -37,6 +37,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     """torch.load a checkpoint (or read a .safetensors file) on the CPU without running arbitrary pickled code;
     CheckpointError says why it fails."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a folder: give the checkpoint file inside it (e.g. best.pth)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):  # a bare state dict (scripts/export.py --format safetensors writes one)
