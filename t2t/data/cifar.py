@@ -135,6 +135,10 @@ class CIFARDataset(SeededDataset):
         self.classes: list[str] = read_class_names(self.root, self.layout)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.images, self.targets = read_cifar_split(self.root, self.layout, train, len(self.classes))
+        if not self.targets:
+            files = ", ".join(self.layout.train_files if train else self.layout.test_files)
+            raise DatasetError(f"the {'training' if train else 'test'} split of CIFAR folder {self.root!r} holds no "
+                               f"images ({files}): restore the files as downloaded")
         self.transform = transform
 
     def __len__(self) -> int:

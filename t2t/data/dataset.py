@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .decode import to_rgb
+
 __all__ = [
     "DatasetError",
     "ImageFolderDataset",
@@ -310,6 +312,8 @@ class ImageFolderDataset(SeededDataset):
         self.transform = transform
         self.skip_bad_images = bool(skip_bad_images)
         self.bad_images = 0  # unreadable images met in this process (with skip_bad_images=True)
+        # How else a user can go on past an unreadable image; tools without that setting clear it.
+        self.bad_image_hint = ", or set data.skip_bad_images=true to substitute the next readable image"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -320,7 +324,7 @@ class ImageFolderDataset(SeededDataset):
             if decode_and_crop is not None:
                 return decode_and_crop(img)
             img.load()
-            return img if img.mode == "RGB" else img.convert("RGB")
+            return to_rgb(img)
 
     def __getitem__(self, key: SampleKey) -> tuple[Any, int]:
         index, slot = self.check_index(key)
@@ -336,7 +340,7 @@ class ImageFolderDataset(SeededDataset):
                 if not self.skip_bad_images:
                     raise DatasetError(
                         f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the "
-                        f"file, or set data.skip_bad_images=true to substitute the next readable image"
+                        f"file{self.bad_image_hint}"
                     ) from exc
                 self.bad_images += 1
                 _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
