@@ -135,8 +135,8 @@ def resolve_settings(args: argparse.Namespace, recorded: str | None = None, chec
     else:
         raise ValidateError(f"checkpoint {checkpoint!r} records no model name: give it with -m/--model NAME "
                             "or a run's config with -c CONFIG")
-    flags = {"model": args.model, "interpolation": args.interpolation, "batch_size": args.batch_size, "workers": args.workers,
-             "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on"}
+    flags = {"model": args.model, "interpolation": args.interpolation, "batch_size": args.batch_size,
+             "workers": args.workers, "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on"}
     for key, value in flags.items():
         if value is not None:
             setattr(settings, key, value)
@@ -238,6 +238,11 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
     """Evaluate every checkpoint at every resolution and TTA mode; one row each, in that order."""
     check_outputs(args)
     tta = parse_tta(args.tta)
+    sizes = len(parse_list(args.img_size, int, "--img-size")) if args.img_size else 1  # one per checkpoint otherwise
+    num_rows = len(args.checkpoint) * sizes * len(tta)
+    if args.results_file and num_rows > 1:
+        raise ValidateError(f"--results-file {args.results_file!r} holds one result but this call gives {num_rows} "
+                            "rows (checkpoints x sizes x TTA modes): use --json FILE or --csv FILE")
     use_ema = not args.no_ema
     entries = []  # (checkpoint, info, settings, resolutions)
     for checkpoint in args.checkpoint:
@@ -245,10 +250,6 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
         settings = resolve_settings(args, info.arch, checkpoint)
         settings.amp = resolve_amp(settings.amp, dist.device)
         entries.append((checkpoint, info, settings, resolve_resolutions(args, settings, info)))
-    num_rows = sum(len(r) for *_, r in entries) * len(tta)
-    if args.results_file and num_rows > 1:
-        raise ValidateError(f"--results-file {args.results_file!r} holds one result but this call gives {num_rows} "
-                            "rows (checkpoints x sizes x TTA modes): use --json FILE or --csv FILE")
     first = entries[0][2]  # loader settings (batch, workers, amp, transform) come from flags and config: shared
     dataset = build_dataset(args.data_dir, replace(first, img_size=entries[0][3][0].img_size,
                                                    crop_pct=entries[0][3][0].crop_pct))

@@ -68,7 +68,8 @@ def resolutions(sizes: Sequence[int], crops: Sequence[float] | None, default_cro
             raise UsageError(f"--crop-pct {crop}: expected a fraction in (0, 1]")
         result.append(Resolution(int(size), float(crop)))
     if len(set(result)) != len(result):
-        raise UsageError(f"--img-size/--crop-pct: a setting is repeated in {[(r.img_size, r.crop_pct) for r in result]}")
+        repeated = [(r.img_size, r.crop_pct) for r in result]
+        raise UsageError(f"--img-size/--crop-pct: a setting is repeated in {repeated}")
     return result
 
 
