@@ -277,11 +277,11 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
 
 
 def _batch_label(target: torch.Tensor, classes: list[str]) -> str:
-    """The one or two classes with the largest target weights, e.g. 'disc .62 + ring .38'."""
+    """The one or two classes with the largest target weights, one per line, e.g. "disc 0.62\\nring 0.38"."""
     weights, index = target.topk(min(2, target.numel()))
     parts = [f"{classes[i]} {w:.2f}" for w, i in zip(weights.tolist(), index.tolist())
              if w >= 0.1 or i == index[0].item()]
-    return " + ".join(parts)
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,8 +307,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
     p.add_argument("--config", help="batch: the run's YAML config (default: the checkpoint's)")
     p.add_argument("--data-dir", help="batch: the training data (default: the folder the checkpoint's run read)")
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="batch: config overrides, as train.py takes them (e.g. mixup.mixup_alpha=0.8 data.reprob=0.25)")
     p.add_argument("--rank", type=int, default=0, help="batch: the process whose batch to show (default 0)")
     p.add_argument("--world-size", type=int, default=1, help="batch: processes of the run (default 1)")
+    p.add_argument("--max-images", type=int, default=64, help="batch: images drawn (default 64; the .npy has all)")
     p.add_argument("--uint8-pipeline", action="store_true",
                    help="batch: the GPU input path (uint8 batches, normalisation and erasing after the transfer)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
@@ -496,11 +499,12 @@ def _batch_view(args: argparse.Namespace) -> list[str]:
     if args.config:
         if not os.path.isfile(args.config):
             raise UsageError(f"--config {args.config!r}: no such file")
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.set)
     if args.checkpoint and (cfg is None or not args.data_dir):
         info = inspect_checkpoint(args.checkpoint)
         if cfg is None and info.config is not None:
-            cfg = config_from_dict(info.config, origin=f"checkpoint {args.checkpoint!r}")
+            stored = config_from_dict(info.config, origin=f"checkpoint {args.checkpoint!r}")
+            cfg = load_config(None, args.set, base=stored)
         from .models.weights import read_checkpoint
         run_info = read_checkpoint(args.checkpoint).get("run", {})
         data_dir = run_info.get("data_dir") if isinstance(run_info, dict) else None
@@ -511,6 +515,8 @@ def _batch_view(args: argparse.Namespace) -> list[str]:
         raise UsageError("--what batch needs --data-dir (the checkpoint records no data folder)")
     if args.world_size < 1:
         raise UsageError(f"--world-size {args.world_size}: expected at least 1")
+    if args.max_images < 1:
+        raise UsageError(f"--max-images {args.max_images}: expected at least 1")
     batch = first_batch(cfg, data_dir, rank=args.rank, world_size=args.world_size,
                         uint8_pipeline=args.uint8_pipeline)
     pictures = [_to_display(img, batch.mean, batch.std) for img in batch.images]
@@ -521,7 +527,9 @@ def _batch_view(args: argparse.Namespace) -> list[str]:
     base = os.path.join(args.output, "batch")
     save_npy(base + "_images.npy", np.stack(pictures))  # (B, H, W, 3) in [0, 1]
     save_npy(base + "_targets.npy", batch.targets.numpy())
-    save_png(batch_figure(pictures, labels, "first training batch: " + recipe), base + ".png")
+    shown = min(args.max_images, len(pictures))
+    heading = f"first training batch ({shown} of {len(pictures)}): {recipe}"
+    save_png(batch_figure(pictures[:shown], labels[:shown], heading), base + ".png")
     return [base + ".png", base + "_images.npy", base + "_targets.npy"]
 
 

@@ -156,3 +156,8 @@ def test_batch_is_the_first_batch_training_sees(tmp_path, monkeypatch):
     assert main(["--config", config, "--data-dir", data, "--what", "batch", "--output", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["batch.png", "batch_images.npy", "batch_targets.npy"]
     np.testing.assert_array_equal(np.load(out / "batch_targets.npy"), first_batch(load_config(config), data).targets)
+    # Overrides, as train.py takes them: without mixup the targets are one-hot, label-smoothed.
+    assert main(["--config", config, "--data-dir", data, "--what", "batch", "--output", str(out), "--overwrite",
+                 "--set", "mixup.mixup_alpha=0", "mixup.cutmix_alpha=0"]) == 0
+    targets = np.load(out / "batch_targets.npy")
+    assert np.allclose(targets.max(axis=1), 0.9 + 0.1 / 3)
