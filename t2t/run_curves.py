@@ -54,9 +54,11 @@ def read_history(run: str) -> list[dict[str, float]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise UsageError(f"{path}, line {number}: not JSON ({e.msg}); expected one object per epoch") from None
+                    raise UsageError(f"{path}, line {number}: not JSON ({e.msg}); "
+                                     "expected one object per epoch") from None
                 if not isinstance(row, dict):
-                    raise UsageError(f"{path}, line {number}: expected a JSON object per epoch, got {type(row).__name__}")
+                    raise UsageError(f"{path}, line {number}: expected a JSON object per epoch, "
+                                     f"got {type(row).__name__}")
                 rows.append(row)
         else:
             rows = list(csv.DictReader(f))
@@ -86,7 +88,7 @@ def plot_runs(histories: Sequence[list[dict[str, float]]], labels: Sequence[str]
             values = [r.get(key, math.nan) for r in rows]
             if all(math.isnan(v) for v in values):
                 continue
-            ax.plot(epochs, values, "-", marker=".", color=colour, label=label if key != "val_top1" else f"{label}")
+            ax.plot(epochs, values, "-", marker=".", color=colour, label=label)
             if key == "val_top1":
                 ema = [r.get("ema_val_top1", math.nan) for r in rows]
                 if not all(math.isnan(v) for v in ema):

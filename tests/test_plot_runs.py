@@ -45,7 +45,7 @@ def test_plots_every_run_with_model_and_ema(tmp_path):
     a, b = _history(5, 0.001), _history(3, 0.002, with_ema=False)
     fig = plot_runs([a, b], ["a", "b"])
     loss, top1, lr = fig.axes
-    assert [list(line.get_ydata()) for line in loss.lines] == [[r["train_loss"] for r in a], [r["train_loss"] for r in b]]
+    assert [list(line.get_ydata()) for line in loss.lines] == [[r["train_loss"] for r in h] for h in (a, b)]
     assert [line.get_label() for line in top1.lines] == ["a", "a (EMA)", "b"]  # b logged no EMA
     assert list(top1.lines[1].get_ydata()) == [r["ema_val_top1"] for r in a]
     assert list(lr.lines[0].get_xdata()) == [1, 2, 3, 4, 5]  # epochs completed

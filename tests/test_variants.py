@@ -134,3 +134,14 @@ def test_torch_export(name):
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_backend_changes_nothing_but_speed(name):
+    from t2t.models import cpu
+
+    model = _small(name)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(cpu.accelerate(model)(x), expected, rtol=1e-4, atol=1e-5)

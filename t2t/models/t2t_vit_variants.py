@@ -246,8 +246,10 @@ class T2TViTBlocks(T2TViT):
 class T2TViTDense(T2TViT):
     """T2T-ViT-Dense: stages of DenseBlocks joined by Transitions; the width grows inside a stage.
 
-    `blocks` holds the blocks and transitions in order (the official indices). Drop-path is as in the
-    official file: the blocks of stage s get linspace(0, drop_path_rate, depth)[s].
+    `blocks` holds the blocks and transitions in order (the official indices), so forward_intermediates
+    and features_only return every one of them, each with its own width (feature_info); norm=True
+    there fits only the last width. Drop-path is as in the official file: the blocks of stage s get
+    linspace(0, drop_path_rate, depth)[s].
     """
 
     def __init__(
