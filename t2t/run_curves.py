@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from .cli import ArgumentParser, UsageError, check_output_folder, one_line
+from .cli import ArgumentParser, UsageError, one_line
+from .outputs import INTERRUPTED, check_output_file
 from .visualize import _pyplot, save_png
 
 __all__ = ["read_history", "plot_runs", "main"]
@@ -121,9 +122,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> str:
     if not args.output.lower().endswith(".png"):
         raise UsageError(f"--output {args.output!r}: expected a .png file name")
-    if os.path.exists(args.output) and not args.overwrite:
-        raise UsageError(f"--output {args.output!r} exists: choose another name or pass --overwrite")
-    check_output_folder(os.path.dirname(args.output) or ".", "--output's folder")
+    logs = [os.path.join(r, n) for r in args.runs for n in ("log.jsonl", "summary.csv")] if args.runs else []
+    inputs = [("RUN_DIR", r) for r in args.runs] + [("RUN_DIR", p) for p in logs if os.path.exists(p)]
+    check_output_file(args.output, inputs=inputs, overwrite=args.overwrite)
     labels = _labels(args.runs)
     if args.labels is not None:
         labels = [s.strip() for s in args.labels.split(",")]
@@ -131,9 +132,6 @@ def run(args: argparse.Namespace) -> str:
             raise UsageError(f"--labels {args.labels!r}: {len(labels)} names for {len(args.runs)} runs")
     histories = [read_history(r) for r in args.runs]
     _pyplot()
-    folder = os.path.dirname(args.output)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
     save_png(plot_runs(histories, labels, args.title), args.output, dpi=90)
     return args.output
 
@@ -145,4 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, OSError, ValueError) as e:
         print(f"plot_runs.py: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nplot_runs.py: interrupted (Ctrl-C): {args.output!r} not written", file=sys.stderr)
+        return INTERRUPTED
     return 0

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .cli import ArgumentParser, UsageError, check_output_folder, one_line
+from .outputs import INTERRUPTED, atomic_output, check_output_folder_inputs
 
 __all__ = ["VIEWS", "first_batch", "main", "parse_blocks", "save_png"]
 
@@ -57,14 +58,10 @@ def save_png(fig: Any, path: str, dpi: int = 80) -> None:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    """Write `data` to `path` under a temporary name, renamed into place once complete (t2t.outputs)."""
+    with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
@@ -388,9 +385,14 @@ def _output_prefixes(views: list[str], stems: list[str]) -> list[str]:
     return prefixes + (["batch"] if "batch" in views else [])
 
 
-def _check_overwrite(output: str, prefixes: list[str], overwrite: bool) -> None:
-    """A UsageError naming the first existing file this run would replace, unless `overwrite`."""
-    if overwrite or not os.path.isdir(output):
+def _check_overwrite(output: str, prefixes: list[str], overwrite: bool, inputs: list[tuple[str, str]]) -> None:
+    """A UsageError naming the first existing file this run would replace (unless `overwrite`), or an input
+    file (an image, the checkpoint) that sits in `output` under a name this run writes (always)."""
+    if not os.path.isdir(output):
+        return
+    written = [prefix + pattern for prefix in prefixes for pattern in (".*", "_*")]
+    check_output_folder_inputs(output, files=inputs, written=written)
+    if overwrite:
         return
     existing = sorted(os.listdir(output))
     for prefix in prefixes:
@@ -420,7 +422,9 @@ def run(args: argparse.Namespace) -> list[str]:
         paths = list_images(args.images)
     stems = _stems(paths)
     check_output_folder(args.output)
-    _check_overwrite(args.output, _output_prefixes(views, stems), args.overwrite)
+    inputs = [("--images", p) for p in paths] + [(flag, path) for flag, path in (
+        ("--checkpoint", args.checkpoint), ("--weights", args.weights), ("--config", args.config)) if path]
+    _check_overwrite(args.output, _output_prefixes(views, stems), args.overwrite, inputs)
     _pyplot()
     os.makedirs(args.output, exist_ok=True)
     written: list[str] = []
@@ -544,6 +548,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ConfigError, CheckpointError, OSError, ValueError) as e:
         print(f"visualize.py: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nvisualize.py: interrupted (Ctrl-C): the files written so far are complete, no file is partial",
+              file=sys.stderr)
+        return INTERRUPTED
     for path in written:
         print(path)
     return 0

@@ -54,6 +54,7 @@ def test_plots_every_run_with_model_and_ema(tmp_path):
 
 def test_cli_writes_the_same_png_twice_and_keeps_existing_files(tmp_path, capsys):
     runs = [_run(tmp_path / "r1", _history(4, 0.001)), _run(tmp_path / "r2", _history(6, 0.002))]
+    (tmp_path / "one").mkdir()
     out1, out2 = tmp_path / "one" / "curves.png", tmp_path / "two.png"
     assert main([*runs, "--output", str(out1)]) == 0
     assert main([*runs, "--output", str(out2), "--title", "t"]) == 0
@@ -83,6 +84,7 @@ def test_bad_inputs_give_one_line(tmp_path, capsys):
         ([str(broken)], "line 2"),
         ([good, "--labels", "a,b"], "2 names for 1 runs"),
         ([good, "--output", str(tmp_path / "c.jpg")], ".png"),
+        ([good, "--output", str(tmp_path / "no" / "c.png")], "create the folder first"),
     ]
     for args, message in cases:
         if "--output" not in args:
@@ -91,3 +93,15 @@ def test_bad_inputs_give_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "c.png").exists()
+
+
+def test_never_writes_over_a_run_log(tmp_path, capsys):
+    run = _run(tmp_path / "r", _history(2, 0.001))
+    log = os.path.join(run, "summary.csv")
+    before = open(log, "rb").read()
+    assert main([run, "--output", log + ".png"]) == 0  # beside it is fine
+    os.rename(log, log + ".bak")
+    os.symlink(log + ".png", log)  # a summary.csv that is the PNG: --output would destroy an input
+    assert main([run, "--output", log + ".png", "--overwrite"]) == 2
+    assert "same file" in capsys.readouterr().err
+    assert open(log + ".bak", "rb").read() == before

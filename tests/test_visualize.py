@@ -94,6 +94,18 @@ def test_existing_outputs_are_kept_unless_overwrite(weights, images, tmp_path, c
     assert not [n for n in os.listdir(out) if ".tmp" in n]
 
 
+def test_an_input_image_is_never_overwritten(weights, images, tmp_path, capsys):
+    # An image named like an output, in the output folder: refused even with --overwrite.
+    clash = os.path.join(images, "a_rollout.png")
+    Image.new("RGB", (40, 40)).save(clash)
+    before = open(clash, "rb").read()
+    assert main(["--model", "t2t_vit_7", "--weights", weights, "--images", images, "--output", images,
+                 "--what", "rollout", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "a_rollout.png" in err and "overwritten" in err
+    assert open(clash, "rb").read() == before
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--what", "attention,colours"], "--what 'attention,colours'"),
     (["--blocks", "0,9"], "--blocks '0,9': 9 is out of range"),
