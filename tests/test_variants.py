@@ -145,3 +145,17 @@ def test_cpu_backend_changes_nothing_but_speed(name):
     with torch.no_grad():
         expected = model(x)
         torch.testing.assert_close(cpu.accelerate(model)(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_tools_load_an_official_layout_file(name, tmp_path):
+    from t2t.inference import load_model
+
+    sd = random_state_dict(name, img_size=32, num_classes=4, seed=2)
+    path = tmp_path / "official.pth.tar"
+    torch.save({"state_dict_ema": sd}, path)
+    loaded = load_model(str(path), model_name=name)  # predict.py, validate.py and visualize.py load this way
+    assert loaded.img_size == 32 and len(loaded.classes) == 4
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), reference_forward(name, sd, x), rtol=1e-4, atol=1e-4)
