@@ -22,12 +22,17 @@ from timm.loss import SoftTargetCrossEntropy
 
 from ..config import MixupConfig
 
-__all__ = ["SoftTargetLoss", "TrainLoss", "build_loss"]
+__all__ = ["SoftTargetLoss", "TrainLoss", "build_loss", "soft_targets"]
 
 
 class TrainLoss(Protocol):
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         ...
+
+
+def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """Class indices (B,) as label-smoothed one-hot rows (B, num_classes)."""
+    return mixup_target(targets, num_classes, lam=1.0, smoothing=smoothing)
 
 
 class SoftTargetLoss(nn.Module):
@@ -44,7 +49,7 @@ class SoftTargetLoss(nn.Module):
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         if targets.ndim == 1:  # class indices: (B,) -> (B, num_classes)
-            targets = mixup_target(targets, self.num_classes, lam=1.0, smoothing=self.smoothing)
+            targets = soft_targets(targets, self.num_classes, self.smoothing)
         return self.cross_entropy(outputs, targets)
 
 
