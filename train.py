@@ -20,7 +20,7 @@ from t2t.data.setup import DataSizeError
 from t2t.engine.checkpoint import CheckpointSaveError
 from t2t.engine.distributed import DeviceError, DistributedSetupError
 from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, resume_config, run
-from t2t.engine.train_loop import NonFiniteLossError
+from t2t.engine.trainer import NonFiniteLossError
 from t2t.models.weights import CheckpointError
 from t2t.outputs import check_output_folder_inputs
 from t2t.runtime import keep_freed_memory

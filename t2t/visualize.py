@@ -236,7 +236,7 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     from .data.loader import build_train_loader, set_loader_epoch
     from .data.sampler import TrainSampler
     from .data.transforms import BatchNormalizeErase, build_eval_transform
-    from .engine.train_loop import soft_targets
+    from .engine.losses import soft_targets
 
     if not 0 <= rank < world_size:
         raise UsageError(f"--rank {rank}: expected 0 to --world-size {world_size} - 1")

@@ -142,11 +142,11 @@ def test_resume_inside_an_epoch_is_exact_on_cifar_files(tmp_path):
     common = ["--data-dir", folder, "data.workers=2"]
     run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
     run_train("-c", config, "--output", str(tmp_path / "resumed"), *common, "train.max_steps=13")
-    assert load(str(tmp_path / "resumed" / "step-00000013.pth"))["step_in_epoch"] == 3
+    assert load(str(tmp_path / "resumed" / "step-00000013.pth"))["train_state"]["step_in_epoch"] == 3
     run_train("-c", config, "--output", str(tmp_path / "resumed"), "--resume", "auto", *common)
     assert_same_run(str(tmp_path / "straight" / "last.pth"), str(tmp_path / "resumed" / "last.pth"))
     ckpt = load(str(tmp_path / "straight" / "last.pth"))
-    assert ckpt["run"]["classes"] == ["class_0", "class_1", "class_2"] and ckpt["global_step"] == 30
+    assert ckpt["run"]["classes"] == ["class_0", "class_1", "class_2"] and ckpt["train_state"]["global_step"] == 30
 
 
 def test_validate_py_reads_the_cifar_test_split(tmp_path, capsys):

@@ -22,8 +22,10 @@ import train
 from t2t.config import load_config
 from t2t.engine import distributed
 from t2t.engine.optim import LRSchedule
-from t2t.engine.train_loop import DeviceMeters, NonFiniteLossError, StepControl, TrainState, train_one_epoch
-from train_helpers import ROOT, load, make_data, run_train, write_config
+from t2t.engine.stopping import StopPolicy
+from t2t.engine.losses import SoftTargetLoss
+from t2t.engine.trainer import NonFiniteLossError, Trainer
+from train_helpers import ROOT, load, make_data, run_train, save_fake, write_config
 
 
 def _free_port() -> int:
@@ -97,7 +99,7 @@ def test_every_collective_goes_through_the_helpers_on_the_group_device(data_dir,
 
 def _agree_worker(rank: int, world: int, port: int, results: str) -> None:
     _as_rank(rank, world, port)
-    from t2t.engine.run import RunError, _agreed
+    from t2t.engine.run_folder import RunError, agreed as _agreed
     info = distributed.init_distributed("cpu")
     try:
         chosen = _agreed(info, lambda: f"step-{rank}.pth")  # each rank would list the folder differently
@@ -200,15 +202,17 @@ def _flat_schedule(lr=1e-3):
     return LRSchedule(base_lr=lr, warmup_lr=lr, min_lr=lr, warmup_epochs=0, epochs=10, steps_per_epoch=10)
 
 
-def _epoch(model, batches, *, accum=1, log_interval=100, control=StepControl(), meters=None, num_batches=None,
-           optimizer=None, amp="none"):
+def _trainer(model, *, accum=1, log_interval=100, optimizer=None, amp="none"):
     optimizer = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    state = TrainState()
-    train_one_epoch(model, batches=batches, num_batches=num_batches or len(batches), optimizer=optimizer,
-                    scaler=torch.amp.GradScaler("cpu", enabled=amp == "fp16"), schedule=_flat_schedule(),
-                    state=state, device=torch.device("cpu"), num_classes=3, accum_steps=accum,
-                    log_interval=log_interval, control=control, meters=meters, amp=amp)
-    return state
+    return Trainer(model, optimizer=optimizer, schedule=_flat_schedule(), loss_fn=SoftTargetLoss(3),
+                   device=torch.device("cpu"), scaler=torch.amp.GradScaler("cpu", enabled=amp == "fp16"),
+                   amp=amp, accum_steps=accum, log_interval=log_interval)
+
+
+def _epoch(model, batches, *, accum=1, log_interval=100, num_batches=None, optimizer=None, amp="none", **kwargs):
+    trainer = _trainer(model, accum=accum, log_interval=log_interval, optimizer=optimizer, amp=amp)
+    trainer.train_epoch(batches, (num_batches or len(batches)) // accum, **kwargs)
+    return trainer.state
 
 
 def _tiny_model():
@@ -271,16 +275,15 @@ def test_a_nan_found_before_a_save_stops_the_run():
     model = _tiny_model()
     with torch.no_grad():
         model.head.bias.fill_(float("nan"))
-    meters = DeviceMeters(torch.device("cpu"))
+    trainer = _trainer(model, log_interval=100)
     saves = []
 
-    def after_step(state, synced):  # what the run's save does first
-        meters.flush(state)
-        saves.append(state.global_step)
-        return False
+    def save():  # what the run's checkpointer does: the Trainer's state first, then the write
+        trainer.state_dict()
+        saves.append(trainer.state.global_step)
 
     with pytest.raises(NonFiniteLossError, match="optimizer step 0"):
-        _epoch(model, _batches(3), log_interval=100, control=StepControl(after_step=after_step), meters=meters)
+        trainer.train_epoch(_batches(3), 3, stop=StopPolicy(steps_per_epoch=3, every_steps=1), save=save)
     assert saves == []
 
 
@@ -318,8 +321,11 @@ def test_two_processes_stopped_mid_epoch_continue_on_one(data_dir, tmp_path):
                            capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert first.returncode == 0, first.stdout + first.stderr
     stopped = load(str(out / "step-00000006.pth"))
-    assert stopped["epoch"] == 1 and stopped["step_in_epoch"] == 2  # 39 // 8 = 4 steps per epoch
-    assert stopped["samples_in_epoch"] == 16 and stopped["run"]["world_size"] == 2
+    position = stopped["train_state"]
+    assert position["epoch"] == 1 and position["step_in_epoch"] == 2  # 39 // 8 = 4 steps per epoch
+    # Progress in samples of the global order, what a launch with another world size continues from.
+    assert position["step_in_epoch"] * stopped["run"]["global_batch_size"] == 16
+    assert stopped["run"]["world_size"] == 2
 
     # Without the setting the global batch would halve: refused, naming what to set.
     refused = run_train("-c", config, "--output", str(out), "--resume", "auto",
@@ -328,9 +334,9 @@ def test_two_processes_stopped_mid_epoch_continue_on_one(data_dir, tmp_path):
 
     run_train("-c", config, "--output", str(out), "--resume", "auto", *common)
     a, b = load(str(tmp_path / "straight" / "last.pth")), load(str(out / "last.pth"))
-    assert a["global_step"] == b["global_step"] == 12 and b["run"]["world_size"] == 1
+    assert a["train_state"]["global_step"] == b["train_state"]["global_step"] == 12 and b["run"]["world_size"] == 1
     assert b["run"]["grad_accum_steps"] == 2
-    assert b["samples_seen"] == a["samples_seen"] == 12 * 8
+    assert b["run"]["global_batch_size"] == a["run"]["global_batch_size"] == 8  # samples seen: 12 x 8 in both
     assert [row["lr"] for row in a["train_state"]["history"]] == [row["lr"] for row in b["train_state"]["history"]]
     assert [row["epoch"] for row in b["train_state"]["history"]] == [0, 1, 2]
     assert "1 processes x 4 per process x 2 accumulation" in (out / "train.log").read_text()
@@ -347,7 +353,7 @@ def _tree(folder):
 
 def test_resume_choice_in_run_folders(tmp_path, caplog):
     from t2t.engine.checkpoint import CheckpointWriter
-    from t2t.engine.run import RunError, _choose_resume
+    from t2t.engine.run_folder import RunError, choose_resume as _choose_resume
 
     # A run that stopped before its first checkpoint: --resume auto starts it, and says so; the
     # temporary file of a killed save is removed.
@@ -365,8 +371,7 @@ def test_resume_choice_in_run_folders(tmp_path, caplog):
     other, existing = tmp_path / "other", tmp_path / "existing"
     for folder, step in ((other, 5), (existing, 9)):
         folder.mkdir()
-        CheckpointWriter(str(folder)).save({"global_step": step, "epoch": 0, "model": {}}, end_of_epoch=True,
-                                           is_best=True)
+        save_fake(CheckpointWriter(str(folder)), step, 0, end_of_epoch=True, is_best=True)
         (folder / "config.yaml").write_text(f"# run {step}\n")
     before = _tree(existing)
     with pytest.raises(RunError, match="holds another run"):

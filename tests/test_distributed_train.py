@@ -51,7 +51,7 @@ def test_two_processes_through_torchrun(data_dir, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ckpt = _check_run(out, 2)
-    assert ckpt["global_step"] == 3 * 4  # 39 images // 2 ranks = 19 per rank // batch 4 = 4 steps, 3 epochs
+    assert ckpt["train_state"]["global_step"] == 3 * 4  # 39 images // 2 ranks = 19 per rank // batch 4 = 4 steps, 3 epochs
     row = ckpt["train_state"]["history"][-1]
     assert 0 <= row["val_top1"] <= 100 and row["val_top5"] == 100.0  # 3 classes: top-5 is certain
 

@@ -270,7 +270,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(capsys, monkeypatc
     assert "step-00000002.pth" in line and "--resume auto" in line
     assert "step-00000001.pth" in before and checksums(out) == before
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
-    assert torch.load(out / "step-00000001.pth", weights_only=True)["global_step"] == 1
+    assert torch.load(out / "step-00000001.pth", weights_only=True)["train_state"]["global_step"] == 1
 
 
 def test_atomic_save_reports_a_full_disk_and_honours_the_umask(tmp_path, monkeypatch):

@@ -11,9 +11,10 @@ import torch
 from t2t.config import load_config
 from t2t.engine.checkpoint import CheckpointWriter, atomic_save, find_resume_checkpoint
 from t2t.engine.optim import LRSchedule
+from t2t.engine.losses import SoftTargetLoss
 from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, run
-from t2t.engine.train_loop import NonFiniteLossError, TrainState, train_one_epoch
-from train_helpers import (assert_same_run, load, make_data, run_train, train_cmd, write_config)
+from t2t.engine.trainer import NonFiniteLossError, Trainer, TrainState
+from train_helpers import (assert_same_run, load, make_data, run_train, save_fake, train_cmd, write_config)
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,11 @@ def _train_steps(model, batches, *, accum=1, amp="none", lr=1e-3, state=None, sc
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr) if sgd else torch.optim.AdamW(params, lr=lr)
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=amp == "fp16")
-    state = state or TrainState()
-    train_one_epoch(model, batches=batches, num_batches=len(batches), optimizer=optimizer, scaler=scaler,
-                    schedule=_flat_schedule(lr), state=state, device=torch.device("cpu"), num_classes=3, amp=amp,
-                    accum_steps=accum)
-    return state, scaler
+    trainer = Trainer(model, optimizer=optimizer, schedule=_flat_schedule(lr), loss_fn=SoftTargetLoss(3),
+                      device=torch.device("cpu"), scaler=scaler, amp=amp, accum_steps=accum)
+    trainer.state = state or TrainState()
+    trainer.train_epoch(batches, len(batches) // accum)
+    return trainer.state, scaler
 
 
 def test_one_epoch_changes_weights_and_ema(data_dir, tmp_path):
@@ -42,7 +43,7 @@ def test_one_epoch_changes_weights_and_ema(data_dir, tmp_path):
     initial = timm.create_model("t2t_vit_7", img_size=32, num_classes=3).state_dict()
     result = run(cfg, data_dir=data_dir, output=str(tmp_path / "run"))
     ckpt = load(os.path.join(result.output, "last.pth"))
-    assert ckpt["global_step"] == 9 and ckpt["epoch"] == 1  # 36 images / batch 4
+    assert ckpt["train_state"]["global_step"] == 9 and ckpt["train_state"]["epoch"] == 1  # 36 images / batch 4
     for key in ("blocks.0.attn.qkv.weight", "tokens_to_token.attention1.kqv.weight", "head.weight"):
         assert not torch.equal(ckpt["model"][key], initial[key]), key
         assert not torch.equal(ckpt["state_dict_ema"][key], initial[key]), key
@@ -124,41 +125,41 @@ def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
 
 def test_damaged_newest_checkpoint_is_skipped(tmp_path, caplog):
     writer = CheckpointWriter(str(tmp_path))
-    writer.save({"global_step": 9, "epoch": 1, "model": {}}, end_of_epoch=True, is_best=False)
+    save_fake(writer, 9, 1, end_of_epoch=True, is_best=False)
     time.sleep(0.05)
-    writer.save({"global_step": 12, "epoch": 1, "model": {}}, end_of_epoch=False, is_best=False)
+    save_fake(writer, 12, 1, end_of_epoch=False, is_best=False)
     newest = tmp_path / "step-00000012.pth"
     newest.write_bytes(newest.read_bytes()[:20])  # truncated by a crash outside our control
     path, ckpt = find_resume_checkpoint(str(tmp_path))
-    assert os.path.basename(path) == "last.pth" and ckpt["global_step"] == 9
+    assert os.path.basename(path) == "last.pth" and ckpt.global_step == 9
     assert "Skipping checkpoint" in caplog.text and "step-00000012.pth" in caplog.text
     assert "it cannot be loaded (CheckpointError: " in caplog.text  # the reason is never empty
 
 
 def test_damaged_last_falls_back_to_best_and_says_why(tmp_path, caplog):
     writer = CheckpointWriter(str(tmp_path))
-    writer.save({"global_step": 9, "epoch": 1, "model": {}}, end_of_epoch=True, is_best=True)
+    save_fake(writer, 9, 1, end_of_epoch=True, is_best=True)
     time.sleep(0.05)
-    writer.save({"global_step": 18, "epoch": 2, "model": {}}, end_of_epoch=True, is_best=False)
+    save_fake(writer, 18, 2, end_of_epoch=True, is_best=False)
     (tmp_path / "last.pth").write_bytes(b"")  # a zero-byte file: EOFError has no message of its own
     path, ckpt = find_resume_checkpoint(str(tmp_path))
-    assert os.path.basename(path) == "best.pth" and ckpt["global_step"] == 9
+    assert os.path.basename(path) == "best.pth" and ckpt.global_step == 9
     assert "last.pth: it cannot be loaded (" in caplog.text and "(skipped: last.pth)" in caplog.text
 
 
 def test_best_and_epoch_copies_are_links_to_one_write(tmp_path, monkeypatch):
     writes = []
     real_save = torch.save
-    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (writes.append(obj["global_step"]),
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (writes.append(obj["train_state"]["global_step"]),
                                                                 real_save(obj, f, *a, **k)))
     writer = CheckpointWriter(str(tmp_path), keep_epochs=2)
-    writer.save({"global_step": 9, "epoch": 0, "model": {}}, end_of_epoch=True, is_best=True)
+    save_fake(writer, 9, 0, end_of_epoch=True, is_best=True)
     assert writes == [9]  # serialised once
     for name in ("best.pth", "epoch-0000.pth"):
         assert os.path.samefile(tmp_path / "last.pth", tmp_path / name)
-    writer.save({"global_step": 18, "epoch": 1, "model": {}}, end_of_epoch=True, is_best=False)
-    assert load(tmp_path / "best.pth")["global_step"] == 9  # replacing last.pth leaves best.pth as it was
-    assert load(tmp_path / "last.pth")["global_step"] == 18
+    save_fake(writer, 18, 1, end_of_epoch=True, is_best=False)
+    assert load(tmp_path / "best.pth")["train_state"]["global_step"] == 9  # replacing last.pth leaves best.pth as it was
+    assert load(tmp_path / "last.pth")["train_state"]["global_step"] == 18
 
 
 def test_existing_run_folder_is_refused_without_resume(data_dir, tmp_path):
@@ -190,7 +191,7 @@ def test_resume_is_exact(data_dir, tmp_path, stop_at, workers, extra):
     common = ["--data-dir", data_dir, f"data.workers={workers}", *extra]
     run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
     run_train("-c", config, "--output", str(tmp_path / "resumed"), *common, f"train.max_steps={stop_at}")
-    assert load(str(tmp_path / "resumed" / "last.pth"))["global_step"] == min(stop_at, 9)
+    assert load(str(tmp_path / "resumed" / "last.pth"))["train_state"]["global_step"] == min(stop_at, 9)
     run_train("-c", config, "--output", str(tmp_path / "resumed"), "--resume", "auto", *common)
     assert_same_run(str(tmp_path / "straight" / "last.pth"), str(tmp_path / "resumed" / "last.pth"))
 
@@ -232,7 +233,7 @@ def test_killed_run_resumes_exactly(data_dir, tmp_path, sig, group):
         assert code == (PREEMPTED_EXIT_CODE if sig == signal.SIGTERM else INTERRUPTED_EXIT_CODE), stderr
         assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr
         ckpt, _ = find_resume_checkpoint(str(out))
-        assert load(ckpt)["global_step"] >= 12
+        assert load(ckpt)["train_state"]["global_step"] >= 12
     run_train("-c", config, "--output", str(out), "--resume", "auto", *common)
     assert_same_run(str(tmp_path / "straight" / "last.pth"), str(out / "last.pth"))
 

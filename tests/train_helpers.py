@@ -73,8 +73,24 @@ def epoch_rows(ckpt: dict) -> list[dict]:
 
 def assert_same_run(a_path: str, b_path: str) -> None:
     a, b = load(a_path), load(b_path)
-    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    assert a["train_state"]["global_step"] == b["train_state"]["global_step"]
+    assert a["train_state"]["epoch"] == b["train_state"]["epoch"]
     assert_same_tensors(a["model"], b["model"], "model")
     assert_same_tensors(a["state_dict_ema"], b["state_dict_ema"], "EMA")
     assert_same_optimizer(a["optimizer"], b["optimizer"])
     assert epoch_rows(a) == epoch_rows(b)
+
+
+def fake_checkpoint(step: int, epoch: int) -> dict:
+    """A minimal training checkpoint (the current format) at `step`, for tests of the files around it."""
+    from t2t.engine.checkpoint_schema import TrainingCheckpoint
+    from t2t.engine.trainer import TrainState
+
+    trainer = {"model": {}, "state_dict_ema": None, "optimizer": {}, "scaler": {},
+               "train_state": TrainState(epoch=epoch, global_step=step).to_dict(), "rng": {"torch": None}}
+    return TrainingCheckpoint(trainer=trainer, arch="t2t_vit_7", config={}, run=None, versions={}).to_dict()
+
+
+def save_fake(writer, step: int, epoch: int, *, end_of_epoch: bool, is_best: bool) -> str:
+    return writer.save(fake_checkpoint(step, epoch), epoch=epoch, step=step, end_of_epoch=end_of_epoch,
+                       is_best=is_best)

@@ -7,12 +7,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from typing import Any, Optional
 
 import torch
 
 from ..models.weights import CheckpointError, describe_mismatch, read_checkpoint, strip_prefixes
 from ..outputs import atomic_output
+from .checkpoint_schema import TrainingCheckpoint, library_versions
 
 _logger = logging.getLogger(__name__)
 
@@ -20,16 +22,6 @@ LAST = "last.pth"
 BEST = "best.pth"
 _EPOCH_PATTERN = re.compile(r"epoch-(\d+)\.pth$")
 _STEP_PATTERN = re.compile(r"step-(\d+)\.pth$")
-
-
-def library_versions() -> dict[str, str]:
-    import timm
-    import torchvision
-
-    from .. import __version__
-
-    return {"t2t": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "timm": str(timm.__version__)}
 
 
 def clean_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -60,29 +52,23 @@ def _save_error(path: str, folder: str, error: OSError) -> CheckpointSaveError:
     return out
 
 
-def load_training_checkpoint(path: str) -> dict[str, Any]:
+def load_training_checkpoint(path: str) -> TrainingCheckpoint:
     """Load one of our training checkpoints (plain data only) on the CPU; CheckpointError says why one cannot be."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
-    ckpt = read_checkpoint(path)
-    missing = [k for k in ("model", "global_step") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        found = f"keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
-        raise CheckpointError(
-            f"checkpoint {path!r} is not a t2t training checkpoint: no {' / '.join(map(repr, missing))} entry "
-            f"(it holds {found}); to start from its weights, use model.init_from={path} without --resume")
-    return ckpt
+    return TrainingCheckpoint.from_dict(read_checkpoint(path), path=path)
 
 
-def check_checkpoint_fits(ckpt: dict[str, Any], model: torch.nn.Module, *, path: str, model_name: str) -> None:
+def check_checkpoint_fits(ckpt: TrainingCheckpoint, model: torch.nn.Module, *, path: str, model_name: str) -> None:
     """CheckpointError naming what differs if the checkpoint's weights do not fit `model` (another model, class count, size)."""
-    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+    weights = ckpt.weights
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"checkpoint {path!r} is damaged: its 'model' entry is not a state dict of tensors")
-    mismatch = describe_mismatch(ckpt["model"], model.state_dict())
+    mismatch = describe_mismatch(weights, model.state_dict())
     if not mismatch:
         return
-    recorded = ckpt.get("config", {}).get("model", {}) if isinstance(ckpt.get("config"), dict) else {}
-    saved = (recorded.get("name", ckpt.get("arch")), _num_classes(ckpt["model"]), recorded.get("img_size"))
+    recorded = ckpt.config.get("model", {}) if isinstance(ckpt.config, dict) else {}
+    saved = (recorded.get("name", ckpt.arch), _num_classes(weights), recorded.get("img_size"))
     now = (model_name, _num_classes(model.state_dict()), getattr(model, "img_size", None))
     differs = [f"{what} {a!r} -> {b!r}" for what, a, b in zip(("model", "classes", "img_size"), saved, now)
                if a is not None and b is not None and a != b]
@@ -108,7 +94,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def find_resume_checkpoint(folder: str) -> Optional[tuple[str, dict[str, Any]]]:
+def find_resume_checkpoint(folder: str) -> Optional[tuple[str, TrainingCheckpoint]]:
     """Newest loadable checkpoint in `folder` of any kind, saying which files were skipped and why."""
     skipped = []
     for path in _candidates(folder):
@@ -166,9 +152,8 @@ class CheckpointWriter:
         self.keep_epochs = keep_epochs
         self.keep_steps = keep_steps
 
-    def save(self, state: dict[str, Any], *, end_of_epoch: bool, is_best: bool) -> str:
-        """Save `state` as last.pth (and best / epoch-N / step-N as asked); return the main path."""
-        epoch, step = state["epoch"], state["global_step"]
+    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> str:
+        """Save `state` (at `epoch`, `step`) as last.pth (and best / epoch-N / step-N as asked); return the main path."""
         # Serialised once; best / epoch-N are hard links to the same bytes (rank 0's write stalls
         # every other rank in its next collective, so a 1 GB checkpoint must not be written thrice).
         if end_of_epoch:
@@ -193,3 +178,26 @@ class CheckpointWriter:
             for name in os.listdir(self.folder) if (m := pattern.search(name)))
         for _, path in found[:max(0, len(found) - keep)]:
             os.remove(path)
+
+
+class Checkpointer:
+    """Saves the run: the Trainer's state with what describes the run, as one TrainingCheckpoint.
+
+    Every rank calls `save` (the Trainer's state is a collective); only the rank holding `writer` writes.
+    """
+
+    def __init__(self, writer: Optional[CheckpointWriter], *, arch: str, config: dict[str, Any],
+                 run: dict[str, Any]) -> None:
+        self.writer = writer
+        self.arch, self.config, self.run = arch, config, run
+
+    def save(self, trainer: Any, *, end_of_epoch: bool, is_best: bool = False) -> None:
+        state = trainer.state_dict()  # collective: every rank takes part
+        if self.writer is None:
+            return
+        ckpt = TrainingCheckpoint(trainer=state, arch=self.arch, config=self.config, run=self.run,
+                                  versions=library_versions())
+        epoch, step = trainer.state.epoch, trainer.state.global_step
+        t0 = time.perf_counter()
+        path = self.writer.save(ckpt.to_dict(), epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
+        _logger.info("Saved %s (epoch %d, step %d) in %.1f s", path, epoch, step, time.perf_counter() - t0)
