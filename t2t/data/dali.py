@@ -151,33 +151,53 @@ class SampleDraw:
     flip: int
     ops: list[tuple[int, float, np.ndarray, np.ndarray]]  # per RandAugment layer: (code, param, matrix, kernel)
     jitter: tuple[float, float, float]  # brightness, contrast, saturation factors
+    op_args: list[tuple[str, Optional[float]]]  # per layer: timm's op name and its argument (None: skipped)
 
 
 def random_resized_crop_box(rng: random.Random, width: int, height: int, scale: Sequence[float],
                             ratio: Sequence[float]) -> tuple[int, int, int, int]:
-    """(x, y, w, h) drawn as torchvision's RandomResizedCrop.get_params draws it (10 tries, then a centre crop)."""
+    """(x, y, w, h) drawn as timm's RandomResizedCropAndInterpolation.get_params draws it from `rng`.
+
+    The same draws in the same order (10 tries, then a centre crop), with the one-pixel floor of the
+    Pillow backend's FastTrainTransform for tiny images.
+    """
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
+        target_area = rng.uniform(*scale) * area
         aspect = math.exp(rng.uniform(*log_ratio))
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, width - w), rng.randint(0, height - h), w, h
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
+        if w <= width and h <= height:
+            y = rng.randint(0, height - h)
+            x = rng.randint(0, width - w)
+            break
     else:
-        w, h = width, height
-    w, h = max(1, min(w, width)), max(1, min(h, height))
-    return (width - w) // 2, (height - h) // 2, w, h
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            w, h = int(round(height * max(ratio))), height
+        else:
+            w, h = width, height
+        y, x = (height - h) // 2, (width - w) // 2
+    w, h = max(w, 1), max(h, 1)
+    return min(x, width - w), min(y, height - h), w, h
+
+
+_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 
 
 class SamplePlanner:
-    """Draws a sample's augmentation from its seed: crop, interpolation, flip, RandAugment layers, jitter."""
+    """Draws a sample's augmentation from its seed: crop, interpolation, flip, RandAugment layers, jitter.
+
+    The draws follow the Pillow backend's random streams for the same seed (``seed_global_rngs``:
+    Python's ``random`` for the crop box, the interpolation and the RandAugment probabilities,
+    magnitudes and signs; NumPy's legacy RNG for the RandAugment op choice; torch's CPU generator for
+    the flip), each on a private generator, so both backends pick the same crop, flip and
+    RandAugment ops and magnitudes for a sample. Colour jitter (used only without a policy) is
+    drawn from the same seed but not in torchvision's order.
+    """
 
     def __init__(self, img_size: int, *, scale: Sequence[float], ratio: Sequence[float], hflip: float,
                  interpolation: str, policy: Optional[RandPolicy], color_jitter: float) -> None:
@@ -203,65 +223,93 @@ class SamplePlanner:
         rng = random.Random(seed)
         box = random_resized_crop_box(rng, width, height, self.scale, self.ratio)
         interp = self.interps[0] if len(self.interps) == 1 else rng.choice(self.interps)
-        flip = int(self.hflip > 0 and rng.random() < self.hflip)
-        ops = [self._draw_op(rng) for _ in range(self.layers)]
+        flip = 0
+        if self.hflip > 0:
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+            flip = int(torch.rand(1, generator=generator).item() < self.hflip)
+        ops, op_args = [], []
+        if self.layers:
+            names = np.random.RandomState(seed >> 32).choice(len(self.op_names), self.layers, replace=True)
+            op_args = [(self.op_names[i], self.draw_op_args(rng, self.op_names[i])) for i in names]
+            ops = [self._layer(name, arg) for name, arg in op_args]
         jitter = (1.0, 1.0, 1.0)
         if self.color_jitter > 0:
             lo, hi = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
             jitter = (rng.uniform(lo, hi), rng.uniform(lo, hi), rng.uniform(lo, hi))
-        return SampleDraw(box=box, interp=interp, flip=flip, ops=ops, jitter=jitter)
+        return SampleDraw(box=box, interp=interp, flip=flip, ops=ops, jitter=jitter, op_args=op_args)
 
-    def _draw_op(self, rng: random.Random) -> tuple[int, float, np.ndarray, np.ndarray]:
-        """One RandAugment layer as timm's RandAugment draws it: an op (with replacement), applied with prob p."""
+    def draw_op_args(self, rng: random.Random, name: str) -> Optional[float]:
+        """timm's AugmentOp.__call__ draws for op `name`: None if skipped (prob), else its level argument."""
         policy = self.policy
-        name = rng.choice(self.op_names)
-        if rng.random() > policy.p:
-            return OP_IDENTITY, 0.0, _IDENTITY_MATRIX, _DELTA
+        if policy.p < 1.0 and rng.random() > policy.p:
+            return None
         magnitude = policy.m
         if policy.mstd > 0:
             magnitude = rng.gauss(magnitude, policy.mstd)
-        level = max(0.0, min(policy.mmax, magnitude)) / _LEVEL_DENOM
-        sign = -1.0 if rng.random() < 0.5 else 1.0  # timm's _randomly_negate
-        size = float(self.img_size)
+        level = max(0.0, min(magnitude, policy.mmax)) / _LEVEL_DENOM
+
+        def negate(v: float) -> float:
+            return -v if rng.random() > 0.5 else v  # timm's _randomly_negate
+
         if name == "Rotate":
-            theta = math.radians(sign * level * 30.0)
+            arg = negate(level * 30.0)
+        elif name in ("ShearX", "ShearY"):
+            arg = negate(level * 0.3)
+        elif name in ("TranslateXRel", "TranslateYRel"):
+            arg = negate(level * 0.45)  # timm's translate_pct
+        elif name in ("ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing"):
+            arg = max(0.1, 1.0 + negate(level * 0.9))
+        elif name in ("Color", "Contrast", "Brightness", "Sharpness"):
+            arg = level * 1.8 + 0.1
+        elif name == "Posterize":
+            arg = int(level * 4)
+        elif name == "PosterizeIncreasing":
+            arg = 4 - int(level * 4)
+        elif name == "Solarize":
+            arg = int(level * 256)
+        elif name == "SolarizeIncreasing":
+            arg = 256 - int(level * 256)
+        elif name == "SolarizeAdd":
+            arg = int(level * 110)
+        else:  # AutoContrast, Equalize, Invert: no argument
+            arg = 0.0
+        if name in _GEOMETRIC and len(self.interps) > 1:
+            rng.choice(self.interps)  # timm's resample choice (DALI's warp stays bilinear)
+        return float(arg)
+
+    def _layer(self, name: str, arg: Optional[float]) -> tuple[int, float, np.ndarray, np.ndarray]:
+        """The pipeline's (op code, scalar, affine matrix, 3x3 kernel) for timm's op `name` with argument `arg`."""
+        if arg is None:
+            return OP_IDENTITY, 0.0, _IDENTITY_MATRIX, _DELTA
+        size = float(self.img_size)
+        if name == "Rotate":  # PIL rotates counter-clockwise about the centre; the matrix maps output to input
+            theta = math.radians(arg)
             c, s, centre = math.cos(theta), math.sin(theta), size / 2
-            matrix = [[c, s, centre - c * centre - s * centre], [-s, c, centre + s * centre - c * centre]]
+            matrix = [[c, -s, centre - c * centre + s * centre], [s, c, centre - s * centre - c * centre]]
             return OP_AFFINE, 0.0, np.array(matrix, dtype=np.float32), _DELTA
-        if name in ("ShearX", "ShearY"):
-            shear = sign * level * 0.3
-            matrix = [[1, shear, 0], [0, 1, 0]] if name == "ShearX" else [[1, 0, 0], [shear, 1, 0]]
+        if name in ("ShearX", "ShearY"):  # PIL's AFFINE data (output -> input), as timm passes it
+            matrix = [[1, arg, 0], [0, 1, 0]] if name == "ShearX" else [[1, 0, 0], [arg, 1, 0]]
             return OP_AFFINE, 0.0, np.array(matrix, dtype=np.float32), _DELTA
         if name in ("TranslateXRel", "TranslateYRel"):
-            shift = sign * level * 0.45 * size  # timm's translate_pct
+            shift = arg * size
             matrix = [[1, 0, shift], [0, 1, 0]] if name == "TranslateXRel" else [[1, 0, 0], [0, 1, shift]]
             return OP_AFFINE, 0.0, np.array(matrix, dtype=np.float32), _DELTA
-        if name.endswith("Increasing") and name[:-len("Increasing")] in ("Color", "Contrast", "Brightness",
-                                                                           "Sharpness"):
-            factor = 1.0 + sign * level * 0.9
-            return self._enhance(name[:-len("Increasing")], factor)
-        if name in ("Color", "Contrast", "Brightness", "Sharpness"):
-            return self._enhance(name, level * 1.8 + 0.1)
-        if name == "Posterize":
-            return OP_POSTERIZE, float(_posterize_mask(int(level * 4))), _IDENTITY_MATRIX, _DELTA
-        if name == "PosterizeIncreasing":
-            return OP_POSTERIZE, float(_posterize_mask(4 - int(level * 4))), _IDENTITY_MATRIX, _DELTA
-        if name == "Solarize":
-            return OP_SOLARIZE, float(int(level * 256)), _IDENTITY_MATRIX, _DELTA
-        if name == "SolarizeIncreasing":
-            return OP_SOLARIZE, float(256 - int(level * 256)), _IDENTITY_MATRIX, _DELTA
+        base = name[:-len("Increasing")] if name.endswith("Increasing") else name
+        if base == "Sharpness":  # PIL: blur + factor * (image - blur), as one 3x3 kernel
+            kernel = (1.0 - arg) * _SMOOTH + arg * _DELTA
+            return OP_SHARPNESS, arg, _IDENTITY_MATRIX, kernel.astype(np.float32)
+        if base in ("Color", "Contrast", "Brightness"):
+            return {"Color": OP_COLOR, "Contrast": OP_CONTRAST, "Brightness": OP_BRIGHTNESS}[base], arg, \
+                _IDENTITY_MATRIX, _DELTA
+        if base == "Posterize":
+            return OP_POSTERIZE, float(_posterize_mask(int(arg))), _IDENTITY_MATRIX, _DELTA
+        if base == "Solarize":
+            return OP_SOLARIZE, arg, _IDENTITY_MATRIX, _DELTA
         if name == "SolarizeAdd":
-            return OP_SOLARIZE_ADD, float(int(level * 110)), _IDENTITY_MATRIX, _DELTA
+            return OP_SOLARIZE_ADD, arg, _IDENTITY_MATRIX, _DELTA
         code = {"Invert": OP_INVERT, "Equalize": OP_EQUALIZE, "AutoContrast": OP_AUTOCONTRAST}[name]
         return code, 0.0, _IDENTITY_MATRIX, _DELTA
-
-    @staticmethod
-    def _enhance(name: str, factor: float) -> tuple[int, float, np.ndarray, np.ndarray]:
-        if name == "Sharpness":  # PIL: blur + factor * (image - blur), as one 3x3 kernel
-            kernel = (1.0 - factor) * _SMOOTH + factor * _DELTA
-            return OP_SHARPNESS, factor, _IDENTITY_MATRIX, kernel.astype(np.float32)
-        code = {"Color": OP_COLOR, "Contrast": OP_CONTRAST, "Brightness": OP_BRIGHTNESS}[name]
-        return code, factor, _IDENTITY_MATRIX, _DELTA
 
 
 def _posterize_mask(bits: int) -> int:
