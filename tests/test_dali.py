@@ -282,7 +282,7 @@ def test_statistics_agree_with_the_pillow_backend(tmp_path):
     from t2t.data.bench import augmentation_statistics, make_benchmark_images
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=48, seed=1)
-    stats = augmentation_statistics(os.path.join(folder, "images"), img_size=96, epochs=3)
+    stats = augmentation_statistics(folder, img_size=96, epochs=3)
     pil, dali = stats["pil"], stats["dali"]
     for key in ("area_fraction", "log_aspect", "flip"):
         diff, allowed = _within(pil["draws"][key], dali["draws"][key])

@@ -21,7 +21,7 @@ DALI checkpoint describes one pipeline on one rank: it cannot be carried to anot
 it would have to be stored in the training checkpoint of every rank, and it restores the state
 after the batches DALI had prefetched, not after the ones the model consumed.
 
-Training output is uint8 (B, 3, H, W); normalisation and random erasing run on the device
+Training output is uint8 (B, 3, H, W) (channels-last memory); normalisation and random erasing run on the device
 (``BatchNormalizeErase``), as the Pillow backend does on CUDA; mixup/cutmix stay in the engine.
 Evaluation output is normalised float (resize the short side, centre crop, normalise in DALI).
 
@@ -375,7 +375,7 @@ def _pipeline_device(device: torch.device) -> Optional[int]:
 
 def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads: int, device_id: Optional[int],
                          fill: float, seed: int = 0) -> Any:
-    """Decode + crop (one op), resize, flip, RandAugment layers, colour jitter -> uint8 (B, 3, S, S)."""
+    """Decode + crop (one op), resize, flip, RandAugment layers, colour jitter -> uint8 (B, S, S, 3)."""
     require_dali()
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
@@ -463,7 +463,7 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
         if jitter:
             bcs = ext("jitter", types.FLOAT, 1)
             images = fn.color_twist(images, brightness=bcs[0], contrast=bcs[1], saturation=bcs[2])
-        return fn.transpose(images, perm=[2, 0, 1])
+        return images  # HWC: the loader hands torch a (B, 3, H, W) view (channels-last memory)
 
     pipe = pipeline()
     pipe.build()
@@ -661,7 +661,8 @@ class DaliTrainLoader(_LoaderBase):
                 if b + 1 < len(batches):
                     pending = ahead.submit(self._prepare, batches[b + 1], epoch)
                 (images,) = self._run(feeds, paths)
-                yield _to_torch(images, self.device), targets
+                # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
+                yield _to_torch(images, self.device).permute(0, 3, 1, 2), targets
 
 
 class DaliEvalLoader(_LoaderBase):
