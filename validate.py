@@ -66,6 +66,7 @@ class Settings:
     std: tuple[float, ...] = IMAGENET_STD
     num_classes: int | None = None
     cpu_backend: bool = False
+    data_backend: str = "pil"  # pil | dali (decode and resize with NVIDIA DALI, on the GPU under CUDA)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,6 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
     p.add_argument("--allow-class-mismatch", action="store_true",
                    help="evaluate even if the class folder names differ from the classes the checkpoint records")
+    p.add_argument("--data-backend", choices=["pil", "dali"],
+                   help="decode with Pillow in worker processes, or with NVIDIA DALI (default: the config's "
+                        "data.backend, else pil)")
     p.add_argument("--results-file", help="write the results as JSON here (rank 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     return p.parse_args(argv)
@@ -100,14 +104,15 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             model=cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
             interpolation=cfg.eval.interpolation, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
             amp=cfg.train.amp, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
-            num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend)
+            num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend, data_backend=cfg.data.backend)
     elif args.model:
         settings = Settings(model=args.model, img_size=None)
     else:
         raise ValidateError("give the model with -m/--model NAME or a run's config with -c CONFIG")
     flags = {"model": args.model, "img_size": args.img_size, "crop_pct": args.crop_pct,
              "interpolation": args.interpolation, "batch_size": args.batch_size, "workers": args.workers,
-             "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on"}
+             "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on",
+             "data_backend": args.data_backend}
     for key, value in flags.items():
         if value is not None:
             setattr(settings, key, value)
@@ -130,6 +135,19 @@ def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset | CIF
     if find_cifar_dir(data_dir) is not None:
         return CIFARDataset(data_dir, train=False, transform=transform)
     return ImageFolderDataset(resolve_eval_dir(data_dir), transform)
+
+
+def build_dali_eval_loader(dataset: ImageFolderDataset | CIFARDataset, settings: Settings, dist: DistInfo):
+    """--data-backend dali: decode, resize and centre-crop with NVIDIA DALI (t2t/data/dali.py)."""
+    from t2t.data.dali import DaliEvalLoader, require_dali
+
+    require_dali()
+    if not isinstance(dataset, ImageFolderDataset):
+        raise ValidateError("--data-backend dali reads image folders; this is a CIFAR folder: use --data-backend pil")
+    return DaliEvalLoader(dataset, img_size=settings.img_size, crop_pct=settings.crop_pct,
+                          interpolation=settings.interpolation, mean=settings.mean, std=settings.std,
+                          batch_size=settings.batch_size, workers=settings.workers, num_replicas=dist.world_size,
+                          rank=dist.rank, device=dist.device)
 
 
 def build_model(settings: Settings, checkpoint: str, info: CheckpointInfo, use_ema: bool) -> tuple[nn.Module, str]:
@@ -195,9 +213,12 @@ def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
     weights = "ema" if source in EMA_KEYS else "model"
     _logger.info("Using the %s weights (entry %r) of %s; settings %s", weights, source, args.checkpoint,
                  asdict(settings))
-    loader = build_eval_loader(
-        dataset, batch_size=settings.batch_size, workers=settings.workers, num_replicas=dist.world_size,
-        rank=dist.rank, pin_memory=dist.device.type == "cuda")
+    if settings.data_backend == "dali":
+        loader = build_dali_eval_loader(dataset, settings, dist)
+    else:
+        loader = build_eval_loader(
+            dataset, batch_size=settings.batch_size, workers=settings.workers, num_replicas=dist.world_size,
+            rank=dist.rank, pin_memory=dist.device.type == "cuda")
     t2t.models.cpu.apply_backend(model, settings.cpu_backend, dist.device, settings.amp)
     metrics = evaluate(model.to(dist.device), loader, device=dist.device, amp=settings.amp, dist=dist)
     return {**metrics, "model": settings.model, "checkpoint": args.checkpoint, "weights": weights,

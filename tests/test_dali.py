@@ -350,3 +350,69 @@ def test_two_processes_gloo_with_dali(data_dir, tmp_path):
     assert ckpt["global_step"] == 36 // 8  # 36 images, global batch 2 x 4
     row = ckpt["train_state"]["history"][-1]
     assert 0 <= row["val_top1"] <= 100 and row["val_top5"] == 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the same images as the Pillow transform, up to resampling; validate.py --data-backend
+
+
+@needs_dali
+def test_eval_images_match_the_pillow_transform(tmp_path):
+    from t2t.data.bench import make_benchmark_images
+    from t2t.data.transforms import build_eval_transform
+
+    folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, seed=2)
+    dataset = ImageFolderDataset(folder, build_eval_transform(64, 0.875, "bicubic"))
+    loader = dali_backend.DaliEvalLoader(dataset, img_size=64, crop_pct=0.875, interpolation="bicubic",
+                                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), batch_size=4,
+                                         workers=1)
+    ours = torch.cat([x for x, _ in loader])
+    pillow = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    assert ours.shape == pillow.shape == (6, 3, 64, 64)
+    # the same resized size and crop window; the cubic filters differ by rounding only
+    assert (ours - pillow).abs().mean() < 0.01  # normalised units: 0.01 x 0.226 x 255 = 0.6 levels
+
+
+@needs_dali
+def test_validate_with_the_dali_backend(tmp_path, capsys):
+    import timm
+
+    sys.path.insert(0, ROOT)
+    import validate
+
+    data_dir = _colour_dataset(str(tmp_path / "data"))
+    model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    results = {}
+    for backend in ("pil", "dali"):
+        out = tmp_path / f"{backend}.json"
+        code = validate.main(["--data-dir", data_dir, "-m", "t2t_vit_7", "--checkpoint", str(tmp_path / "m.pth"),
+                              "--img-size", "32", "--batch-size", "4", "--workers", "1", "--data-backend", backend,
+                              "--device", "cpu", "--results-file", str(out)])
+        assert code == 0, capsys.readouterr().err
+        import json
+        with open(out) as f:
+            results[backend] = json.load(f)
+    assert results["pil"]["count"] == results["dali"]["count"] == 9
+    assert results["dali"]["loss"] == pytest.approx(results["pil"]["loss"], rel=0.02)
+
+
+@needs_dali
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, interpolation):
+    """Without RandAugment both backends crop the same box and flip the same way: only resampling differs."""
+    from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
+    from t2t.data.transforms import build_train_transform
+
+    folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, seed=2)
+    aug = dict(_augment_kwargs("crop", None), interpolation=interpolation)
+    loader = _dali_loader(folder, 64, aug, batch_size=6, seed=5, threads=1, count=6)
+    pillow = ImageFolderDataset(folder, build_train_transform(64, fast_decode=True, use_prefetcher=True, re_prob=0.0,
+                                                              **aug), seed=5)
+    for epoch in (0, 1):
+        loader.dataset.set_epoch(epoch)
+        pillow.set_epoch(epoch)
+        ours = next(iter(loader))[0].float()
+        theirs = torch.stack([pillow[i][0] for i in range(6)]).float()
+        per_image = (ours - theirs).abs().mean(dim=(1, 2, 3))
+        assert per_image.max() < 2.0, per_image  # uint8 levels; a different crop or flip gives 20-40

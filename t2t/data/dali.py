@@ -487,16 +487,31 @@ def build_eval_pipeline(img_size: int, crop_pct: float, interpolation: str, mean
                   exec_async=False, exec_pipelined=False)
     def pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        # Resized size and crop window from the host (eval_geometry), so that the rounding is torchvision's.
+        resized = fn.external_source(name="resized", dtype=types.FLOAT, ndim=1)  # (w, h)
+        anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)  # (x, y)
         images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        images = fn.resize(images, resize_shorter=eval_resize_size(img_size, crop_pct), interp_type=interp,
-                           antialias=True)
-        return fn.crop_mirror_normalize(images, crop=(img_size, img_size), crop_pos_x=0.5, crop_pos_y=0.5,
-                                        mean=[255 * m for m in mean], std=[255 * s for s in std],
+        images = fn.resize(images, resize_x=resized[0], resize_y=resized[1], interp_type=interp, antialias=True)
+        images = fn.slice(images, anchor, types.Constant(np.array([img_size, img_size], dtype=np.float32)),
+                          axis_names="WH", normalized_anchor=False, normalized_shape=False,
+                          out_of_bounds_policy="trim_to_shape")
+        return fn.crop_mirror_normalize(images, mean=[255 * m for m in mean], std=[255 * s for s in std],
                                         dtype=types.FLOAT, output_layout="CHW")
 
     pipe = pipeline()
     pipe.build()
     return pipe
+
+
+def eval_geometry(width: int, height: int, img_size: int, crop_pct: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((w, h) after resizing the short side, (x, y) of the centre crop), rounded as torchvision's Resize and
+    CenterCrop round them (DALI's own resize_shorter and crop_pos round halves the other way)."""
+    short = eval_resize_size(img_size, crop_pct)
+    if width <= height:
+        size = (short, int(short * height / width))
+    else:
+        size = (int(short * width / height), short)
+    return size, (int(round((size[0] - img_size) / 2.0)), int(round((size[1] - img_size) / 2.0)))
 
 
 def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
@@ -688,7 +703,12 @@ class DaliEvalLoader(_LoaderBase):
         n = len(self.dataset.samples)
         rows = list(self.pool.map(lambda key: self._read(key, n), keys))
         targets = torch.tensor([r[4] for r in rows], dtype=torch.int64)
-        return {"encoded": [r[1] for r in rows]}, targets, [self.dataset.samples[r[0]][0] for r in rows]
+        size, crop_pct = self.settings["img_size"], self.settings["crop_pct"]
+        geometry = [eval_geometry(r[2], r[3], size, crop_pct) for r in rows]
+        feeds = {"encoded": [r[1] for r in rows],
+                 "resized": [np.array(g[0], dtype=np.float32) for g in geometry],
+                 "anchor": [np.array(g[1], dtype=np.float32) for g in geometry]}
+        return feeds, targets, [self.dataset.samples[r[0]][0] for r in rows]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         keys = list(iter(self.sampler))
