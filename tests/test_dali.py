@@ -415,4 +415,4 @@ def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, inter
         ours = next(iter(loader))[0].float()
         theirs = torch.stack([pillow[i][0] for i in range(6)]).float()
         per_image = (ours - theirs).abs().mean(dim=(1, 2, 3))
-        assert per_image.max() < 2.0, per_image  # uint8 levels; a different crop or flip gives 20-40
+        assert per_image.max() < 2.0, per_image  # uint8 levels; a flip or another image gives 45-65
