@@ -201,7 +201,9 @@ def _dali_loader(root: str, img_size: int, aug: dict[str, Any], *, batch_size: i
                             color_jitter=aug["color_jitter"] or 0.0)
     sampler = TrainSampler(len(dataset), seed=seed, shuffle=False, drop_last=False)
     sampler.total = sampler.samples_per_epoch = count  # the first `count` images, in folder order
-    return DaliTrainLoader(dataset, sampler, planner, batch_size=min(batch_size, count), workers=threads)
+    # The loader keeps full batches only: take the largest batch size <= batch_size that divides count.
+    batch_size = max(b for b in range(1, min(batch_size, count) + 1) if count % b == 0)
+    return DaliTrainLoader(dataset, sampler, planner, batch_size=batch_size, workers=threads)
 
 
 def run_backend_benchmark(
