@@ -7,11 +7,14 @@
 The class names and the eval transform come from the checkpoint (our runs store the config and the
 class names; official ImageNet weights get timm's ImageNet names and the paper's eval transform).
 EMA weights are used when the file has them. Unreadable images are reported and skipped; the exit
-status is then 1. Problems with the inputs: one line on stderr, exit status 2.
+status is then 1. Problems with the inputs: one line on stderr, exit status 2. --output is never one
+of the inputs; an existing file is replaced only with --overwrite, and only once the new one is
+complete. Ctrl-C stops with exit status 130 and writes nothing.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -24,21 +27,27 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from t2t.cli import ArgumentParser, one_line
 from t2t.config import ConfigError
 from t2t.data.dataset import IMG_EXTENSIONS
+from t2t.data.decode import to_rgb
+from t2t.data.loader import ignore_stop_signals
 from t2t.engine.distributed import DeviceError, resolve_device
 from t2t.inference import load_model
 from t2t.models import CheckpointError
+from t2t.outputs import INTERRUPTED, CtrlC, atomic_output, check_output_file
 
 USER_ERRORS = (ConfigError, CheckpointError, DeviceError, OSError, ValueError)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="our checkpoint, an official release file or .safetensors")
     p.add_argument("--images", required=True, nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--topk", type=int, default=5, help="predictions per image (default 5)")
     p.add_argument("--output", help="CSV file, or JSON when the name ends in .json (default: CSV on stdout)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output (kept until the new file is complete)")
     p.add_argument("--model", help="model name, for files that record none (official weights), e.g. t2t_vit_14")
     p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -76,9 +85,22 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[Optional[torch.Tensor], int, str]:
         try:
             with Image.open(self.paths[index]) as img:
-                return self.transform(img.convert("RGB")), index, ""
+                img.load()
+                return self.transform(to_rgb(img)), index, ""
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             return None, index, f"{type(e).__name__}: {e}"
+
+
+class _Stoppable:
+    """close() shuts down a DataLoader iterator's worker processes now."""
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+
+    def close(self) -> None:
+        shutdown = getattr(self.batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def _collate(items: list) -> tuple[Optional[torch.Tensor], list[int], list[tuple[int, str]]]:
@@ -102,49 +124,68 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[
         raise ValueError(f"--topk {args.topk} / --batch-size {args.batch_size} / --workers {args.workers}: "
                          "expected >= 1 / >= 1 / >= 0")
     paths = list_images(args.images)
+    check_output(args, paths)
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, model_name=args.model, img_size=args.img_size, use_ema=not args.no_ema)
     model = loaded.model.to(device)
     k = min(args.topk, len(loaded.classes))
     print(f"{loaded.model_name} @{loaded.img_size}, {loaded.weights} weights of {args.checkpoint}, "
           f"{len(loaded.classes)} classes, {len(paths)} images on {device}", file=sys.stderr)
+    # Workers ignore Ctrl-C: the main process stops them, so the interruption is one line, not their tracebacks.
     loader = DataLoader(ImageFiles(paths, loaded.transform), batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=_collate)
+                        collate_fn=_collate, worker_init_fn=ignore_stop_signals)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     done = 0
-    for images, indices, bad in loader:
-        for i, why in bad:
-            skipped.append((paths[i], why))
-            print(f"\npredict.py: skipped unreadable image {paths[i]!r}: {why}", file=sys.stderr)
-        if images is not None:
-            probs = model(images.to(device)).float().softmax(dim=-1)
-            top_p, top_i = probs.topk(k, dim=-1)
-            for i, p_row, i_row in zip(indices, top_p.tolist(), top_i.tolist()):
-                rows.append({"path": paths[i], "labels": [loaded.classes[c] for c in i_row], "probs": p_row})
-        done += len(indices) + len(bad)
-        _progress(done, len(paths))
+    batches = iter(loader)
+    with CtrlC() as ctrl_c, contextlib.closing(_Stoppable(batches)):
+        # A Ctrl-C that Python swallows (at a worker's start) still stops at the next batch; workers are
+        # stopped before the process exits (else the fd-sharing thread can print a traceback at exit).
+        for images, indices, bad in batches:
+            ctrl_c.check()
+            for i, why in bad:
+                skipped.append((paths[i], why))
+                print(f"\npredict.py: skipped unreadable image {paths[i]!r}: {why}", file=sys.stderr)
+            if images is not None:
+                probs = model(images.to(device)).float().softmax(dim=-1)
+                top_p, top_i = probs.topk(k, dim=-1)
+                for i, p_row, i_row in zip(indices, top_p.tolist(), top_i.tolist()):
+                    rows.append({"path": paths[i], "labels": [loaded.classes[c] for c in i_row], "probs": p_row})
+            done += len(indices) + len(bad)
+            _progress(done, len(paths))
+        ctrl_c.check()
     return rows, skipped
 
 
 def write_results(rows: list[dict[str, Any]], k: int, output: Optional[str]) -> None:
     """CSV (path,label_1,prob_1,...,label_k,prob_k) or, for a .json name, a list of {path, predictions}."""
-    if output and output.endswith(".json"):
-        data = [{"path": r["path"], "predictions": [{"label": lab, "prob": p} for lab, p in zip(r["labels"], r["probs"])]}
-                for r in rows]
-        with open(output, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
+    if not output:
+        _write_csv(rows, k, sys.stdout)
         return
-    f = open(output, "w", newline="") if output else sys.stdout
-    try:
-        writer = csv.writer(f)
-        writer.writerow(["path"] + [f"{kind}_{j}" for j in range(1, k + 1) for kind in ("label", "prob")])
-        for r in rows:
-            writer.writerow([r["path"]] + [v for lab, p in zip(r["labels"], r["probs"]) for v in (lab, f"{p:.6f}")])
-    finally:
-        if output:
-            f.close()
+    with atomic_output(output) as tmp:
+        with open(tmp, "w", newline="") as f:
+            if output.endswith(".json"):
+                data = [{"path": r["path"], "predictions": [{"label": lab, "prob": p}
+                                                            for lab, p in zip(r["labels"], r["probs"])]}
+                        for r in rows]
+                json.dump(data, f, indent=1)
+                f.write("\n")
+            else:
+                _write_csv(rows, k, f)
+
+
+def _write_csv(rows: list[dict[str, Any]], k: int, f) -> None:
+    writer = csv.writer(f)
+    writer.writerow(["path"] + [f"{kind}_{j}" for j in range(1, k + 1) for kind in ("label", "prob")])
+    for r in rows:
+        writer.writerow([r["path"]] + [v for lab, p in zip(r["labels"], r["probs"]) for v in (lab, f"{p:.6f}")])
+
+
+def check_output(args: argparse.Namespace, paths: Sequence[str]) -> None:
+    """--output may be neither the checkpoint nor one of the images, nor an existing file without --overwrite."""
+    if args.output:
+        inputs = [("--checkpoint", args.checkpoint)] + [("--images", p) for p in paths]
+        check_output_file(args.output, inputs=inputs, overwrite=args.overwrite)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -154,8 +195,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         k = len(rows[0]["labels"]) if rows else args.topk
         write_results(rows, k, args.output)
     except USER_ERRORS as e:
-        print(f"predict.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"predict.py: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = f"; {args.output!r} is as it was" if args.output and os.path.exists(args.output) else ""
+        print(f"\npredict.py: interrupted (Ctrl-C): no predictions written{kept}", file=sys.stderr)
+        return INTERRUPTED
     if args.output:
         print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
     if skipped:

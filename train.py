@@ -22,6 +22,7 @@ from t2t.engine.distributed import DeviceError, DistributedSetupError
 from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, resume_config, run
 from t2t.engine.train_loop import NonFiniteLossError
 from t2t.models.weights import CheckpointError
+from t2t.outputs import check_output_folder_inputs
 from t2t.runtime import keep_freed_memory
 
 EXIT_FAILED = 1  # e.g. the process group could not be formed: torchrun may restart the group
@@ -30,6 +31,10 @@ EXIT_NONFINITE = 3  # the loss became NaN or infinite
 EXIT_IO = 74  # EX_IOERR: a write failed (full disk, permissions); the checkpoints already written are intact
 
 # Problems with what the user gave: one line on stderr, exit status 2.
+# What a run writes in its folder: no input file may sit there under one of these names.
+RUN_FILES = ("config.yaml", "train.log", "summary.csv", "log.jsonl", "last.pth", "best.pth", "epoch-*.pth",
+             "step-*.pth")
+
 USER_ERRORS = (UsageError, ConfigError, RunError, DatasetError, CheckpointError, DeviceError, DataSizeError,
                FileNotFoundError)
 
@@ -77,6 +82,14 @@ def check_run_inputs(args: argparse.Namespace, cfg: Config) -> None:
     check_output_folder(args.output or "runs")
     if cfg.model.init_from and args.resume is None and not os.path.isfile(cfg.model.init_from):
         raise UsageError(f"model.init_from={cfg.model.init_from!r}: no such file")
+    if args.output:  # the default folder is new (runs/<model>-<time>)
+        data = os.path.abspath(args.data_dir)
+        if os.path.isdir(data) and os.path.realpath(args.output) == os.path.realpath(data):
+            raise UsageError(f"--output {args.output!r} is the --data-dir: choose a run folder outside the data")
+        splits = [("--data-dir", os.path.join(data, split)) for split in ("train", "val")]
+        # --resume's own file is read whole before the run writes its successor: not an input to protect here.
+        files = [("model.init_from", cfg.model.init_from)] + ([("-c", args.config)] if args.resume is None else [])
+        check_output_folder_inputs(args.output, data_dirs=splits, files=files, written=RUN_FILES)
 
 
 def fail(error: BaseException, status: int, hint: str = "") -> int:

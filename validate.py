@@ -8,7 +8,8 @@
 Settings come from, in increasing priority: built-in defaults (the paper's eval: crop 0.9, bicubic),
 the run's config (-c), the checkpoint itself (class count; image size from its position table when
 neither a flag nor a config gives one), and explicit flags. User errors exit with status 2 and one
-line on stderr.
+line on stderr. --results-file is checked before the evaluation starts: it may not be an input, and an
+existing file is replaced only with --overwrite, once the new one is complete. Ctrl-C: exit 130.
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ from t2t.data.transforms import build_eval_transform
 from t2t.engine.distributed import DeviceError, DistInfo, cleanup_distributed, init_distributed, setup_logging
 from t2t.engine.evaluate import evaluate
 from t2t.engine.precision import resolve_amp
-from t2t.inference import CheckpointInfo, inspect_checkpoint
+from t2t.inference import BatchSizeError, CheckpointInfo, check_batch_fits, check_model_name, inspect_checkpoint
 from t2t.models import CheckpointError
 from t2t.models.weights import EMA_KEYS
+from t2t.outputs import INTERRUPTED, OutputError, atomic_output, check_output_file
 from t2t.runtime import keep_freed_memory
 
 _logger = logging.getLogger("validate")
@@ -48,7 +50,8 @@ class ValidateError(Exception):
 
 
 # Problems with the user's inputs (files, folders, names): one line on stderr and exit status 2.
-USER_ERRORS = (ValidateError, CheckpointError, DatasetError, ConfigError, DeviceError, OSError)
+USER_ERRORS = (ValidateError, CheckpointError, DatasetError, ConfigError, DeviceError, OSError, OutputError,
+               BatchSizeError)
 
 
 @dataclass
@@ -91,13 +94,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-backend", choices=["pil", "dali"],
                    help="decode with Pillow in worker processes, or with NVIDIA DALI (default: the config's "
                         "data.backend, else pil)")
-    p.add_argument("--results-file", help="write the results as JSON here (rank 0)")
+    p.add_argument("--results-file", help="write the results as JSON here (rank 0); its folder must exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --results-file (kept until the new file is complete)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     return p.parse_args(argv)
 
 
-def resolve_settings(args: argparse.Namespace) -> Settings:
-    """Defaults < the run's config (-c) < explicit flags."""
+def resolve_settings(args: argparse.Namespace, recorded: str | None = None) -> Settings:
+    """Defaults < the run's config (-c) < explicit flags; without -m or -c, the model the checkpoint records."""
     if args.config:
         cfg = load_config(args.config)
         settings = Settings(
@@ -107,8 +112,11 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend, data_backend=cfg.data.backend)
     elif args.model:
         settings = Settings(model=args.model, img_size=None)
+    elif recorded:  # the checkpoint names its model (our runs, exported .safetensors, official training files)
+        settings = Settings(model=recorded.lower(), img_size=None)
     else:
-        raise ValidateError("give the model with -m/--model NAME or a run's config with -c CONFIG")
+        raise ValidateError(f"checkpoint {args.checkpoint!r} records no model name: give it with -m/--model NAME "
+                            "or a run's config with -c CONFIG")
     flags = {"model": args.model, "img_size": args.img_size, "crop_pct": args.crop_pct,
              "interpolation": args.interpolation, "batch_size": args.batch_size, "workers": args.workers,
              "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on",
@@ -116,8 +124,9 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     for key, value in flags.items():
         if value is not None:
             setattr(settings, key, value)
-    if not timm.is_model(settings.model):
-        raise ValidateError(f"unknown model {settings.model!r}; T2T-ViT models: {', '.join(t2t.models.MODEL_ARCHS)}")
+    where = "-m/--model" if args.model else f"model.name in {args.config!r}" if args.config else \
+        f"recorded in checkpoint {args.checkpoint!r}"
+    check_model_name(settings.model, where)
     if settings.img_size is not None and (settings.img_size <= 0 or settings.img_size % 16):
         raise ValidateError(f"--img-size {settings.img_size}: expected a positive multiple of 16")
     if not 0 < settings.crop_pct <= 1:
@@ -134,7 +143,9 @@ def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset | CIF
         mean=settings.mean, std=settings.std)
     if find_cifar_dir(data_dir) is not None:
         return CIFARDataset(data_dir, train=False, transform=transform)
-    return ImageFolderDataset(resolve_eval_dir(data_dir), transform)
+    dataset = ImageFolderDataset(resolve_eval_dir(data_dir), transform)
+    dataset.bad_image_hint = ""  # training's data.skip_bad_images has no place here: every image must count
+    return dataset
 
 
 def build_dali_eval_loader(dataset: ImageFolderDataset | CIFARDataset, settings: Settings, dist: DistInfo):
@@ -191,24 +202,31 @@ def report(results: dict[str, Any], results_file: str | None) -> None:
         results["loss"], results["count"], results["images_per_sec"])
     print(json.dumps(results), flush=True)
     if results_file:
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(results_file)), exist_ok=True)
-            with open(results_file, "w") as f:
+        with atomic_output(results_file) as tmp:
+            with open(tmp, "w") as f:
                 json.dump(results, f, indent=2)
                 f.write("\n")
-        except OSError as e:
-            raise ValidateError(f"cannot write --results-file {results_file!r}: {e.strerror or e}") from e
+
+
+def check_results_file(args: argparse.Namespace) -> None:
+    """--results-file may not be an input, nor an existing file without --overwrite; checked before the work."""
+    if args.results_file:
+        inputs = [("--checkpoint", args.checkpoint), ("-c/--config", args.config)]
+        check_output_file(args.results_file, inputs=inputs, overwrite=args.overwrite, flag="--results-file")
 
 
 def run(args: argparse.Namespace, dist: DistInfo) -> dict[str, Any]:
-    settings = resolve_settings(args)
-    settings.amp = resolve_amp(settings.amp, dist.device)
+    check_results_file(args)
     use_ema = not args.no_ema
     info = inspect_checkpoint(args.checkpoint, use_ema)
+    settings = resolve_settings(args, info.arch)
+    settings.amp = resolve_amp(settings.amp, dist.device)
     if settings.img_size is None:
         settings.img_size = info.img_size or 224
     dataset = build_dataset(args.data_dir, settings)
     check_classes(settings, info, dataset, args.checkpoint, allow_mismatch=args.allow_class_mismatch)
+    per_rank = -(-len(dataset) // dist.world_size)
+    check_batch_fits(min(settings.batch_size, per_rank), settings.img_size, dist.device)
     model, source = build_model(settings, args.checkpoint, info, use_ema)
     weights = "ema" if source in EMA_KEYS else "model"
     _logger.info("Using the %s weights (entry %r) of %s; settings %s", weights, source, args.checkpoint,
@@ -240,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"validate.py: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nvalidate.py: interrupted (Ctrl-C): no results written", file=sys.stderr)
+        return INTERRUPTED
     finally:
         cleanup_distributed()
 

@@ -72,12 +72,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # official_t2t, next to this file
 
 import t2t  # noqa: E402  (registers the models)
-from t2t.config import OptimConfig  # noqa: E402
-from t2t.engine.distributed import init_distributed  # noqa: E402
+from t2t.cli import ArgumentParser, one_line  # noqa: E402
+from t2t.config import ConfigError, OptimConfig  # noqa: E402
+from t2t.data.dataset import DatasetError  # noqa: E402
+from t2t.engine.distributed import DeviceError, init_distributed  # noqa: E402
+from t2t.inference import BatchSizeError, check_batch_fits, check_model_name  # noqa: E402
 from t2t.engine.precision import amp_context, amp_dtype  # noqa: E402
 from t2t.engine.optim import build_optimizer  # noqa: E402
 from t2t.models import cpu  # noqa: E402
+from t2t.outputs import INTERRUPTED, OutputError, atomic_output, check_output_file  # noqa: E402
 from t2t.runtime import keep_freed_memory  # noqa: E402
+
+# Problems with the arguments or the data folder: one line on stderr, exit status 2, nothing written.
+USER_ERRORS = (ConfigError, DatasetError, DeviceError, OutputError, BatchSizeError, FileNotFoundError)
 
 # Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
 DEFAULTS = dict(batch_size=16, img_size=224, steps=20, warmup=5, max_warmup=30, peak_size=None, num_images=200)
@@ -220,6 +227,8 @@ def peak_memory(device: torch.device) -> tuple[float, str]:
 
 def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     device = init_distributed(args.device).device
+    # A training step holds the activations for backward: many times the forward's working set.
+    check_batch_fits(args.batch_size, args.img_size, device, copies=8 if args.mode == "train" else 1)
     dtype = amp_dtype(args.amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -292,6 +301,8 @@ def build_variant(kind: str, args: argparse.Namespace, device: torch.device, wei
 def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
     """images/s of each --compare variant, in alternating rounds in one process (see the module docs)."""
     device = init_distributed(args.device).device
+    per_model = 8 if args.mode == "train" else 1
+    check_batch_fits(args.batch_size, args.img_size, device, copies=len(args.compare) * per_model)
     kinds = args.compare
     weights = timm.create_model(args.model, img_size=args.img_size).state_dict()
     steps = {k: make_step(build_variant(k, args, device, weights), args.mode, args.batch_size, args.img_size,
@@ -365,7 +376,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-m", "--model", default="t2t_vit_14")
     p.add_argument("--mode", choices=["train", "infer", "data"], default="infer")
     p.add_argument("--batch-size", type=int, help="images per step (default 16)")
@@ -400,7 +411,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--data-backend: the recipes' augmentation, or decode + random-resized crop + flip only")
     p.add_argument("--data-stats", action="store_true",
                    help="--data-backend: also compare pil and dali augmentation statistics on the images")
-    p.add_argument("--json", help="also write the results here as JSON")
+    p.add_argument("--json", help="also write the results here as JSON (checked before the run; its folder must exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests: batch 2, 32 px, 1 + 2 steps")
     args = p.parse_args(argv)
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
@@ -421,23 +433,53 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--mode data needs --data-dir DIR (class folders, or a root with train/)")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--steps and --batch-size must be >= 1, --warmup >= 0")
+    for flag, value, low in (("--rounds", args.rounds, 1), ("--threads", args.threads, 1),
+                             ("--max-warmup", args.max_warmup, 0), ("--peak-size", args.peak_size, 1),
+                             ("--num-images", args.num_images, 1)):
+        if value is not None and value < low:
+            p.error(f"{flag} {value}: expected >= {low}")
+    if args.mode == "data":
+        if not os.path.isdir(args.data_dir):
+            p.error(f"--data-dir {args.data_dir!r}: no such folder")
+        if args.img_size < 1:
+            p.error(f"--img-size {args.img_size}: expected >= 1")
+    elif args.img_size < 16 or args.img_size % 16:
+        p.error(f"--img-size {args.img_size}: expected a positive multiple of 16 (T2T-ViT's token grid)")
     args.max_warmup = max(args.max_warmup, args.warmup)
     return args
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """What needs more than the parser: the model name, the --json path, the batch against free memory."""
+    if args.mode != "data":
+        check_model_name(args.model, "-m/--model")
+    if args.json:
+        check_output_file(args.json, inputs=[("--data-dir", args.data_dir)] if args.data_dir else [],
+                          overwrite=args.overwrite, flag="--json")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    keep_freed_memory()
-    torch.set_num_threads(args.threads or available_cores())
-    if args.mode == "data":
-        results = benchmark_data(args)
-    else:
-        results = benchmark_compare(args) if args.compare else benchmark_model(args)
-    print_table(results)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+    try:
+        check_arguments(args)
+        keep_freed_memory()
+        torch.set_num_threads(args.threads or available_cores())
+        if args.mode == "data":
+            results = benchmark_data(args)
+        else:
+            results = benchmark_compare(args) if args.compare else benchmark_model(args)
+        print_table(results)
+        if args.json:
+            with atomic_output(args.json) as tmp:
+                with open(tmp, "w") as f:
+                    json.dump(results, f, indent=2)
+                    f.write("\n")
+    except USER_ERRORS as e:
+        print(f"benchmark.py: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbenchmark.py: interrupted (Ctrl-C): no results written", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -12,9 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-import timm
+import os
 
-import t2t
+import timm
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+import t2t  # noqa: E402
+from t2t.cli import ArgumentParser  # noqa: E402
+from t2t.inference import BatchSizeError, check_batch_fits  # noqa: E402
 
 PAPER_TOP1 = {"t2t_vit_7": "71.7", "t2t_vit_10": "75.2", "t2t_vit_12": "76.5", "t2t_vit_14": "81.5",
               "t2t_vit_19": "81.9", "t2t_vit_24": "82.3", "t2t_vit_t_14": "81.7", "t2t_vit_t_19": "82.4",
@@ -29,11 +36,18 @@ def describe(name: str, img_size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="registered names, or 'all'")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
+    if args.img_size < 16 or args.img_size % 16:
+        parser.error(f"--img-size {args.img_size}: expected a positive multiple of 16 (T2T-ViT's token grid)")
+    try:  # counting runs one forward pass of one image
+        check_batch_fits(1, args.img_size, torch.device("cpu"))
+    except BatchSizeError as e:  # "--batch-size 1: <size> px images need ...; use a smaller batch"
+        need = str(e).split(": ", 1)[1].rsplit("; ", 1)[0]
+        parser.error(f"--img-size {args.img_size}: {need}; use a smaller --img-size")
     names = timm.list_models("t2t_vit*") if args.models == ["all"] else args.models
     unknown = [n for n in names if n not in timm.list_models("t2t_vit*")]
     if unknown:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import timm
+import torch
 import torch.nn as nn
 from safetensors import safe_open
 from timm.data import ImageNetInfo
@@ -22,7 +24,8 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, config_from_dict
 from .data.transforms import build_eval_transform
 from .models.weights import CheckpointError, extract_state_dict, load_pretrained_weights, read_checkpoint
 
-__all__ = ["CheckpointInfo", "LoadedModel", "class_names", "inspect_checkpoint", "load_model", "read_metadata"]
+__all__ = ["BatchSizeError", "CheckpointInfo", "LoadedModel", "available_memory", "check_batch_fits",
+           "check_model_name", "class_names", "inspect_checkpoint", "load_model", "read_metadata"]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,12 +51,35 @@ def read_metadata(path: str, checkpoint: Any = None) -> dict[str, Any]:
             raw = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for damaged headers
         raise CheckpointError(f"checkpoint {path!r} could not be read as a safetensors file: {e}") from e
-    meta: dict[str, Any] = {k: json.loads(v) for k, v in raw.items() if k in ("config", "classes")}
+    meta: dict[str, Any] = {}
+    for key in ("config", "classes"):
+        if key in raw:
+            try:
+                meta[key] = json.loads(raw[key])
+            except ValueError as e:
+                raise CheckpointError(f"checkpoint {path!r}: its metadata entry {key!r} is not valid JSON ({e}); "
+                                      "export the file again with scripts/export.py") from e
     if "arch" in raw:
         meta["arch"] = raw["arch"]
     if "classes" in meta:
         meta["run"] = {"classes": meta.pop("classes")}
     return meta
+
+
+def check_model_name(name: str, where: str = "--model") -> None:
+    """ConfigError unless `name` is a registered T2T-ViT (optionally with a pretrained tag).
+
+    The inference tools build the model with the T2T-ViT arguments (img_size) and read its size from
+    the position table; other timm models (which train.py accepts with model.allow_any_timm_model)
+    are refused here in one line rather than failing inside timm.
+    """
+    base = name.partition(".")[0]
+    if base in models.MODEL_ARCHS:
+        return
+    if timm.is_model(name):
+        raise ConfigError(f"model {name!r} ({where}) is a timm model but not a T2T-ViT; this tool works with T2T-ViT "
+                          f"models only: {', '.join(models.MODEL_ARCHS)}")
+    raise ConfigError(f"model {name!r} ({where}): unknown model; expected one of {', '.join(models.MODEL_ARCHS)}")
 
 
 def inspect_checkpoint(path: str, use_ema: bool = True) -> CheckpointInfo:
@@ -106,9 +132,9 @@ def load_model(path: str, *, model_name: Optional[str] = None, img_size: Optiona
     info = inspect_checkpoint(path, use_ema)
     cfg = config_from_dict(info.config, origin=f"checkpoint {path!r}") if info.config is not None else None
     name = model_name or (cfg.model.name if cfg is not None else (info.arch or "").lower())
-    if not name or not timm.is_model(name):
-        raise ConfigError(f"checkpoint {path!r} records no usable model name ({name or 'none'}): "
-                          "give one with --model, e.g. --model t2t_vit_14")
+    if not name:
+        raise ConfigError(f"checkpoint {path!r} records no model name: give one with --model, e.g. --model t2t_vit_14")
+    check_model_name(name, "--model" if model_name else f"recorded in checkpoint {path!r}")
     size = img_size or (cfg.model.img_size if cfg is not None else None) or info.img_size or 224
     if info.num_classes is None:
         raise CheckpointError(f"checkpoint {path!r} has no classifier (head.weight): nothing to predict with")
@@ -121,3 +147,40 @@ def load_model(path: str, *, model_name: Optional[str] = None, img_size: Optiona
         transform = build_eval_transform(size, 0.9, "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return LoadedModel(model=model.eval(), transform=transform, classes=class_names(info), model_name=name,
                        img_size=size, weights=weights)
+
+
+class BatchSizeError(ValueError):
+    """A batch that cannot fit in the device's memory."""
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes free for tensors on `device` (CUDA: the driver's free memory; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_batch_fits(batch_size: int, img_size: int, device: torch.device, *, copies: int = 1,
+                     flag: str = "--batch-size") -> None:
+    """BatchSizeError if `batch_size` images of `img_size` certainly do not fit in `device`'s free memory.
+
+    A lower bound, counted before anything is allocated: the float32 input and the first token layer's
+    activations ((img_size/4)^2 tokens of 147 + 3 x 64 + 64 values per image), times `copies` (batches held
+    at once). Batches under it can still run out of memory; those above it cannot run at all.
+    """
+    tokens = (img_size // 4) ** 2
+    needed = 4 * batch_size * (3 * img_size * img_size + tokens * (147 + 3 * 64 + 64)) * copies
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise BatchSizeError(f"{flag} {batch_size}: {img_size} px images need at least {needed / 2**30:,.1f} GiB, more "
+                         f"than the {free / 2**30:,.1f} GiB free on {device}; use a smaller batch")

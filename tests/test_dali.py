@@ -416,3 +416,24 @@ def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, inter
         theirs = torch.stack([pillow[i][0] for i in range(6)]).float()
         per_image = (ours - theirs).abs().mean(dim=(1, 2, 3))
         assert per_image.max() < 2.0, per_image  # uint8 levels; a flip or another image gives 45-65
+
+
+def test_sample_seeds_are_the_pillow_datasets(tmp_path):
+    """Every sampler key (plain index, or RepeatedSample copy) gets the seed SeededDataset.reseed gives it."""
+    from t2t.data.dataset import RepeatedSample
+
+    dataset = ImageFolderDataset(make_data(str(tmp_path / "data"), train=2) + "/train", seed=7)
+    dataset.set_epoch(3)
+    sampler = TrainSampler(len(dataset), seed=7, repeats=3)
+    sampler.set_epoch(3)
+    keys = list(sampler)
+    assert any(isinstance(k, RepeatedSample) and k.slot > 0 for k in keys)
+    seeds = set()
+    for key in keys + [0, 5]:
+        index, slot = dataset.check_index(key)
+        dataset.reseed(index, slot)
+        expected = random.random()
+        found_index, seed = dali_backend.sample_seed(dataset, 3, key)
+        assert found_index == index and random.Random(seed).random() == expected
+        seeds.add(seed)
+    assert len(seeds) == len(set(keys) | {0, 5})  # the copies of an image are seeded apart

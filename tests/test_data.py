@@ -16,6 +16,7 @@ from t2t.data import (
     DatasetError,
     FastTrainTransform,
     ImageFolderDataset,
+    RepeatedSample,
     ShardSampler,
     TrainSampler,
     build_eval_loader,
@@ -433,15 +434,69 @@ def test_train_sampler_repeated_augmentation():
         s.set_epoch(0)
         shards.append(list(s))
         assert len(shards[-1]) == n // world  # an epoch is still one dataset's worth
-    counts = np.bincount([i for shard in shards for i in shard], minlength=n)
+    keys = [key for shard in shards for key in shard]
+    assert all(isinstance(key, RepeatedSample) for key in keys)
+    counts = np.bincount([key.index for key in keys], minlength=n)
     assert set(counts) <= {0, 1, 2, 3} and (counts == 3).sum() >= n // r - 1
-    # Copies of one image go to different ranks (DeiT's RASampler layout).
+    # Copies of one image go to different ranks (DeiT's RASampler layout), each with its own slot.
     for i in np.flatnonzero(counts == 3):
-        assert sum(i in shard for shard in shards) == 3
+        assert sum(any(key.index == i for key in shard) for shard in shards) == 3
+        assert sorted(key.slot for key in keys if key.index == i) == [0, 1, 2]
     single = TrainSampler(n, seed=0, repeats=r)
     single.set_epoch(0)
     order = list(single)
-    assert order[0] == order[1] == order[2] and len(order) == n
+    assert order[0].index == order[1].index == order[2].index and len(order) == n
+    assert [key.slot for key in order[:3]] == [0, 1, 2]
+    plain = TrainSampler(n, seed=0)
+    plain.set_epoch(0)
+    assert all(type(key) is int for key in plain)  # without repeats: plain indices, seeds unchanged
+
+
+def test_train_sampler_repeat_slots_survive_a_resume_on_another_world_size():
+    """Each global position keeps its (index, slot) key whatever the world size and resume point."""
+    n, r = 30, 3
+
+    def global_order(world, start_sample=0):
+        shards = []
+        for rank in range(world):
+            s = TrainSampler(n, num_replicas=world, rank=rank, seed=2, repeats=r)
+            s.set_epoch(1, start_sample)
+            shards.append(list(s))
+        return [shards[p % world][p // world] for p in range(sum(map(len, shards)))]
+
+    full = global_order(1)
+    assert global_order(2) == global_order(3) == full
+    assert global_order(2, start_sample=12) == full[12:]
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["pil", "fast-decode"])
+def test_repeated_copies_of_an_image_are_augmented_differently(tmp_path, fast):
+    """DeiT's repeated augmentation: the r copies of one image are different crops/flips/RandAugment draws."""
+    root = _make_folder(tmp_path, per_class=3, size=(64, 48))
+    transform = build_train_transform(32, fast_decode=fast, auto_augment="rand-m9-mstd0.5-inc1")
+    ds = ImageFolderDataset(root, transform, seed=5)
+    copies = [ds[RepeatedSample(4, slot)][0] for slot in range(3)]
+    assert not torch.equal(copies[0], copies[1]) and not torch.equal(copies[1], copies[2])
+    assert torch.equal(copies[0], ds[4][0])  # slot 0 is the unrepeated sample: old runs resume unchanged
+    assert torch.equal(ds[RepeatedSample(4, 2)][0], copies[2])  # and each copy is still reproducible
+    assert ds[RepeatedSample(4, 1)][1] == ds[4][1]
+    with pytest.raises(IndexError, match="slot"):
+        ds[RepeatedSample(4, -1)]
+
+
+def test_repeated_augmentation_loader_resumes_exactly(tmp_path):
+    root = _make_folder(tmp_path, per_class=6, size=(40, 36))
+    transform = build_train_transform(32, fast_decode=True)
+
+    def make_loader(workers):
+        ds = ImageFolderDataset(root, transform, seed=3)
+        return build_train_loader(ds, batch_size=3, sampler=TrainSampler(len(ds), seed=3, repeats=3), workers=workers)
+
+    reference = _epoch_batches(make_loader(0), 1)
+    first = reference[0][0]
+    assert reference[0][1].unique().numel() == 1  # a batch of 3 holds the 3 copies of one image
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    _assert_same_batches(_epoch_batches(make_loader(2), 1, start_sample=2 * 3), reference[2:])
 
 
 def test_train_sampler_rejects_bad_arguments():

@@ -183,10 +183,11 @@ def test_print_config_shows_overrides(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_at,workers", [(9, 0), (13, 2)], ids=["epoch-boundary", "mid-epoch-workers"])
-def test_resume_is_exact(data_dir, tmp_path, stop_at, workers):
+@pytest.mark.parametrize("stop_at,workers,extra", [(9, 0, ()), (13, 2, ()), (13, 2, ("data.repeated_aug=true",))],
+                         ids=["epoch-boundary", "mid-epoch-workers", "mid-epoch-repeated-aug"])
+def test_resume_is_exact(data_dir, tmp_path, stop_at, workers, extra):
     config = write_config(str(tmp_path))
-    common = ["--data-dir", data_dir, f"data.workers={workers}"]
+    common = ["--data-dir", data_dir, f"data.workers={workers}", *extra]
     run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
     run_train("-c", config, "--output", str(tmp_path / "resumed"), *common, f"train.max_steps={stop_at}")
     assert load(str(tmp_path / "resumed" / "last.pth"))["global_step"] == min(stop_at, 9)

@@ -2,6 +2,7 @@
 from .dataset import (
     DatasetError,
     ImageFolderDataset,
+    RepeatedSample,
     check_classes_match,
     check_same_classes,
     derive_seed,
@@ -28,6 +29,7 @@ __all__ = [
     "DatasetError",
     "FastTrainTransform",
     "ImageFolderDataset",
+    "RepeatedSample",
     "ShardSampler",
     "ToNormalizedTensor",
     "TrainSampler",

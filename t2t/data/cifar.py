@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from PIL import Image
 
-from .dataset import DatasetError, SeededDataset
+from .dataset import DatasetError, SampleKey, SeededDataset
 
 __all__ = ["CIFAR_LAYOUTS", "CIFARDataset", "CIFARLayout", "find_cifar_dir", "read_cifar_split"]
 
@@ -135,14 +135,18 @@ class CIFARDataset(SeededDataset):
         self.classes: list[str] = read_class_names(self.root, self.layout)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.images, self.targets = read_cifar_split(self.root, self.layout, train, len(self.classes))
+        if not self.targets:
+            files = ", ".join(self.layout.train_files if train else self.layout.test_files)
+            raise DatasetError(f"the {'training' if train else 'test'} split of CIFAR folder {self.root!r} holds no "
+                               f"images ({files}): restore the files as downloaded")
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        index = self.check_index(index)
-        self.reseed(index)
+    def __getitem__(self, key: SampleKey) -> tuple[Any, int]:
+        index, slot = self.check_index(key)
+        self.reseed(index, slot)
         image = Image.fromarray(self.images[index])
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
 

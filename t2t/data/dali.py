@@ -10,10 +10,10 @@ Order and randomness stay with the project, so every promise of the Pillow backe
   readers and their shuffling are not used;
 * every random choice of a sample (crop box, interpolation, flip, the RandAugment ops with their
   magnitudes and signs, colour-jitter factors) is drawn on the host from a private
-  ``random.Random`` seeded with the sample's seed, ``derive_seed(SEED_STREAM_SAMPLE, seed, epoch,
-  *key)`` where key is what the sampler yields (an index, or ``(index, repeat_slot)``), the key the
-  Pillow dataset seeds from. The draws reach DALI as per-sample argument inputs; no DALI random
-  operator is used. A sample's augmentation therefore depends on nothing but (seed, epoch, key):
+  ``random.Random`` seeded with the sample's seed, the seed ``SeededDataset.reseed`` gives the
+  sampler's key (``derive_seed(SEED_STREAM_SAMPLE, seed, epoch, index)``, with the repeat slot added
+  for copies slot > 0 of ``RepeatedSample`` keys), so both backends seed a sample alike. The draws
+  reach DALI as per-sample argument inputs; no DALI random operator is used. A sample's augmentation therefore depends on nothing but (seed, epoch, key):
   not on the number of threads, on prefetching, on the world size or on where a run resumed.
 
 Per-sample seeds were chosen over DALI's checkpointing (``enable_checkpointing=True``) because a
@@ -347,20 +347,21 @@ def read_image(path: str) -> tuple[np.ndarray, int, int]:
     return np.frombuffer(data, dtype=np.uint8), width, height
 
 
-def _bad_image_error(path: str, exc: BaseException) -> DatasetError:
+def _bad_image_error(dataset: ImageFolderDataset, path: str, exc: BaseException) -> DatasetError:
     # The Pillow backend's message (ImageFolderDataset.__getitem__), so both backends read the same.
-    return DatasetError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the file, "
-                        f"or set data.skip_bad_images=true to substitute the next readable image")
+    hint = getattr(dataset, "bad_image_hint", ", or set data.skip_bad_images=true to substitute the next "
+                                              "readable image")
+    return DatasetError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the file{hint}")
 
 
-def sample_seed(dataset: ImageFolderDataset, epoch: int, key: Any) -> int:
-    """The seed the Pillow dataset reseeds from for sampler item `key` (an index, or (index, repeat_slot))."""
-    keys = tuple(int(k) for k in key) if isinstance(key, (tuple, list)) else (int(key),)
-    return derive_seed(SEED_STREAM_SAMPLE, dataset.seed, epoch, *keys)
+def sample_seed(dataset: ImageFolderDataset, epoch: int, key: Any) -> tuple[int, int]:
+    """(index, seed) of sampler item `key`: the seed SeededDataset.reseed sets for it (index, or RepeatedSample).
 
-
-def _index_of(key: Any) -> int:
-    return int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+    Copy 0 of an image keeps the seed of (seed, epoch, index); copy slot > 0 adds the slot.
+    """
+    index, slot = dataset.check_index(key)
+    keys = (SEED_STREAM_SAMPLE, dataset.seed, epoch, index) + ((slot,) if slot else ())
+    return index, derive_seed(*keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,7 +572,7 @@ class _LoaderBase:
                 return (start + attempt) % n, data, width, height, target
             except _DECODE_ERRORS as exc:
                 if not self.dataset.skip_bad_images:
-                    raise _bad_image_error(path, exc) from None
+                    raise _bad_image_error(self.dataset, path, exc) from None
                 with self._lock:
                     self.dataset.bad_images += 1
                 _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
@@ -591,7 +592,7 @@ class _LoaderBase:
                     with Image.open(path) as img:
                         img.load()
                 except _DECODE_ERRORS as bad:
-                    raise _bad_image_error(path, bad) from None
+                    raise _bad_image_error(self.dataset, path, bad) from None
             first = next((line for line in str(exc).splitlines() if "encountered" not in line and line.strip()
                           and "Error in" not in line and "Critical error" not in line), str(exc))
             raise DatasetError(f"DALI failed on a batch of {len(paths)} images starting with {paths[0]!r}: "
@@ -636,8 +637,9 @@ class DaliTrainLoader(_LoaderBase):
 
     def _prepare_one(self, key: Any, epoch: int) -> tuple[np.ndarray, SampleDraw, int, str]:
         n = len(self.dataset.samples)
-        position, data, width, height, target = self._read(_index_of(key) % n, n)
-        draw = self.planner.draw(sample_seed(self.dataset, epoch, key), width, height)
+        index, seed = sample_seed(self.dataset, epoch, key)
+        position, data, width, height, target = self._read(index % n, n)
+        draw = self.planner.draw(seed, width, height)
         return data, draw, target, self.dataset.samples[position][0]
 
     def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, list], torch.Tensor, list[str]]:

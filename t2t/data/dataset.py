@@ -1,8 +1,10 @@
-"""ImageFolder datasets whose per-sample randomness is a function of (seed, epoch, index).
+"""ImageFolder datasets whose per-sample randomness is a function of (seed, epoch, index, repeat slot).
 
 Every ``__getitem__`` reseeds Python's ``random``, NumPy's global RNG and torch's CPU RNG from
 (seed, epoch, index) before it decodes and augments, so a sample's augmentation does not depend on
-which worker prepares it, how many workers there are, or where an epoch was resumed.
+which worker prepares it, how many workers there are, or where an epoch was resumed. Under repeated
+augmentation the sampler hands out ``RepeatedSample(index, slot)`` keys, and copy ``slot`` of an
+image is seeded with the slot as well, so the copies of one image are augmented differently.
 """
 from __future__ import annotations
 
@@ -11,17 +13,21 @@ import logging
 import os
 import random
 import struct
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .decode import to_rgb
+
 __all__ = [
     "DatasetError",
     "ImageFolderDataset",
     "IMG_EXTENSIONS",
+    "RepeatedSample",
+    "SampleKey",
     "check_classes_match",
     "SeededDataset",
     "check_same_classes",
@@ -48,9 +54,19 @@ class DatasetError(ValueError):
 
 
 # First key of every derive_seed() call, so the three uses never share a seed.
-SEED_STREAM_SAMPLE = 1  # (stream, seed, epoch, index): a sample's augmentation
+SEED_STREAM_SAMPLE = 1  # (stream, seed, epoch, index[, repeat slot]): a sample's augmentation
 SEED_STREAM_SHUFFLE = 2  # (stream, seed, epoch): the training sampler's permutation
 SEED_STREAM_STEP = 3  # (stream, seed, step, rank): main-process randomness of one optimizer step
+
+
+class RepeatedSample(NamedTuple):
+    """Copy ``slot`` (0 .. repeats - 1) of image ``index``: the key a repeated-augmentation sampler yields."""
+
+    index: int
+    slot: int
+
+
+SampleKey = Union[int, RepeatedSample]  # what a dataset's __getitem__ accepts
 
 
 def derive_seed(*keys: int) -> int:
@@ -234,16 +250,23 @@ class SeededDataset(torch.utils.data.Dataset):
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._epoch[0] = int(epoch)
 
-    def check_index(self, index: int) -> int:
-        """`index` in [0, len) (negative indices count from the end); IndexError otherwise."""
+    def check_index(self, key: SampleKey) -> tuple[int, int]:
+        """(index in [0, len), repeat slot) of a sample key; negative indices count from the end."""
+        index, slot = key if isinstance(key, RepeatedSample) else (key, 0)
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} images")
-        return index % n
+        if slot < 0:
+            raise IndexError(f"repeat slot {slot} of index {index} must be >= 0")
+        return index % n, slot
 
-    def reseed(self, index: int) -> None:
-        """Seed the global RNGs from (seed, epoch, index): the sample's augmentation depends on nothing else."""
-        seed_global_rngs(derive_seed(SEED_STREAM_SAMPLE, self.seed, self.epoch, index))
+    def reseed(self, index: int, slot: int = 0) -> None:
+        """Seed the global RNGs from (seed, epoch, index, slot): the sample's augmentation depends on nothing else.
+
+        Slot 0 (every sample without repeated augmentation) keeps the seed of (seed, epoch, index).
+        """
+        keys = (SEED_STREAM_SAMPLE, self.seed, self.epoch, index) + ((slot,) if slot else ())
+        seed_global_rngs(derive_seed(*keys))
 
 
 class ImageFolderDataset(SeededDataset):
@@ -289,6 +312,8 @@ class ImageFolderDataset(SeededDataset):
         self.transform = transform
         self.skip_bad_images = bool(skip_bad_images)
         self.bad_images = 0  # unreadable images met in this process (with skip_bad_images=True)
+        # How else a user can go on past an unreadable image; tools without that setting clear it.
+        self.bad_image_hint = ", or set data.skip_bad_images=true to substitute the next readable image"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -299,14 +324,14 @@ class ImageFolderDataset(SeededDataset):
             if decode_and_crop is not None:
                 return decode_and_crop(img)
             img.load()
-            return img if img.mode == "RGB" else img.convert("RGB")
+            return to_rgb(img)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        index = self.check_index(index)
+    def __getitem__(self, key: SampleKey) -> tuple[Any, int]:
+        index, slot = self.check_index(key)
         n = len(self.samples)
         for attempt in range(n):
-            # Reseed before every attempt, so the result depends only on (seed, epoch, index).
-            self.reseed(index)
+            # Reseed before every attempt, so the result depends only on (seed, epoch, index, slot).
+            self.reseed(index, slot)
             path, target = self.samples[(index + attempt) % n]
             try:
                 image = self._decode(path)
@@ -315,7 +340,7 @@ class ImageFolderDataset(SeededDataset):
                 if not self.skip_bad_images:
                     raise DatasetError(
                         f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the "
-                        f"file, or set data.skip_bad_images=true to substitute the next readable image"
+                        f"file{self.bad_image_hint}"
                     ) from exc
                 self.bad_images += 1
                 _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)

@@ -7,17 +7,18 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from .dataset import SEED_STREAM_SHUFFLE, derive_seed
+from .dataset import SEED_STREAM_SHUFFLE, RepeatedSample, SampleKey, derive_seed
 
 __all__ = ["ShardSampler", "TrainSampler"]
 
 
-class TrainSampler(Sampler[int]):
+class TrainSampler(Sampler[SampleKey]):
     """Shuffled, sharded, resumable index order for training; ``repeats > 1`` is DeiT's repeated augmentation.
 
     For an epoch: a permutation of range(dataset_len) from a torch.Generator seeded with (seed, epoch);
     with ``repeats = r`` every index is written r times in a row (so the copies fall on r different
-    ranks); the list is wrapped round if too short and cut to ``samples_per_epoch * num_replicas``;
+    ranks) as ``RepeatedSample(index, slot)`` keys, slot 0 .. r - 1, so that the dataset augments each
+    copy with its own random draws (copies seeded alike would be one picture shown r times); the list is wrapped round if too short and cut to ``samples_per_epoch * num_replicas``;
     rank k takes positions k, k + W, k + 2W, ... (W = num_replicas).
 
     ``samples_per_epoch`` (per rank) is floor(dataset_len / W) with ``drop_last`` and ceil(...) without,
@@ -93,21 +94,33 @@ class TrainSampler(Sampler[int]):
         self.epoch = int(epoch)
         self.start_sample = int(start_sample)
 
-    def epoch_indices(self) -> list[int]:
-        """This rank's full index list for the current epoch (ignoring start_index)."""
+    def epoch_indices(self) -> list[SampleKey]:
+        """This rank's full list of sample keys for the current epoch (ignoring start_sample).
+
+        Plain indices, or ``RepeatedSample(index, slot)`` with ``repeats > 1``; the slot is the copy's
+        place in its run of r, a function of the global order only, so it survives a resume on any
+        world size.
+        """
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(derive_seed(SEED_STREAM_SHUFFLE, self.seed, self.epoch))
             order = torch.randperm(self.dataset_len, generator=generator)
         else:
             order = torch.arange(self.dataset_len)
+        slots = None
         if self.repeats > 1:
             order = order.repeat_interleave(self.repeats)
+            slots = torch.arange(self.repeats).repeat(self.dataset_len)
         if len(order) < self.total:  # only without drop_last: wrap round, as DistributedSampler pads
-            order = order.repeat(math.ceil(self.total / len(order)))
-        return order[self.rank:self.total:self.num_replicas].tolist()
+            copies = math.ceil(self.total / len(order))
+            order = order.repeat(copies)
+            slots = None if slots is None else slots.repeat(copies)
+        indices = order[self.rank:self.total:self.num_replicas].tolist()
+        if slots is None:
+            return indices
+        return [RepeatedSample(i, s) for i, s in zip(indices, slots[self.rank:self.total:self.num_replicas].tolist())]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[SampleKey]:
         return iter(self.epoch_indices()[self.start_sample // self.num_replicas:])
 
     def __len__(self) -> int:

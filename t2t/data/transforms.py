@@ -35,6 +35,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
+from .decode import to_rgb
+
 __all__ = [
     "BatchNormalizeErase",
     "FastTrainTransform",
@@ -309,16 +311,14 @@ class FastTrainTransform:
             if drafted is not None:
                 s = full_w / drafted[1][2]  # the box is (0, 0, full_w / scale, full_h / scale)
                 img.load()
-                if img.mode != "RGB":
-                    img = img.convert("RGB")
+                img = to_rgb(img)
                 # PIL resizes from a sub-pixel box, so the crop is exactly the one drawn; rounding it to
                 # whole reduced pixels would shift it by up to s/2 source pixels.
                 box = (j / s, i / s, (j + w) / s, (i + h) / s)
                 out = img.resize((out_w, out_h), _PIL_RESAMPLE[interpolation], box=box)
                 return torch.from_numpy(np.array(out)).permute(2, 0, 1)
         img.load()
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = to_rgb(img)
         crop = torch.from_numpy(np.array(img.crop((j, i, j + w, i + h))))
         # The crop is a contiguous (h, w, 3) block: read as a channels-last (3, h, w) tensor, torch's uint8
         # kernels resize it and write a channels-last result, which goes to PIL without a transposing copy.

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 
 from ..models.weights import CheckpointError, describe_mismatch, read_checkpoint, strip_prefixes
+from ..outputs import atomic_output
 
 _logger = logging.getLogger(__name__)
 
@@ -40,45 +41,13 @@ class CheckpointSaveError(OSError):
     """A checkpoint could not be written (full disk, lost permission); the files already there are untouched."""
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (another thread may be creating files)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0)  # elsewhere the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj: Any, path: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename onto `path`; CheckpointSaveError if it fails."""
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    except OSError as e:
-        raise _save_error(path, folder, e) from e
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; other files of the run follow the umask
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(path, suffix=".pth") as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise _save_error(path, folder, e) from e
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    except OSError as e:
+        raise _save_error(path, os.path.dirname(os.path.abspath(path)), e) from e
 
 
 def _save_error(path: str, folder: str, error: OSError) -> CheckpointSaveError:

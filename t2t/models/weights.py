@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pickle
+import re
 from typing import Any, Mapping
 
 import torch
@@ -36,6 +37,8 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     """torch.load a checkpoint (or read a .safetensors file) on the CPU without running arbitrary pickled code;
     CheckpointError says why it fails."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a folder: give the checkpoint file inside it (e.g. best.pth)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):  # a bare state dict (scripts/export.py --format safetensors writes one)
@@ -60,10 +63,21 @@ def _load_failure(path: str, error: Exception) -> str:
         return "the file is truncated (an interrupted write or copy)"
     if "not a ZIP archive" in text:
         return "it is not a torch checkpoint, or its start is damaged"
-    if isinstance(error, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ", 1)[0]
-        return (f"it holds Python objects other than tensors, numbers, strings, lists and dicts ({detail}), "
-                "which are not loaded because loading them could run code")
+    if isinstance(error, pickle.UnpicklingError) and ("Weights only load failed" in text or
+                                                      "WeightsUnpickler error:" in text):
+        # torch's message advises retrying with weights_only=False, which would run whatever the file holds:
+        # say what was found instead, and never pass that advice on.
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        opcode = re.search(r"Unsupported operand (\d+)", text)
+        if found:
+            what = f"a reference to the Python object {found.group(1)}"
+        elif opcode:
+            what = f"pickle instruction {opcode.group(1)}, which plain weights never use"
+        else:
+            what = "Python objects other than tensors, numbers, strings, lists and dicts"
+        return (f"it holds pickled Python objects or code ({what}), which safe loading refuses because "
+                "loading it could run code; it was not loaded. Use a weights-only file: a state dict of "
+                "tensors, or a .safetensors file")
     first = text.strip().splitlines()[0] if text.strip() else "no details"
     return f"it is not a torch checkpoint, or it is damaged ({type(error).__name__}: {first})"
 

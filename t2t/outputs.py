@@ -1,0 +1,174 @@
+"""Files the tools write, written so that nothing a user has is lost.
+
+One rule for every command that writes (train.py's run folder, validate.py, predict.py and the
+scripts): an output may never be one of the command's inputs (real paths are compared, so hard links
+and symlinks count); an existing file is replaced only when the user asked for it (``--overwrite``);
+every file is written under a temporary name in its own folder, flushed to disk and renamed onto its
+name only once it is complete and checked, so an interrupted or failed write (Ctrl-C, full disk,
+an exporter that fails half way) leaves the previous file or the complete new one, never a part.
+The outputs are checked before the work starts, so a bad path costs nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import signal
+import tempfile
+import threading
+from typing import Iterable, Iterator, Optional
+
+from .cli import UsageError
+
+__all__ = ["INTERRUPTED", "CtrlC", "OutputError", "atomic_output", "check_output_file", "check_output_folder_inputs",
+           "same_file"]
+
+INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
+TEMP_PREFIX = ".tmp-"
+
+
+class OutputError(UsageError):
+    """An output path that would overwrite an input or an existing file, or cannot be written."""
+
+
+def same_file(a: str, b: str) -> bool:
+    """True if `a` and `b` name the same file: same inode (hard links, symlinks) or the same real path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True if `path` is `folder` or lies under it (real paths)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_file(path: str, *, inputs: Iterable[tuple[str, str]] = (), overwrite: bool = False,
+                      flag: str = "--output") -> None:
+    """OutputError unless `path` can be written without losing anything; `inputs` are (flag, path) pairs.
+
+    Refused: an input (compared by real path and inode), an existing folder, an existing file without
+    `overwrite`, a folder that does not exist or cannot be written in. Nothing is created.
+    """
+    for input_flag, input_path in inputs:
+        if input_path and same_file(path, input_path):
+            raise OutputError(f"{flag} {path!r} is the same file as {input_flag} {input_path!r}: writing it would "
+                              f"destroy the input; choose another {flag}")
+    if os.path.isdir(path):
+        raise OutputError(f"{flag} {path!r} is a folder: give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputError(f"{flag} {path!r} already exists: choose another name, or pass --overwrite to replace it "
+                          "(it is kept until the new file is complete)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        what = "is a file" if os.path.exists(folder) else "does not exist"
+        raise OutputError(f"{flag} {path!r}: its folder {folder!r} {what}; create the folder first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path!r}: no permission to write in {folder!r}")
+
+
+def check_output_folder_inputs(folder: str, *, data_dirs: Iterable[tuple[str, str]] = (),
+                               files: Iterable[tuple[str, str]] = (), written: Iterable[str] = (),
+                               flag: str = "--output") -> None:
+    """OutputError if the run folder `folder` is a data folder or lies inside one, or if an input file sits in
+    it under the name of a file the run writes there (`written`: names or glob patterns such as epoch-*.pth)."""
+    for data_flag, data_dir in data_dirs:
+        if data_dir and os.path.isdir(data_dir) and _inside(folder, data_dir):
+            raise OutputError(f"{flag} {folder!r} lies inside {data_flag} {data_dir!r}: the run's files would be "
+                              f"mixed with the data; choose a folder outside it")
+    patterns = list(written)
+    for input_flag, input_path in files:
+        if not input_path or not os.path.exists(input_path):
+            continue
+        real = os.path.realpath(input_path)
+        if same_file(os.path.dirname(real), folder) and any(fnmatch.fnmatch(os.path.basename(real), p)
+                                                           for p in patterns):
+            raise OutputError(f"{input_flag} {input_path!r} is a file the run writes in {flag} {folder!r} "
+                              f"({os.path.basename(real)}): it would be overwritten; copy it elsewhere or choose "
+                              f"another {flag}")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (another thread may be creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)  # elsewhere the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def _fsync_path(path: str, *, folder: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:  # some filesystems cannot fsync a folder; the file itself must reach the disk
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, *, suffix: Optional[str] = None) -> Iterator[str]:
+    """Yield a temporary path in `path`'s folder; when the block ends without an error (the file written and
+    checked there), fsync it and rename it onto `path`. On any error or Ctrl-C the temporary file is removed
+    and `path` is untouched. The temporary name ends like `path` (exporters and readers go by the suffix)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix if suffix is not None else
+                               "-" + os.path.basename(path), dir=folder)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask like any other file
+        os.close(fd)
+        yield tmp
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_path(folder, folder=True)  # make the rename itself durable
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically (see atomic_output)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+
+class CtrlC:
+    """While active, Ctrl-C raises KeyboardInterrupt and is also remembered, for `check()` to raise it again.
+
+    Python drops an exception raised where it cannot propagate (its own at-fork handlers, which run
+    when DataLoader workers start, and __del__ methods): a Ctrl-C landing there would be lost and the
+    command would run on. A loop that calls check() once per batch stops at the next batch instead.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "CtrlC":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed since the start."""
+        if self.requested:
+            raise KeyboardInterrupt
