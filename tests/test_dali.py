@@ -437,3 +437,28 @@ def test_sample_seeds_are_the_pillow_datasets(tmp_path):
         assert found_index == index and random.Random(seed).random() == expected
         seeds.add(seed)
     assert len(seeds) == len(set(keys) | {0, 5})  # the copies of an image are seeded apart
+
+
+@needs_dali
+def test_backend_benchmark_reports_every_backend(tmp_path):
+    from t2t.data.bench import make_benchmark_images, run_backend_benchmark
+
+    folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, min_size=40, max_size=60)
+    for augment in ("crop", "full"):
+        results = run_backend_benchmark(folder, ("pil", "dali", "timm"), augment=augment, img_size=32,
+                                        num_images=6, rounds=1)
+        assert results["augment"] == augment and results["images"] == 6
+        for backend in ("pil", "dali", "timm"):
+            assert results[f"{backend}_images_per_sec_per_core"] > 0
+            assert results[f"{backend}_cpu_ms_per_image"] == pytest.approx(
+                1000 / results[f"{backend}_images_per_sec_per_core"])
+    with pytest.raises(ValueError, match="unknown data backend 'tf'"):
+        run_backend_benchmark(folder, ("tf",))
+
+
+@pytest.mark.slow
+def test_benchmark_cli_refuses_an_unknown_backend(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--mode", "data",
+                           "--data-dir", str(tmp_path), "--data-backend", "pil,tf"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--data-backend pil,tf: expected some of pil, dali, timm" in proc.stderr
