@@ -462,3 +462,60 @@ def test_benchmark_cli_refuses_an_unknown_backend(tmp_path):
                            "--data-dir", str(tmp_path), "--data-backend", "pil,tf"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "--data-backend pil,tf: expected some of pil, dali, timm" in proc.stderr
+
+
+TIMM_OPS = [  # (timm op name, its argument, what the Pillow backend does with it)
+    ("Rotate", 20.0, "rotate"), ("ShearX", 0.2, "shear_x"), ("ShearY", -0.2, "shear_y"),
+    ("TranslateXRel", 0.3, "translate_x_rel"), ("TranslateYRel", -0.3, "translate_y_rel"), ("Color", 1.6, "color"),
+    ("Contrast", 0.4, "contrast"), ("Brightness", 1.5, "brightness"), ("Sharpness", 1.8, "sharpness"),
+    ("Posterize", 2.0, "posterize"), ("Solarize", 128.0, "solarize"), ("SolarizeAdd", 80.0, "solarize_add"),
+    ("Invert", 0.0, "invert"), ("Equalize", 0.0, "equalize"), ("AutoContrast", 0.0, "auto_contrast"),
+]
+
+
+@needs_dali
+def test_each_randaugment_op_matches_timms_pillow_op():
+    """Every op of the DALI RandAugment against timm's PIL op with the same argument, on a smooth 48 px image."""
+    import io
+
+    from PIL import ImageFilter
+    from timm.data import auto_augment as aa
+
+    from t2t.data.transforms import _posterize_allow_zero_bits
+
+    size, fill = 48, 115
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+    base = base.filter(ImageFilter.GaussianBlur(1.5))
+    buf = io.BytesIO()
+    base.save(buf, "PNG")
+    encoded = np.frombuffer(buf.getvalue(), np.uint8)
+    planner = dali_backend.SamplePlanner(size, scale=(1, 1), ratio=(1, 1), hflip=0, interpolation="bilinear",
+                                         policy=dali_backend.parse_rand_policy("rand-m9-n2"), color_jitter=0)
+    pipe = dali_backend.build_train_pipeline(planner, batch_size=1, num_threads=1, device_id=None, fill=fill)
+    geometric = dict(resample=Image.BILINEAR, fillcolor=(fill,) * 3)
+    identity = planner._layer("Identity", None)
+    for name, arg, function in TIMM_OPS:
+        if function == "posterize":
+            expected = _posterize_allow_zero_bits(base.copy(), int(arg))
+        elif name in dali_backend._GEOMETRIC:
+            expected = getattr(aa, function)(base.copy(), arg, **geometric)
+        elif name in ("Invert", "Equalize", "AutoContrast"):
+            expected = getattr(aa, function)(base.copy())
+        else:
+            expected = getattr(aa, function)(base.copy(), int(arg) if name == "SolarizeAdd" else arg)
+        code, param, matrix, kernel = planner._layer(name, arg)
+        feeds = {"encoded": [encoded], "anchor": [np.zeros(2, np.float32)],
+                 "shape": [np.array([size, size], np.float32)], "interp": [np.array(1, np.int32)],
+                 "flip": [np.array(0, np.int32)], "op0": [np.array(code, np.int32)],
+                 "param0": [np.array(param, np.float32)], "matrix0": [matrix], "kernel0": [kernel],
+                 "op1": [np.array(identity[0], np.int32)], "param1": [np.array(0, np.float32)],
+                 "matrix1": [identity[2]], "kernel1": [identity[3]]}
+        for key, value in feeds.items():
+            pipe.feed_input(key, value)
+        ours = np.asarray(pipe.run()[0].as_array()[0], dtype=np.float64)
+        expected = np.asarray(expected, dtype=np.float64)
+        diff = np.abs(ours - expected).mean()
+        assert diff < 1.5, (name, diff)  # uint8 levels; geometric ops differ only along the filled border
+        if name != "Sharpness":  # (the op itself changes a smooth image by about 1.6 levels)
+            assert np.abs(np.asarray(base, dtype=np.float64) - expected).mean() > 4, name
