@@ -394,6 +394,9 @@ def _check_dali_config(data: DataConfig) -> None:
         raise ConfigError(f"data.backend='dali' reads ImageFolder JPEG/PNG folders with the imagenet transform, "
                           f"not data.format={data.format!r} / data.train_transform={data.train_transform!r}: "
                           "set data.backend=pil")
+    if data.interpolation not in ("random", "bilinear", "bicubic"):
+        raise ConfigError(f"data.interpolation={data.interpolation!r} with data.backend=dali: expected random, "
+                          "bilinear or bicubic")
     try:
         parse_rand_policy(data.auto_augment)
     except ValueError as e:

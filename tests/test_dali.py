@@ -53,6 +53,8 @@ def test_config_refuses_what_dali_cannot_express():
         load_config(None, ["data.backend=dali", "data.auto_augment=augmix-m5-w3"])
     with pytest.raises(ConfigError, match="data.backend"):
         load_config(None, ["data.backend=tf"])
+    with pytest.raises(ConfigError, match="data.interpolation='nearest' with data.backend=dali"):
+        load_config(None, ["data.backend=dali", "data.interpolation=nearest"])
     with pytest.raises(ConfigError, match="train_transform"):
         load_config(None, ["data.backend=dali", "data.train_transform=cifar", "data.auto_augment=null"])
 
