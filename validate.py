@@ -74,6 +74,7 @@ class Settings:
     std: tuple[float, ...] = IMAGENET_STD
     num_classes: int | None = None
     cpu_backend: bool = False
+    data_backend: str = "pil"  # pil | dali (decode and resize with NVIDIA DALI, on the GPU under CUDA)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -105,6 +106,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
     p.add_argument("--allow-class-mismatch", action="store_true",
                    help="evaluate even if the class folder names differ from the classes the checkpoint records")
+    p.add_argument("--data-backend", choices=["pil", "dali"],
+                   help="decode with Pillow in worker processes, or with NVIDIA DALI (default: the config's "
+                        "data.backend, else pil)")
     p.add_argument("--results-file", help="write the result as a JSON object here (one row only; rank 0); its "
                    "folder must exist")
     p.add_argument("--json", metavar="FILE", help="write every row, as a JSON list of objects (rank 0)")
@@ -127,7 +131,7 @@ def resolve_settings(args: argparse.Namespace, recorded: str | None = None, chec
             model=cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
             interpolation=cfg.eval.interpolation, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
             amp=cfg.train.amp, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),
-            num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend)
+            num_classes=cfg.model.num_classes, cpu_backend=cfg.model.cpu_backend, data_backend=cfg.data.backend)
     elif args.model:
         settings = Settings(model=args.model, img_size=None)
     elif recorded:  # the checkpoint names its model (our runs, exported .safetensors, official training files)
@@ -136,7 +140,8 @@ def resolve_settings(args: argparse.Namespace, recorded: str | None = None, chec
         raise ValidateError(f"checkpoint {checkpoint!r} records no model name: give it with -m/--model NAME "
                             "or a run's config with -c CONFIG")
     flags = {"model": args.model, "interpolation": args.interpolation, "batch_size": args.batch_size,
-             "workers": args.workers, "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on"}
+             "workers": args.workers, "amp": args.amp, "cpu_backend": None if args.cpu_backend is None else args.cpu_backend == "on",
+             "data_backend": args.data_backend}
     for key, value in flags.items():
         if value is not None:
             setattr(settings, key, value)
@@ -162,6 +167,19 @@ def build_dataset(data_dir: str, settings: Settings) -> ImageFolderDataset | CIF
     dataset = ImageFolderDataset(resolve_eval_dir(data_dir), transform)
     dataset.bad_image_hint = ""  # training's data.skip_bad_images has no place here: every image must count
     return dataset
+
+
+def build_dali_eval_loader(dataset: ImageFolderDataset | CIFARDataset, settings: Settings, dist: DistInfo):
+    """--data-backend dali: decode, resize and centre-crop with NVIDIA DALI (t2t/data/dali.py)."""
+    from t2t.data.dali import DaliEvalLoader, require_dali
+
+    require_dali()
+    if not isinstance(dataset, ImageFolderDataset):
+        raise ValidateError("--data-backend dali reads image folders; this is a CIFAR folder: use --data-backend pil")
+    return DaliEvalLoader(dataset, img_size=settings.img_size, crop_pct=settings.crop_pct,
+                          interpolation=settings.interpolation, mean=settings.mean, std=settings.std,
+                          batch_size=settings.batch_size, workers=settings.workers, num_replicas=dist.world_size,
+                          rank=dist.rank, device=dist.device)
 
 
 def build_model(settings: Settings, checkpoint: str, info: CheckpointInfo, use_ema: bool) -> tuple[nn.Module, str]:
@@ -268,9 +286,13 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
     def build_loader(resolution):
         data = build_dataset(args.data_dir, replace(first, img_size=resolution.img_size,
                                                     crop_pct=resolution.crop_pct))
-        loader = build_eval_loader(
-            data, batch_size=first.batch_size, workers=first.workers, num_replicas=dist.world_size,
-            rank=dist.rank, pin_memory=dist.device.type == "cuda")
+        at_size = replace(first, img_size=resolution.img_size, crop_pct=resolution.crop_pct)
+        if first.data_backend == "dali":
+            loader = build_dali_eval_loader(data, at_size, dist)
+        else:
+            loader = build_eval_loader(
+                data, batch_size=first.batch_size, workers=first.workers, num_replicas=dist.world_size,
+                rank=dist.rank, pin_memory=dist.device.type == "cuda")
         return loader, list(loader.sampler)
 
     def job(checkpoint, info, settings, resolution):

@@ -331,6 +331,15 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
 def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
     from t2t.data.bench import run_data_benchmark
 
+    if args.data_backend:  # backends side by side (t2t.data.bench.run_backend_benchmark)
+        from t2t.data.bench import augmentation_statistics, run_backend_benchmark, summarise_statistics
+
+        results = run_backend_benchmark(args.data_dir, args.data_backend, augment=args.augment,
+                                        img_size=args.img_size, num_images=args.num_images, rounds=args.rounds)
+        if args.data_stats:
+            stats = summarise_statistics(augmentation_statistics(args.data_dir, img_size=args.img_size))
+            results["statistics"] = stats
+        return {"mode": "data", "data_dir": args.data_dir, "backends": ",".join(args.data_backend), **results}
     results = run_data_benchmark(args.data_dir, img_size=args.img_size, num_images=args.num_images,
                                  prefetcher=args.prefetcher, rounds=args.rounds)
     return {"mode": "data", "data_dir": args.data_dir, "img_size": args.img_size, "prefetcher": args.prefetcher,
@@ -395,6 +404,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--mode data: epochs over the images; --compare: alternating rounds (default 3)")
     p.add_argument("--prefetcher", action="store_true",
                    help="--mode data: uint8 batches, normalise and erase on the device (timm's use_prefetcher)")
+    p.add_argument("--data-backend", type=lambda v: v.split(","),
+                   help="--mode data: comma-separated backends measured side by side, of pil, dali, timm "
+                        "(uint8 out, one thread each)")
+    p.add_argument("--augment", choices=["full", "crop"], default="full",
+                   help="--data-backend: the recipes' augmentation, or decode + random-resized crop + flip only")
+    p.add_argument("--data-stats", action="store_true",
+                   help="--data-backend: also compare pil and dali augmentation statistics on the images")
     p.add_argument("--json", help="also write the results here as JSON (checked before the run; its folder must exist)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests: batch 2, 32 px, 1 + 2 steps")
@@ -405,6 +421,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.compare and (args.mode == "data" or not set(args.compare) <= set(VARIANTS) or args.compile):
         p.error(f"--compare {','.join(args.compare)}: expected variants among {', '.join(VARIANTS)}, "
                 "with --mode train or infer and without --compile")
+    if args.data_backend and not set(args.data_backend) <= {"pil", "dali", "timm"}:
+        p.error(f"--data-backend {','.join(args.data_backend)}: expected some of pil, dali, timm (comma-separated)")
+    if args.data_backend and "dali" in args.data_backend:
+        from t2t.data.dali import DaliMissingError, require_dali
+        try:
+            require_dali()
+        except DaliMissingError as e:
+            p.error(f"--data-backend dali: {e}")
     if args.mode == "data" and not args.data_dir:
         p.error("--mode data needs --data-dir DIR (class folders, or a root with train/)")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:

@@ -88,6 +88,61 @@ for mode in train infer; do
   fi
 done
 
+# data.backend=dali (needs the extra: pip install -e ".[dali]"): mixed (GPU) JPEG decoding and GPU augmentation.
+# Nothing of it has run on a GPU before this check; its figures go to the README's DALI section.
+if "$PY" -c "import nvidia.dali" 2>/dev/null; then
+  train_with_sigterm dali train.amp=bf16 data.backend=dali
+  PHOTOS=$WORK/photos
+  if "$PY" - "$PHOTOS" > "$WORK/photos.log" 2>&1 <<'EOF'
+import os, sys
+from t2t.data.bench import make_benchmark_images
+root = sys.argv[1]
+for k, (split, count) in enumerate((("train", 1024), ("val", 64))):
+    for j, c in enumerate(("a", "b")):  # ImageNet-sized photo-like JPEGs, 375-500 px a side
+        make_benchmark_images(os.path.join(root, split, c), count, min_size=375, max_size=500, seed=10 * k + j)
+EOF
+  then
+    # Data only: training batches of 256 at 224 (RandAugment m9) from one process, images/s on the GPU.
+    if "$PY" - "$PHOTOS/train" > "$WORK/dali-data.log" 2>&1 <<'EOF'
+import sys, time, torch
+from t2t.data.bench import _augment_kwargs, _dali_loader
+from t2t.data.dali import DaliTrainLoader
+loader = _dali_loader(sys.argv[1], 224, _augment_kwargs("full", "rand-m9-mstd0.5-inc1"), batch_size=256, seed=0,
+                      threads=8, count=2048)
+loader = DaliTrainLoader(loader.dataset, loader.sampler, loader.planner, batch_size=256, workers=8,
+                         device=torch.device("cuda", 0))
+for batch, _ in loader:  # warm-up epoch
+    pass
+torch.cuda.synchronize()
+start, images = time.perf_counter(), 0
+for epoch in range(1, 4):
+    loader.dataset.set_epoch(epoch)
+    for batch, _ in loader:
+        images += batch.shape[0]
+torch.cuda.synchronize()
+rate = images / (time.perf_counter() - start)
+print(f"{rate:.0f} training images/s from one process (mixed decode, 8 threads, batch 256)")
+EOF
+    then
+      record "dali: training batches, 1 GPU" PASS "$(tail -1 "$WORK/dali-data.log")"
+    else
+      record "dali: training batches, 1 GPU" FAIL "see $WORK/dali-data.log"
+    fi
+    # t2t_vit_14 at batch 128 bf16 fed by DALI: images/s and the data share of the step (goal: under 5%).
+    if "$PY" train.py -c configs/t2t_vit_14.yaml --data-dir "$PHOTOS" --output "$WORK/run-dali-14" \
+        data.backend=dali data.workers=8 train.batch_size=128 train.amp=bf16 train.device=cuda \
+        train.max_steps=300 train.log_interval=50 > "$WORK/dali-14.log" 2>&1; then
+      record "dali: t2t_vit_14 b128 bf16 300 steps" PASS "$(grep -o '[0-9.]* img/s  data [0-9]*%' "$WORK/dali-14.log" | tail -1)"
+    else
+      record "dali: t2t_vit_14 b128 bf16 300 steps" FAIL "see $WORK/dali-14.log"
+    fi
+  else
+    record "dali: photo-like JPEGs" FAIL "see $WORK/photos.log"
+  fi
+else
+  record "dali" SKIP 'nvidia.dali not importable: pip install -e ".[dali]"'
+fi
+
 # The collective helpers through a one-process NCCL group: a CPU tensor handed to NCCL directly fails,
 # the helpers take numbers or CPU tensors and place them on the GPU themselves.
 if MASTER_ADDR=127.0.0.1 MASTER_PORT=$((20000 + RANDOM % 20000)) RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 \

@@ -60,6 +60,9 @@ class DataConfig:
     format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
     # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
     train_transform: Literal["imagenet", "cifar"] = "imagenet"
+    # pil: decode and augment in loader worker processes (Pillow); dali: NVIDIA DALI (GPU decode and
+    # augmentation on CUDA, its CPU operators elsewhere), needs the optional extra t2t[dali]
+    backend: Literal["pil", "dali"] = "pil"
 
 
 @dataclass
@@ -361,6 +364,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: mixup / cutmix need an even batch size "
                           "(or set mixup.mixup_alpha=0 mixup.cutmix_alpha=0)")
     _check_auto_augment(cfg.data.auto_augment)
+    if cfg.data.backend == "dali":
+        _check_dali_config(cfg.data)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
 
 
@@ -379,6 +384,23 @@ def _check_auto_augment(policy: Optional[str]) -> None:
         detail = f": {e}" if str(e) else ""
         raise ConfigError(f"data.auto_augment={policy!r}: timm cannot parse this policy{detail}; expected e.g. "
                           "'rand-m9-mstd0.5-inc1', 'augmix-m5-w3', 'v0' or null") from e
+
+
+def _check_dali_config(data: DataConfig) -> None:
+    """What data.backend=dali cannot express is refused here, naming the value (DALI itself is not imported)."""
+    from .data.dali import parse_rand_policy  # pure string parsing: DALI is imported only to run
+
+    if data.format == "cifar" or data.train_transform != "imagenet":
+        raise ConfigError(f"data.backend='dali' reads ImageFolder JPEG/PNG folders with the imagenet transform, "
+                          f"not data.format={data.format!r} / data.train_transform={data.train_transform!r}: "
+                          "set data.backend=pil")
+    if data.interpolation not in ("random", "bilinear", "bicubic"):
+        raise ConfigError(f"data.interpolation={data.interpolation!r} with data.backend=dali: expected random, "
+                          "bilinear or bicubic")
+    try:
+        parse_rand_policy(data.auto_augment)
+    except ValueError as e:
+        raise ConfigError(f"data.auto_augment={data.auto_augment!r} with data.backend=dali: {e}") from None
 
 
 def _check_model_name(name: str, allow_any: bool) -> None:

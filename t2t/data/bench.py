@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -170,6 +172,199 @@ def run_data_benchmark(
         "speedup_wall": timm_wall / ours_wall,
         "mean_abs_diff_same_seed": float(np.mean(diffs)),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends side by side: pil (ours, Pillow), dali (NVIDIA DALI, t2t/data/dali.py), timm (stock)
+
+BACKENDS = ("pil", "dali", "timm")
+
+
+def _augment_kwargs(augment: str, auto_augment: Optional[str]) -> dict[str, Any]:
+    """The recipes' training augmentation ('full') or decode + random-resized crop + flip only ('crop')."""
+    if augment not in ("full", "crop"):
+        raise ValueError(f"augment must be 'full' or 'crop', got {augment!r}")
+    full = augment == "full"
+    return dict(scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), hflip=0.5,
+                auto_augment=auto_augment if full else None, color_jitter=0.4 if full else None,
+                interpolation="random")
+
+
+def _dali_loader(root: str, img_size: int, aug: dict[str, Any], *, batch_size: int, seed: int, threads: int,
+                 count: int) -> Any:
+    from .dali import DaliTrainLoader, SamplePlanner, parse_rand_policy
+    from .sampler import TrainSampler
+
+    dataset = ImageFolderDataset(root, seed=seed)
+    planner = SamplePlanner(img_size, scale=aug["scale"], ratio=aug["ratio"], hflip=aug["hflip"],
+                            interpolation=aug["interpolation"], policy=parse_rand_policy(aug["auto_augment"]),
+                            color_jitter=aug["color_jitter"] or 0.0)
+    sampler = TrainSampler(len(dataset), seed=seed, shuffle=False, drop_last=False)
+    sampler.total = sampler.samples_per_epoch = count  # the first `count` images, in folder order
+    # The loader keeps full batches only: take the largest batch size <= batch_size that divides count.
+    batch_size = max(b for b in range(1, min(batch_size, count) + 1) if count % b == 0)
+    return DaliTrainLoader(dataset, sampler, planner, batch_size=batch_size, workers=threads)
+
+
+def run_backend_benchmark(
+    data_dir: str,
+    backends: Sequence[str] = BACKENDS,
+    *,
+    augment: str = "full",
+    img_size: int = 224,
+    num_images: int = 200,
+    rounds: int = 3,
+    auto_augment: str = "rand-m9-mstd0.5-inc1",
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Images per CPU-second (all threads of this process) of each backend's training augmentation.
+
+    Every backend delivers uint8 images (normalisation and random erasing belong to the device for
+    all of them: BatchNormalizeErase, timm's prefetcher), one thread each: the Pillow backend and timm
+    in this process as a loader worker would run them, DALI with one pipeline thread (plus the host
+    thread that reads files and draws the augmentation, counted too). Rounds alternate between the
+    backends, each round a new epoch; ``<backend>_images_per_sec_per_core`` sums all rounds.
+    """
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown data backend {unknown[0]!r}; expected some of {', '.join(BACKENDS)}")
+    root = os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
+    aug = _augment_kwargs(augment, auto_augment)
+    pil_ds = ImageFolderDataset(root, build_train_transform(img_size, fast_decode=True, use_prefetcher=True,
+                                                            re_prob=0.0, **aug), seed=seed)
+    count = min(num_images, len(pil_ds))
+    runners: dict[str, Any] = {}
+    if "pil" in backends:
+        def run_pil(epoch: int) -> None:
+            pil_ds.set_epoch(epoch)
+            for i in range(count):
+                pil_ds[i]
+        runners["pil"] = run_pil
+    if "timm" in backends:
+        from timm.data import ImageDataset, create_transform
+
+        timm_tf = create_transform(img_size, is_training=True, use_prefetcher=True, re_prob=0.0, **aug)
+        guard_posterize(timm_tf)
+        timm_ds = ImageDataset(root, transform=timm_tf)
+        timm_index = {os.path.abspath(path): i for i, (path, _) in enumerate(timm_ds.reader.samples)}
+        order = [timm_index[os.path.abspath(pil_ds.samples[i][0])] for i in range(count)]
+
+        def run_timm(epoch: int) -> None:
+            for i, j in enumerate(order):
+                seed_global_rngs(derive_seed(SEED_STREAM_SAMPLE, seed, epoch, i))  # the same draws as ours
+                timm_ds[j]
+        runners["timm"] = run_timm
+    if "dali" in backends:
+        loader = _dali_loader(root, img_size, aug, batch_size=batch_size, seed=seed, threads=1, count=count)
+
+        def run_dali(epoch: int) -> None:
+            loader.dataset.set_epoch(epoch)
+            for _ in loader:
+                pass
+        runners["dali"] = run_dali
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu = {name: 0.0 for name in runners}
+    wall = {name: 0.0 for name in runners}
+    try:
+        for name, run in runners.items():  # warm-up: pipeline build, first decodes, caches
+            run(0)
+        for epoch in range(1, rounds + 1):
+            for name, run in runners.items():
+                c, w = time.process_time(), time.perf_counter()
+                run(epoch)
+                cpu[name] += time.process_time() - c
+                wall[name] += time.perf_counter() - w
+    finally:
+        torch.set_num_threads(threads)
+    sizes = []
+    for path, _ in pil_ds.samples[:count]:
+        with Image.open(path) as im:
+            sizes.append(im.size)
+    results: dict[str, Any] = {
+        "augment": augment, "auto_augment": aug["auto_augment"], "img_size": img_size, "images": count,
+        "rounds": rounds, "pipeline": "uint8 out (normalise + erase on the device)",
+        "mean_image_size": f"{np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f}",
+        "cpu_cores": os.cpu_count(),
+    }
+    for name in runners:
+        results[f"{name}_images_per_sec_per_core"] = rounds * count / max(cpu[name], 1e-9)
+        results[f"{name}_cpu_ms_per_image"] = 1000 * cpu[name] / (rounds * count)
+        results[f"{name}_images_per_sec_wall"] = rounds * count / max(wall[name], 1e-9)
+    if "pil" in runners and "dali" in runners:
+        results["dali_over_pil_per_core"] = results["dali_images_per_sec_per_core"] / results[
+            "pil_images_per_sec_per_core"]
+    return results
+
+
+def augmentation_statistics(data_dir: str, *, img_size: int = 224, epochs: int = 2, seed: int = 0,
+                            auto_augment: str = "rand-m9-mstd0.5-inc1") -> dict[str, dict[str, Any]]:
+    """Per sample, for the Pillow and DALI backends over the same images and epochs: the crop area fraction,
+    log aspect ratio (w/h) and flip the augmentation drew, and the per-channel mean/std of the output image
+    (uint8 levels). {backend: {"draws": {key: array}, "images": {"channel_mean": (N, 3), "channel_std": (N, 3)}}}.
+
+    The Pillow backend's draws are re-drawn as its dataset does (seed_global_rngs, then timm's crop
+    parameters, interpolation choice and torch's flip draw), without decoding.
+    """
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    if os.path.isdir(os.path.join(data_dir, "train")):
+        data_dir = os.path.join(data_dir, "train")
+    aug = _augment_kwargs("full", auto_augment)
+    pil_ds = ImageFolderDataset(data_dir, build_train_transform(img_size, fast_decode=True, use_prefetcher=True,
+                                                                re_prob=0.0, **aug), seed=seed)
+    count = len(pil_ds)
+    loader = _dali_loader(data_dir, img_size, aug, batch_size=16, seed=seed, threads=1, count=count)
+    sizes = []
+    for path, _ in pil_ds.samples:
+        with Image.open(path) as im:
+            sizes.append(im.size)
+    out: dict[str, dict[str, Any]] = {}
+    draws = {"pil": [], "dali": []}
+    images = {"pil": [], "dali": []}
+    for epoch in range(epochs):
+        pil_ds.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        for i, (width, height) in enumerate(sizes):
+            sample_seed = derive_seed(SEED_STREAM_SAMPLE, seed, epoch, i)
+            seed_global_rngs(sample_seed)
+            _, _, h, w = RandomResizedCropAndInterpolation.get_params(Image.new("L", (width, height)),
+                                                                     aug["scale"], aug["ratio"])
+            random.choice((0, 1))  # the interpolation draw
+            flip = float(torch.rand(1) < aug["hflip"])
+            draws["pil"].append((w * h / (width * height), math.log(w / h), flip))
+            d = loader.planner.draw(sample_seed, width, height)
+            draws["dali"].append((d.box[2] * d.box[3] / (width * height), math.log(d.box[2] / d.box[3]),
+                                  float(d.flip)))
+            images["pil"].append(pil_ds[i][0])
+        images["dali"].extend(x for batch, _ in loader for x in batch)
+    for name in ("pil", "dali"):
+        arr = np.array(draws[name])
+        pixels = torch.stack(images[name]).float()  # (N, 3, S, S)
+        out[name] = {
+            "draws": {"area_fraction": arr[:, 0], "log_aspect": arr[:, 1], "flip": arr[:, 2]},
+            "images": {"channel_mean": pixels.mean(dim=(2, 3)).numpy(), "channel_std": pixels.std(dim=(2, 3)).numpy()},
+        }
+    return out
+
+
+def summarise_statistics(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report's figures: mean crop area fraction, std of log aspect, flip rate, per-channel mean/std."""
+    summary = {}
+    for name, s in stats.items():
+        summary[name] = {
+            "samples": int(len(s["draws"]["flip"])),
+            "mean_crop_area_fraction": float(s["draws"]["area_fraction"].mean()),
+            "log_aspect_std": float(s["draws"]["log_aspect"].std()),
+            "flip_rate": float(s["draws"]["flip"].mean()),
+            "channel_mean": [round(float(v), 2) for v in s["images"]["channel_mean"].mean(axis=0)],
+            "channel_std": [round(float(v), 2) for v in s["images"]["channel_std"].mean(axis=0)],
+        }
+    if "pil" in stats and "dali" in stats:
+        diff = np.abs(stats["pil"]["images"]["channel_mean"] - stats["dali"]["images"]["channel_mean"])
+        summary["paired_mean_abs_channel_mean_diff"] = [round(float(v), 2) for v in diff.mean(axis=0)]
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -153,11 +153,22 @@ def build_train_and_val(
     sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                            repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True,
                            epoch_samples=steps_per_epoch * global_batch_size)
-    _check_shared_memory(cfg, batch_size, img_size, uint8)
-    loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
-                                pin_memory=pin_memory, prefetch_factor=cfg.prefetch_factor)
-    val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
-                                   num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
+    if cfg.backend == "dali":  # decode and augment with NVIDIA DALI (t2t/data/dali.py); uint8 batches
+        from .dali import build_dali_loaders
+        if not isinstance(train_ds, ImageFolderDataset):
+            raise DatasetError(f"data.backend=dali reads ImageFolder folders; {data_dir!r} is a CIFAR folder: "
+                               "set data.backend=pil")
+        uint8 = True
+        loader, val_loader = build_dali_loaders(
+            cfg, train_ds, val_ds, sampler, img_size=img_size, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, eval_crop_pct=eval_crop_pct, eval_interpolation=eval_interpolation,
+            num_replicas=num_replicas, rank=rank, device=device)
+    else:
+        _check_shared_memory(cfg, batch_size, img_size, uint8)
+        loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
+                                    pin_memory=pin_memory, prefetch_factor=cfg.prefetch_factor)
+        val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
+                                       num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
     sampler.set_epoch(0)
     on_device = BatchNormalizeErase(tuple(cfg.mean), tuple(cfg.std), re_prob=cfg.reprob, re_mode=cfg.remode,
                                     re_count=cfg.recount, device=device) if uint8 else None

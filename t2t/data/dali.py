@@ -1,0 +1,749 @@
+"""``data.backend: dali``: JPEG decoding and augmentation with NVIDIA DALI, in the project's order and randomness.
+
+DALI decodes on the GPU (``device="mixed"``: nvJPEG, and the hardware JPEG decoder of A100/H100) and
+augments there; without CUDA the same pipeline runs with DALI's CPU operators (what the tests use).
+
+Order and randomness stay with the project, so every promise of the Pillow backend holds:
+
+* the sample order is the ``TrainSampler``'s (seeded epoch permutation, rank slicing, progress in
+  samples, elastic world size, repeated augmentation), fed through ``fn.external_source``; DALI's
+  readers and their shuffling are not used;
+* every random choice of a sample (crop box, interpolation, flip, the RandAugment ops with their
+  magnitudes and signs, colour-jitter factors) is drawn on the host from a private
+  ``random.Random`` seeded with the sample's seed, the seed ``SeededDataset.reseed`` gives the
+  sampler's key (``derive_seed(SEED_STREAM_SAMPLE, seed, epoch, index)``, with the repeat slot added
+  for copies slot > 0 of ``RepeatedSample`` keys), so both backends seed a sample alike. The draws
+  reach DALI as per-sample argument inputs; no DALI random operator is used. A sample's augmentation therefore depends on nothing but (seed, epoch, key):
+  not on the number of threads, on prefetching, on the world size or on where a run resumed.
+
+Per-sample seeds were chosen over DALI's checkpointing (``enable_checkpointing=True``) because a
+DALI checkpoint describes one pipeline on one rank: it cannot be carried to another world size,
+it would have to be stored in the training checkpoint of every rank, and it restores the state
+after the batches DALI had prefetched, not after the ones the model consumed.
+
+Training output is uint8 (B, 3, H, W) (channels-last memory); normalisation and random erasing run on the device
+(``BatchNormalizeErase``), as the Pillow backend does on CUDA; mixup/cutmix stay in the engine.
+Evaluation output is normalised float (resize the short side, centre crop, normalise in DALI).
+
+DALI is imported only when a pipeline is built: ``parse_rand_policy`` serves the config check
+without it.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import ConfigError
+from .dataset import _DECODE_ERRORS, SEED_STREAM_SAMPLE, DatasetError, ImageFolderDataset, derive_seed
+from .sampler import ShardSampler, TrainSampler
+from .transforms import eval_resize_size
+
+__all__ = ["DaliEvalLoader", "DaliMissingError", "DaliTrainLoader", "RandPolicy", "SamplePlanner",
+           "parse_rand_policy", "require_dali"]
+
+_logger = logging.getLogger(__name__)
+
+INSTALL_HINT = 'pip install -e ".[dali]" (or pip install nvidia-dali-cuda130)'
+
+
+class DaliMissingError(ConfigError):
+    """data.backend=dali was asked for, but NVIDIA DALI cannot be imported."""
+
+
+def require_dali() -> Any:
+    """The ``nvidia.dali`` module, or DaliMissingError with one line saying how to install it."""
+    try:
+        import nvidia.dali as dali  # noqa: F401
+        import nvidia.dali.fn  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install (missing CUDA library, ...)
+        raise DaliMissingError(
+            f"data.backend=dali needs NVIDIA DALI, which cannot be imported here ({type(e).__name__}: {e}); "
+            f"install it with {INSTALL_HINT}, or set data.backend=pil") from None
+    return dali
+
+
+# ---------------------------------------------------------------------------------------------
+# RandAugment policy strings (timm's grammar), and the ops the DALI backend implements
+
+
+@dataclass(frozen=True)
+class RandPolicy:
+    """timm's 'rand-m9-n2-mstd0.5-inc1' fields: ops per image, magnitude (of 10), its std, cap, op set, op prob."""
+    n: int = 2
+    m: float = 10.0
+    mstd: float = 0.0
+    mmax: float = 10.0
+    inc: bool = False
+    p: float = 0.5
+
+
+_LEVEL_DENOM = 10.0  # timm's magnitude scale
+# timm's two RandAugment op lists (rand_augment_transform: inc1 picks the "increasing" one).
+RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+RAND_INC_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+                "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+def parse_rand_policy(policy: Optional[str]) -> Optional[RandPolicy]:
+    """None for no policy, else the RandPolicy of a timm 'rand-...' string; ValueError naming what DALI cannot do."""
+    if not policy:
+        return None
+    parts = policy.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"the DALI backend implements timm's RandAugment ('rand-m9-mstd0.5-inc1', ...) only, "
+                         f"not {parts[0]!r} (AutoAugment / AugMix): set data.backend=pil or choose a 'rand-' policy")
+    fields: dict[str, Any] = {}
+    for part in parts[1:]:
+        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)([0-9.]+)", part)
+        if match is None:
+            raise ValueError(f"the DALI backend cannot express the section {part!r} of the policy (it supports m, n, "
+                             "mstd, mmax, inc and p; weights 'w' and others need data.backend=pil)")
+        key, raw = match.groups()
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"section {part!r}: {raw!r} is not a number") from None
+        if key == "n":
+            if value != int(value) or value < 0:
+                raise ValueError(f"section {part!r}: n must be a whole number >= 0")
+            fields["n"] = int(value)
+        elif key == "inc":
+            fields["inc"] = bool(int(value))
+        elif key == "mstd" and value > 100:
+            raise ValueError(f"section {part!r}: mstd above 100 (timm's uniform-magnitude mode) is not supported")
+        else:
+            fields[key] = value
+    if not 0 <= fields.get("p", 0.5) <= 1:
+        raise ValueError(f"p={fields['p']}: expected a probability in [0, 1]")
+    return RandPolicy(**fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side draws: everything random about one sample, from its seed
+
+# Layer op codes understood by the pipeline's select().
+OP_IDENTITY, OP_AFFINE, OP_BRIGHTNESS, OP_CONTRAST, OP_COLOR, OP_SHARPNESS, OP_POSTERIZE, OP_SOLARIZE, \
+    OP_SOLARIZE_ADD, OP_INVERT, OP_EQUALIZE, OP_AUTOCONTRAST = range(12)
+_NUM_OPS = 12
+_IDENTITY_MATRIX = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
+_SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13  # PIL's ImageFilter.SMOOTH
+_DELTA = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
+INTERP_LINEAR, INTERP_CUBIC = 1, 3  # nvidia.dali.types.INTERP_LINEAR / INTERP_CUBIC
+
+
+@dataclass
+class SampleDraw:
+    box: tuple[int, int, int, int]  # (x, y, w, h) in source pixels
+    interp: int
+    flip: int
+    ops: list[tuple[int, float, np.ndarray, np.ndarray]]  # per RandAugment layer: (code, param, matrix, kernel)
+    jitter: tuple[float, float, float]  # brightness, contrast, saturation factors
+    op_args: list[tuple[str, Optional[float]]]  # per layer: timm's op name and its argument (None: skipped)
+
+
+def random_resized_crop_box(rng: random.Random, width: int, height: int, scale: Sequence[float],
+                            ratio: Sequence[float]) -> tuple[int, int, int, int]:
+    """(x, y, w, h) drawn as timm's RandomResizedCropAndInterpolation.get_params draws it from `rng`.
+
+    The same draws in the same order (10 tries, then a centre crop), with the one-pixel floor of the
+    Pillow backend's FastTrainTransform for tiny images.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = rng.uniform(*scale) * area
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if w <= width and h <= height:
+            y = rng.randint(0, height - h)
+            x = rng.randint(0, width - w)
+            break
+    else:
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            w, h = int(round(height * max(ratio))), height
+        else:
+            w, h = width, height
+        y, x = (height - h) // 2, (width - w) // 2
+    w, h = max(w, 1), max(h, 1)
+    return min(x, width - w), min(y, height - h), w, h
+
+
+_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+class SamplePlanner:
+    """Draws a sample's augmentation from its seed: crop, interpolation, flip, RandAugment layers, jitter.
+
+    The draws follow the Pillow backend's random streams for the same seed (``seed_global_rngs``:
+    Python's ``random`` for the crop box, the interpolation and the RandAugment probabilities,
+    magnitudes and signs; NumPy's legacy RNG for the RandAugment op choice; torch's CPU generator for
+    the flip), each on a private generator, so both backends pick the same crop, flip and
+    RandAugment ops and magnitudes for a sample. Colour jitter (used only without a policy) is
+    drawn from the same seed but not in torchvision's order.
+    """
+
+    def __init__(self, img_size: int, *, scale: Sequence[float], ratio: Sequence[float], hflip: float,
+                 interpolation: str, policy: Optional[RandPolicy], color_jitter: float) -> None:
+        self.img_size = int(img_size)
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), float(hflip)
+        if interpolation == "random":
+            self.interps: tuple[int, ...] = (INTERP_LINEAR, INTERP_CUBIC)  # timm's _RANDOM_INTERPOLATION
+        elif interpolation in ("bilinear", "bicubic"):
+            self.interps = (INTERP_LINEAR if interpolation == "bilinear" else INTERP_CUBIC,)
+        else:
+            raise ConfigError(f"data.interpolation={interpolation!r} with data.backend=dali: expected random, "
+                              "bilinear or bicubic")
+        self.policy = policy
+        self.op_names = (RAND_INC_OPS if policy.inc else RAND_OPS) if policy else ()
+        # timm applies colour jitter only when there is no auto-augment policy.
+        self.color_jitter = 0.0 if policy else float(color_jitter)
+
+    @property
+    def layers(self) -> int:
+        return self.policy.n if self.policy else 0
+
+    def draw(self, seed: int, width: int, height: int) -> SampleDraw:
+        rng = random.Random(seed)
+        box = random_resized_crop_box(rng, width, height, self.scale, self.ratio)
+        interp = self.interps[0] if len(self.interps) == 1 else rng.choice(self.interps)
+        flip = 0
+        if self.hflip > 0:
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+            flip = int(torch.rand(1, generator=generator).item() < self.hflip)
+        ops, op_args = [], []
+        if self.layers:
+            names = np.random.RandomState(seed >> 32).choice(len(self.op_names), self.layers, replace=True)
+            op_args = [(self.op_names[i], self.draw_op_args(rng, self.op_names[i])) for i in names]
+            ops = [self._layer(name, arg) for name, arg in op_args]
+        jitter = (1.0, 1.0, 1.0)
+        if self.color_jitter > 0:
+            lo, hi = max(0.0, 1 - self.color_jitter), 1 + self.color_jitter
+            jitter = (rng.uniform(lo, hi), rng.uniform(lo, hi), rng.uniform(lo, hi))
+        return SampleDraw(box=box, interp=interp, flip=flip, ops=ops, jitter=jitter, op_args=op_args)
+
+    def draw_op_args(self, rng: random.Random, name: str) -> Optional[float]:
+        """timm's AugmentOp.__call__ draws for op `name`: None if skipped (prob), else its level argument."""
+        policy = self.policy
+        if policy.p < 1.0 and rng.random() > policy.p:
+            return None
+        magnitude = policy.m
+        if policy.mstd > 0:
+            magnitude = rng.gauss(magnitude, policy.mstd)
+        level = max(0.0, min(magnitude, policy.mmax)) / _LEVEL_DENOM
+
+        def negate(v: float) -> float:
+            return -v if rng.random() > 0.5 else v  # timm's _randomly_negate
+
+        if name == "Rotate":
+            arg = negate(level * 30.0)
+        elif name in ("ShearX", "ShearY"):
+            arg = negate(level * 0.3)
+        elif name in ("TranslateXRel", "TranslateYRel"):
+            arg = negate(level * 0.45)  # timm's translate_pct
+        elif name in ("ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing"):
+            arg = max(0.1, 1.0 + negate(level * 0.9))
+        elif name in ("Color", "Contrast", "Brightness", "Sharpness"):
+            arg = level * 1.8 + 0.1
+        elif name == "Posterize":
+            arg = int(level * 4)
+        elif name == "PosterizeIncreasing":
+            arg = 4 - int(level * 4)
+        elif name == "Solarize":
+            arg = int(level * 256)
+        elif name == "SolarizeIncreasing":
+            arg = 256 - int(level * 256)
+        elif name == "SolarizeAdd":
+            arg = int(level * 110)
+        else:  # AutoContrast, Equalize, Invert: no argument
+            arg = 0.0
+        if name in _GEOMETRIC and len(self.interps) > 1:
+            rng.choice(self.interps)  # timm's resample choice (DALI's warp stays bilinear)
+        return float(arg)
+
+    def _layer(self, name: str, arg: Optional[float]) -> tuple[int, float, np.ndarray, np.ndarray]:
+        """The pipeline's (op code, scalar, affine matrix, 3x3 kernel) for timm's op `name` with argument `arg`."""
+        if arg is None:
+            return OP_IDENTITY, 0.0, _IDENTITY_MATRIX, _DELTA
+        size = float(self.img_size)
+        if name == "Rotate":  # PIL rotates counter-clockwise about the centre; the matrix maps output to input
+            theta = math.radians(arg)
+            c, s, centre = math.cos(theta), math.sin(theta), size / 2
+            matrix = [[c, -s, centre - c * centre + s * centre], [s, c, centre - s * centre - c * centre]]
+            return OP_AFFINE, 0.0, np.array(matrix, dtype=np.float32), _DELTA
+        if name in ("ShearX", "ShearY"):  # PIL's AFFINE data (output -> input), as timm passes it
+            matrix = [[1, arg, 0], [0, 1, 0]] if name == "ShearX" else [[1, 0, 0], [arg, 1, 0]]
+            return OP_AFFINE, 0.0, np.array(matrix, dtype=np.float32), _DELTA
+        if name in ("TranslateXRel", "TranslateYRel"):
+            shift = arg * size
+            matrix = [[1, 0, shift], [0, 1, 0]] if name == "TranslateXRel" else [[1, 0, 0], [0, 1, shift]]
+            return OP_AFFINE, 0.0, np.array(matrix, dtype=np.float32), _DELTA
+        base = name[:-len("Increasing")] if name.endswith("Increasing") else name
+        if base == "Sharpness":  # PIL: blur + factor * (image - blur), as one 3x3 kernel
+            kernel = (1.0 - arg) * _SMOOTH + arg * _DELTA
+            return OP_SHARPNESS, arg, _IDENTITY_MATRIX, kernel.astype(np.float32)
+        if base in ("Color", "Contrast", "Brightness"):
+            return {"Color": OP_COLOR, "Contrast": OP_CONTRAST, "Brightness": OP_BRIGHTNESS}[base], arg, \
+                _IDENTITY_MATRIX, _DELTA
+        if base == "Posterize":
+            return OP_POSTERIZE, float(_posterize_mask(int(arg))), _IDENTITY_MATRIX, _DELTA
+        if base == "Solarize":
+            return OP_SOLARIZE, arg, _IDENTITY_MATRIX, _DELTA
+        if name == "SolarizeAdd":
+            return OP_SOLARIZE_ADD, arg, _IDENTITY_MATRIX, _DELTA
+        code = {"Invert": OP_INVERT, "Equalize": OP_EQUALIZE, "AutoContrast": OP_AUTOCONTRAST}[name]
+        return code, 0.0, _IDENTITY_MATRIX, _DELTA
+
+
+def _posterize_mask(bits: int) -> int:
+    """uint8 mask keeping the top `bits` bits; 0 bits gives black, as the Pillow backend's guarded posterize."""
+    bits = max(0, min(8, bits))
+    return (0xFF << (8 - bits)) & 0xFF
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files on the host
+
+
+def _looks_truncated(data: bytes) -> Optional[str]:
+    """Why a JPEG or PNG stream is cut short (DALI's decoders fill the missing part silently), else None."""
+    if data[:2] == b"\xff\xd8":  # JPEG: the last start-of-scan must be followed by an end-of-image marker
+        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+            return "image file is truncated (no JPEG end-of-image marker after the last scan)"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-16:]:
+        return "image file is truncated (no PNG IEND chunk)"
+    return None
+
+
+def read_image(path: str) -> tuple[np.ndarray, int, int]:
+    """(encoded bytes, width, height), or DatasetError-worthy OSError/ValueError if it is not a readable image."""
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as img:  # the header only: format and size
+        width, height = img.size
+        fmt = img.format
+    if fmt not in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM"):
+        raise OSError(f"{fmt} images are not decoded by the DALI backend")
+    reason = _looks_truncated(data)
+    if reason is not None:
+        raise OSError(reason)
+    return np.frombuffer(data, dtype=np.uint8), width, height
+
+
+def _bad_image_error(dataset: ImageFolderDataset, path: str, exc: BaseException) -> DatasetError:
+    # The Pillow backend's message (ImageFolderDataset.__getitem__), so both backends read the same.
+    hint = getattr(dataset, "bad_image_hint", ", or set data.skip_bad_images=true to substitute the next "
+                                              "readable image")
+    return DatasetError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the file{hint}")
+
+
+def sample_seed(dataset: ImageFolderDataset, epoch: int, key: Any) -> tuple[int, int]:
+    """(index, seed) of sampler item `key`: the seed SeededDataset.reseed sets for it (index, or RepeatedSample).
+
+    Copy 0 of an image keeps the seed of (seed, epoch, index); copy slot > 0 adds the slot.
+    """
+    index, slot = dataset.check_index(key)
+    keys = (SEED_STREAM_SAMPLE, dataset.seed, epoch, index) + ((slot,) if slot else ())
+    return index, derive_seed(*keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def _pipeline_device(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    return None
+
+
+def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads: int, device_id: Optional[int],
+                         fill: float, seed: int = 0) -> Any:
+    """Decode + crop (one op), resize, flip, RandAugment layers, colour jitter -> uint8 (B, S, S, 3)."""
+    require_dali()
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
+
+    gpu = device_id is not None
+    size = planner.img_size
+    layers = planner.layers
+    jitter = planner.color_jitter > 0
+
+    def ext(name: str, dtype: Any, ndim: int) -> Any:
+        return fn.external_source(name=name, dtype=dtype, ndim=ndim)
+
+    def on_data_device(node: Any) -> Any:
+        return node.gpu() if gpu else node
+
+    def apply_op(code: int, data: Any, param: Any, matrix: Any, kernel: Any) -> Any:
+        if code == OP_IDENTITY:
+            return data
+        if code == OP_AFFINE:
+            return fn.warp_affine(data, matrix=matrix, fill_value=fill, interp_type=types.INTERP_LINEAR)
+        if code == OP_BRIGHTNESS:
+            return fn.brightness(data, brightness=param)
+        if code == OP_CONTRAST:  # PIL: blend with the mean grey level
+            mean = fn.reductions.mean(data, axis_names="HW", keep_dims=True)
+            weights = types.Constant(np.array([0.299, 0.587, 0.114], dtype=np.float32))
+            centre = fn.reductions.sum(mean * weights, axis_names="C", keep_dims=True)
+            return fn.cast_like(dmath.clamp(centre + (data - centre) * on_data_device(param), 0, 255), data)
+        if code == OP_COLOR:
+            return fn.saturation(data, saturation=param)
+        if code == OP_SHARPNESS:
+            return fn.filter(data, on_data_device(kernel), border="clamp")
+        if code == OP_POSTERIZE:
+            return data & on_data_device(fn.cast(param, dtype=types.UINT8))
+        if code == OP_SOLARIZE:
+            threshold = on_data_device(fn.cast(param, dtype=types.INT32))
+            inverted = types.Constant(255, dtype=types.UINT8) - data
+            keep = data < threshold
+            return fn.cast_like(keep * data + (keep ^ True) * inverted, data)
+        if code == OP_SOLARIZE_ADD:
+            shift = on_data_device(fn.cast(param, dtype=types.INT32))
+            shifted = data < types.Constant(128, dtype=types.UINT8)
+            return fn.cast_like(dmath.clamp(data + shifted * shift, 0, 255), data)
+        if code == OP_INVERT:
+            return types.Constant(255, dtype=types.UINT8) - data
+        if code == OP_EQUALIZE:
+            return fn.equalize(data)
+        if code == OP_AUTOCONTRAST:
+            lo = fn.reductions.min(data, axis_names="HW", keep_dims=True)
+            hi = fn.reductions.max(data, axis_names="HW", keep_dims=True)
+            diff = hi - lo
+            scale_ok = diff > 0
+            div_by = diff * scale_ok + types.Constant(255, dtype=types.UINT8) * (scale_ok ^ True)
+            return fn.cast_like((data - lo * scale_ok) * (255 / div_by), data)
+        raise AssertionError(code)
+
+    def select(lo: int, hi: int, op: Any, data: Any, param: Any, matrix: Any, kernel: Any) -> Any:
+        # A binary split of the batch by op code (DALI conditionals): each op sees only its samples.
+        if lo == hi:
+            return apply_op(lo, data, param, matrix, kernel)
+        mid = (lo + hi) // 2
+        if op <= mid:
+            out = select(lo, mid, op, data, param, matrix, kernel)
+        else:
+            out = select(mid + 1, hi, op, data, param, matrix, kernel)
+        return out
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False, enable_conditionals=layers > 0)
+    def pipeline():
+        encoded = ext("encoded", types.UINT8, 1)
+        anchor, shape = ext("anchor", types.FLOAT, 1), ext("shape", types.FLOAT, 1)
+        interp, flip = ext("interp", types.INT32, 0), ext("flip", types.INT32, 0)
+        images = fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
+                                         output_type=types.RGB, axis_names="WH", normalized_anchor=False,
+                                         normalized_shape=False)
+        images = fn.resize(images, size=[size, size], interp_type=fn.cast(interp, dtype=types.INTERP_TYPE),
+                           antialias=True)
+        images = fn.flip(images, horizontal=flip)
+        for layer in range(layers):
+            op = ext(f"op{layer}", types.INT32, 0)
+            param = ext(f"param{layer}", types.FLOAT, 0)
+            matrix = ext(f"matrix{layer}", types.FLOAT, 2)
+            kernel = ext(f"kernel{layer}", types.FLOAT, 2)
+            images = select(0, _NUM_OPS - 1, op, images, param, matrix, kernel)
+        if jitter:
+            bcs = ext("jitter", types.FLOAT, 1)
+            images = fn.color_twist(images, brightness=bcs[0], contrast=bcs[1], saturation=bcs[2])
+        return images  # HWC: the loader hands torch a (B, 3, H, W) view (channels-last memory)
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+def build_eval_pipeline(img_size: int, crop_pct: float, interpolation: str, mean: Sequence[float],
+                        std: Sequence[float], *, batch_size: int, num_threads: int, device_id: Optional[int]) -> Any:
+    """Decode, resize the short side to floor(img_size / crop_pct), centre crop, normalise -> float (B, 3, S, S)."""
+    require_dali()
+    from nvidia.dali import fn, pipeline_def, types
+
+    interp = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC, "nearest": types.INTERP_NN,
+              "lanczos": types.INTERP_LANCZOS3}.get(interpolation)
+    if interp is None:
+        raise ConfigError(f"eval interpolation {interpolation!r} with data.backend=dali: expected bilinear, bicubic, "
+                          "nearest or lanczos")
+    gpu = device_id is not None
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1,
+                  exec_async=False, exec_pipelined=False)
+    def pipeline():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        # Resized size and crop window from the host (eval_geometry), so that the rounding is torchvision's.
+        resized = fn.external_source(name="resized", dtype=types.FLOAT, ndim=1)  # (w, h)
+        anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)  # (x, y)
+        images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_x=resized[0], resize_y=resized[1], interp_type=interp, antialias=True)
+        images = fn.slice(images, anchor, types.Constant(np.array([img_size, img_size], dtype=np.float32)),
+                          axis_names="WH", normalized_anchor=False, normalized_shape=False,
+                          out_of_bounds_policy="trim_to_shape")
+        return fn.crop_mirror_normalize(images, mean=[255 * m for m in mean], std=[255 * s for s in std],
+                                        dtype=types.FLOAT, output_layout="CHW")
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+def eval_geometry(width: int, height: int, img_size: int, crop_pct: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((w, h) after resizing the short side, (x, y) of the centre crop), rounded as torchvision's Resize and
+    CenterCrop round them (DALI's own resize_shorter and crop_pos round halves the other way)."""
+    short = eval_resize_size(img_size, crop_pct)
+    if width <= height:
+        size = (short, int(short * height / width))
+    else:
+        size = (int(short * width / height), short)
+    return size, (int(round((size[0] - img_size) / 2.0)), int(round((size[1] - img_size) / 2.0)))
+
+
+def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
+    """A DALI TensorList (dense batch) as a torch tensor on `device` (a copy; DALI reuses its buffers)."""
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+        dense = output.as_tensor()
+        out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(output.as_array()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders with the DataLoader interface the engine uses
+
+
+class _LoaderBase:
+    def __init__(self, dataset: ImageFolderDataset, *, batch_size: int, workers: int, device: torch.device) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.workers = max(1, int(workers))
+        self.device = torch.device(device)
+        self.device_id = _pipeline_device(self.device)
+        self._pipe: Any = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2t-dali-read")
+        return self._pool
+
+    def _pipeline(self) -> Any:
+        if self._pipe is None:
+            self._pipe = self._build()
+        return self._pipe
+
+    def _build(self) -> Any:
+        raise NotImplementedError
+
+    def _read(self, start: int, n: int) -> tuple[int, np.ndarray, int, int, int]:
+        """(sample position, bytes, width, height, label) of the first readable image from `start` on.
+
+        A file that cannot be read raises the Pillow backend's DatasetError, or with skip_bad_images is
+        counted and replaced by the next readable image (the sample keeps its seed), as there.
+        """
+        samples = self.dataset.samples
+        for attempt in range(n):
+            path, target = samples[(start + attempt) % n]
+            try:
+                data, width, height = read_image(path)
+                return (start + attempt) % n, data, width, height, target
+            except _DECODE_ERRORS as exc:
+                if not self.dataset.skip_bad_images:
+                    raise _bad_image_error(self.dataset, path, exc) from None
+                with self._lock:
+                    self.dataset.bad_images += 1
+                _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+        raise DatasetError(f"no readable image in {self.dataset.root!r}: every one of the {n} files failed to decode")
+
+    def _run(self, feeds: dict[str, list], paths: list[str]) -> list[Any]:
+        """Run the pipeline on one batch; a decoder failure names the file (found with Pillow) in one line."""
+        pipe = self._pipeline()
+        try:
+            for name, values in feeds.items():
+                pipe.feed_input(name, values)
+            return list(pipe.run())
+        except RuntimeError as exc:
+            self._pipe = None  # a DALI pipeline is unusable after an error
+            for path in paths:
+                try:
+                    with Image.open(path) as img:
+                        img.load()
+                except _DECODE_ERRORS as bad:
+                    raise _bad_image_error(self.dataset, path, bad) from None
+            first = next((line for line in str(exc).splitlines() if "encountered" not in line and line.strip()
+                          and "Error in" not in line and "Critical error" not in line), str(exc))
+            raise DatasetError(f"DALI failed on a batch of {len(paths)} images starting with {paths[0]!r}: "
+                               f"{first.strip()}") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pipe = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class DaliTrainLoader(_LoaderBase):
+    """Training batches (uint8 images, int64 targets) in the TrainSampler's order, augmented by DALI.
+
+    Quacks like the project's training DataLoader: ``sampler`` and ``dataset`` for
+    ``set_loader_epoch``, ``len()`` (batches left), full batches only (``drop_last``). The host reads
+    and draws the next batch in a thread while DALI processes the current one.
+    """
+
+    def __init__(self, dataset: ImageFolderDataset, sampler: TrainSampler, planner: SamplePlanner, *,
+                 batch_size: int, workers: int, device: torch.device = torch.device("cpu"),
+                 fill: float = 128.0) -> None:
+        super().__init__(dataset, batch_size=batch_size, workers=workers, device=device)
+        self.sampler = sampler
+        self.planner = planner
+        self.fill = float(fill)
+        self.drop_last = True
+
+    def _build(self) -> Any:
+        return build_train_pipeline(self.planner, batch_size=self.batch_size, num_threads=self.workers,
+                                    device_id=self.device_id, fill=self.fill)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def _prepare_one(self, key: Any, epoch: int) -> tuple[np.ndarray, SampleDraw, int, str]:
+        n = len(self.dataset.samples)
+        index, seed = sample_seed(self.dataset, epoch, key)
+        position, data, width, height, target = self._read(index % n, n)
+        draw = self.planner.draw(seed, width, height)
+        return data, draw, target, self.dataset.samples[position][0]
+
+    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, list], torch.Tensor, list[str]]:
+        rows = list(self.pool.map(lambda key: self._prepare_one(key, epoch), keys))
+        feeds: dict[str, list] = {
+            "encoded": [r[0] for r in rows],
+            "anchor": [np.array(r[1].box[:2], dtype=np.float32) for r in rows],
+            "shape": [np.array(r[1].box[2:], dtype=np.float32) for r in rows],
+            "interp": [np.array(r[1].interp, dtype=np.int32) for r in rows],
+            "flip": [np.array(r[1].flip, dtype=np.int32) for r in rows],
+        }
+        for layer in range(self.planner.layers):
+            feeds[f"op{layer}"] = [np.array(r[1].ops[layer][0], dtype=np.int32) for r in rows]
+            feeds[f"param{layer}"] = [np.array(r[1].ops[layer][1], dtype=np.float32) for r in rows]
+            feeds[f"matrix{layer}"] = [r[1].ops[layer][2] for r in rows]
+            feeds[f"kernel{layer}"] = [r[1].ops[layer][3] for r in rows]
+        if self.planner.color_jitter > 0:
+            feeds["jitter"] = [np.array(r[1].jitter, dtype=np.float32) for r in rows]
+        targets = torch.tensor([r[2] for r in rows], dtype=torch.int64)
+        return feeds, targets, [r[3] for r in rows]
+
+    def _key_batches(self) -> list[list[Any]]:
+        keys = list(iter(self.sampler))
+        count = len(keys) // self.batch_size
+        return [keys[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.dataset.epoch
+        batches = self._key_batches()
+        if not batches:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-plan") as ahead:
+            pending = ahead.submit(self._prepare, batches[0], epoch)
+            for b in range(len(batches)):
+                feeds, targets, paths = pending.result()
+                if b + 1 < len(batches):
+                    pending = ahead.submit(self._prepare, batches[b + 1], epoch)
+                (images,) = self._run(feeds, paths)
+                # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
+                yield _to_torch(images, self.device).permute(0, 3, 1, 2), targets
+
+
+class DaliEvalLoader(_LoaderBase):
+    """Evaluation batches (normalised float images, targets): rank r reads r, r + W, ...; keeps the last partial batch."""
+
+    def __init__(self, dataset: ImageFolderDataset, *, img_size: int, crop_pct: float, interpolation: str,
+                 mean: Sequence[float], std: Sequence[float], batch_size: int, workers: int, num_replicas: int = 1,
+                 rank: int = 0, device: torch.device = torch.device("cpu")) -> None:
+        super().__init__(dataset, batch_size=batch_size, workers=workers, device=device)
+        self.sampler = ShardSampler(len(dataset), num_replicas=num_replicas, rank=rank)
+        self.settings = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=tuple(mean),
+                             std=tuple(std))
+        self.drop_last = False
+
+    def _build(self) -> Any:
+        return build_eval_pipeline(**self.settings, batch_size=self.batch_size, num_threads=self.workers,
+                                   device_id=self.device_id)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def _prepare(self, keys: list[int]) -> tuple[dict[str, list], torch.Tensor, list[str]]:
+        n = len(self.dataset.samples)
+        rows = list(self.pool.map(lambda key: self._read(key, n), keys))
+        targets = torch.tensor([r[4] for r in rows], dtype=torch.int64)
+        size, crop_pct = self.settings["img_size"], self.settings["crop_pct"]
+        geometry = [eval_geometry(r[2], r[3], size, crop_pct) for r in rows]
+        feeds = {"encoded": [r[1] for r in rows],
+                 "resized": [np.array(g[0], dtype=np.float32) for g in geometry],
+                 "anchor": [np.array(g[1], dtype=np.float32) for g in geometry]}
+        return feeds, targets, [self.dataset.samples[r[0]][0] for r in rows]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        keys = list(iter(self.sampler))
+        batches = [keys[i:i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
+        if not batches:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-read-ahead") as ahead:
+            pending = ahead.submit(self._prepare, batches[0])
+            for b in range(len(batches)):
+                feeds, targets, paths = pending.result()
+                if b + 1 < len(batches):
+                    pending = ahead.submit(self._prepare, batches[b + 1])
+                (images,) = self._run(feeds, paths)
+                yield _to_torch(images, self.device), targets
+
+
+def fill_value(mean: Sequence[float]) -> float:
+    """The grey the geometric RandAugment ops fill with: the mean colour's average level (timm fills per channel)."""
+    return float(round(255 * sum(mean) / len(mean)))
+
+
+def build_dali_loaders(cfg: Any, train_ds: ImageFolderDataset, val_ds: ImageFolderDataset, sampler: TrainSampler, *,
+                       img_size: int, batch_size: int, eval_batch_size: int, eval_crop_pct: float,
+                       eval_interpolation: str, num_replicas: int, rank: int,
+                       device: torch.device) -> tuple[DaliTrainLoader, DaliEvalLoader]:
+    """The training and validation loaders of data.backend=dali (`cfg` is the DataConfig)."""
+    require_dali()
+    planner = SamplePlanner(img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+                            interpolation=cfg.interpolation, policy=parse_rand_policy(cfg.auto_augment),
+                            color_jitter=cfg.color_jitter)
+    train = DaliTrainLoader(train_ds, sampler, planner, batch_size=batch_size, workers=cfg.workers, device=device,
+                            fill=fill_value(cfg.mean))
+    val = DaliEvalLoader(val_ds, img_size=img_size, crop_pct=eval_crop_pct, interpolation=eval_interpolation,
+                         mean=cfg.mean, std=cfg.std, batch_size=eval_batch_size, workers=cfg.workers,
+                         num_replicas=num_replicas, rank=rank, device=device)
+    return train, val
