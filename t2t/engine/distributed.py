@@ -55,8 +55,15 @@ class DeviceError(ValueError):
     """A device that does not exist or cannot be used here."""
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' -> cuda:LOCAL_RANK; anything else as given."""
+def resolve_device(device: str = "auto", local_rank: int = 0, local_world_size: int = 1) -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' -> the visible GPU for this LOCAL_RANK; anything else as given.
+
+    With 'cuda' the ordinal is LOCAL_RANK % (visible devices): one process per GPU of the node when
+    every process sees all of them, and cuda:0 when the launcher shows each task only its own GPU
+    (`srun --gpus-per-task=1`, one-GPU containers), where cuda:LOCAL_RANK would not exist. A node
+    whose processes would have to share GPUs (more local processes than visible devices, but more
+    than one device) is refused, as is an explicit cuda:N that is not visible.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -66,8 +73,18 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {device!r} requested but CUDA is not available; use cpu")
+        count = torch.cuda.device_count()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
         if dev.index is None:
-            dev = torch.device("cuda", local_rank)
+            if 1 < count < local_world_size:
+                raise DeviceError(
+                    f"LOCAL_WORLD_SIZE={local_world_size} processes on this node but {count} visible CUDA devices "
+                    f"(CUDA_VISIBLE_DEVICES={visible}): start one process per GPU (--nproc_per_node={count}) "
+                    f"or give each task its own GPU")
+            dev = torch.device("cuda", local_rank % count)
+        elif dev.index >= count:
+            raise DeviceError(f"device {device!r}: only {count} CUDA devices are visible "
+                              f"(CUDA_VISIBLE_DEVICES={visible}); expected cuda:0 to cuda:{count - 1}")
     return dev
 
 
@@ -129,7 +146,7 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
     rank = env_int("RANK", 0)
     world_size = env_int("WORLD_SIZE", 1)
     local_rank = env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, env_int("LOCAL_WORLD_SIZE", 1))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         # TF32 tensor cores for fp32 matmuls and convolutions (Ampere and newer; ignored elsewhere).
