@@ -133,7 +133,7 @@ def _create_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     return dist.PrefixStore(_attempt_prefix(), store)
 
 
-def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
+def init_distributed(device: str = "auto", *, timeout_minutes: float = 15.0,
                      init_timeout_minutes: float = 10.0, always_group: bool = False) -> DistInfo:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK, pick the device and join the process group.
 
@@ -168,7 +168,7 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
                 dist.init_process_group(
                     backend=backend, store=store, rank=rank, world_size=world_size,
                     timeout=timedelta(minutes=timeout_minutes), device_id=dev if dev.type == "cuda" else None)
-                _first_collective(rank, world_size, init_timeout)
+                _first_collective()
             except (RuntimeError, dist.DistError) as e:
                 waited = time.monotonic() - started
                 raise DistributedSetupError(
@@ -191,11 +191,17 @@ def _wait_for_peers(store: dist.Store, world_size: int, timeout: timedelta) -> N
         raise RuntimeError(f"only {joined} of {world_size} ranks joined") from e
 
 
-def _first_collective(rank: int, world_size: int, timeout: timedelta) -> None:
-    """One all-reduce that every rank must reach within `timeout`, so a missing peer fails the start."""
-    work = dist.all_reduce(torch.ones(1, device=_COLLECTIVE_DEVICE), async_op=True)
-    if not work.wait(timeout):
-        raise RuntimeError(f"the first all-reduce did not complete within {timeout.total_seconds():.0f} s")
+def _first_collective() -> None:
+    """One all-reduce that every rank must reach, so that the communicators form before the first step.
+
+    It is waited for on the host (one sync at start). Its time limit is the group's own
+    (dist.timeout_minutes, enforced under NCCL by the watchdog, which aborts the communicator and
+    ends the process): `work.wait(timeout)` adds nothing, because under NCCL it only blocks the
+    current stream and returns True.
+    """
+    buf = torch.ones(1, device=_COLLECTIVE_DEVICE)
+    dist.all_reduce(buf)
+    buf.cpu()
 
 
 def _active() -> bool:
