@@ -453,3 +453,9 @@ def test_uint8_batches_normalised_on_the_device(data_dir):
     assert raw.dtype == torch.uint8 and ref.dtype == torch.float32
     torch.testing.assert_close(as_uint8.on_device(raw), ref, rtol=0, atol=1e-5)
     assert raw.element_size() * raw.nelement() * 4 == ref.element_size() * ref.nelement()
+    # Validation batches too: uint8 from the workers, the same float batch once normalised on the device.
+    assert as_float.val_on_device is None
+    val_raw, val_targets = next(iter(as_uint8.val_loader))
+    val_ref, ref_targets = next(iter(as_float.val_loader))
+    assert val_raw.dtype == torch.uint8 and torch.equal(val_targets, ref_targets)
+    assert torch.equal(as_uint8.val_on_device(val_raw), val_ref)

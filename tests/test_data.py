@@ -767,3 +767,52 @@ def test_data_benchmark_smoke(tmp_path):
     assert result["images"] == 6
     assert result["ours_images_per_sec_per_core"] > 0 and result["timm_images_per_sec_per_core"] > 0
     assert result["speedup"] == pytest.approx(result["ours_images_per_sec_per_core"] / result["timm_images_per_sec_per_core"])
+
+
+def test_uint8_validation_batches_normalised_on_the_device_give_the_same_evaluation(tmp_path):
+    import timm
+    import t2t  # noqa: F401  (registers the models)
+    from t2t.data.loader import build_eval_loader
+    from t2t.data.transforms import BatchNormalize
+    from t2t.engine.evaluate import evaluate_models
+
+    root = _make_folder(str(tmp_path), per_class=3, size=(40, 36))
+    floats = ImageFolderDataset(root, build_eval_transform(32))
+    uint8 = ImageFolderDataset(root, build_eval_transform(32, uint8=True))
+    for i in range(len(floats)):
+        assert uint8[i][0].dtype == torch.uint8
+        assert torch.equal(BatchNormalize()(uint8[i][0][None])[0], floats[i][0])  # bit-identical on the CPU
+    torch.manual_seed(0)
+    model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3, depth=1)
+    normalize = BatchNormalize()
+    a = evaluate_models({"m": model}, build_eval_loader(floats, batch_size=4, workers=0), device="cpu")
+    b = evaluate_models({"m": model}, build_eval_loader(uint8, batch_size=4, workers=0), device="cpu",
+                        batch_to_device=lambda x, y: (normalize(x), y))
+    assert {k: v for k, v in a["m"].items() if k != "images_per_sec"} == \
+        {k: v for k, v in b["m"].items() if k != "images_per_sec"}
+
+
+def test_shared_memory_check_counts_both_loaders_against_free_space(monkeypatch, caplog):
+    import logging
+    from t2t.data import setup
+
+    per_process = setup.shared_memory_per_process(workers=8, prefetch_factor=2, batch_size=64, eval_batch_size=100,
+                                                  img_size=224, uint8_train=True, uint8_eval=False)
+    image = 3 * 224 * 224
+    assert per_process == 8 * 2 * 64 * image + 8 * 2 * 100 * image * 4  # float32 validation batches: 4 bytes
+    assert setup.shared_memory_per_process(workers=0, prefetch_factor=2, batch_size=64, eval_batch_size=100,
+                                           img_size=224, uint8_train=True, uint8_eval=True) == 0
+    uint8_both = setup.shared_memory_per_process(workers=8, prefetch_factor=2, batch_size=64, eval_batch_size=100,
+                                                 img_size=224, uint8_train=True, uint8_eval=True)
+    assert uint8_both == 8 * 2 * (64 + 100) * image
+
+    class StatVfs:  # a 2 GiB /dev/shm (the README's --shm-size=2g) with 1 GiB free
+        f_frsize, f_blocks, f_bavail = 4096, 2 * 2**30 // 4096, 2**30 // 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: StatVfs)
+    free = setup.free_shared_memory()
+    assert free == 2**30  # the free space, not the size
+    with caplog.at_level(logging.INFO, logger="t2t.data.setup"):
+        assert setup.check_shared_memory(uint8_both, 8, free)  # 8 x 377 MiB > 1024 MiB free
+        assert "1024 MiB free" in caplog.text and "8 processes" in caplog.text
+        assert not setup.check_shared_memory(uint8_both, 1, free)

@@ -431,7 +431,12 @@ def _end_epoch(cfg: Config, state: TrainState, *, data, model, ema, dist: DistIn
     if (interval > 0 and (epoch + 1) % interval == 0) or last:
         nets = {"": model} if ema is None else {"": model, "ema_": ema.module}
         # One pass over the validation set: each decoded batch goes through the model and the EMA.
-        results = evaluate_models(nets, data.val_loader, device=dist.device, amp=amp, dist=dist)
+        val_to_device = None
+        if data.val_on_device is not None:  # uint8 batches from the workers, normalised on the device
+            def val_to_device(images, targets):
+                return data.val_on_device(images), targets.to(dist.device, non_blocking=True)
+        results = evaluate_models(nets, data.val_loader, device=dist.device, amp=amp, dist=dist,
+                                  batch_to_device=val_to_device)
         for prefix, metrics in results.items():
             row.update({f"{prefix}val_loss": metrics["loss"], f"{prefix}val_top1": metrics["top1"],
                         f"{prefix}val_top5": metrics["top5"]})
