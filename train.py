@@ -34,7 +34,7 @@ EXIT_IO = 74  # EX_IOERR: a write failed (full disk, permissions); the checkpoin
 # Problems with what the user gave: one line on stderr, exit status 2.
 # What a run writes in its folder: no input file may sit there under one of these names.
 RUN_FILES = ("config.yaml", "train.log", "summary.csv", "log.jsonl", "last.pth", "best.pth", "epoch-*.pth",
-             "step-*.pth", FAILURE_FILE)
+             "step-*.pth", "filelist-*.npz", FAILURE_FILE)
 
 USER_ERRORS = (UsageError, ConfigError, RunError, DatasetError, CheckpointError, DeviceError, DataSizeError,
                FileNotFoundError)

@@ -745,7 +745,7 @@ def test_demo_data_layout_and_determinism(tmp_path):
     train_ds, val_ds = ImageFolderDataset(train), ImageFolderDataset(val)
     check_same_classes(train_ds, val_ds)
     assert len(train_ds.classes) == 3 and len(train_ds) == 12 and len(val_ds) == 6
-    for path, _ in train_ds.samples + val_ds.samples:
+    for path, _ in list(train_ds.samples) + list(val_ds.samples):
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.size == (32, 32)
             im.load()
@@ -816,3 +816,75 @@ def test_shared_memory_check_counts_both_loaders_against_free_space(monkeypatch,
         assert setup.check_shared_memory(uint8_both, 8, free)  # 8 x 377 MiB > 1024 MiB free
         assert "1024 MiB free" in caplog.text and "8 processes" in caplog.text
         assert not setup.check_shared_memory(uint8_both, 1, free)
+
+
+# ---------------------------------------------------------------------------------------------
+# File lists: compact, listed by one rank, cached in the run folder
+
+
+def test_compact_file_list_gives_the_same_samples_targets_and_order(tmp_path):
+    from t2t.data.filelist import SampleList
+
+    root = _make_folder(str(tmp_path / "data"), per_class=3)
+    os.makedirs(os.path.join(root, "dog", "nested"))
+    _noise_image(8, 8).save(os.path.join(root, "dog", "nested", "ü.jpg"))
+    ours = ImageFolderDataset(root)
+    theirs = torchvision.datasets.ImageFolder(root)
+    assert isinstance(ours.samples, SampleList)
+    assert list(ours.samples) == theirs.samples and ours.targets == theirs.targets
+    assert ours.samples[-1] == theirs.samples[-1] and ours.samples[1:3] == theirs.samples[1:3]
+    assert ours.samples.targets.dtype == np.int32 and len(ours) == len(theirs) == 10
+
+
+def test_file_list_cache_is_used_until_a_folder_changes(tmp_path, monkeypatch):
+    from t2t.data import filelist
+
+    root = _make_folder(str(tmp_path / "data"), per_class=2)
+    cache = str(tmp_path / "run" / "filelist-train.npz")
+    os.makedirs(os.path.dirname(cache))
+    first = ImageFolderDataset(root, list_cache=cache)
+    assert os.path.isfile(cache)
+    real = filelist.list_image_folder
+    walks = []
+    monkeypatch.setattr(filelist, "list_image_folder", lambda *a, **k: walks.append(1) or real(*a, **k))
+    assert ImageFolderDataset(root, list_cache=cache).samples == first.samples and walks == []  # read, not walked
+    added = os.path.join(root, "eel", "sub")
+    os.makedirs(added)  # a new nested folder changes its parent's mtime
+    _noise_image(8, 8).save(os.path.join(added, "new.jpg"))
+    again = ImageFolderDataset(root, list_cache=cache)
+    assert walks == [1] and len(again) == len(first) + 1
+    assert again.samples == ImageFolderDataset(root).samples and len(walks) == 2  # (the second walk: no cache)
+    os.remove(os.path.join(root, "cat", sorted(os.listdir(os.path.join(root, "cat")))[0]))  # a removed file
+    assert len(ImageFolderDataset(root, list_cache=cache)) == len(first) and len(walks) == 3
+    with open(cache, "wb") as f:  # a damaged cache is listed again, not trusted
+        f.write(b"not a cache")
+    assert len(ImageFolderDataset(root, list_cache=cache)) == len(first) and len(walks) == 4
+
+
+def test_only_rank0_lists_and_the_others_take_its_list(tmp_path, monkeypatch):
+    from t2t.config import DataConfig
+    from t2t.data import filelist
+    from t2t.data.setup import build_datasets
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        _make_folder(str(data / split), per_class=2)
+    cfg = DataConfig()
+    sent = []
+    rank0 = build_datasets(cfg, str(data), None, None, 0, rank=0, broadcast=lambda obj: sent.append(obj) or obj)
+    monkeypatch.setattr(filelist, "list_image_folder", lambda *a, **k: pytest.fail("rank 1 walked the folders"))
+    received = iter(sent)
+    rank1 = build_datasets(cfg, str(data), None, None, 0, rank=1, broadcast=lambda obj: next(received))
+    for a, b in zip(rank0[:2], rank1[:2]):
+        assert a.samples == b.samples and a.classes == b.classes
+    # An error on rank 0 reaches every rank instead of leaving them waiting for a list.
+    monkeypatch.undo()
+    (data / "val" / "eel" / "sub").mkdir()
+    for image in (data / "val" / "eel").glob("*.jpg"):
+        image.unlink()
+    sent.clear()
+    with pytest.raises(DatasetError, match="holds no images"):
+        build_datasets(cfg, str(data), None, None, 0, rank=0, broadcast=lambda obj: sent.append(obj) or obj)
+    with pytest.raises(DatasetError, match="holds no images"):
+        build_datasets(cfg, str(data), None, None, 0, rank=1, broadcast=lambda obj: sent[-1])
+

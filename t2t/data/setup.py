@@ -97,14 +97,37 @@ def resolve_format(data_dir: str, fmt: str) -> str:
 
 
 def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: Callable,
-                   seed: int) -> tuple[SeededDataset, SeededDataset, str]:
-    """(train, val, the folder read) in the format `cfg.format` names or detects."""
+                   seed: int, *, rank: int = 0, broadcast: Callable[[Any], Any] = lambda obj: obj,
+                   list_cache_dir: Optional[str] = None) -> tuple[SeededDataset, SeededDataset, str]:
+    """(train, val, the folder read) in the format `cfg.format` names or detects.
+
+    Image folders are listed by rank 0 only (from its cache in `list_cache_dir` when the folders have
+    not changed) and `broadcast` (a collective: rank 0's object on every rank) hands the list to the
+    others: one directory walk per job start instead of one per process.
+    """
     if resolve_format(data_dir, cfg.format) == "cifar":
         train_ds = CIFARDataset(data_dir, train=True, transform=train_tf, seed=seed)
         return train_ds, CIFARDataset(data_dir, train=False, transform=eval_tf, seed=seed), train_ds.root
     train_dir, val_dir = find_split_dirs(data_dir)
-    train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
-    val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    datasets = []
+    for split, folder, tf in (("train", train_dir, train_tf), ("val", val_dir, eval_tf)):
+        listing: Any = None
+        if rank == 0:
+            cache = os.path.join(list_cache_dir, f"filelist-{split}.npz") if list_cache_dir else None
+            try:
+                ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, list_cache=cache)
+                listing = (ds.classes, ds.samples)
+            except DatasetError as e:
+                listing = e  # every rank raises it, instead of the others waiting for a list that never comes
+        listing = broadcast(listing)
+        if isinstance(listing, DatasetError):
+            raise listing
+        if rank != 0:
+            classes, samples = listing
+            ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, classes=classes,
+                                    samples=samples)
+        datasets.append(ds)
+    train_ds, val_ds = datasets
     check_same_classes(train_ds, val_ds)
     return train_ds, val_ds, train_dir
 
@@ -145,20 +168,24 @@ def build_train_and_val(
         device: torch.device = torch.device("cpu"),
         normalize_on_device: Optional[bool] = None,
         gather: Callable[[Any], list[Any]] = lambda found: [found],
+        broadcast: Callable[[Any], Any] = lambda obj: obj,
+        list_cache_dir: Optional[str] = None,
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
 
     With `normalize_on_device` (default: on CUDA, for the ImageNet transform) the workers send uint8
     batches (a quarter of the float32 bytes through shared memory and the host-to-device copy), and
     `TrainData.on_device` normalises and randomly erases them on `device`. The processes share the
-    check of the validation images; `gather` is the collective that pools their findings.
+    check of the validation images; `gather` is the collective that pools their findings, `broadcast`
+    the one that hands rank 0's file lists (cached in `list_cache_dir`) to the others.
     """
     uint8_eval = device.type == "cuda" if normalize_on_device is None else normalize_on_device
     uint8 = uint8_eval and cfg.train_transform == "imagenet"
     train_tf = build_train_tf(cfg, img_size, use_prefetcher=uint8)
     eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
                                    std=tuple(cfg.std), uint8=uint8_eval)
-    train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed)
+    train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed, rank=rank,
+                                                 broadcast=broadcast, list_cache_dir=list_cache_dir)
     steps_per_epoch = len(train_ds) // global_batch_size
     if steps_per_epoch < 1:
         raise DataSizeError(
@@ -212,7 +239,6 @@ def check_val_images(val_ds: ImageFolderDataset, workers: int, *, rank: int = 0,
             "data.skip_bad_images=true to leave such files out")
     unreadable = {path for path, _ in bad}
     val_ds.samples = [(p, t) for p, t in val_ds.samples if p not in unreadable]
-    val_ds.targets = [t for _, t in val_ds.samples]
     if not val_ds.samples:
         raise DatasetError(f"every image of the validation folder {val_ds.root!r} is unreadable, e.g. {bad[0][0]!r}")
     _logger.warning("Left %d unreadable validation images out: %s%s", len(bad), bad[0][0], more)

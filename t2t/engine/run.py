@@ -238,7 +238,8 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
         global_batch_size=global_batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=cfg.eval.crop_pct,
         eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
-        pin_memory=device.type == "cuda", device=device, gather=gather_objects)
+        pin_memory=device.type == "cuda", device=device, gather=gather_objects, broadcast=broadcast_object,
+        list_cache_dir=output)
     num_classes = data.num_classes
     if found is not None and found[1].get("run", {}).get("classes") is not None:
         check_classes_match(found[1]["run"]["classes"], data.classes, where=f"training folder {data.train_dir!r}",
