@@ -888,3 +888,51 @@ def test_only_rank0_lists_and_the_others_take_its_list(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="holds no images"):
         build_datasets(cfg, str(data), None, None, 0, rank=1, broadcast=lambda obj: sent[-1])
 
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised random erasing
+
+
+def _erased_stats(masks: torch.Tensor) -> dict:
+    """masks (N, H, W) bool: fraction of images erased, and over those the erased area, box height/width, top."""
+    erased = masks.flatten(1).any(1)
+    m = masks[erased]
+    rows, cols = m.any(2), m.any(1)
+    h, w = rows.sum(1).double(), cols.sum(1).double()
+    top = rows.double().argmax(1).double()
+    return {"p": erased.double().mean().item(), "area": m.flatten(1).double().mean(1).mean().item(),
+            "h": h.mean().item(), "w": w.mean().item(), "top": top.mean().item(),
+            "area_q": torch.quantile(m.flatten(1).double().mean(1), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))}
+
+
+@pytest.mark.parametrize("max_count", [1, 3])
+def test_batch_random_erasing_has_the_distribution_of_timms(max_count):
+    from timm.data.random_erasing import RandomErasing
+    from t2t.data.erasing import BatchRandomErasing
+
+    N, H, W = 3000, 24, 32
+    random.seed(0)
+    theirs_in = torch.ones(N, 1, H, W)
+    RandomErasing(0.4, mode="const", max_count=max_count, device="cpu")(theirs_in)
+    torch.manual_seed(0)
+    ours_in = BatchRandomErasing(0.4, mode="const", max_count=max_count)(torch.ones(N, 1, H, W))
+    theirs, ours = _erased_stats(theirs_in[:, 0] == 0), _erased_stats(ours_in[:, 0] == 0)
+    assert abs(ours["p"] - theirs["p"]) < 0.04 and abs(ours["p"] - 0.4) < 0.04
+    for key in ("area", "h", "w", "top"):
+        assert ours[key] == pytest.approx(theirs[key], rel=0.08), (key, ours, theirs)
+    assert torch.allclose(ours["area_q"], theirs["area_q"], atol=0.03), (ours["area_q"], theirs["area_q"])
+
+
+def test_batch_random_erasing_draws_each_image_independently():
+    from t2t.data.erasing import BatchRandomErasing
+
+    torch.manual_seed(1)
+    x = BatchRandomErasing(0.5, mode="pixel", max_count=2)(torch.zeros(2000, 3, 16, 16))
+    masks = x[:, 0] != 0
+    erased = masks.flatten(1).any(1).double()
+    both = (erased[:-1] * erased[1:]).mean().item()  # neighbours erased together: p^2 if independent
+    assert abs(both - erased.mean().item() ** 2) < 0.03
+    boxes = {tuple(m.flatten().nonzero().flatten().tolist()) for m in masks[erased.bool()][:200]}
+    assert len(boxes) > 150  # boxes differ from image to image
+    assert torch.equal(x[:, 0] != 0, x[:, 2] != 0)  # a box covers every channel
+    assert x[masks[:, None].expand_as(x)].std() == pytest.approx(1.0, rel=0.1)  # per-pixel normal noise

@@ -36,6 +36,7 @@ from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
 from .decode import to_rgb
+from .erasing import BatchRandomErasing
 
 __all__ = [
     "BatchNormalize",
@@ -401,7 +402,7 @@ class BatchNormalizeErase(torch.nn.Module):
         self.register_buffer("mean", torch.tensor([255.0 * m for m in mean], device=self.device).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor([255.0 * s for s in std], device=self.device).view(1, -1, 1, 1))
         self.random_erasing = (
-            RandomErasing(re_prob, mode=re_mode, max_count=re_count, device=self.device) if re_prob > 0 else None
+            BatchRandomErasing(re_prob, mode=re_mode, max_count=re_count) if re_prob > 0 else None
         )
 
     @torch.no_grad()
