@@ -12,7 +12,6 @@ from typing import Any, Optional
 import timm
 import torch
 import torch.nn as nn
-from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
@@ -25,6 +24,7 @@ from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dic
     library_versions, load_training_checkpoint, remove_stale_temporaries
 from .distributed import DistInfo, broadcast_object, cleanup_distributed, env_int, gather_objects, \
     init_distributed, settle_bucket_layout, setup_logging, sum_over_ranks
+from .ema import CachedModelEma
 from .evaluate import evaluate_models
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters, scaled_lr
@@ -264,7 +264,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         frozen = freeze_parameters(model, cfg.model.freeze)
         _logger.info("Frozen (model.freeze %s): %d tensors", list(cfg.model.freeze), len(frozen))
     model.to(device)
-    ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
+    ema = CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
     lr = scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_base_batch_size)
     optimizer = build_optimizer(model, cfg.optim, lr, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
