@@ -19,6 +19,7 @@ from t2t.data.dataset import DatasetError
 from t2t.data.setup import DataSizeError
 from t2t.engine.checkpoint import CheckpointSaveError
 from t2t.engine.distributed import DeviceError, DistributedSetupError
+from t2t.engine.failures import FAILURE_FILE, clear_failure, failure_of_this_job, record_failure
 from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, resume_config, run
 from t2t.engine.trainer import NonFiniteLossError
 from t2t.models.weights import CheckpointError
@@ -33,7 +34,7 @@ EXIT_IO = 74  # EX_IOERR: a write failed (full disk, permissions); the checkpoin
 # Problems with what the user gave: one line on stderr, exit status 2.
 # What a run writes in its folder: no input file may sit there under one of these names.
 RUN_FILES = ("config.yaml", "train.log", "summary.csv", "log.jsonl", "last.pth", "best.pth", "epoch-*.pth",
-             "step-*.pth")
+             "step-*.pth", "filelist-*.npz", FAILURE_FILE)
 
 USER_ERRORS = (UsageError, ConfigError, RunError, DatasetError, CheckpointError, DeviceError, DataSizeError,
                FileNotFoundError)
@@ -92,18 +93,31 @@ def check_run_inputs(args: argparse.Namespace, cfg: Config) -> None:
         check_output_folder_inputs(args.output, data_dirs=splits, files=files, written=RUN_FILES)
 
 
-def fail(error: BaseException, status: int, hint: str = "") -> int:
-    """Report `error` as one line on stderr (and in train.log once logging is set up); return `status`."""
+def fail(error: BaseException, status: int, hint: str = "", *, record_in: str | None = None) -> int:
+    """Report `error` as one line on stderr (and in train.log once logging is set up); return `status`.
+
+    With `record_in` (the checked run folder), a failure that a restart would only repeat is also
+    recorded there for the next attempt of this torchrun job (t2t/engine/failures.py).
+    """
     message = one_line(error) + hint
     if logging.getLogger().handlers:  # the run's log is open: keep the reason with it
         logging.getLogger("t2t.train").error("%s", message)
     print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    if record_in is not None:
+        record_failure(record_in, message, status)
     return status
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()
+    # A restart of a torchrun job whose previous attempt failed deterministically: fail the same way at once.
+    recorded = failure_of_this_job(args.output)
+    if recorded is not None:
+        print(f"train.py: error: {recorded.message} (attempt {recorded.attempt} of this torchrun job stopped so, "
+              f"as recorded in {os.path.join(args.output, FAILURE_FILE)}; not replayed)", file=sys.stderr, flush=True)
+        return recorded.status
+    checked_output = None  # the run folder once checked: deterministic failures are recorded there
     try:
         check_resume_args(args)
         cfg = resolve_config(args)
@@ -111,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(cfg), end="")
             return 0
         check_run_inputs(args, cfg)
+        checked_output = args.output
+        clear_failure(args.output)  # a start by the user is a deliberate retry
         result = run(cfg, data_dir=args.data_dir, output=args.output, resume=args.resume)
     except DistributedSetupError as e:  # non-zero, so torchrun restarts the group or gives up
         return fail(e, EXIT_FAILED)
@@ -118,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(KeyboardInterrupt("interrupted (Ctrl-C twice): stopped without saving; the last checkpoint "
                                       "is intact"), INTERRUPTED_EXIT_CODE)
     except USER_ERRORS as e:
-        return fail(e, EXIT_USAGE)
+        return fail(e, EXIT_USAGE, record_in=checked_output)
     except NonFiniteLossError as e:
-        return fail(e, EXIT_NONFINITE)
+        return fail(e, EXIT_NONFINITE, record_in=checked_output)
     except CheckpointSaveError as e:
         return fail(e, EXIT_IO, "; free space (or fix the cause) and continue with --resume auto --output FOLDER")
     except OSError as e:

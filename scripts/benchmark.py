@@ -7,9 +7,11 @@
     python scripts/benchmark.py -m t2t_vit_14 --mode train --compare plain,official,backend --rounds 3
 
 Modes: `infer` times a forward pass under torch.inference_mode; `train` times the real training
-step on a synthetic batch: autocast forward + cross-entropy, backward, and the project's AdamW
-(t2t.engine.optim.build_optimizer, with its no-decay groups) stepped through a GradScaler (active for
-fp16 only); `data` runs t2t.data.bench.run_data_benchmark: our training input pipeline against
+step on a synthetic uint8 batch (make_train_step): normalisation and random erasing on the device,
+mixup/cutmix, autocast forward + soft-target cross-entropy, backward, the project's AdamW
+(t2t.engine.optim.build_optimizer, with its no-decay groups, fused on CUDA) stepped through a
+GradScaler (active for fp16 only) and the model EMA update; it also counts the aten operations one
+step dispatches (`aten_calls_per_step`, count_aten_calls); `data` runs t2t.data.bench.run_data_benchmark: our training input pipeline against
 timm's stock one on the same files, images/s on one core each, and the ratio.
 
 Timing: `--warmup` untimed steps, then `--steps` timed ones (CUDA synchronised around each); the
@@ -203,18 +205,84 @@ def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, devic
                 model(images)
         return step
 
+    return make_train_step(model, batch_size, img_size, device, amp)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Train mode: the step the training loop runs, and the aten operations it dispatches
+
+def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: torch.device,
+                    amp: str) -> Callable[[], None]:
+    """One real training step on a synthetic uint8 batch, as t2t/engine/train_loop.py runs it.
+
+    Per-step reseeding, uint8 images to the device, normalisation and random erasing there
+    (BatchNormalizeErase, the recipe's 0.25 pixel mode), mixup/cutmix (0.8 / 1.0, label smoothing
+    0.1), autocast forward, soft-target cross-entropy, backward, AdamW (fused on CUDA, with the
+    recipe's no-decay groups) through a GradScaler (active for fp16 only), the model EMA update.
+    """
+    from timm.loss import SoftTargetCrossEntropy
+
+    from t2t.data.mixup import build_mixup, seed_main_process_rng
+    from t2t.data.transforms import BatchNormalizeErase
+    from t2t.engine.distributed import unwrap_model
+    from t2t.engine.ema import CachedModelEma
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8, generator=generator)
+    targets = torch.randint(0, model.num_classes, (batch_size,), generator=generator)
+    if device.type == "cuda":
+        images, targets = images.pin_memory(), targets.pin_memory()
+    on_device = BatchNormalizeErase(re_prob=0.25, re_mode="pixel", device=device)
+    mixup = build_mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=model.num_classes) \
+        if batch_size % 2 == 0 else None  # timm's Mixup needs an even batch
+    criterion = SoftTargetCrossEntropy()
     model.train()
-    optimizer = build_optimizer(model, OptimConfig(), lr=OptimConfig().lr)
+    optimizer = build_optimizer(model, OptimConfig(), lr=OptimConfig().lr, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    ema = CachedModelEma(unwrap_model(model), decay=0.99996)
+    counter = [0]
 
     def step() -> None:
-        with autocast():
-            loss = F.cross_entropy(model(images), targets, label_smoothing=0.1)
+        counter[0] += 1
+        seed_main_process_rng(0, counter[0], 0)
+        x = on_device(images)
+        y = targets.to(device, non_blocking=True)
+        if mixup is not None:
+            x, y = mixup(x, y)
+        else:
+            y = F.one_hot(y, model.num_classes).float()
+        with amp_context(device, amp):
+            loss = criterion(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        ema.update(model, step=counter[0])
     return step
+
+
+def count_aten_calls(step: Callable[[], None]) -> dict[str, int]:
+    """The aten operations one call of `step` dispatches (forward, backward, optimizer, EMA, augmentation).
+
+    Counted below autograd, at the Python dispatch level (TorchDispatchMode): each kernel-level
+    operation once, a fused or foreach operation as one. About the number of kernel launches on
+    CUDA, plus views and other operations that launch nothing.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:
+        step()
+    return counter.calls
 
 
 def peak_memory(device: torch.device) -> tuple[float, str]:
@@ -245,6 +313,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp)
     probes = lambda: (probe(), onednn_probe() if onednn_probe else None)  # noqa: E731
     warmup_steps = warm_up(step, device, args.warmup, args.max_warmup, probes)
+    aten = count_aten_calls(step) if args.mode == "train" else None
     faults = page_faults()
     times, samples = time_steps(step, device, args.steps, probes)
     faults = page_faults() - faults
@@ -263,6 +332,8 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "img_size": args.img_size, "warmup_steps": warmup_steps, "steps": args.steps,
         "page_faults_per_step": faults / args.steps,
+        "aten_calls_per_step": sum(aten.values()) if aten is not None else None,
+        "aten_calls_top": sorted(aten.items(), key=lambda kv: -kv[1])[:8] if aten is not None else None,
         "images_per_sec": images_per_sec,
         "images_per_sec_min": slowest, "images_per_sec_max": fastest,
         "step_ms_median": 1e3 * median, "step_ms_min": 1e3 * min(times), "step_ms_max": 1e3 * max(times),

@@ -141,7 +141,7 @@ class CheckpointConfig:
 
 @dataclass
 class DistConfig:
-    timeout_minutes: float = 60.0  # any collective; must exceed rank 0's slowest checkpoint write
+    timeout_minutes: float = 15.0  # any collective: a stuck rank idles every GPU this long; > rank 0's slowest save
     init_timeout_minutes: float = 10.0  # forming the process group: how long a rank waits for its peers
 
 

@@ -41,6 +41,11 @@ def test_benchmark_smoke(mode, tmp_path):
     assert results["gflops_per_image_step"] == pytest.approx(factor * results["gflops_per_image_forward"])
     assert results["achieved_gflops_per_sec"] == pytest.approx(
         results["gflops_per_image_step"] * results["images_per_sec"])
+    if mode == "train":  # the real step's aten operations: the EMA's one fused lerp among them
+        assert results["aten_calls_per_step"] > 500
+        assert sum(n for _, n in results["aten_calls_top"]) <= results["aten_calls_per_step"]
+    else:
+        assert results["aten_calls_per_step"] is None
 
 
 def test_benchmark_data_mode_compares_pipelines(tmp_path):

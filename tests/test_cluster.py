@@ -50,6 +50,35 @@ def test_collective_device_follows_the_backend(monkeypatch):
     assert distributed.collective_device() == torch.device("cuda", 3)
 
 
+@pytest.mark.parametrize("visible, local_rank, local_world, expected", [
+    (8, 5, 8, "cuda:5"),   # every process sees the node's 8 GPUs
+    (1, 5, 8, "cuda:0"),   # srun --gpus-per-task=1: each task sees only its own GPU
+    (2, 3, 2, "cuda:1"),   # more devices than ranks' span: LOCAL_RANK % count
+    (4, 0, 4, "cuda:0"),
+])
+def test_cuda_device_comes_from_the_visible_devices(monkeypatch, visible, local_rank, local_world, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    assert distributed.resolve_device("cuda", local_rank, local_world) == torch.device(expected)
+    assert distributed.resolve_device("auto", local_rank, local_world) == torch.device(expected)
+
+
+@pytest.mark.parametrize("device, visible, local_world, words", [
+    ("cuda", 4, 8, ["LOCAL_WORLD_SIZE=8", "4 visible CUDA devices", "--nproc_per_node=4"]),
+    ("cuda:3", 2, 1, ["'cuda:3'", "only 2 CUDA devices", "cuda:0 to cuda:1"]),
+])
+def test_a_device_count_that_does_not_fit_is_refused(monkeypatch, device, visible, local_world, words):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(visible))))
+    with pytest.raises(distributed.DeviceError) as err:
+        distributed.resolve_device(device, 1, local_world)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
 def _as_rank(rank: int, world: int, port: int) -> None:
     """The environment torchrun gives rank `rank` of `world` on one machine."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -429,3 +458,9 @@ def test_uint8_batches_normalised_on_the_device(data_dir):
     assert raw.dtype == torch.uint8 and ref.dtype == torch.float32
     torch.testing.assert_close(as_uint8.on_device(raw), ref, rtol=0, atol=1e-5)
     assert raw.element_size() * raw.nelement() * 4 == ref.element_size() * ref.nelement()
+    # Validation batches too: uint8 from the workers, the same float batch once normalised on the device.
+    assert as_float.val_on_device is None
+    val_raw, val_targets = next(iter(as_uint8.val_loader))
+    val_ref, ref_targets = next(iter(as_float.val_loader))
+    assert val_raw.dtype == torch.uint8 and torch.equal(val_targets, ref_targets)
+    assert torch.equal(as_uint8.val_on_device(val_raw), val_ref)

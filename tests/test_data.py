@@ -745,7 +745,7 @@ def test_demo_data_layout_and_determinism(tmp_path):
     train_ds, val_ds = ImageFolderDataset(train), ImageFolderDataset(val)
     check_same_classes(train_ds, val_ds)
     assert len(train_ds.classes) == 3 and len(train_ds) == 12 and len(val_ds) == 6
-    for path, _ in train_ds.samples + val_ds.samples:
+    for path, _ in list(train_ds.samples) + list(val_ds.samples):
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.size == (32, 32)
             im.load()
@@ -767,3 +767,172 @@ def test_data_benchmark_smoke(tmp_path):
     assert result["images"] == 6
     assert result["ours_images_per_sec_per_core"] > 0 and result["timm_images_per_sec_per_core"] > 0
     assert result["speedup"] == pytest.approx(result["ours_images_per_sec_per_core"] / result["timm_images_per_sec_per_core"])
+
+
+def test_uint8_validation_batches_normalised_on_the_device_give_the_same_evaluation(tmp_path):
+    import timm
+    import t2t  # noqa: F401  (registers the models)
+    from t2t.data.loader import build_eval_loader
+    from t2t.data.transforms import BatchNormalize
+    from t2t.engine.evaluate import evaluate_models
+
+    root = _make_folder(str(tmp_path), per_class=3, size=(40, 36))
+    floats = ImageFolderDataset(root, build_eval_transform(32))
+    uint8 = ImageFolderDataset(root, build_eval_transform(32, uint8=True))
+    for i in range(len(floats)):
+        assert uint8[i][0].dtype == torch.uint8
+        assert torch.equal(BatchNormalize()(uint8[i][0][None])[0], floats[i][0])  # bit-identical on the CPU
+    torch.manual_seed(0)
+    model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3, depth=1)
+    normalize = BatchNormalize()
+    a = evaluate_models({"m": model}, build_eval_loader(floats, batch_size=4, workers=0), device="cpu")
+    b = evaluate_models({"m": model}, build_eval_loader(uint8, batch_size=4, workers=0), device="cpu",
+                        batch_to_device=lambda x, y: (normalize(x), y))
+    assert {k: v for k, v in a["m"].items() if k != "images_per_sec"} == \
+        {k: v for k, v in b["m"].items() if k != "images_per_sec"}
+
+
+def test_shared_memory_check_counts_both_loaders_against_free_space(monkeypatch, caplog):
+    import logging
+    from t2t.data import setup
+
+    per_process = setup.shared_memory_per_process(workers=8, prefetch_factor=2, batch_size=64, eval_batch_size=100,
+                                                  img_size=224, uint8_train=True, uint8_eval=False)
+    image = 3 * 224 * 224
+    assert per_process == 8 * 2 * 64 * image + 8 * 2 * 100 * image * 4  # float32 validation batches: 4 bytes
+    assert setup.shared_memory_per_process(workers=0, prefetch_factor=2, batch_size=64, eval_batch_size=100,
+                                           img_size=224, uint8_train=True, uint8_eval=True) == 0
+    uint8_both = setup.shared_memory_per_process(workers=8, prefetch_factor=2, batch_size=64, eval_batch_size=100,
+                                                 img_size=224, uint8_train=True, uint8_eval=True)
+    assert uint8_both == 8 * 2 * (64 + 100) * image
+
+    class StatVfs:  # a 2 GiB /dev/shm (the README's --shm-size=2g) with 1 GiB free
+        f_frsize, f_blocks, f_bavail = 4096, 2 * 2**30 // 4096, 2**30 // 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: StatVfs)
+    free = setup.free_shared_memory()
+    assert free == 2**30  # the free space, not the size
+    with caplog.at_level(logging.INFO, logger="t2t.data.setup"):
+        assert setup.check_shared_memory(uint8_both, 8, free)  # 8 x 377 MiB > 1024 MiB free
+        assert "1024 MiB free" in caplog.text and "8 processes" in caplog.text
+        assert not setup.check_shared_memory(uint8_both, 1, free)
+
+
+# ---------------------------------------------------------------------------------------------
+# File lists: compact, listed by one rank, cached in the run folder
+
+
+def test_compact_file_list_gives_the_same_samples_targets_and_order(tmp_path):
+    from t2t.data.filelist import SampleList
+
+    root = _make_folder(str(tmp_path / "data"), per_class=3)
+    os.makedirs(os.path.join(root, "dog", "nested"))
+    _noise_image(8, 8).save(os.path.join(root, "dog", "nested", "ü.jpg"))
+    ours = ImageFolderDataset(root)
+    theirs = torchvision.datasets.ImageFolder(root)
+    assert isinstance(ours.samples, SampleList)
+    assert list(ours.samples) == theirs.samples and ours.targets == theirs.targets
+    assert ours.samples[-1] == theirs.samples[-1] and ours.samples[1:3] == theirs.samples[1:3]
+    assert ours.samples.targets.dtype == np.int32 and len(ours) == len(theirs) == 10
+
+
+def test_file_list_cache_is_used_until_a_folder_changes(tmp_path, monkeypatch):
+    from t2t.data import filelist
+
+    root = _make_folder(str(tmp_path / "data"), per_class=2)
+    cache = str(tmp_path / "run" / "filelist-train.npz")
+    os.makedirs(os.path.dirname(cache))
+    first = ImageFolderDataset(root, list_cache=cache)
+    assert os.path.isfile(cache)
+    real = filelist.list_image_folder
+    walks = []
+    monkeypatch.setattr(filelist, "list_image_folder", lambda *a, **k: walks.append(1) or real(*a, **k))
+    assert ImageFolderDataset(root, list_cache=cache).samples == first.samples and walks == []  # read, not walked
+    added = os.path.join(root, "eel", "sub")
+    os.makedirs(added)  # a new nested folder changes its parent's mtime
+    _noise_image(8, 8).save(os.path.join(added, "new.jpg"))
+    again = ImageFolderDataset(root, list_cache=cache)
+    assert walks == [1] and len(again) == len(first) + 1
+    assert again.samples == ImageFolderDataset(root).samples and len(walks) == 2  # (the second walk: no cache)
+    os.remove(os.path.join(root, "cat", sorted(os.listdir(os.path.join(root, "cat")))[0]))  # a removed file
+    assert len(ImageFolderDataset(root, list_cache=cache)) == len(first) and len(walks) == 3
+    with open(cache, "wb") as f:  # a damaged cache is listed again, not trusted
+        f.write(b"not a cache")
+    assert len(ImageFolderDataset(root, list_cache=cache)) == len(first) and len(walks) == 4
+
+
+def test_only_rank0_lists_and_the_others_take_its_list(tmp_path, monkeypatch):
+    from t2t.config import DataConfig
+    from t2t.data import filelist
+    from t2t.data.setup import build_datasets
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        _make_folder(str(data / split), per_class=2)
+    cfg = DataConfig()
+    sent = []
+    rank0 = build_datasets(cfg, str(data), None, None, 0, rank=0, broadcast=lambda obj: sent.append(obj) or obj)
+    monkeypatch.setattr(filelist, "list_image_folder", lambda *a, **k: pytest.fail("rank 1 walked the folders"))
+    received = iter(sent)
+    rank1 = build_datasets(cfg, str(data), None, None, 0, rank=1, broadcast=lambda obj: next(received))
+    for a, b in zip(rank0[:2], rank1[:2]):
+        assert a.samples == b.samples and a.classes == b.classes
+    # An error on rank 0 reaches every rank instead of leaving them waiting for a list.
+    monkeypatch.undo()
+    (data / "val" / "eel" / "sub").mkdir()
+    for image in (data / "val" / "eel").glob("*.jpg"):
+        image.unlink()
+    sent.clear()
+    with pytest.raises(DatasetError, match="holds no images"):
+        build_datasets(cfg, str(data), None, None, 0, rank=0, broadcast=lambda obj: sent.append(obj) or obj)
+    with pytest.raises(DatasetError, match="holds no images"):
+        build_datasets(cfg, str(data), None, None, 0, rank=1, broadcast=lambda obj: sent[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised random erasing
+
+
+def _erased_stats(masks: torch.Tensor) -> dict:
+    """masks (N, H, W) bool: fraction of images erased, and over those the erased area, box height/width, top."""
+    erased = masks.flatten(1).any(1)
+    m = masks[erased]
+    rows, cols = m.any(2), m.any(1)
+    h, w = rows.sum(1).double(), cols.sum(1).double()
+    top = rows.double().argmax(1).double()
+    return {"p": erased.double().mean().item(), "area": m.flatten(1).double().mean(1).mean().item(),
+            "h": h.mean().item(), "w": w.mean().item(), "top": top.mean().item(),
+            "area_q": torch.quantile(m.flatten(1).double().mean(1), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))}
+
+
+@pytest.mark.parametrize("max_count", [1, 3])
+def test_batch_random_erasing_has_the_distribution_of_timms(max_count):
+    from timm.data.random_erasing import RandomErasing
+    from t2t.data.erasing import BatchRandomErasing
+
+    N, H, W = 3000, 24, 32
+    random.seed(0)
+    theirs_in = torch.ones(N, 1, H, W)
+    RandomErasing(0.4, mode="const", max_count=max_count, device="cpu")(theirs_in)
+    torch.manual_seed(0)
+    ours_in = BatchRandomErasing(0.4, mode="const", max_count=max_count)(torch.ones(N, 1, H, W))
+    theirs, ours = _erased_stats(theirs_in[:, 0] == 0), _erased_stats(ours_in[:, 0] == 0)
+    assert abs(ours["p"] - theirs["p"]) < 0.04 and abs(ours["p"] - 0.4) < 0.04
+    for key in ("area", "h", "w", "top"):
+        assert ours[key] == pytest.approx(theirs[key], rel=0.08), (key, ours, theirs)
+    assert torch.allclose(ours["area_q"], theirs["area_q"], atol=0.03), (ours["area_q"], theirs["area_q"])
+
+
+def test_batch_random_erasing_draws_each_image_independently():
+    from t2t.data.erasing import BatchRandomErasing
+
+    torch.manual_seed(1)
+    x = BatchRandomErasing(0.5, mode="pixel", max_count=2)(torch.zeros(2000, 3, 16, 16))
+    masks = x[:, 0] != 0
+    erased = masks.flatten(1).any(1).double()
+    both = (erased[:-1] * erased[1:]).mean().item()  # neighbours erased together: p^2 if independent
+    assert abs(both - erased.mean().item() ** 2) < 0.03
+    boxes = {tuple(m.flatten().nonzero().flatten().tolist()) for m in masks[erased.bool()][:200]}
+    assert len(boxes) > 150  # boxes differ from image to image
+    assert torch.equal(x[:, 0] != 0, x[:, 2] != 0)  # a box covers every channel
+    assert x[masks[:, None].expand_as(x)].std() == pytest.approx(1.0, rel=0.1)  # per-pixel normal noise

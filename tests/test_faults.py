@@ -291,3 +291,71 @@ def test_atomic_save_reports_a_full_disk_and_honours_the_umask(tmp_path, monkeyp
         atomic_save({"global_step": 2}, str(path))
     assert e.value.errno == errno.ENOSPC
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pth"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic failures under torchrun restarts (t2t/engine/failures.py)
+
+
+def _torchrun_env(monkeypatch, attempt: int, run_id: str = "job-1") -> None:
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
+    monkeypatch.setenv("RANK", "0")
+
+
+def test_a_recorded_failure_stops_only_restarts_of_the_same_job(monkeypatch, tmp_path):
+    from t2t.engine import failures
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert failures.record_failure(str(tmp_path), "loss is nan", 3) is None  # no torchrun: no restart to stop
+    _torchrun_env(monkeypatch, 0)
+    assert failures.record_failure(str(tmp_path / "missing"), "x", 2) is None  # never creates the run folder
+    path = failures.record_failure(str(tmp_path), "loss is nan at step 7", 3)
+    assert path == str(tmp_path / failures.FAILURE_FILE)
+    assert failures.failure_of_this_job(str(tmp_path)) is None  # attempt 0 is a start, not a restart
+    _torchrun_env(monkeypatch, 1)
+    recorded = failures.failure_of_this_job(str(tmp_path))
+    assert (recorded.message, recorded.status, recorded.attempt) == ("loss is nan at step 7", 3, 0)
+    _torchrun_env(monkeypatch, 1, run_id="job-2")  # a restart of another torchrun job: not its failure
+    assert failures.failure_of_this_job(str(tmp_path)) is None
+    assert failures.clear_failure(str(tmp_path)).status == 3  # a new start logs and removes it
+    assert not os.path.exists(path)
+
+
+def test_a_file_of_that_name_that_t2t_did_not_write_is_kept(monkeypatch, tmp_path):
+    from t2t.engine import failures
+    _torchrun_env(monkeypatch, 0)
+    mine = tmp_path / failures.FAILURE_FILE
+    mine.write_text('{"notes": "mine"}')
+    assert failures.record_failure(str(tmp_path), "x", 2) is None
+    _torchrun_env(monkeypatch, 1)
+    assert failures.failure_of_this_job(str(tmp_path)) is None and failures.clear_failure(str(tmp_path)) is None
+    assert mine.read_text() == '{"notes": "mine"}'
+
+
+@pytest.mark.slow
+def test_a_bad_image_is_not_replayed_by_torchrun_restarts(data_dir, tmp_path, config):
+    """Under torchrun --max-restarts=2 the restarts exit at once with the first attempt's message and status;
+    a new start by the user (here with skip_bad_images) removes the record and runs."""
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    folder = data / "train" / sorted(os.listdir(data / "train"))[0]
+    bad = sorted(folder.iterdir())[0]
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--max-restarts=2",
+           os.path.join(ROOT, "train.py"), "-c", config, "--data-dir", str(data), "--output", str(out),
+           "train.epochs=1", "sched.cooldown_epochs=0"]
+    import subprocess
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error: ")]
+    assert proc.returncode != 0 and len(errors) == 3, proc.stderr[-4000:]
+    first = errors[0][len("train.py: error: "):]
+    assert repr(str(bad)) in first
+    for line in errors[1:]:
+        assert line.startswith("train.py: error: " + first) and "not replayed" in line, line
+    log = (out / "train.log").read_text()
+    assert log.count(repr(str(bad))) == 1, log  # only the first attempt ran and met the image
+    assert (out / "failure.json").exists()
+    run_train("-c", config, "--data-dir", str(data), "--output", str(out), "--resume", "auto",
+              "data.skip_bad_images=true", "train.epochs=1", "sched.cooldown_epochs=0")
+    assert not (out / "failure.json").exists()

@@ -148,3 +148,52 @@ def test_grad_checkpointing_gives_same_gradients():
     assert plain.keys() == checkpointed.keys()
     for n in plain:
         torch.testing.assert_close(plain[n], checkpointed[n], rtol=1e-5, atol=1e-6)
+
+
+def _saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward after one forward of `model` on `x`."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return total
+
+
+@pytest.mark.parametrize("tokens_type, backend", [
+    ("performer", False),
+    pytest.param("performer", True, marks=pytest.mark.slow),
+    pytest.param("transformer", False, marks=pytest.mark.slow)])
+def test_grad_checkpointing_covers_the_t2t_module(tokens_type, backend):
+    """With checkpointing on, the token layers keep only their inputs; outputs and gradients stay the same."""
+    # token-layer dropout 0.1 stays on: the recomputation must replay the same masks
+    model = timm.create_model("t2t_vit_7", num_classes=4, img_size=64, depth=2, tokens_type=tokens_type)
+    if backend:
+        t2t.models.cpu.accelerate(model)
+    x = torch.randn(2, 3, 64, 64)
+
+    def run():
+        torch.manual_seed(1)
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain_out, plain = run()
+    model.set_grad_checkpointing(True)
+    model.tokens_to_token.grad_checkpointing = False
+    blocks_only = _saved_bytes(model, x)
+    model.set_grad_checkpointing(True)
+    assert model.tokens_to_token.grad_checkpointing
+    covered = _saved_bytes(model, x)
+    assert covered < blocks_only / 2, (covered, blocks_only)
+    ckpt_out, checkpointed = run()
+    torch.testing.assert_close(ckpt_out, plain_out, rtol=0, atol=0)
+    for n in plain:
+        torch.testing.assert_close(plain[n], checkpointed[n], rtol=1e-5, atol=1e-6)
+    model.set_grad_checkpointing(False)
+    assert not model.tokens_to_token.grad_checkpointing

@@ -21,6 +21,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .decode import to_rgb
+from .filelist import SampleList, cached_listing
 
 __all__ = [
     "DatasetError",
@@ -122,17 +123,6 @@ def _check_dir(path: str, *, what: str) -> None:
 def _is_hidden(relative_path: str) -> bool:
     # Dot-files and dot-folders: macOS AppleDouble "._x.jpg" companions, editor and sync droppings.
     return any(part.startswith(".") for part in relative_path.split(os.sep))
-
-
-def _list_images(class_dir: str) -> list[str]:
-    """Image files under ``class_dir`` (recursively, following links, hidden ones skipped), in torchvision's order."""
-    paths = []
-    for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True)):
-        for fname in sorted(fnames):
-            path = os.path.join(dirpath, fname)
-            if _is_image_file(fname) and not _is_hidden(os.path.relpath(path, class_dir)):
-                paths.append(path)
-    return paths
 
 
 def find_split_dirs(data_dir: str) -> tuple[str, str]:
@@ -285,7 +275,11 @@ class ImageFolderDataset(SeededDataset):
         seed: int = 0,
         skip_bad_images: bool = False,
         classes: Sequence[str] | None = None,
+        samples: SampleList | None = None,
+        list_cache: str | None = None,
     ) -> None:
+        """`samples`: the folder's listing made elsewhere (rank 0's, broadcast); `list_cache`: a file
+        where the listing is kept between starts (see t2t/data/filelist.py)."""
         super().__init__(seed=seed)
         self.root = os.fspath(root)
         _check_dir(self.root, what="dataset folder")
@@ -297,23 +291,33 @@ class ImageFolderDataset(SeededDataset):
                 _check_dir(os.path.join(self.root, name), what=f"class folder for class {name!r}")
         self.classes: list[str] = list(classes)
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
-        self.samples: list[tuple[str, int]] = []
-        for name in self.classes:
-            class_dir = os.path.join(self.root, name)
-            paths = _list_images(class_dir)
-            if not paths:
-                raise DatasetError(
-                    f"class folder {class_dir!r} holds no images (looked for {', '.join(IMG_EXTENSIONS)}); "
-                    f"add images or remove the folder"
-                )
-            target = self.class_to_idx[name]
-            self.samples.extend((p, target) for p in paths)
-        self.targets: list[int] = [t for _, t in self.samples]
+        if samples is None:
+            samples = cached_listing(self.root, self.classes, list_cache, is_image=_is_image_file,
+                                     is_hidden=_is_hidden)
+        counts = np.bincount(samples.targets, minlength=len(self.classes)) if len(samples) else \
+            np.zeros(len(self.classes), dtype=np.int64)
+        if len(counts) != len(self.classes):
+            raise ValueError(f"samples of {len(counts)} classes given for the {len(self.classes)} classes of {self.root!r}")
+        if not counts.all():
+            class_dir = os.path.join(self.root, self.classes[int(np.argmin(counts))])
+            raise DatasetError(
+                f"class folder {class_dir!r} holds no images (looked for {', '.join(IMG_EXTENSIONS)}); "
+                f"add images or remove the folder"
+            )
+        # Compact: three arrays instead of a tuple and a string per image (see t2t/data/filelist.py).
+        self.samples: Sequence[tuple[str, int]] = samples
         self.transform = transform
         self.skip_bad_images = bool(skip_bad_images)
         self.bad_images = 0  # unreadable images met in this process (with skip_bad_images=True)
         # How else a user can go on past an unreadable image; tools without that setting clear it.
         self.bad_image_hint = ", or set data.skip_bad_images=true to substitute the next readable image"
+
+    @property
+    def targets(self) -> list[int]:
+        """The class index of every sample, in order."""
+        if isinstance(self.samples, SampleList):
+            return self.samples.targets.tolist()
+        return [t for _, t in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -17,7 +16,7 @@ from .dataset import DatasetError, ImageFolderDataset, SeededDataset, check_same
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup, seed_main_process_rng
 from .sampler import TrainSampler
-from .transforms import BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, build_train_transform
+from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, build_train_transform
 
 _logger = logging.getLogger(__name__)
 
@@ -39,6 +38,8 @@ class TrainData:
     # uint8 batches -> normalised, randomly erased float batches on the device (CUDA); None: the
     # workers deliver normalised float batches.
     on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    # The same for validation batches (normalised only); None: float batches from the workers.
+    val_on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     @property
     def num_classes(self) -> int:
@@ -50,28 +51,44 @@ class TrainData:
         return self.train_loader
 
 
-def _shm_bytes_per_batch(batch_size: int, img_size: int, uint8: bool) -> int:
-    return batch_size * 3 * img_size * img_size * (1 if uint8 else 4)
+def shared_memory_per_process(*, workers: int, prefetch_factor: int, batch_size: int, eval_batch_size: int,
+                              img_size: int, uint8_train: bool, uint8_eval: bool) -> int:
+    """Bytes of batches the training and evaluation loader workers of one process can hold in shared memory.
+
+    Each loader's workers hold up to workers x prefetch batches; the evaluation loader uses the
+    DataLoader's default prefetch of 2. Both are counted: their workers stay alive side by side.
+    """
+    if workers == 0:
+        return 0
+    pixels = 3 * img_size * img_size
+    train = workers * prefetch_factor * batch_size * pixels * (1 if uint8_train else 4)
+    evaluation = workers * 2 * eval_batch_size * pixels * (1 if uint8_eval else 4)
+    return train + evaluation
 
 
-def _check_shared_memory(cfg: DataConfig, batch_size: int, img_size: int, uint8: bool) -> None:
-    """Log what the loader workers hold in shared memory, and warn when /dev/shm is smaller."""
-    if cfg.workers == 0:
-        return
-    held = cfg.workers * cfg.prefetch_factor * _shm_bytes_per_batch(batch_size, img_size, uint8)
-    msg = (f"loader workers hold up to {held / 2**20:.0f} MiB of shared memory per process "
-           f"({cfg.workers} workers x prefetch {cfg.prefetch_factor} x batch {batch_size} x 3 x {img_size}^2 "
-           f"{'uint8' if uint8 else 'float32'})")
+def free_shared_memory(path: str = "/dev/shm") -> Optional[int]:
+    """Bytes free for an unprivileged process in `path` (None where there is no such folder)."""
     try:
-        free = shutil.disk_usage("/dev/shm").total if os.path.isdir("/dev/shm") else None
+        st = os.statvfs(path)
     except OSError:
-        free = None
-    if free is not None and held * max(1, torch.cuda.device_count()) > free:
-        _logger.warning("%s, more than /dev/shm (%d MiB) allows for every process of this machine: lower "
-                        "data.workers or data.prefetch_factor, or give the container more (docker --shm-size)",
-                        msg, free // 2**20)
-    else:
-        _logger.info("%s", msg)
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def check_shared_memory(per_process: int, processes: int, free: Optional[int]) -> bool:
+    """Warn when the loaders of `processes` processes may need more than the `free` bytes of /dev/shm; True if so."""
+    need = per_process * processes
+    msg = (f"the loader workers of {processes} process{'es' if processes > 1 else ''} on this machine hold up to "
+           f"{need / 2**20:.0f} MiB of shared memory ({per_process / 2**20:.0f} MiB each, training and "
+           f"evaluation loaders)")
+    if free is not None and need > free:
+        _logger.warning("%s, more than the %d MiB free in /dev/shm: lower data.workers, data.prefetch_factor or "
+                        "eval.batch_size, or give the container more (docker --shm-size)", msg, free // 2**20)
+        return True
+    _logger.info("%s%s", msg, f"; /dev/shm has {free // 2**20} MiB free" if free is not None else "")
+    return False
+
+
 def resolve_format(data_dir: str, fmt: str) -> str:
     """'cifar' or 'imagefolder' for `data_dir`; 'auto' picks cifar for an extracted CIFAR folder."""
     if fmt == "auto":
@@ -80,14 +97,37 @@ def resolve_format(data_dir: str, fmt: str) -> str:
 
 
 def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: Callable,
-                   seed: int) -> tuple[SeededDataset, SeededDataset, str]:
-    """(train, val, the folder read) in the format `cfg.format` names or detects."""
+                   seed: int, *, rank: int = 0, broadcast: Callable[[Any], Any] = lambda obj: obj,
+                   list_cache_dir: Optional[str] = None) -> tuple[SeededDataset, SeededDataset, str]:
+    """(train, val, the folder read) in the format `cfg.format` names or detects.
+
+    Image folders are listed by rank 0 only (from its cache in `list_cache_dir` when the folders have
+    not changed) and `broadcast` (a collective: rank 0's object on every rank) hands the list to the
+    others: one directory walk per job start instead of one per process.
+    """
     if resolve_format(data_dir, cfg.format) == "cifar":
         train_ds = CIFARDataset(data_dir, train=True, transform=train_tf, seed=seed)
         return train_ds, CIFARDataset(data_dir, train=False, transform=eval_tf, seed=seed), train_ds.root
     train_dir, val_dir = find_split_dirs(data_dir)
-    train_ds = ImageFolderDataset(train_dir, train_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
-    val_ds = ImageFolderDataset(val_dir, eval_tf, seed=seed, skip_bad_images=cfg.skip_bad_images)
+    datasets = []
+    for split, folder, tf in (("train", train_dir, train_tf), ("val", val_dir, eval_tf)):
+        listing: Any = None
+        if rank == 0:
+            cache = os.path.join(list_cache_dir, f"filelist-{split}.npz") if list_cache_dir else None
+            try:
+                ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, list_cache=cache)
+                listing = (ds.classes, ds.samples)
+            except DatasetError as e:
+                listing = e  # every rank raises it, instead of the others waiting for a list that never comes
+        listing = broadcast(listing)
+        if isinstance(listing, DatasetError):
+            raise listing
+        if rank != 0:
+            classes, samples = listing
+            ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, classes=classes,
+                                    samples=samples)
+        datasets.append(ds)
+    train_ds, val_ds = datasets
     check_same_classes(train_ds, val_ds)
     return train_ds, val_ds, train_dir
 
@@ -128,20 +168,24 @@ def build_train_and_val(
         device: torch.device = torch.device("cpu"),
         normalize_on_device: Optional[bool] = None,
         gather: Callable[[Any], list[Any]] = lambda found: [found],
+        broadcast: Callable[[Any], Any] = lambda obj: obj,
+        list_cache_dir: Optional[str] = None,
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
 
     With `normalize_on_device` (default: on CUDA, for the ImageNet transform) the workers send uint8
     batches (a quarter of the float32 bytes through shared memory and the host-to-device copy), and
     `TrainData.on_device` normalises and randomly erases them on `device`. The processes share the
-    check of the validation images; `gather` is the collective that pools their findings.
+    check of the validation images; `gather` is the collective that pools their findings, `broadcast`
+    the one that hands rank 0's file lists (cached in `list_cache_dir`) to the others.
     """
-    uint8 = device.type == "cuda" if normalize_on_device is None else normalize_on_device
-    uint8 = uint8 and cfg.train_transform == "imagenet"
+    uint8_eval = device.type == "cuda" if normalize_on_device is None else normalize_on_device
+    uint8 = uint8_eval and cfg.train_transform == "imagenet"
     train_tf = build_train_tf(cfg, img_size, use_prefetcher=uint8)
     eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
-                                   std=tuple(cfg.std))
-    train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed)
+                                   std=tuple(cfg.std), uint8=uint8_eval)
+    train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed, rank=rank,
+                                                 broadcast=broadcast, list_cache_dir=list_cache_dir)
     steps_per_epoch = len(train_ds) // global_batch_size
     if steps_per_epoch < 1:
         raise DataSizeError(
@@ -159,22 +203,31 @@ def build_train_and_val(
             raise DatasetError(f"data.backend=dali reads ImageFolder folders; {data_dir!r} is a CIFAR folder: "
                                "set data.backend=pil")
         uint8 = True
+        uint8_eval = False  # DALI's eval pipeline normalises itself
         loader, val_loader = build_dali_loaders(
             cfg, train_ds, val_ds, sampler, img_size=img_size, batch_size=batch_size,
             eval_batch_size=eval_batch_size, eval_crop_pct=eval_crop_pct, eval_interpolation=eval_interpolation,
             num_replicas=num_replicas, rank=rank, device=device)
     else:
-        _check_shared_memory(cfg, batch_size, img_size, uint8)
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE") or max(1, torch.cuda.device_count()))
+        check_shared_memory(
+            shared_memory_per_process(workers=cfg.workers, prefetch_factor=cfg.prefetch_factor, batch_size=batch_size,
+                                      eval_batch_size=eval_batch_size, img_size=img_size, uint8_train=uint8,
+                                      uint8_eval=uint8_eval),
+            processes_here, free_shared_memory())
         loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
                                     pin_memory=pin_memory, prefetch_factor=cfg.prefetch_factor)
+        # Persistent: an evaluation every epoch would otherwise fork its workers anew (seconds per epoch at scale).
         val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
-                                       num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
+                                       num_replicas=num_replicas, rank=rank, pin_memory=pin_memory,
+                                       persistent_workers=True)
     sampler.set_epoch(0)
     on_device = BatchNormalizeErase(tuple(cfg.mean), tuple(cfg.std), re_prob=cfg.reprob, re_mode=cfg.remode,
                                     re_count=cfg.recount, device=device) if uint8 else None
     return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
                      batch_size=batch_size, global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
-                     train_loader=loader, val_loader=val_loader, on_device=on_device)
+                     train_loader=loader, val_loader=val_loader, on_device=on_device,
+                     val_on_device=BatchNormalize(tuple(cfg.mean), tuple(cfg.std), device=device) if uint8_eval else None)
 
 
 def check_val_images(val_ds: ImageFolderDataset, workers: int, *, rank: int = 0, num_replicas: int = 1,
@@ -198,7 +251,6 @@ def check_val_images(val_ds: ImageFolderDataset, workers: int, *, rank: int = 0,
             "data.skip_bad_images=true to leave such files out")
     unreadable = {path for path, _ in bad}
     val_ds.samples = [(p, t) for p, t in val_ds.samples if p not in unreadable]
-    val_ds.targets = [t for _, t in val_ds.samples]
     if not val_ds.samples:
         raise DatasetError(f"every image of the validation folder {val_ds.root!r} is unreadable, e.g. {bad[0][0]!r}")
     _logger.warning("Left %d unreadable validation images out: %s%s", len(bad), bad[0][0], more)

@@ -55,8 +55,15 @@ class DeviceError(ValueError):
     """A device that does not exist or cannot be used here."""
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' -> cuda:LOCAL_RANK; anything else as given."""
+def resolve_device(device: str = "auto", local_rank: int = 0, local_world_size: int = 1) -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda' -> the visible GPU for this LOCAL_RANK; anything else as given.
+
+    With 'cuda' the ordinal is LOCAL_RANK % (visible devices): one process per GPU of the node when
+    every process sees all of them, and cuda:0 when the launcher shows each task only its own GPU
+    (`srun --gpus-per-task=1`, one-GPU containers), where cuda:LOCAL_RANK would not exist. A node
+    whose processes would have to share GPUs (more local processes than visible devices, but more
+    than one device) is refused, as is an explicit cuda:N that is not visible.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -66,8 +73,18 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {device!r} requested but CUDA is not available; use cpu")
+        count = torch.cuda.device_count()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
         if dev.index is None:
-            dev = torch.device("cuda", local_rank)
+            if 1 < count < local_world_size:
+                raise DeviceError(
+                    f"LOCAL_WORLD_SIZE={local_world_size} processes on this node but {count} visible CUDA devices "
+                    f"(CUDA_VISIBLE_DEVICES={visible}): start one process per GPU (--nproc_per_node={count}) "
+                    f"or give each task its own GPU")
+            dev = torch.device("cuda", local_rank % count)
+        elif dev.index >= count:
+            raise DeviceError(f"device {device!r}: only {count} CUDA devices are visible "
+                              f"(CUDA_VISIBLE_DEVICES={visible}); expected cuda:0 to cuda:{count - 1}")
     return dev
 
 
@@ -116,7 +133,7 @@ def _create_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     return dist.PrefixStore(_attempt_prefix(), store)
 
 
-def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
+def init_distributed(device: str = "auto", *, timeout_minutes: float = 15.0,
                      init_timeout_minutes: float = 10.0, always_group: bool = False) -> DistInfo:
     """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK, pick the device and join the process group.
 
@@ -129,7 +146,7 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
     rank = env_int("RANK", 0)
     world_size = env_int("WORLD_SIZE", 1)
     local_rank = env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, env_int("LOCAL_WORLD_SIZE", 1))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         # TF32 tensor cores for fp32 matmuls and convolutions (Ampere and newer; ignored elsewhere).
@@ -151,7 +168,7 @@ def init_distributed(device: str = "auto", *, timeout_minutes: float = 60.0,
                 dist.init_process_group(
                     backend=backend, store=store, rank=rank, world_size=world_size,
                     timeout=timedelta(minutes=timeout_minutes), device_id=dev if dev.type == "cuda" else None)
-                _first_collective(rank, world_size, init_timeout)
+                _first_collective()
             except (RuntimeError, dist.DistError) as e:
                 waited = time.monotonic() - started
                 raise DistributedSetupError(
@@ -174,11 +191,17 @@ def _wait_for_peers(store: dist.Store, world_size: int, timeout: timedelta) -> N
         raise RuntimeError(f"only {joined} of {world_size} ranks joined") from e
 
 
-def _first_collective(rank: int, world_size: int, timeout: timedelta) -> None:
-    """One all-reduce that every rank must reach within `timeout`, so a missing peer fails the start."""
-    work = dist.all_reduce(torch.ones(1, device=_COLLECTIVE_DEVICE), async_op=True)
-    if not work.wait(timeout):
-        raise RuntimeError(f"the first all-reduce did not complete within {timeout.total_seconds():.0f} s")
+def _first_collective() -> None:
+    """One all-reduce that every rank must reach, so that the communicators form before the first step.
+
+    It is waited for on the host (one sync at start). Its time limit is the group's own
+    (dist.timeout_minutes, enforced under NCCL by the watchdog, which aborts the communicator and
+    ends the process): `work.wait(timeout)` adds nothing, because under NCCL it only blocks the
+    current stream and returns True.
+    """
+    buf = torch.ones(1, device=_COLLECTIVE_DEVICE)
+    dist.all_reduce(buf)
+    buf.cpu()
 
 
 def _active() -> bool:

@@ -9,7 +9,6 @@ from typing import Any, Optional
 import timm
 import torch
 import torch.nn as nn
-from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
@@ -19,8 +18,10 @@ from ..models import cpu as cpu_backend
 from ..models.weights import load_pretrained_weights
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
 from .checkpoint_schema import TrainingCheckpoint
-from .distributed import DistInfo, cleanup_distributed, gather_objects, init_distributed, settle_bucket_layout, \
+from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather_objects, init_distributed, \
+    settle_bucket_layout, \
     setup_logging
+from .ema import CachedModelEma
 from .losses import build_loss
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters
@@ -93,7 +94,8 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
         global_batch_size=batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=cfg.eval.crop_pct,
         eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
-        pin_memory=device.type == "cuda", device=device, gather=gather_objects)
+        pin_memory=device.type == "cuda", device=device, gather=gather_objects, broadcast=broadcast_object,
+        list_cache_dir=output)
     plan = RunPlan.build(cfg, world_size=dist.world_size, steps_per_epoch=data.steps_per_epoch,
                          classes=data.classes, data_dir=data_dir)
     if found is not None and found[1].run is not None:
@@ -157,7 +159,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
                                 steps_per_epoch=plan.steps_per_epoch),
         loss_fn=build_loss(cfg.mixup, plan.num_classes), device=device,
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
-        ema=ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
+        ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
         mixup=data_setup.build_mixup_fn(cfg.mixup, plan.num_classes), mixup_off_epoch=cfg.mixup.off_epoch,
         reseed=lambda i: data_setup.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 from torch.utils.weak import WeakIdKeyDictionary
 
+from timm.models._manipulate import checkpoint
+
 from .t2t_vit import T2TModule
 
 TRICKS = ("linear", "gelu", "t2t")
@@ -187,6 +189,11 @@ class ConvolvedT2TModule(T2TModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not cpu_float32(x):
             return super().forward(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(self._forward_chunked, x)  # keep only the images; recompute in backward
+        return self._forward_chunked(x)
+
+    def _forward_chunked(self, x: torch.Tensor) -> torch.Tensor:
         # A few images at a time: the memory-bound layers over H/4 * W/4 tokens then work on tensors small
         # enough (< 32 MiB) to come from the allocator's free lists instead of fresh pages. Every operation
         # here is per image, so the result is the same.

@@ -7,6 +7,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import Block
 
 from .layers import TokenPerformer, TokenTransformer, sinusoid_table
@@ -44,14 +45,30 @@ class T2TModule(nn.Module):
         self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
         self.grid_size = img_size // 16
         self.num_patches = self.grid_size ** 2
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        x = self.attention1(self.soft_split0(x).transpose(1, 2))  # (B, H/4 * W/4, token_dim)
+        H, W = x.shape[2], x.shape[3]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # Keep only each token layer's input; the layers (about 30% of a step's activations at 224:
+            # the 3136-token first layer above all) are recomputed in backward, dropout masks included.
+            x = checkpoint(self.first_tokens, x)
+            x = checkpoint(self.second_tokens, x, H, W)
+        else:
+            x = self.first_tokens(x)
+            x = self.second_tokens(x, H, W)
+        return self.project(self.soft_split2(x).transpose(1, 2))  # (B, H/16 * W/16, embed_dim)
+
+    def first_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) -> first token layer's output (B, H/4 * W/4, token_dim)."""
+        return self.attention1(self.soft_split0(x).transpose(1, 2))
+
+    def second_tokens(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """First tokens (B, H/4 * W/4, token_dim) -> second token layer's output laid on its grid (B, token_dim, H/8, W/8)."""
+        B = x.shape[0]
         x = x.transpose(1, 2).reshape(B, -1, H // 4, W // 4)
         x = self.attention2(self.soft_split1(x).transpose(1, 2))  # (B, H/8 * W/8, token_dim)
-        x = x.transpose(1, 2).reshape(B, -1, H // 8, W // 8)
-        return self.project(self.soft_split2(x).transpose(1, 2))  # (B, H/16 * W/16, embed_dim)
+        return x.transpose(1, 2).reshape(B, -1, H // 8, W // 8)
 
 
 class T2TViT(nn.Module):
@@ -139,7 +156,9 @@ class T2TViT(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the blocks and the Tokens-to-Token layers in backward instead of keeping their activations."""
         self.grad_checkpointing = enable
+        self.tokens_to_token.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

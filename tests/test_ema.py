@@ -1,0 +1,66 @@
+"""The cached-list EMA: the same weights and state dict as timm's ModelEmaV3, fewer host operations."""
+import timm
+import torch
+from timm.utils import ModelEmaV3
+
+import t2t  # noqa: F401  (registers the models)
+from t2t.engine.ema import CachedModelEma
+
+
+def _train_steps(model, emas, steps=4):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(steps):
+        torch.manual_seed(step)
+        model(torch.randn(2, 3, 32, 32)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        for ema in emas:
+            ema.update(model, step=step + 1)
+
+
+def test_cached_ema_matches_timms_and_keeps_its_state_dict():
+    torch.manual_seed(0)
+    model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3, depth=2)
+    ours, theirs = CachedModelEma(model, decay=0.9), ModelEmaV3(model, decay=0.9)
+    _train_steps(model, [ours, theirs])
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], v) for k, v in {f"module.{n}": t for n, t in model.state_dict().items()}.items())
+
+
+def test_cached_ema_follows_a_reload_and_a_new_model_object():
+    torch.manual_seed(0)
+    model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3, depth=1)
+    ours, theirs = CachedModelEma(model, decay=0.5), ModelEmaV3(model, decay=0.5)
+    _train_steps(model, [ours, theirs], steps=2)
+    fresh = timm.create_model("t2t_vit_7", img_size=32, num_classes=3, depth=1)
+    for ema in (ours, theirs):
+        ema.module.load_state_dict(fresh.state_dict())  # a resume loads the EMA in place
+    other = timm.create_model("t2t_vit_7", img_size=32, num_classes=3, depth=1)
+    other.load_state_dict(model.state_dict())
+    _train_steps(other, [ours, theirs], steps=2)  # another model object: the lists are collected again
+    assert all(torch.equal(x, y) for x, y in zip(ours.state_dict().values(), theirs.state_dict().values()))
+
+
+def test_cached_ema_update_is_one_fused_lerp():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3, depth=2)
+    ema = CachedModelEma(model, decay=0.9)
+    ema.update(model, step=1)  # collects the lists
+    with Calls() as calls:
+        ema.update(model, step=2)
+    assert calls.names == ["aten._foreach_lerp_"]
+    with Calls() as calls:
+        ModelEmaV3(model, decay=0.9).update(model, step=2)
+    assert calls.names.count("aten.detach") > 100  # timm's walks both state dicts at every update
