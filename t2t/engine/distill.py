@@ -163,11 +163,18 @@ class TokenLabelLoss(nn.Module):
         self.cls_weight = cls_weight
         self.dense_weight = dense_weight
 
-    def forward(self, outputs: ModelOutput, target: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, outputs: ModelOutput, target: Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]],
                 images: Optional[torch.Tensor] = None) -> torch.Tensor:
-        cls_target, dense_target = target
+        """`target` is (cls target (B, C), dense target (B, N, C)), or one (B, C) target that every token
+        shares (TokenLabeling's rule when no label maps are given)."""
+        if isinstance(target, torch.Tensor):
+            cls_target, dense_target = target, None
+        else:
+            cls_target, dense_target = target
         if isinstance(outputs, torch.Tensor):
             return soft_cross_entropy(outputs, cls_target)
         cls_logits, aux_logits = outputs
+        if dense_target is None:
+            dense_target = cls_target[:, None].expand_as(aux_logits)
         return token_label_loss(cls_logits, aux_logits, cls_target, dense_target,
                                 cls_weight=self.cls_weight, dense_weight=self.dense_weight)

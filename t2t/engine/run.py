@@ -12,6 +12,7 @@ from typing import Any, Optional
 import timm
 import torch
 import torch.nn as nn
+from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
@@ -20,6 +21,7 @@ from ..config import Config, ConfigError, config_from_dict, dump_config
 from ..data import setup as data_setup
 from ..data.dataset import check_classes_match
 from ..models import cpu as cpu_backend
+from ..models import T2TViTDistilled, create_token_label_model
 from ..models.weights import load_pretrained_weights
 from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
     library_versions, load_training_checkpoint, remove_stale_temporaries
@@ -29,6 +31,8 @@ from .evaluate import evaluate_models
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters, scaled_lr
 from .precision import amp_context, resolve_amp
+from .distill import DistillationLoss, TeacherTimer, TokenLabelLoss
+from .teacher import TeacherError, check_same_teacher, load_teacher
 from .train_loop import DeviceMeters, StepControl, TrainState, train_one_epoch
 
 _logger = logging.getLogger("t2t.train")
@@ -121,12 +125,56 @@ def _choose_resume(output: str, resume: Optional[str], loaded: Optional[dict[str
 
 
 def _build_model(cfg: Config, num_classes: int) -> nn.Module:
-    model = timm.create_model(
-        cfg.model.name, num_classes=num_classes, img_size=cfg.model.img_size,
-        drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate)
+    kwargs = dict(num_classes=num_classes, img_size=cfg.model.img_size, drop_rate=cfg.model.drop_rate,
+                  drop_path_rate=cfg.model.drop_path_rate)
+    if cfg.model.token_label:
+        model = create_token_label_model(cfg.model.name, **kwargs)
+    else:
+        model = timm.create_model(cfg.model.name, **kwargs)
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def _build_teacher(cfg: Config, num_classes: int, device: torch.device):
+    """The frozen teacher of a distillation run (None without one), built without touching the global RNGs."""
+    if cfg.distill.type == "none":
+        return None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            return load_teacher(cfg.distill.teacher, model_name=cfg.distill.teacher_model, num_classes=num_classes,
+                                img_size=cfg.distill.teacher_img_size or cfg.model.img_size, device=device)
+        except TeacherError as e:
+            raise RunError(str(e)) from None
+
+
+def _check_teacher_on_resume(found: tuple[str, dict[str, Any]], teacher) -> None:
+    """A run continues with the teacher it started with, or without one if it had none."""
+    saved = found[1].get("run", {}).get("teacher")
+    if teacher is None:
+        if saved is not None:
+            raise RunError(f"{found[0]} was trained with the teacher {saved.get('path')!r} (sha256 "
+                           f"{str(saved.get('sha256'))[:12]}); this launch has none (distill.type=none): resume with "
+                           "the same distill settings, or start a new run")
+        return
+    try:
+        check_same_teacher(saved, teacher.identity, found[0])
+    except TeacherError as e:
+        raise RunError(str(e)) from None
+
+
+def _build_criterion(cfg: Config, model: nn.Module, teacher, device: torch.device):
+    """The loss for a model or teacher that needs one (None: the loop's soft-target cross-entropy)."""
+    if cfg.model.token_label:
+        if teacher is not None:
+            raise ConfigError("model.token_label=true with distill.type="
+                              f"{cfg.distill.type!r}: use token labels or a teacher, not both")
+        return TokenLabelLoss(cls_weight=cfg.token_label.cls_weight, dense_weight=cfg.token_label.dense_weight)
+    distilled = isinstance(model, T2TViTDistilled)
+    if teacher is None and not distilled:
+        return None
+    return DistillationLoss(SoftTargetCrossEntropy(), teacher, kind=cfg.distill.type, alpha=cfg.distill.alpha,
+                            tau=cfg.distill.tau, timer=TeacherTimer(device) if teacher is not None else None)
 
 
 def _global_batch(cfg: Config, world_size: int) -> tuple[int, int]:
@@ -275,6 +323,11 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         check_checkpoint_fits(found[1], model, path=found[0], model_name=cfg.model.name)
         state = _restore(found[1], model=model, ema=ema, optimizer=optimizer, scaler=scaler, dist=dist)
 
+    teacher = _build_teacher(cfg, num_classes, device)
+    if found is not None:
+        _check_teacher_on_resume(found, teacher)
+    criterion = _build_criterion(cfg, model, teacher, device)
+
     _logger.info("Config:\n%s", dump_config(cfg))
     _logger.info(
         "world size %d, device %s, global batch %d (%d processes x %d per process x %d accumulation), lr %.4g "
@@ -284,7 +337,8 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         cfg.sched.cooldown_epochs)
     run_info = dict(world_size=dist.world_size, global_batch_size=global_batch, batch_size=cfg.train.batch_size,
                     grad_accum_steps=accum, lr=lr, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs,
-                    num_classes=num_classes, classes=data.classes, data_dir=os.path.abspath(data_dir))
+                    num_classes=num_classes, classes=data.classes, data_dir=os.path.abspath(data_dir),
+                    teacher=teacher.identity if teacher is not None else None)
     if dist.is_main:  # written whole or not at all: a full disk never leaves a truncated config.yaml
         path = os.path.join(output, "config.yaml")
         with open(path + ".tmp", "w") as f:
@@ -392,7 +446,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
                 label_smoothing=cfg.mixup.label_smoothing, ema=ema,
                 reseed=lambda i: data_setup.reseed_step(cfg.train.seed, i, dist.rank), control=control,
                 log_interval=cfg.train.log_interval, ddp_no_sync=ddp_no_sync, batch_to_device=batch_to_device,
-                on_log=logger.scalars if dist.is_main else None, meters=meters)
+                on_log=logger.scalars if dist.is_main else None, meters=meters, criterion=criterion)
             if not finished and state.step_in_epoch < steps_per_epoch:
                 break
             meters.flush(state)

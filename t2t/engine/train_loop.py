@@ -143,6 +143,7 @@ def train_one_epoch(
         batch_to_device: Optional[Callable] = None,
         on_log: Optional[Callable[[dict[str, float], int], None]] = None,
         meters: Optional[DeviceMeters] = None,
+        criterion: Optional[Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
 ) -> bool:
     """Train for the epoch's `num_batches` micro-batches; return False if `control` asked to stop early.
 
@@ -152,8 +153,13 @@ def train_one_epoch(
     dropout and drop-path a function of the position in the run, so a resumed run draws the same
     numbers. The host waits for the device only at log steps (every `log_interval` steps and the
     epoch's last), where a NaN or infinite loss stops the run.
+
+    `criterion(outputs, target, images)` replaces the soft-target cross-entropy when given (a
+    distillation loss runs its teacher there, on the same augmented and mixed batch, under the same
+    autocast); its `timer`, if any, gives the teacher's share of the step time at log steps.
     """
-    criterion = SoftTargetCrossEntropy()
+    base_criterion = SoftTargetCrossEntropy()
+    teacher_timer = getattr(criterion, "timer", None) if criterion is not None else None
     model.train()
     meters = meters if meters is not None else DeviceMeters(device)
     steps_in_epoch = num_batches // accum_steps
@@ -182,7 +188,10 @@ def train_one_epoch(
         sync = contextlib.nullcontext() if is_last_micro or ddp_no_sync is None else ddp_no_sync()
         with sync:
             with amp_context(device, amp):
-                loss = criterion(model(images), target)
+                if criterion is None:
+                    loss = base_criterion(model(images), target)
+                else:
+                    loss = criterion(model(images), target, images)
             scaler.scale(loss / accum_steps).backward()
         meters.add(loss, images.shape[0], state.global_step)
         micro += 1
@@ -210,11 +219,14 @@ def train_one_epoch(
                 }
                 if grad_norm is not None and math.isfinite(norm := float(grad_norm)):
                     values["train/grad_norm"] = norm
+                if teacher_timer is not None:
+                    values["train/teacher_share"] = teacher_timer.take() / max(t_now - t_log, 1e-9)
                 eta = (steps_in_epoch - state.step_in_epoch) * elapsed / steps_since_log
                 _logger.info(
-                    "epoch %d step %d/%d  loss %.4f  lr %.3e  %.1f img/s  data %.0f%%  eta %s",
+                    "epoch %d step %d/%d  loss %.4f  lr %.3e  %.1f img/s  data %.0f%%%s  eta %s",
                     state.epoch, state.step_in_epoch, steps_in_epoch, values["train/loss"],
                     values["train/lr"], values["train/images_per_sec"], 100 * values["train/data_wait"],
+                    f"  teacher {100 * values['train/teacher_share']:.0f}%" if teacher_timer is not None else "",
                     format_duration(eta))  # eta: to the end of this epoch
                 if on_log is not None:
                     on_log(values, state.global_step)
