@@ -77,6 +77,7 @@ from t2t.config import ConfigError, OptimConfig  # noqa: E402
 from t2t.data.dataset import DatasetError  # noqa: E402
 from t2t.engine.distributed import DeviceError, init_distributed  # noqa: E402
 from t2t.inference import BatchSizeError, check_batch_fits, check_model_name  # noqa: E402
+from t2t.engine.distill import DistillationLoss  # noqa: E402
 from t2t.engine.precision import amp_context, amp_dtype  # noqa: E402
 from t2t.engine.optim import build_optimizer  # noqa: E402
 from t2t.models import cpu  # noqa: E402
@@ -188,8 +189,12 @@ def onednn_matmul_probe(size: int, repeats: int = 3) -> Callable[[], float] | No
 
 
 def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, device: torch.device,
-              amp: str) -> Callable[[], None]:
-    """One inference forward, or one real training step: forward + loss + backward + AdamW step."""
+              amp: str, teacher: nn.Module | None = None) -> Callable[[], None]:
+    """One inference forward, or one real training step: forward + loss + backward + AdamW step.
+
+    With a `teacher` the training step is a distillation step (DeiT hard, alpha 0.5): the frozen
+    teacher runs on the same batch inside the loss, as in train.py.
+    """
     dtype = amp_dtype(amp)
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
     targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
@@ -207,9 +212,14 @@ def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, devic
     optimizer = build_optimizer(model, OptimConfig(), lr=OptimConfig().lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
+    def base(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, label_smoothing=0.1)
+
+    criterion = DistillationLoss(base, teacher, kind="hard" if teacher is not None else "none", alpha=0.5)
+
     def step() -> None:
         with autocast():
-            loss = F.cross_entropy(model(images), targets, label_smoothing=0.1)
+            loss = criterion(model(images), targets, images)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -242,7 +252,12 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
     probe = matmul_probe(device, dtype, peak_size)
     onednn_probe = onednn_matmul_probe(peak_size) if device.type == "cpu" and dtype == torch.float32 else None
-    step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp)
+    teacher = None
+    if args.teacher_model:  # random weights: only its cost is measured
+        teacher_kwargs = dict(img_size=args.img_size) if args.teacher_model.startswith("t2t_vit") else {}
+        teacher = timm.create_model(args.teacher_model, num_classes=model.num_classes, **teacher_kwargs)
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp, teacher=teacher)
     probes = lambda: (probe(), onednn_probe() if onednn_probe else None)  # noqa: E731
     warmup_steps = warm_up(step, device, args.warmup, args.max_warmup, probes)
     faults = page_faults()
@@ -250,6 +265,11 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     faults = page_faults() - faults
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
+    teacher_ms = None
+    if teacher is not None:  # the teacher's forward alone on the same batch, for its share of the step
+        teacher_step = make_step(teacher, "infer", args.batch_size, args.img_size, device, args.amp)
+        teacher_times, _ = time_steps(teacher_step, device, args.steps, probes)
+        teacher_ms = 1e3 * statistics.median(teacher_times)
     images_per_sec = args.batch_size / median
     slowest, fastest = args.batch_size / max(times), args.batch_size / min(times)  # images/s
     achieved = step_gflops * images_per_sec
@@ -277,6 +297,8 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
         "onednn_peak_gflops_per_sec": onednn,
         "best_peak_gflops_per_sec": best,
         "mfu_best_peak": achieved / best,
+        **({"teacher_model": args.teacher_model, "teacher_ms_median": teacher_ms,
+            "teacher_share": teacher_ms / (1e3 * median)} if teacher is not None else {}),
     }
 
 
@@ -397,6 +419,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--mode data: uint8 batches, normalise and erase on the device (timm's use_prefetcher)")
     p.add_argument("--json", help="also write the results here as JSON (checked before the run; its folder must exist)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--teacher-model", help="--mode train: a distillation step with this timm model as the teacher "
+                   "(random weights; its forward time share is reported)")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests: batch 2, 32 px, 1 + 2 steps")
     args = p.parse_args(argv)
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
@@ -429,6 +453,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     """What needs more than the parser: the model name, the --json path, the batch against free memory."""
     if args.mode != "data":
         check_model_name(args.model, "-m/--model")
+    if args.teacher_model and (args.mode != "train" or args.compare):
+        raise ConfigError(f"--teacher-model {args.teacher_model!r}: only with --mode train, without --compare")
+    if args.teacher_model and not timm.is_model(args.teacher_model):
+        raise ConfigError(f"--teacher-model {args.teacher_model!r}: not a model timm knows")
     if args.json:
         check_output_file(args.json, inputs=[("--data-dir", args.data_dir)] if args.data_dir else [],
                           overwrite=args.overwrite, flag="--json")

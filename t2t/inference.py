@@ -74,7 +74,7 @@ def check_model_name(name: str, where: str = "--model") -> None:
     are refused here in one line rather than failing inside timm.
     """
     base = name.partition(".")[0]
-    if base in models.MODEL_ARCHS:
+    if base in models.MODEL_ARCHS or base in models.DISTILLED_ARCHS:
         return
     if timm.is_model(name):
         raise ConfigError(f"model {name!r} ({where}) is a timm model but not a T2T-ViT; this tool works with T2T-ViT "

@@ -109,3 +109,19 @@ def test_resume_with_another_teacher_file_is_refused(tmp_path):
     assert str(a) in str(info.value) and str(b) in str(info.value)
     with pytest.raises(TeacherError, match="without a teacher"):
         check_same_teacher(None, file_identity(str(b)), "last.pth")
+
+
+@pytest.mark.slow
+def test_benchmark_train_step_with_a_teacher(tmp_path):
+    import json
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    from benchmark import main
+
+    out = tmp_path / "b.json"
+    assert main(["--smoke", "--mode", "train", "-m", "t2t_vit_7_distilled", "--teacher-model", "t2t_vit_7",
+                 "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["teacher_model"] == "t2t_vit_7" and 0 < result["teacher_share"] < 1
+    assert main(["--smoke", "--mode", "infer", "--teacher-model", "t2t_vit_7"]) == 2
