@@ -126,3 +126,45 @@ def test_two_processes_with_a_teacher(data_dir, tmp_path, teachers):
     ckpt = load(os.path.join(out, "last.pth"))
     assert ckpt["run"]["world_size"] == 2 and ckpt["run"]["teacher"]["model"] == "t2t_vit_7"
     assert ckpt["global_step"] == 4 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def _validate(checkpoint: str, val_dir: str, config: str) -> float:
+    """top-1 of the model weights (not the EMA) of `checkpoint` on the class folders `val_dir`."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "validate.py"), "--data-dir", val_dir, "-c", config,
+                           "--checkpoint", checkpoint, "--no-ema"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    import json
+    return json.loads(proc.stdout.strip().splitlines()[-1])["top1"]
+
+
+def test_student_follows_a_permuted_teacher(tmp_path):
+    """Teacher signal reaches the gradients: with type=hard, alpha=1 and a teacher whose classes were shifted by
+    one, the student predicts the shifted class (the teacher), not the label."""
+    data = make_data(str(tmp_path / "data"), classes=10, train=100, val=20, size=40)  # the demo set, 40 px
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: a shared CPU otherwise spends its time waiting
+    demo = os.path.join(ROOT, "configs", "demo.yaml")
+    common = ["--data-dir", data, "model.img_size=32", "data.workers=0", "log.tensorboard=false"]
+    subprocess.run(train_cmd("-c", demo, "--output", str(tmp_path / "teacher"), *common, "train.epochs=8"),
+                   check=True, capture_output=True, env=env, cwd=ROOT, timeout=1200)
+    ckpt = load(str(tmp_path / "teacher" / "best.pth"))
+    shift = [(k + 1) % 10 for k in range(10)]  # logit k of the permuted teacher is logit k + 1: it says c - 1 for c
+    weights = {k: (v[shift].clone() if k.startswith("head.") else v) for k, v in ckpt["state_dict_ema"].items()}
+    torch.save({"arch": "t2t_vit_7", "state_dict_ema": weights}, tmp_path / "permuted.pth")
+    subprocess.run(train_cmd("-c", demo, "--output", str(tmp_path / "student"), *common, "train.epochs=4",
+                             f"distill.teacher={tmp_path / 'permuted.pth'}", "distill.type=hard", "distill.alpha=1"),
+                   check=True, capture_output=True, env=env, cwd=ROOT, timeout=1200)
+    classes = sorted(os.listdir(os.path.join(data, "val")))
+    for c, name in enumerate(classes):  # the val images filed under the class the permuted teacher gives them
+        os.makedirs(tmp_path / "shifted" / classes[(c - 1) % 10], exist_ok=True)
+        for f in os.listdir(os.path.join(data, "val", name)):
+            os.symlink(os.path.join(data, "val", name, f), tmp_path / "shifted" / classes[(c - 1) % 10] / f"{name}_{f}")
+    config = str(tmp_path / "student" / "config.yaml")
+    student = str(tmp_path / "student" / "last.pth")
+    teacher_top1 = _validate(str(tmp_path / "teacher" / "best.pth"), os.path.join(data, "val"), config)
+    follows_teacher = _validate(student, str(tmp_path / "shifted"), config)
+    follows_labels = _validate(student, os.path.join(data, "val"), config)
+    print(f"teacher top-1 {teacher_top1}; student agrees with the shifted teacher {follows_teacher}%, "
+          f"with the labels {follows_labels}%")
+    assert teacher_top1 > 50
+    assert follows_teacher > 30 and follows_labels < 15
