@@ -1,4 +1,5 @@
-# Two set-up commands: `make demo` and `make test`. Both create or reuse the virtual environment.
+# Two set-up commands: `make demo` and `make test`. Both create or reuse the virtual environment
+# (with the test and plot extras: pytest, onnx, matplotlib).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ PYTEST_ARGS ?=
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,plot]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -25,7 +25,7 @@ from t2t.inference import BatchSizeError, check_batch_fits  # noqa: E402
 
 PAPER_TOP1 = {"t2t_vit_7": "71.7", "t2t_vit_10": "75.2", "t2t_vit_12": "76.5", "t2t_vit_14": "81.5",
               "t2t_vit_19": "81.9", "t2t_vit_24": "82.3", "t2t_vit_t_14": "81.7", "t2t_vit_t_19": "82.4",
-              "t2t_vit_t_24": "82.6"}
+              "t2t_vit_t_24": "82.6", "t2t_vit_14_se": "81.6", "t2t_vit_16_ghost": "79.5", "t2t_vit_dense": "80.6"}
 
 
 def describe(name: str, img_size: int) -> dict:

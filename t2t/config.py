@@ -432,17 +432,17 @@ def _check_model_name(name: str, allow_any: bool) -> None:
     import timm
     from timm.models import get_pretrained_cfg
 
-    from .models import DISTILLED_ARCHS, MODEL_ARCHS
+    from .models import DISTILLED_ARCHS, MODEL_ARCHS, VARIANTS
 
     base, _, tag = name.partition(".")
-    if base in MODEL_ARCHS or base in DISTILLED_ARCHS:
+    if base in MODEL_ARCHS or base in VARIANTS or base in DISTILLED_ARCHS:
         try:
             get_pretrained_cfg(name, allow_unregistered=False)
         except Exception:  # timm raises RuntimeError for an unknown tag
             raise ConfigError(f"model.name={name!r}: {base} has no pretrained tag {tag!r}") from None
         return
     if not allow_any:
-        raise ConfigError(f"model.name={name!r}: expected a T2T-ViT model ({', '.join(MODEL_ARCHS)}); "
+        raise ConfigError(f"model.name={name!r}: expected a T2T-ViT model ({', '.join((*MODEL_ARCHS, *VARIANTS))}); "
                           "set model.allow_any_timm_model=true to train another timm model")
     if not (name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name)):
         raise ConfigError(f"model.name={name!r}: not a model timm knows (model.allow_any_timm_model is set)")

@@ -74,12 +74,13 @@ def check_model_name(name: str, where: str = "--model") -> None:
     are refused here in one line rather than failing inside timm.
     """
     base = name.partition(".")[0]
-    if base in models.MODEL_ARCHS or base in models.DISTILLED_ARCHS:
+    known = (*models.MODEL_ARCHS, *models.VARIANTS, *models.DISTILLED_ARCHS)
+    if base in known:
         return
     if timm.is_model(name):
         raise ConfigError(f"model {name!r} ({where}) is a timm model but not a T2T-ViT; this tool works with T2T-ViT "
-                          f"models only: {', '.join(models.MODEL_ARCHS)}")
-    raise ConfigError(f"model {name!r} ({where}): unknown model; expected one of {', '.join(models.MODEL_ARCHS)}")
+                          f"models only: {', '.join(known)}")
+    raise ConfigError(f"model {name!r} ({where}): unknown model; expected one of {', '.join(known)}")
 
 
 def inspect_checkpoint(path: str, use_ema: bool = True) -> CheckpointInfo:

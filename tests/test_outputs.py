@@ -266,7 +266,7 @@ def test_validate_results_file_rule(own_checkpoint, tmp_path, capsys, monkeypatc
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(validate, "evaluate", interrupted)
+    monkeypatch.setattr(validate, "run_suite", interrupted)
     assert validate.main(base + ["--results-file", str(out), "--overwrite"]) == 130
     assert "Traceback" not in capsys.readouterr().err
     monkeypatch.undo()

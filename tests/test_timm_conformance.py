@@ -19,7 +19,14 @@ from torch.utils.flop_counter import FlopCounterMode
 import t2t  # noqa: F401  (registers the models)
 from t2t.models import MODEL_ARCHS
 
-ALL = sorted(MODEL_ARCHS)
+# name -> the arguments that cut it to at most 3 blocks, and the widths of those blocks' outputs
+SMALL = {name: (dict(depth=min(arch[2], 3)), [arch[1]] * 3) for name, arch in MODEL_ARCHS.items()}
+SMALL.update({  # the paper's other variants (t2t/models/t2t_vit_variants.py)
+    "t2t_vit_14_se": (dict(depth=3), [384] * 3),
+    "t2t_vit_16_ghost": (dict(depth=3), [384] * 3),
+    "t2t_vit_dense": (dict(block_config=(1, 1)), [128 + 64, (128 + 64) // 2, 96 + 64]),  # block, transition, block
+})
+ALL = sorted(SMALL)
 TINY = ["t2t_vit_7", "t2t_vit_t_14"]  # one per token layer
 SIZE = 32
 
@@ -27,7 +34,7 @@ SIZE = 32
 def _create(name: str, **kwargs) -> torch.nn.Module:
     """timm.create_model at 32 px with at most 3 blocks."""
     kwargs.setdefault("img_size", SIZE)
-    return timm.create_model(name, depth=min(MODEL_ARCHS[name][2], 3), **kwargs)
+    return timm.create_model(name, **SMALL[name][0], **kwargs)
 
 
 def _input(batch: int = 2, size: int = SIZE) -> torch.Tensor:
@@ -114,11 +121,11 @@ def test_fx_then_torchscript(name):
 @pytest.mark.parametrize("name", ALL)
 def test_features_only(name):
     model = _create(name, features_only=True).eval()
-    width = MODEL_ARCHS[name][1]
-    assert model.feature_info.channels() == [width] * 3 and model.feature_info.reduction() == [16] * 3
+    widths = SMALL[name][1]
+    assert model.feature_info.channels() == widths and model.feature_info.reduction() == [16] * 3
     assert len(model.model.blocks) == 3  # the last block is kept: it is taken
     outputs = model(_input(1))
-    assert [tuple(o.shape) for o in outputs] == [(1, width, SIZE // 16, SIZE // 16)] * 3
+    assert [tuple(o.shape) for o in outputs] == [(1, width, SIZE // 16, SIZE // 16) for width in widths]
 
 
 def test_features_only_prunes_blocks_after_the_last_index():

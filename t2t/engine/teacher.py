@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import DISTILLED_ARCHS, MODEL_ARCHS
+from ..models import DISTILLED_ARCHS, MODEL_ARCHS, VARIANTS
 from ..models.weights import CheckpointError, checkpoint_filter_fn, describe_mismatch, extract_state_dict, \
     read_checkpoint, strip_prefixes
 
@@ -53,7 +53,7 @@ def check_same_teacher(saved: Optional[Mapping[str, Any]], current: Mapping[str,
 
 def _is_t2t(name: str) -> bool:
     base = name.partition(".")[0]
-    return base in MODEL_ARCHS or base in DISTILLED_ARCHS
+    return base in MODEL_ARCHS or base in DISTILLED_ARCHS or base in VARIANTS
 
 
 def _name_from_checkpoint(checkpoint: Any) -> Optional[str]:
