@@ -79,6 +79,7 @@ from t2t.config import ConfigError, OptimConfig  # noqa: E402
 from t2t.data.dataset import DatasetError  # noqa: E402
 from t2t.engine.distributed import DeviceError, init_distributed  # noqa: E402
 from t2t.inference import BatchSizeError, check_batch_fits, check_model_name  # noqa: E402
+from t2t.engine.distill import DistillationLoss  # noqa: E402
 from t2t.engine.precision import amp_context, amp_dtype  # noqa: E402
 from t2t.engine.optim import build_optimizer  # noqa: E402
 from t2t.models import cpu  # noqa: E402
@@ -190,8 +191,12 @@ def onednn_matmul_probe(size: int, repeats: int = 3) -> Callable[[], float] | No
 
 
 def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, device: torch.device,
-              amp: str) -> Callable[[], None]:
-    """One inference forward, or one real training step: forward + loss + backward + AdamW step."""
+              amp: str, teacher: nn.Module | None = None) -> Callable[[], None]:
+    """One inference forward, or one real training step: forward + loss + backward + AdamW step.
+
+    With a `teacher` the training step is a distillation step (DeiT hard, alpha 0.5): the frozen
+    teacher runs on the same batch inside the loss, as in train.py.
+    """
     dtype = amp_dtype(amp)
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
     targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
@@ -205,14 +210,14 @@ def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, devic
                 model(images)
         return step
 
-    return make_train_step(model, batch_size, img_size, device, amp)
+    return make_train_step(model, batch_size, img_size, device, amp, teacher=teacher)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Train mode: the step the training loop runs, and the aten operations it dispatches
 
 def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: torch.device,
-                    amp: str) -> Callable[[], None]:
+                    amp: str, teacher: nn.Module | None = None) -> Callable[[], None]:
     """One real training step on a synthetic uint8 batch, as t2t/engine/train_loop.py runs it.
 
     Per-step reseeding, uint8 images to the device, normalisation and random erasing there
@@ -235,7 +240,8 @@ def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: to
     on_device = BatchNormalizeErase(re_prob=0.25, re_mode="pixel", device=device)
     mixup = build_mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=model.num_classes) \
         if batch_size % 2 == 0 else None  # timm's Mixup needs an even batch
-    criterion = SoftTargetCrossEntropy()
+    criterion = DistillationLoss(SoftTargetCrossEntropy(), teacher, kind="hard" if teacher is not None else "none",
+                                 alpha=0.5)
     model.train()
     optimizer = build_optimizer(model, OptimConfig(), lr=OptimConfig().lr, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -252,7 +258,7 @@ def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: to
         else:
             y = F.one_hot(y, model.num_classes).float()
         with amp_context(device, amp):
-            loss = criterion(model(x), y)
+            loss = criterion(model(x), y, x)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -310,7 +316,12 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     peak_size = args.peak_size or (4096 if device.type == "cuda" else 2048)
     probe = matmul_probe(device, dtype, peak_size)
     onednn_probe = onednn_matmul_probe(peak_size) if device.type == "cpu" and dtype == torch.float32 else None
-    step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp)
+    teacher = None
+    if args.teacher_model:  # random weights: only its cost is measured
+        teacher_kwargs = dict(img_size=args.img_size) if args.teacher_model.startswith("t2t_vit") else {}
+        teacher = timm.create_model(args.teacher_model, num_classes=model.num_classes, **teacher_kwargs)
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp, teacher=teacher)
     probes = lambda: (probe(), onednn_probe() if onednn_probe else None)  # noqa: E731
     warmup_steps = warm_up(step, device, args.warmup, args.max_warmup, probes)
     aten = count_aten_calls(step) if args.mode == "train" else None
@@ -319,6 +330,11 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     faults = page_faults() - faults
     memory, memory_kind = peak_memory(device)
     median = statistics.median(times)
+    teacher_ms = None
+    if teacher is not None:  # the teacher's forward alone on the same batch, for its share of the step
+        teacher_step = make_step(teacher, "infer", args.batch_size, args.img_size, device, args.amp)
+        teacher_times, _ = time_steps(teacher_step, device, args.steps, probes)
+        teacher_ms = 1e3 * statistics.median(teacher_times)
     images_per_sec = args.batch_size / median
     slowest, fastest = args.batch_size / max(times), args.batch_size / min(times)  # images/s
     achieved = step_gflops * images_per_sec
@@ -348,6 +364,8 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
         "onednn_peak_gflops_per_sec": onednn,
         "best_peak_gflops_per_sec": best,
         "mfu_best_peak": achieved / best,
+        **({"teacher_model": args.teacher_model, "teacher_ms_median": teacher_ms,
+            "teacher_share": teacher_ms / (1e3 * median)} if teacher is not None else {}),
     }
 
 
@@ -484,6 +502,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--data-backend: also compare pil and dali augmentation statistics on the images")
     p.add_argument("--json", help="also write the results here as JSON (checked before the run; its folder must exist)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--teacher-model", help="--mode train: a distillation step with this timm model as the teacher "
+                   "(random weights; its forward time share is reported)")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests: batch 2, 32 px, 1 + 2 steps")
     args = p.parse_args(argv)
     for key, value in (SMOKE if args.smoke else DEFAULTS).items():
@@ -524,6 +544,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     """What needs more than the parser: the model name, the --json path, the batch against free memory."""
     if args.mode != "data":
         check_model_name(args.model, "-m/--model")
+    if args.teacher_model and (args.mode != "train" or args.compare):
+        raise ConfigError(f"--teacher-model {args.teacher_model!r}: only with --mode train, without --compare")
+    if args.teacher_model and not timm.is_model(args.teacher_model):
+        raise ConfigError(f"--teacher-model {args.teacher_model!r}: not a model timm knows")
     if args.json:
         check_output_file(args.json, inputs=[("--data-dir", args.data_dir)] if args.data_dir else [],
                           overwrite=args.overwrite, flag="--json")

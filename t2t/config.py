@@ -36,6 +36,7 @@ class ModelConfig:
     allow_any_timm_model: bool = False  # accept a model name that is not a T2T-ViT (any timm name)
     freeze: tuple[str, ...] = ()  # parts left out of training: names or prefixes, e.g. tokens_to_token, blocks.0-6
     cpu_backend: bool = False  # t2t.models.cpu.accelerate in float32 CPU runs (README, Speed: when it pays)
+    token_label: bool = False  # add TokenLabeling's aux_head over the patch tokens (train with token_label.dir)
 
 
 @dataclass
@@ -151,6 +152,24 @@ class LogConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: Optional[str] = None  # a t2t checkpoint, an official release file, a timm/torchvision state dict, .safetensors
+    teacher_model: Optional[str] = None  # any timm name; None: the name the teacher checkpoint records
+    teacher_img_size: Optional[int] = None  # None: model.img_size (the batch is resized for the teacher)
+    type: Literal["none", "soft", "hard"] = "none"
+    alpha: float = 0.5  # weight of the teacher term: 0 = plain training, 1 = the teacher only
+    tau: float = 1.0  # temperature of the soft term
+
+
+@dataclass
+class TokenLabelConfig:
+    dir: Optional[str] = None  # LABELDIR written by scripts/generate_token_labels.py
+    cls_weight: float = 1.0  # TokenLabeling's defaults
+    dense_weight: float = 1.0
+    mix_token_alpha: float = 1.0  # MixToken's Beta(alpha, alpha); 0: off
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +182,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    token_label: TokenLabelConfig = field(default_factory=TokenLabelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, numbers, strings), safe for YAML and torch.load(weights_only=True)."""
@@ -238,6 +259,12 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.interpolation": (lambda v: v == "random" or v in _INTERPOLATIONS,
                            "random or one of " + ", ".join(_INTERPOLATIONS)),
     "eval.interpolation": (lambda v: v in _INTERPOLATIONS, "one of " + ", ".join(_INTERPOLATIONS)),
+    "distill.alpha": (lambda v: 0 <= v <= 1, "in [0, 1] (0: plain training, 1: the teacher only)"),
+    "distill.tau": (lambda v: v > 0, "> 0"),
+    "distill.teacher_img_size": (lambda v: v is None or v > 0, "a positive size or null (the student's)"),
+    "token_label.cls_weight": (lambda v: v >= 0, ">= 0"),
+    "token_label.dense_weight": (lambda v: v >= 0, ">= 0"),
+    "token_label.mix_token_alpha": (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -367,6 +394,25 @@ def validate(cfg: Config) -> None:
     if cfg.data.backend == "dali":
         _check_dali_config(cfg.data)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
+    _check_teacher_settings(cfg)
+
+
+def _check_teacher_settings(cfg: Config) -> None:
+    """Distillation needs a teacher file; token labeling needs its label folder and a T2T-ViT with an aux head."""
+    if cfg.distill.type != "none" and not cfg.distill.teacher:
+        raise ConfigError(f"distill.type={cfg.distill.type!r} needs distill.teacher: the teacher's checkpoint file "
+                          "(or set distill.type=none)")
+    if cfg.token_label.cls_weight + cfg.token_label.dense_weight <= 0:
+        raise ConfigError("token_label.cls_weight and token_label.dense_weight are both 0: expected a positive sum")
+    from .models import MODEL_ARCHS
+
+    if cfg.model.token_label and cfg.model.name.partition(".")[0] not in MODEL_ARCHS:
+        raise ConfigError(f"model.token_label=true with model.name={cfg.model.name!r}: token labeling takes a plain "
+                          f"T2T-ViT ({', '.join(MODEL_ARCHS)})")
+    if cfg.token_label.dir is not None:
+        raise ConfigError(f"token_label.dir={cfg.token_label.dir!r}: training from label maps is not in the data "
+                          "loader yet (the maps, their crop and MixToken are in t2t.data.token_label); leave it "
+                          "unset to train the aux head on the image labels")
 
 
 def _check_auto_augment(policy: Optional[str]) -> None:
@@ -408,10 +454,10 @@ def _check_model_name(name: str, allow_any: bool) -> None:
     import timm
     from timm.models import get_pretrained_cfg
 
-    from .models import MODEL_ARCHS, VARIANTS
+    from .models import DISTILLED_ARCHS, MODEL_ARCHS, VARIANTS
 
     base, _, tag = name.partition(".")
-    if base in MODEL_ARCHS or base in VARIANTS:
+    if base in MODEL_ARCHS or base in VARIANTS or base in DISTILLED_ARCHS:
         try:
             get_pretrained_cfg(name, allow_unregistered=False)
         except Exception:  # timm raises RuntimeError for an unknown tag

@@ -74,7 +74,7 @@ def check_model_name(name: str, where: str = "--model") -> None:
     are refused here in one line rather than failing inside timm.
     """
     base = name.partition(".")[0]
-    known = (*models.MODEL_ARCHS, *models.VARIANTS)
+    known = (*models.MODEL_ARCHS, *models.VARIANTS, *models.DISTILLED_ARCHS)
     if base in known:
         return
     if timm.is_model(name):

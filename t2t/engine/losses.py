@@ -47,7 +47,7 @@ class SoftTargetLoss(nn.Module):
         self.smoothing = smoothing
         self.cross_entropy = SoftTargetCrossEntropy()
 
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         if targets.ndim == 1:  # class indices: (B,) -> (B, num_classes)
             targets = soft_targets(targets, self.num_classes, self.smoothing)
         return self.cross_entropy(outputs, targets)

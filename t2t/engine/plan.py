@@ -51,6 +51,7 @@ class RunPlan:
     base_lr: Optional[float] = None  # optim.lr, for lr_base_batch_size images
     lr_base_batch_size: Optional[int] = None
     cooldown_epochs: Optional[int] = None
+    teacher: Optional[dict[str, Any]] = None  # a distillation run's teacher file: path, size, sha256
 
     @classmethod
     def build(cls, cfg: Config, *, world_size: int, steps_per_epoch: int, classes: Sequence[str],

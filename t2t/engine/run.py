@@ -1,6 +1,7 @@
 """A whole training run, assembled: folder and resume choice, data, model, Trainer, checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, dump_config
 from ..data import setup as data_setup
 from ..models import cpu as cpu_backend
+from ..models import T2TViTDistilled, create_token_label_model
 from ..models.weights import load_pretrained_weights
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
 from .checkpoint_schema import TrainingCheckpoint
@@ -22,13 +24,15 @@ from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather
     settle_bucket_layout, \
     setup_logging
 from .ema import CachedModelEma
-from .losses import build_loss
+from .distill import DistillationLoss, TeacherTimer, TokenLabelLoss
+from .losses import TrainLoss, build_loss
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters
 from .plan import RunPlan, global_batch
 from .precision import amp_context, resolve_amp
 from .run_folder import RunError, agreed, choose_resume, resolve_output, resume_config
 from .stopping import StopPolicy
+from .teacher import TeacherError, check_same_teacher, load_teacher
 from .trainer import TrainState, Trainer
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "PREEMPTED_EXIT_CODE", "RunError", "RunResult", "resume_config", "run"]
@@ -58,12 +62,57 @@ def run(cfg: Config, *, data_dir: str, output: Optional[str] = None, resume: Opt
 
 
 def _build_model(cfg: Config, num_classes: int) -> nn.Module:
-    model = timm.create_model(
-        cfg.model.name, num_classes=num_classes, img_size=cfg.model.img_size,
-        drop_rate=cfg.model.drop_rate, drop_path_rate=cfg.model.drop_path_rate)
+    kwargs = dict(num_classes=num_classes, img_size=cfg.model.img_size, drop_rate=cfg.model.drop_rate,
+                  drop_path_rate=cfg.model.drop_path_rate)
+    if cfg.model.token_label:
+        model = create_token_label_model(cfg.model.name, **kwargs)
+    else:
+        model = timm.create_model(cfg.model.name, **kwargs)
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def _build_teacher(cfg: Config, num_classes: int, device: torch.device):
+    """The frozen teacher of a distillation run (None without one), built without touching the global RNGs."""
+    if cfg.distill.type == "none":
+        return None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            return load_teacher(cfg.distill.teacher, model_name=cfg.distill.teacher_model, num_classes=num_classes,
+                                img_size=cfg.distill.teacher_img_size or cfg.model.img_size, device=device)
+        except TeacherError as e:
+            raise RunError(str(e)) from None
+
+
+def _check_teacher_on_resume(path: str, saved: Optional[dict[str, Any]], teacher) -> None:
+    """A run continues with the teacher it started with, or without one if it had none."""
+    if teacher is None:
+        if saved is not None:
+            raise RunError(f"{path} was trained with the teacher {saved.get('path')!r} (sha256 "
+                           f"{str(saved.get('sha256'))[:12]}); this launch has none (distill.type=none): resume with "
+                           "the same distill settings, or start a new run")
+        return
+    try:
+        check_same_teacher(saved, teacher.identity, path)
+    except TeacherError as e:
+        raise RunError(str(e)) from None
+
+
+def _build_criterion(cfg: Config, model: nn.Module, teacher, device: torch.device, num_classes: int) -> TrainLoss:
+    """The training loss: token labeling, distillation through a teacher (or a distilled model's two heads), or
+    the plain soft-target cross-entropy."""
+    if cfg.model.token_label:
+        if teacher is not None:
+            raise ConfigError("model.token_label=true with distill.type="
+                              f"{cfg.distill.type!r}: use token labels or a teacher, not both")
+        return TokenLabelLoss(cls_weight=cfg.token_label.cls_weight, dense_weight=cfg.token_label.dense_weight,
+                              smoothing=cfg.mixup.label_smoothing)
+    base = build_loss(cfg.mixup, num_classes)
+    if teacher is None and not isinstance(model, T2TViTDistilled):
+        return base
+    return DistillationLoss(base, teacher, kind=cfg.distill.type, alpha=cfg.distill.alpha, tau=cfg.distill.tau,
+                            timer=TeacherTimer(device) if teacher is not None else None)
 
 
 def _open_resume(dist: DistInfo, output: str, resume: Optional[str]) -> Optional[tuple[str, TrainingCheckpoint]]:
@@ -104,7 +153,12 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but {data.train_dir!r} "
                           f"has {plan.num_classes} class folders")
 
-    trainer = _build_trainer(cfg, dist, plan, data, amp, resuming=found is not None)
+    teacher = None if cfg.distill.type == "none" else _build_teacher(cfg, plan.num_classes, device)
+    if teacher is not None:
+        plan = dataclasses.replace(plan, teacher=teacher.identity)
+    if found is not None:
+        _check_teacher_on_resume(found[0], (found[1].run or {}).get("teacher"), teacher)
+    trainer = _build_trainer(cfg, dist, plan, data, amp, resuming=found is not None, teacher=teacher)
     if found is not None:
         check_checkpoint_fits(found[1], trainer.model, path=found[0], model_name=cfg.model.name)
         trainer.load_state_dict(found[1].trainer)
@@ -133,7 +187,8 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     return RunResult(output=output, state=trainer.state, preempted=stop.preempted, interrupted=stop.interrupted)
 
 
-def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: str, *, resuming: bool) -> Trainer:
+def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: str, *, resuming: bool,
+                   teacher: Any = None) -> Trainer:
     """Model (initialised, frozen), EMA, optimizer, scaler, schedule, loss and mixup, as a Trainer."""
     device = dist.device
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
@@ -157,7 +212,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         model, optimizer=build_optimizer(model, cfg.optim, plan.lr, fused=device.type == "cuda"),
         schedule=build_schedule(cfg.sched, base_lr=plan.lr, epochs=cfg.train.epochs,
                                 steps_per_epoch=plan.steps_per_epoch),
-        loss_fn=build_loss(cfg.mixup, plan.num_classes), device=device,
+        loss_fn=_build_criterion(cfg, model, teacher, device, plan.num_classes), device=device,
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
         ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,

@@ -301,10 +301,14 @@ class Trainer:
         }
         if result.grad_norm is not None and math.isfinite(norm := float(result.grad_norm)):
             values["train/grad_norm"] = norm
+        teacher_timer = getattr(self.loss_fn, "timer", None)  # a distillation loss times its teacher's forward
+        if teacher_timer is not None:
+            values["train/teacher_share"] = teacher_timer.take() / elapsed
         eta = (steps_in_epoch - self.state.step_in_epoch) * elapsed / steps  # to the end of this epoch
-        _logger.info("epoch %d step %d/%d  loss %.4f  lr %.3e  %.1f img/s  data %.0f%%  eta %s",
+        _logger.info("epoch %d step %d/%d  loss %.4f  lr %.3e  %.1f img/s  data %.0f%%%s  eta %s",
                      self.state.epoch, self.state.step_in_epoch, steps_in_epoch, values["train/loss"],
                      values["train/lr"], values["train/images_per_sec"], 100 * values["train/data_wait"],
+                     f"  teacher {100 * values['train/teacher_share']:.0f}%" if teacher_timer is not None else "",
                      format_duration(eta))
         if self.on_log is not None:
             self.on_log(values, self.state.global_step)

@@ -10,6 +10,7 @@ from .weights import (
     read_checkpoint,
     resize_pos_embed,
 )
+from .t2t_vit_teacher import DISTILLED_ARCHS, T2TViTDistilled, T2TViTTokenLabel, create_token_label_model
 from .complexity import count_macs, count_params
 from . import cpu  # the optional float32 CPU backend: t2t.models.cpu.accelerate(model)
 
@@ -18,4 +19,5 @@ __all__ = [
     "T2TViTBlocks", "T2TViTDense", "VARIANTS",
     "CheckpointError", "checkpoint_filter_fn", "extract_state_dict", "load_pretrained_weights",
     "read_checkpoint", "resize_pos_embed", "count_macs", "count_params",
+    "DISTILLED_ARCHS", "T2TViTDistilled", "T2TViTTokenLabel", "create_token_label_model",
 ]

@@ -27,6 +27,10 @@ EMA_KEYS = ("state_dict_ema", "model_ema")
 MODEL_KEYS = ("state_dict", "model", "net")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 HEAD_KEYS = ("head.weight", "head.bias")
+# Parts that only some variants have: TokenLabeling's aux head, DeiT's distillation token and head.
+# A file without them loads into a model that has them (they keep their initialisation), and a file
+# with them loads into a model without them (they are left out); both are logged.
+OPTIONAL_PREFIXES = ("aux_head.", "head_dist.", "dist_token")
 
 
 class CheckpointError(RuntimeError):
@@ -183,12 +187,33 @@ def load_pretrained_weights(
         for k in HEAD_KEYS:
             del state_dict[k]
         head_dropped = True
+    optional_missing = _reconcile_optional_parts(state_dict, target, path)
+    if head_dropped:  # a new class count: the other classifiers cannot load either
+        for key in [k for k in state_dict if k.startswith(("aux_head.", "head_dist."))]:
+            if state_dict[key].shape != target[key].shape:
+                del state_dict[key]
+                optional_missing.append(key)
+    target = {k: v for k, v in target.items() if k not in optional_missing}
     mismatch = describe_mismatch(state_dict, target)
     only_head_missing = head_dropped and all(
         k in HEAD_KEYS for k in target if k not in state_dict) and set(state_dict) <= set(target)
     if mismatch and not only_head_missing and strict:
         arch = type(model).__name__
         raise CheckpointError(f"checkpoint {path!r} ({source}) does not fit this {arch}: {mismatch}")
-    model.load_state_dict(state_dict, strict=strict and not head_dropped)
+    model.load_state_dict(state_dict, strict=strict and not head_dropped and not optional_missing)
     _logger.info("Loaded %s weights from %s", source, path)
     return source
+
+
+def _reconcile_optional_parts(state_dict: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                              path: str) -> list[str]:
+    """Drop optional parts the model lacks; return those the model has and the file lacks (left initialised)."""
+    unused = [k for k in state_dict if k.startswith(OPTIONAL_PREFIXES) and k not in target]
+    for key in unused:
+        del state_dict[key]
+    if unused:
+        _logger.info("Not loaded from %s (this model has no such part): %s", path, ", ".join(unused))
+    missing = [k for k in target if k.startswith(OPTIONAL_PREFIXES) and k not in state_dict]
+    if missing:
+        _logger.info("Not in %s, left at their initialisation: %s", path, ", ".join(missing))
+    return missing
