@@ -12,12 +12,16 @@ import torch
 
 from t2t.engine.background_save import BackgroundCheckpointWriter
 from t2t.engine.checkpoint import CheckpointSaveError, CheckpointWriter, find_resume_checkpoint
+from train_helpers import fake_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _state(step: int, weight: torch.Tensor) -> dict:
-    return {"model": {"w": weight}, "global_step": step, "epoch": 0, "optimizer": {"state": {0: {"m": weight * 2}}}}
+    """A training checkpoint (the current format) at `step` whose model and optimizer hold live tensors."""
+    state = fake_checkpoint(step, 0)
+    state["model"], state["optimizer"] = {"w": weight}, {"state": {0: {"m": weight * 2}}}
+    return state
 
 
 class SlowWriter(CheckpointWriter):
@@ -27,12 +31,12 @@ class SlowWriter(CheckpointWriter):
         super().__init__(folder)
         self.seconds, self.fail, self.spans = seconds, fail, []
 
-    def save(self, state, *, end_of_epoch, is_best):
+    def save(self, state, *, epoch, step, end_of_epoch, is_best):
         start = time.monotonic()
         time.sleep(self.seconds)
         if self.fail:
             raise CheckpointSaveError(f"could not save checkpoint in {self.folder!r}: No space left on device")
-        path = super().save(state, end_of_epoch=end_of_epoch, is_best=is_best)
+        path = super().save(state, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
         self.spans.append((start, time.monotonic()))
         return path
 
@@ -40,7 +44,7 @@ class SlowWriter(CheckpointWriter):
 def test_the_write_takes_a_snapshot_and_does_not_hold_training(tmp_path):
     weight = torch.zeros(4)
     writer = BackgroundCheckpointWriter(SlowWriter(str(tmp_path), seconds=0.5))
-    held = writer.save(_state(3, weight), end_of_epoch=False, is_best=False)
+    held = writer.save(_state(3, weight), epoch=0, step=3, end_of_epoch=False, is_best=False)
     assert held < 0.25 and writer.busy  # training goes on while the file is written
     weight.add_(1.0)  # the next steps change the live tensors
     writer.close()
@@ -52,22 +56,22 @@ def test_the_write_takes_a_snapshot_and_does_not_hold_training(tmp_path):
 def test_two_saves_in_a_row_write_one_after_the_other(tmp_path):
     inner = SlowWriter(str(tmp_path), seconds=0.3)
     writer = BackgroundCheckpointWriter(inner)
-    writer.save(_state(1, torch.ones(2)), end_of_epoch=False, is_best=False)
-    held = writer.save(_state(2, torch.ones(2)), end_of_epoch=False, is_best=False)
+    writer.save(_state(1, torch.ones(2)), epoch=0, step=1, end_of_epoch=False, is_best=False)
+    held = writer.save(_state(2, torch.ones(2)), epoch=0, step=2, end_of_epoch=False, is_best=False)
     assert held >= 0.15  # the second save waited for the first write
     writer.close()
     (a_start, a_end), (b_start, b_end) = inner.spans
     assert a_end <= b_start
-    assert find_resume_checkpoint(str(tmp_path))[1]["global_step"] == 2
+    assert find_resume_checkpoint(str(tmp_path))[1].global_step == 2
 
 
 def test_an_error_of_the_writer_thread_is_raised_at_the_next_save_and_at_close(tmp_path):
     writer = BackgroundCheckpointWriter(SlowWriter(str(tmp_path), seconds=0.0, fail=True))
-    writer.save(_state(1, torch.ones(2)), end_of_epoch=False, is_best=False)
+    writer.save(_state(1, torch.ones(2)), epoch=0, step=1, end_of_epoch=False, is_best=False)
     with pytest.raises(CheckpointSaveError, match="No space left"):
-        writer.save(_state(2, torch.ones(2)), end_of_epoch=False, is_best=False)  # raised before a new write
+        writer.save(_state(2, torch.ones(2)), epoch=0, step=2, end_of_epoch=False, is_best=False)  # raised before a new write
     writer.close()  # reported once, nothing pending
-    writer.save(_state(3, torch.ones(2)), end_of_epoch=False, is_best=False)
+    writer.save(_state(3, torch.ones(2)), epoch=0, step=3, end_of_epoch=False, is_best=False)
     with pytest.raises(CheckpointSaveError):  # a failed last write is raised at the exit
         writer.close()
     assert not os.listdir(tmp_path)
@@ -79,11 +83,16 @@ def test_a_kill_during_the_background_write_leaves_the_previous_checkpoint(tmp_p
     script = textwrap.dedent(f"""
         import sys, time, torch
         sys.path.insert(0, {ROOT!r})
+        sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+        from train_helpers import fake_checkpoint
         from t2t.engine import checkpoint
         from t2t.engine.background_save import BackgroundCheckpointWriter
         writer = BackgroundCheckpointWriter(checkpoint.CheckpointWriter({str(tmp_path)!r}))
-        state = lambda step: {{"model": {{"w": torch.full((1000,), float(step))}}, "global_step": step, "epoch": 0}}
-        writer.save(state(1), end_of_epoch=False, is_best=False)
+        def state(step):
+            ckpt = fake_checkpoint(step, 0)
+            ckpt["model"] = {{"w": torch.full((1000,), float(step))}}
+            return ckpt
+        writer.save(state(1), epoch=0, step=1, end_of_epoch=False, is_best=False)
         writer.wait()
         real_save = torch.save
         def slow_save(obj, f, *a, **k):
@@ -92,7 +101,7 @@ def test_a_kill_during_the_background_write_leaves_the_previous_checkpoint(tmp_p
             print("writing", flush=True)
             time.sleep(60)
         checkpoint.torch.save = slow_save
-        writer.save(state(2), end_of_epoch=False, is_best=False)
+        writer.save(state(2), epoch=0, step=2, end_of_epoch=False, is_best=False)
         time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -106,5 +115,5 @@ def test_a_kill_during_the_background_write_leaves_the_previous_checkpoint(tmp_p
     leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     assert leftovers  # the unfinished file is there, under a temporary name
     path, ckpt = find_resume_checkpoint(str(tmp_path))
-    assert os.path.basename(path) == "step-00000001.pth" and ckpt["global_step"] == 1
-    assert torch.equal(ckpt["model"]["w"], torch.full((1000,), 1.0))
+    assert os.path.basename(path) == "step-00000001.pth" and ckpt.global_step == 1
+    assert torch.equal(ckpt.weights["w"], torch.full((1000,), 1.0))

@@ -68,28 +68,29 @@ class BackgroundCheckpointWriter:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def save(self, state: dict[str, Any], *, end_of_epoch: bool, is_best: bool) -> float:
-        """Snapshot `state` and start writing it; returns the seconds training was held (wait + snapshot)."""
+    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> float:
+        """Snapshot `state` (at `epoch`, `step`) and start writing it; returns the seconds training was held
+        (wait + snapshot)."""
         start = time.perf_counter()
         self.wait()  # the previous write must end first (and raises its error here)
         snap = self.snapshot(state)
         if self.pin_memory and torch.cuda.is_available():
             torch.cuda.synchronize()  # the non-blocking copies have landed before the thread reads them
         held = time.perf_counter() - start
-        self._thread = threading.Thread(target=self._write, args=(snap, end_of_epoch, is_best),
+        self._thread = threading.Thread(target=self._write, args=(snap, epoch, step, end_of_epoch, is_best),
                                         name="checkpoint-writer", daemon=False)
         self._thread.start()
         return held
 
-    def _write(self, snap: dict[str, Any], end_of_epoch: bool, is_best: bool) -> None:
+    def _write(self, snap: dict[str, Any], epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> None:
         start = time.perf_counter()
         try:
-            path = self.writer.save(snap, end_of_epoch=end_of_epoch, is_best=is_best)
+            path = self.writer.save(snap, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
         except BaseException as e:  # kept for the training thread: raised at the next save or at close
             self._error = e
             return
-        _logger.info("Saved %s (epoch %s, step %s) in %.1f s, in the background", path, snap.get("epoch"),
-                     snap.get("global_step"), time.perf_counter() - start)
+        _logger.info("Saved %s (epoch %d, step %d) in %.1f s, in the background", path, epoch, step,
+                     time.perf_counter() - start)
 
     @property
     def busy(self) -> bool:
