@@ -41,11 +41,13 @@ def run_main(capsys, *args):
 
 
 def checksums(folder):
-    """{relative path: sha256} of every file under `folder` but the log a failed start appends to and temporaries."""
+    """{relative path: sha256} of every file under `folder` but the log a failed start appends to, temporaries and
+    the file-list caches."""
     out = {}
     for dirpath, _, names in os.walk(folder):
         for name in names:
-            if name == "train.log" or name.startswith(".tmp-"):
+            # The file-list caches are derived data, rebuilt from the data folder whenever they do not match it.
+            if name == "train.log" or name.startswith(".tmp-") or name.startswith("filelist-"):
                 continue
             path = os.path.join(dirpath, name)
             with open(path, "rb") as f:
