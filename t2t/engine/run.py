@@ -20,6 +20,7 @@ from ..data import setup as data_setup
 from ..data.dataset import check_classes_match
 from ..models import cpu as cpu_backend
 from ..models.weights import load_pretrained_weights
+from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import CheckpointWriter, check_checkpoint_fits, clean_state_dict, find_resume_checkpoint, \
     library_versions, load_training_checkpoint, remove_stale_temporaries
 from .distributed import DistInfo, broadcast_object, cleanup_distributed, env_int, gather_objects, \
@@ -312,7 +313,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         def batch_to_device(images, target):
             return on_device(images), target.to(device, non_blocking=True)
 
-    writer = CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs) if dist.is_main else None
+    # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
+    writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
+                                        pin_memory=device.type == "cuda") if dist.is_main else None
     logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
     meters = DeviceMeters(device)
 
@@ -345,14 +348,13 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     def save(end_of_epoch: bool, is_best: bool = False) -> None:
         ckpt = checkpoint_state()  # collective: every rank takes part
         if writer is not None:
-            t0 = time.perf_counter()
-            path = writer.save(ckpt, end_of_epoch=end_of_epoch, is_best=is_best)
-            _logger.info("Saved %s (epoch %d, step %d) in %.1f s", path, state.epoch, state.global_step,
-                         time.perf_counter() - t0)
+            held = writer.save(ckpt, end_of_epoch=end_of_epoch, is_best=is_best)
+            _logger.info("Checkpoint of epoch %d step %d taken in %.2f s; writing it in the background",
+                         state.epoch, state.global_step, held)
 
     stop = {"preempted": False, "interrupted": False}
     last_save_time = time.monotonic()
-    with _StopSignals() as signals:
+    with _StopSignals() as signals, writes_finished(writer):  # every exit waits for the pending write
         def after_step(st: TrainState, synced: bool) -> bool:
             nonlocal last_save_time
             terminate = interrupt = minutes_due = False
