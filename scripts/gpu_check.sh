@@ -171,6 +171,142 @@ else
   record "collective helpers on NCCL" FAIL "see $WORK/nccl.log"
 fi
 
+# ---------------------------------------------------------------------------------------------------
+# What only a GPU reveals: host syncs in the step, learning, compiled throughput and memory slope,
+# a 2-rank NCCL group killed and restarted. Each is one function; the table above collects them.
+
+# Host-sync audit: N real training steps (the demo data through the loader with RandAugment, uint8
+# batches normalised and randomly erased on the GPU, mixup + cutmix, bf16 autocast, soft-target loss,
+# fused AdamW, the EMA) under torch.cuda.set_sync_debug_mode("error"): any host sync fails the check.
+host_sync_audit() {
+  if "$PY" - "$DATA" > "$WORK/sync.log" 2>&1 <<'PYEOF'
+import os, sys
+import torch
+from timm.loss import SoftTargetCrossEntropy
+import t2t  # noqa: F401
+import timm
+from t2t.config import DataConfig, OptimConfig
+from t2t.data import setup as data_setup
+from t2t.data.mixup import build_mixup, seed_main_process_rng
+from t2t.engine.ema import CachedModelEma
+from t2t.engine.optim import build_optimizer
+
+device = torch.device(os.environ.get("T2T_CHECK_DEVICE", "cuda"))
+steps = int(os.environ.get("T2T_SYNC_STEPS", "12"))
+cfg = DataConfig(workers=2, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel")
+data = data_setup.build_train_and_val(cfg, sys.argv[1], img_size=64, seed=0, batch_size=32, global_batch_size=32,
+                                      eval_batch_size=32, eval_crop_pct=0.9, eval_interpolation="bicubic",
+                                      pin_memory=device.type == "cuda", device=device, normalize_on_device=True)
+assert data.on_device is not None  # uint8 batches, normalised and erased on the device
+model = timm.create_model("t2t_vit_7", img_size=64, num_classes=data.num_classes).to(device)
+optimizer = build_optimizer(model, OptimConfig(), lr=1e-3, fused=device.type == "cuda")
+mixup = build_mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1,
+                    num_classes=data.num_classes)
+ema, criterion = CachedModelEma(model, decay=0.999), SoftTargetCrossEntropy()
+batches = iter(data.train_batches(0))
+batch = [next(batches) for _ in range(steps + 1)]  # decoded before the audit: the loader is not audited
+def step(i, images, target):
+    seed_main_process_rng(0, i, 0)
+    x, y = data.on_device(images), target.to(device, non_blocking=True)
+    x, y = mixup(x, y)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(model, step=i)
+    return loss.detach()
+step(0, *batch[0])  # first step outside the audit: lazy initialisation (cuBLAS handles, optimizer state)
+if device.type == "cuda":
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+losses = [step(i, *batch[i]) for i in range(1, steps + 1)]
+if device.type == "cuda":
+    torch.cuda.set_sync_debug_mode("default")
+print(f"{steps} steps without a host sync (RandAugment, erasing, mixup/cutmix, bf16, fused AdamW, EMA); "
+      f"last loss {torch.stack(losses)[-1].item():.3f}")
+PYEOF
+  then
+    record "host-sync audit of the step" PASS "$(tail -1 "$WORK/sync.log")"
+  else
+    record "host-sync audit of the step" FAIL "$(grep -m1 -E 'RuntimeError|Error' "$WORK/sync.log" | cut -c1-120); see $WORK/sync.log"
+  fi
+}
+
+# Learning: the bf16 demo run above (3 epochs, stopped by SIGTERM and resumed) must end well above
+# chance (at least twice 1 / classes).
+learning_check() {
+  local ckpt=$WORK/run-bf16/last.pth
+  local verdict
+  verdict=$("$PY" - "$ckpt" <<'PYEOF' 2>&1
+import sys, torch
+ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+row = ckpt["train_state"]["history"][-1]
+classes = len(ckpt["run"]["classes"])
+chance = 100.0 / classes
+top1 = max(row.get("val_top1", 0.0), row.get("ema_val_top1", 0.0))
+print(f"{'PASS' if top1 >= 2 * chance else 'FAIL'} top-1 {top1:.1f}% after {len(ckpt['train_state']['history'])} "
+      f"epochs, chance {chance:.0f}%")
+PYEOF
+)
+  record "learning: demo, 3 epochs" "${verdict%% *}" "${verdict#* }"
+}
+
+# torch.compile'd training throughput at two batch sizes, and the memory slope between them (MiB per image).
+compiled_throughput_and_memory() {
+  local b
+  for b in 32 64; do
+    if ! "$PY" scripts/benchmark.py -m t2t_vit_14 --mode train --batch-size $b --device cuda --amp bf16 --compile \
+        --steps 8 --warmup 4 --json "$WORK/compiled-$b.json" > "$WORK/compiled-$b.log" 2>&1; then
+      record "compiled train t2t_vit_14 b$b" FAIL "see $WORK/compiled-$b.log"
+      return
+    fi
+  done
+  record "compiled train t2t_vit_14 b32/b64" PASS "$("$PY" - "$WORK" <<'PYEOF'
+import json, sys
+a, b = (json.load(open(f"{sys.argv[1]}/compiled-{n}.json")) for n in (32, 64))
+slope = (b["peak_memory_mib"] - a["peak_memory_mib"]) / (b["batch_size"] - a["batch_size"])
+print(f"{a['images_per_sec']:.0f} / {b['images_per_sec']:.0f} img/s, {a['aten_calls_per_step']} / "
+      f"{b['aten_calls_per_step']} aten calls, memory {a['peak_memory_mib']:.0f} / {b['peak_memory_mib']:.0f} MiB: "
+      f"{slope:.1f} MiB per image")
+PYEOF
+)"
+}
+
+# With 2+ GPUs: train.py on a 2-rank NCCL group under torchrun, one worker SIGKILLed after a checkpoint,
+# the group restarted by torchrun and resumed from that checkpoint by itself.
+nccl_two_ranks_kill_restart() {
+  local gpus
+  gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+  if [ "$gpus" -lt 2 ]; then
+    record "2-rank NCCL kill + restart" SKIP "$gpus GPU visible"
+    return
+  fi
+  local out=$WORK/run-nccl log=$WORK/nccl-restart.log
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 --max-restarts=1 train.py -c configs/demo.yaml \
+    --data-dir "$DATA" --output "$out" train.device=cuda train.amp=bf16 train.epochs=2 train.log_interval=2 \
+    checkpoint.every_steps=4 > "$log" 2>&1 &
+  local agent=$! waited=0
+  until ls "$out"/step-*.pth > /dev/null 2>&1; do
+    if ! kill -0 "$agent" 2> /dev/null || [ $waited -gt 1200 ]; then break; fi
+    sleep 0.25; waited=$((waited + 1))
+  done
+  local victim
+  victim=$(pgrep -P "$agent" | head -n 1)
+  [ -n "$victim" ] && kill -KILL "$victim"
+  wait "$agent"; local code=$?
+  if [ "$code" = 0 ] && grep -q "Resuming from" "$out/train.log"; then
+    record "2-rank NCCL kill + restart" PASS "worker $victim killed; $(grep -o 'Resuming from [^ ]*' "$out/train.log" | tail -1 | xargs basename)"
+  else
+    record "2-rank NCCL kill + restart" FAIL "exit $code, see $log"
+  fi
+}
+
+host_sync_audit
+learning_check
+compiled_throughput_and_memory
+nccl_two_ranks_kill_restart
+
 echo
 echo "| check | result | detail |"
 echo "|---|---|---|"

@@ -13,11 +13,12 @@ so that the last checkpoint is on disk before the process ends.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -39,14 +40,13 @@ class BackgroundCheckpointWriter:
     # -- snapshot -------------------------------------------------------------------------------
 
     def _host_copy(self, t: torch.Tensor, key: tuple) -> torch.Tensor:
+        # Reused from the previous save (the write that read it has ended): no fresh pages to fault in.
         t = t.detach()
-        if t.device.type == "cpu":
-            return t.clone()
         buf = self._buffers.get(key)
         if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pin_memory)
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pin_memory and t.device.type == "cuda")
             self._buffers[key] = buf
-        buf.copy_(t, non_blocking=self.pin_memory)
+        buf.copy_(t, non_blocking=buf.is_pinned())
         return buf
 
     def snapshot(self, obj: Any, key: tuple = ()) -> Any:
@@ -111,3 +111,20 @@ class BackgroundCheckpointWriter:
             self.wait()
         finally:
             self._buffers.clear()
+
+
+@contextlib.contextmanager
+def writes_finished(writer: Optional[BackgroundCheckpointWriter]) -> Iterator[None]:
+    """Around a training loop: on any exit, wait for the pending write (its error is raised, except
+    while another error is on its way out, which it must not hide: then it is logged)."""
+    try:
+        yield
+    except BaseException:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception as e:
+                _logger.error("The last checkpoint write failed as well: %s", e)
+        raise
+    if writer is not None:
+        writer.close()

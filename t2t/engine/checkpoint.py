@@ -199,5 +199,9 @@ class Checkpointer:
                                   versions=library_versions())
         epoch, step = trainer.state.epoch, trainer.state.global_step
         t0 = time.perf_counter()
-        path = self.writer.save(ckpt.to_dict(), epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
-        _logger.info("Saved %s (epoch %d, step %d) in %.1f s", path, epoch, step, time.perf_counter() - t0)
+        saved = self.writer.save(ckpt.to_dict(), epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
+        if isinstance(saved, str):  # a CheckpointWriter: the file is written
+            _logger.info("Saved %s (epoch %d, step %d) in %.1f s", saved, epoch, step, time.perf_counter() - t0)
+        else:  # a BackgroundCheckpointWriter: the seconds training was held; the file follows
+            _logger.info("Checkpoint of epoch %d step %d taken in %.2f s; writing it in the background",
+                         epoch, step, saved)

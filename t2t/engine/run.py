@@ -18,6 +18,7 @@ from ..data import setup as data_setup
 from ..models import cpu as cpu_backend
 from ..models import T2TViTDistilled, create_token_label_model
 from ..models.weights import load_pretrained_weights
+from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
 from .checkpoint_schema import TrainingCheckpoint
 from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather_objects, init_distributed, \
@@ -171,7 +172,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         os.replace(path + ".tmp", path)
     _wrap_for_training(trainer, cfg, dist, amp)
 
-    writer = CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs) if dist.is_main else None
+    # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
+    writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
+                                        pin_memory=device.type == "cuda") if dist.is_main else None
     logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
     trainer.on_log = logger.scalars if dist.is_main else None
 
@@ -179,7 +182,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     stop = StopPolicy(steps_per_epoch=plan.steps_per_epoch, every_steps=cfg.checkpoint.every_steps,
                       every_minutes=cfg.checkpoint.every_minutes, max_steps=cfg.train.max_steps,
                       distributed=dist.is_distributed)
-    with stop:
+    with stop, writes_finished(writer):  # every exit waits for the pending write
         trainer.fit(data, total_epochs=plan.total_epochs, global_batch_size=plan.global_batch_size, stop=stop,
                     checkpointer=checkpointer, eval_interval=cfg.eval.interval, eval_metric=cfg.eval.metric,
                     write_epochs=logger.write_epochs)
