@@ -97,13 +97,14 @@ def resolve_format(data_dir: str, fmt: str) -> str:
 
 
 def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: Callable,
-                   seed: int, *, rank: int = 0, broadcast: Callable[[Any], Any] = lambda obj: obj,
+                   seed: int, *, rank: int = 0, broadcast: Optional[Callable[[Any], Any]] = None,
                    list_cache_dir: Optional[str] = None) -> tuple[SeededDataset, SeededDataset, str]:
     """(train, val, the folder read) in the format `cfg.format` names or detects.
 
     Image folders are listed by rank 0 only (from its cache in `list_cache_dir` when the folders have
     not changed) and `broadcast` (a collective: rank 0's object on every rank) hands the list to the
-    others: one directory walk per job start instead of one per process.
+    others: one directory walk per job start instead of one per process. Without `broadcast` (no
+    process group) every process lists the folders itself.
     """
     if resolve_format(data_dir, cfg.format) == "cifar":
         train_ds = CIFARDataset(data_dir, train=True, transform=train_tf, seed=seed)
@@ -112,17 +113,19 @@ def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: 
     datasets = []
     for split, folder, tf in (("train", train_dir, train_tf), ("val", val_dir, eval_tf)):
         listing: Any = None
-        if rank == 0:
-            cache = os.path.join(list_cache_dir, f"filelist-{split}.npz") if list_cache_dir else None
+        lists_itself = rank == 0 or broadcast is None
+        if lists_itself:
+            cache = os.path.join(list_cache_dir, f"filelist-{split}.npz") if list_cache_dir and rank == 0 else None
             try:
                 ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, list_cache=cache)
                 listing = (ds.classes, ds.samples)
             except DatasetError as e:
                 listing = e  # every rank raises it, instead of the others waiting for a list that never comes
-        listing = broadcast(listing)
+        if broadcast is not None:
+            listing = broadcast(listing)
         if isinstance(listing, DatasetError):
             raise listing
-        if rank != 0:
+        if not lists_itself:
             classes, samples = listing
             ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, classes=classes,
                                     samples=samples)
@@ -168,7 +171,7 @@ def build_train_and_val(
         device: torch.device = torch.device("cpu"),
         normalize_on_device: Optional[bool] = None,
         gather: Callable[[Any], list[Any]] = lambda found: [found],
-        broadcast: Callable[[Any], Any] = lambda obj: obj,
+        broadcast: Optional[Callable[[Any], Any]] = None,
         list_cache_dir: Optional[str] = None,
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
