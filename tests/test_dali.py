@@ -349,7 +349,7 @@ def test_two_processes_gloo_with_dali(data_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ckpt = load(os.path.join(out, "last.pth"))
     assert ckpt["run"]["world_size"] == 2 and ckpt["config"]["data"]["backend"] == "dali"
-    assert ckpt["global_step"] == 36 // 8  # 36 images, global batch 2 x 4
+    assert ckpt["train_state"]["global_step"] == 36 // 8  # 36 images, global batch 2 x 4
     row = ckpt["train_state"]["history"][-1]
     assert 0 <= row["val_top1"] <= 100 and row["val_top5"] == 100.0
 

@@ -125,7 +125,7 @@ def test_two_processes_with_a_teacher(data_dir, tmp_path, teachers):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ckpt = load(os.path.join(out, "last.pth"))
     assert ckpt["run"]["world_size"] == 2 and ckpt["run"]["teacher"]["model"] == "t2t_vit_7"
-    assert ckpt["global_step"] == 4 and not any(k.startswith("module.") for k in ckpt["model"])
+    assert ckpt["train_state"]["global_step"] == 4 and not any(k.startswith("module.") for k in ckpt["model"])
 
 
 def _validate(checkpoint: str, val_dir: str, config: str) -> float:
