@@ -27,9 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from t2t.cli import ArgumentParser, one_line
+from t2t.cli import ArgumentParser, list_images, one_line
 from t2t.config import ConfigError
-from t2t.data.dataset import IMG_EXTENSIONS
 from t2t.data.decode import to_rgb
 from t2t.data.loader import ignore_stop_signals
 from t2t.engine.distributed import DeviceError, resolve_device
@@ -55,22 +54,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
     return p.parse_args(argv)
-
-
-def list_images(inputs: Sequence[str]) -> list[str]:
-    """Image files named or found (recursively, sorted) under the folders named; a missing path is an error."""
-    paths: list[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for dirpath, _, names in sorted(os.walk(item, followlinks=True)):
-                paths.extend(os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise FileNotFoundError(f"--images {item!r}: no such file or folder")
-    if not paths:
-        raise ValueError(f"--images {' '.join(inputs)}: no image files ({', '.join(IMG_EXTENSIONS)})")
-    return paths
 
 
 class ImageFiles(Dataset):

@@ -5,7 +5,7 @@ import argparse
 import os
 import re
 import sys
-from typing import NoReturn
+from typing import NoReturn, Sequence
 
 __all__ = ["ArgumentParser", "UsageError", "check_output_folder", "one_line"]
 
@@ -43,3 +43,21 @@ def check_output_folder(path: str, what: str = "--output") -> None:
         raise UsageError(f"{what} {path!r} {where}: give a folder path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {path!r}: no permission to write in {existing!r}")
+
+
+def list_images(inputs: Sequence[str]) -> list[str]:
+    """Image files named, or found (recursively, sorted) under the folders named."""
+    from .data.dataset import IMG_EXTENSIONS
+
+    paths: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, _, names in sorted(os.walk(item, followlinks=True)):
+                paths.extend(os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise UsageError(f"--images {item!r}: no such file or folder")
+    if not paths:
+        raise UsageError(f"--images {' '.join(inputs)}: no image files ({', '.join(IMG_EXTENSIONS)})")
+    return paths

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cli import ArgumentParser, UsageError, check_output_folder, one_line
+from .cli import ArgumentParser, UsageError, check_output_folder, list_images, one_line
 from .outputs import INTERRUPTED, atomic_output, check_output_folder_inputs
 
 __all__ = ["VIEWS", "first_batch", "main", "parse_blocks", "save_png"]
@@ -348,24 +348,6 @@ def _load(args: argparse.Namespace):
     model = timm.create_model(args.model).eval()
     transform = build_eval_transform(model.img_size, 0.9, "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return model, transform, [f"class_{i}" for i in range(model.num_classes)], f"{args.model}, untrained"
-
-
-def list_images(inputs: Sequence[str]) -> list[str]:
-    """Image files named, or found (recursively, sorted) under the folders named."""
-    from .data.dataset import IMG_EXTENSIONS
-
-    paths: list[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for dirpath, _, names in sorted(os.walk(item, followlinks=True)):
-                paths.extend(os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
-        elif os.path.isfile(item):
-            paths.append(item)
-        else:
-            raise UsageError(f"--images {item!r}: no such file or folder")
-    if not paths:
-        raise UsageError(f"--images {' '.join(inputs)}: no image files ({', '.join(IMG_EXTENSIONS)})")
-    return paths
 
 
 def _stems(paths: list[str]) -> list[str]:
