@@ -1,36 +1,68 @@
 """Typed run configuration: dataclass defaults < YAML file < command-line `section.key=value`.
 
 Unknown keys are errors that suggest the nearest valid key; values are checked for type and range
-with messages that name the key, the value and where it came from.
+with messages that name the key, the value and where it came from. A field's range check sits
+beside it (``checked``); ``validate`` walks the fields. Each section is what one part of the run
+consumes: ``loss`` the training loss, ``mixup`` the Mixup / CutMix op, ``sched`` the lr schedule, ...
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence
 
 import yaml
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+_logger = logging.getLogger(__name__)
+
 
 class ConfigError(ValueError):
     """A configuration value or key that cannot be used."""
 
 
+class Check(NamedTuple):
+    """A range check: `ok(value)` is true for a usable value; `expected` words the range for the error message."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+def checked(default: Any, check: Check) -> Any:
+    """A dataclass field with its default and the range check `validate` applies to it."""
+    return field(default=default, metadata={"check": check})
+
+
+AT_LEAST_0 = Check(lambda v: v >= 0, ">= 0")
+AT_LEAST_1 = Check(lambda v: v >= 1, ">= 1")
+POSITIVE = Check(lambda v: v > 0, "> 0")
+PROBABILITY = Check(lambda v: 0 <= v <= 1, "in [0, 1]")
+BELOW_1 = Check(lambda v: 0 <= v < 1, "in [0, 1)")
+AT_LEAST_1_OR_NULL = Check(lambda v: v is None or v >= 1, ">= 1 or null")
+POSITIVE_MINUTES = Check(lambda v: 0 < v < float("inf"), "> 0 minutes")
+
+# Resampling filters the transforms know (t2t.data.transforms), by name.
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+# What the fast JPEG decode path can resample with.
+_FAST_DECODE_INTERPOLATIONS = ("random", "nearest", "bilinear", "bicubic")
+
+
 @dataclass
 class ModelConfig:
     name: str = "t2t_vit_14"
-    img_size: int = 224
-    num_classes: Optional[int] = None  # None: the number of class folders in the training set
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.1
+    img_size: int = checked(224, Check(lambda v: v > 0 and v % 16 == 0, "a positive multiple of 16"))
+    # None: the number of class folders in the training set
+    num_classes: Optional[int] = checked(None, Check(lambda v: v is None or v > 0, "a positive integer or null"))
+    drop_rate: float = checked(0.0, BELOW_1)
+    drop_path_rate: float = checked(0.1, BELOW_1)
     init_from: Optional[str] = None  # weights only (ours, an official release file or .safetensors), for fine-tuning
     grad_checkpointing: bool = False
     allow_any_timm_model: bool = False  # accept a model name that is not a T2T-ViT (any timm name)
@@ -41,23 +73,26 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    workers: int = 8
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
+    workers: int = checked(8, AT_LEAST_0)
+    scale: tuple[float, float] = checked((0.08, 1.0), Check(lambda v: 0 < v[0] <= v[1] <= 1, "0 < min <= max <= 1"))
+    ratio: tuple[float, float] = checked((3 / 4, 4 / 3), Check(lambda v: 0 < v[0] <= v[1], "0 < min <= max"))
+    hflip: float = checked(0.5, PROBABILITY)
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    interpolation: str = "random"
-    reprob: float = 0.25
+    color_jitter: float = checked(0.4, AT_LEAST_0)
+    interpolation: str = checked("random", Check(lambda v: v == "random" or v in _INTERPOLATIONS,
+                                                 "random or one of " + ", ".join(_INTERPOLATIONS)))
+    reprob: float = checked(0.25, PROBABILITY)
     remode: Literal["pixel", "rand", "const"] = "pixel"
-    recount: int = 1
+    recount: int = checked(1, AT_LEAST_1)
     repeated_aug: bool = False
-    repeats: int = 3
+    repeats: int = checked(3, AT_LEAST_1)
     mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: tuple[float, float, float] = checked(IMAGENET_STD, Check(lambda v: all(s > 0 for s in v),
+                                                                  "three numbers > 0"))
     skip_bad_images: bool = False
     fast_decode: bool = True
-    prefetch_factor: int = 2  # batches each loader worker prepares ahead (shared memory: see the README)
+    # batches each loader worker prepares ahead (shared memory: see the README)
+    prefetch_factor: int = checked(2, AT_LEAST_1)
     format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
     # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
     train_transform: Literal["imagenet", "cifar"] = "imagenet"
@@ -68,82 +103,103 @@ class DataConfig:
 
 @dataclass
 class MixupConfig:
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    prob: float = 1.0
-    switch_prob: float = 0.5
+    """What the Mixup / CutMix op consumes (its targets are smoothed with loss.label_smoothing)."""
+
+    mixup_alpha: float = checked(0.8, AT_LEAST_0)
+    cutmix_alpha: float = checked(1.0, AT_LEAST_0)
+    prob: float = checked(1.0, PROBABILITY)
+    switch_prob: float = checked(0.5, PROBABILITY)
     mode: Literal["batch", "pair", "elem"] = "batch"
-    label_smoothing: float = 0.1
-    off_epoch: int = 0  # epoch from which mixup/cutmix stop (0: never)
+    off_epoch: int = checked(0, AT_LEAST_0)  # epoch from which mixup/cutmix stop (0: never)
+
+
+@dataclass
+class LossConfig:
+    """The training loss: soft-target cross-entropy (t2t.engine.losses)."""
+
+    label_smoothing: float = checked(0.1, BELOW_1)  # also smooths the targets mixup / cutmix make
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 5e-4
-    lr_base_batch_size: int = 512  # the global batch `lr` is meant for; other batches scale it linearly
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_grad: Optional[float] = None  # max global grad norm; None: no clipping
-    momentum: float = 0.9  # sgd
+    name: str = checked("adamw", Check(lambda v: v in ("adamw", "sgd"), "'adamw' or 'sgd'"))
+    lr: float = checked(5e-4, POSITIVE)
+    # the global batch `lr` is meant for; other batches scale it linearly
+    lr_base_batch_size: int = checked(512, POSITIVE)
+    weight_decay: float = checked(0.05, AT_LEAST_0)
+    betas: tuple[float, float] = checked((0.9, 0.999), Check(lambda v: all(0 <= b < 1 for b in v),
+                                                             "two numbers in [0, 1)"))
+    eps: float = checked(1e-8, POSITIVE)
+    # max global grad norm; None: no clipping
+    clip_grad: Optional[float] = checked(None, Check(lambda v: v is None or v > 0, "> 0 or null"))
+    momentum: float = checked(0.9, BELOW_1)  # sgd
     nesterov: bool = False  # sgd
-    backbone_lr_scale: float = 1.0  # lr factor of everything but the classifier (the official transfer ratio: 0.01)
-    layer_decay: Optional[float] = None  # layer-wise lr decay (BEiT / timm): layer i of L gets decay ** (L - 1 - i)
+    # lr factor of everything but the classifier (the official transfer ratio: 0.01)
+    backbone_lr_scale: float = checked(1.0, Check(POSITIVE.ok, "> 0 (to keep parts fixed, list them in model.freeze)"))
+    # layer-wise lr decay (BEiT / timm): layer i of L gets decay ** (L - 1 - i)
+    layer_decay: Optional[float] = checked(None, Check(lambda v: v is None or 0 < v <= 1, "in (0, 1] or null"))
 
 
 @dataclass
 class SchedConfig:
-    warmup_epochs: int = 10
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    cooldown_epochs: int = 10  # at min_lr after the cosine: the run lasts epochs + cooldown_epochs
+    warmup_epochs: int = checked(10, AT_LEAST_0)
+    warmup_lr: float = checked(1e-6, AT_LEAST_0)
+    min_lr: float = checked(1e-5, AT_LEAST_0)
+    # at min_lr after the cosine: the run lasts train.epochs + cooldown_epochs
+    cooldown_epochs: int = checked(10, AT_LEAST_0)
     per_step: bool = True  # False: the official per-epoch lr steps
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 300
-    batch_size: int = 64  # per process
-    grad_accum_steps: int = 1
+    epochs: int = checked(300, AT_LEAST_1)
+    batch_size: int = checked(64, AT_LEAST_1)  # per process
+    grad_accum_steps: int = checked(1, AT_LEAST_1)
     # Images per optimizer step over all processes. When set, grad_accum_steps is derived from it
     # (global_batch_size / (processes x batch_size)), so a run keeps its global batch, lr and data
     # position when it continues on another number of GPUs.
-    global_batch_size: Optional[int] = None
-    seed: int = 42
+    global_batch_size: Optional[int] = checked(None, AT_LEAST_1_OR_NULL)
+    seed: int = checked(42, Check(lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"))
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     compile: bool = False
-    device: str = "auto"
-    log_interval: int = 50
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs, tests)
+    device: str = checked("auto", Check(lambda v: re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", v) is not None,
+                                        "auto, cpu, cuda[:N]"))
+    # Steps between log lines, and so between the step's host reads (loss, NaN check) and stop checks.
+    log_interval: int = checked(50, AT_LEAST_1)
+    # stop after this many optimizer steps (smoke runs, tests)
+    max_steps: Optional[int] = checked(None, AT_LEAST_1_OR_NULL)
 
 
 @dataclass
 class EMAConfig:
     enabled: bool = True
-    decay: float = 0.99996
+    decay: float = checked(0.99996, BELOW_1)
 
 
 @dataclass
 class EvalConfig:
-    interval: int = 1  # epochs between evaluations; 0: only after the last epoch
-    crop_pct: float = 0.9
-    interpolation: str = "bicubic"
-    batch_size: int = 100
+    interval: int = checked(1, AT_LEAST_0)  # epochs between evaluations; 0: only after the last epoch
+    crop_pct: float = checked(0.9, Check(lambda v: 0 < v <= 1, "in (0, 1]"))
+    interpolation: str = checked("bicubic", Check(lambda v: v in _INTERPOLATIONS,
+                                                  "one of " + ", ".join(_INTERPOLATIONS)))
+    batch_size: int = checked(100, AT_LEAST_1)
     metric: Literal["top1", "ema_top1", "top5", "ema_top5"] = "ema_top1"
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0  # mid-epoch checkpoints every N optimizer steps (0: off)
-    every_minutes: float = 0.0  # and/or every N minutes (0: off)
-    keep_epochs: int = 0  # also keep the last K end-of-epoch checkpoints (0: only last.pth / best.pth)
+    every_steps: int = checked(0, AT_LEAST_0)  # mid-epoch checkpoints every N optimizer steps (0: off)
+    every_minutes: float = checked(0.0, AT_LEAST_0)  # and/or every N minutes (0: off)
+    # also keep the last K end-of-epoch checkpoints (0: only last.pth / best.pth)
+    keep_epochs: int = checked(0, AT_LEAST_0)
 
 
 @dataclass
 class DistConfig:
-    timeout_minutes: float = 15.0  # any collective: a stuck rank idles every GPU this long; > rank 0's slowest save
-    init_timeout_minutes: float = 10.0  # forming the process group: how long a rank waits for its peers
+    # any collective: a stuck rank idles every GPU this long; > rank 0's slowest save
+    timeout_minutes: float = checked(15.0, POSITIVE_MINUTES)
+    # forming the process group: how long a rank waits for its peers
+    init_timeout_minutes: float = checked(10.0, POSITIVE_MINUTES)
 
 
 @dataclass
@@ -155,18 +211,21 @@ class LogConfig:
 class DistillConfig:
     teacher: Optional[str] = None  # a t2t checkpoint, an official release file, a timm/torchvision state dict, .safetensors
     teacher_model: Optional[str] = None  # any timm name; None: the name the teacher checkpoint records
-    teacher_img_size: Optional[int] = None  # None: model.img_size (the batch is resized for the teacher)
+    # None: model.img_size (the batch is resized for the teacher)
+    teacher_img_size: Optional[int] = checked(None, Check(lambda v: v is None or v > 0,
+                                                          "a positive size or null (the student's)"))
     type: Literal["none", "soft", "hard"] = "none"
-    alpha: float = 0.5  # weight of the teacher term: 0 = plain training, 1 = the teacher only
-    tau: float = 1.0  # temperature of the soft term
+    # weight of the teacher term: 0 = plain training, 1 = the teacher only
+    alpha: float = checked(0.5, Check(PROBABILITY.ok, "in [0, 1] (0: plain training, 1: the teacher only)"))
+    tau: float = checked(1.0, POSITIVE)  # temperature of the soft term
 
 
 @dataclass
 class TokenLabelConfig:
     dir: Optional[str] = None  # LABELDIR written by scripts/generate_token_labels.py
-    cls_weight: float = 1.0  # TokenLabeling's defaults
-    dense_weight: float = 1.0
-    mix_token_alpha: float = 1.0  # MixToken's Beta(alpha, alpha); 0: off
+    cls_weight: float = checked(1.0, AT_LEAST_0)  # TokenLabeling's defaults
+    dense_weight: float = checked(1.0, AT_LEAST_0)
+    mix_token_alpha: float = checked(1.0, AT_LEAST_0)  # MixToken's Beta(alpha, alpha); 0: off
 
 
 @dataclass
@@ -174,6 +233,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -198,74 +258,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# Resampling filters the transforms know (t2t.data.transforms), by name.
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-# What the fast JPEG decode path can resample with.
-_FAST_DECODE_INTERPOLATIONS = ("random", "nearest", "bilinear", "bicubic")
+# Keys that moved to the section that consumes them: old name -> new name. YAML files, overrides and the
+# configs stored in older checkpoints that use an old name keep working, with a one-line warning.
+RENAMED_KEYS = {"mixup.label_smoothing": "loss.label_smoothing"}
 
-# Range checks: key -> (predicate, what is expected).
-_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "model.img_size": (lambda v: v > 0 and v % 16 == 0, "a positive multiple of 16"),
-    "model.num_classes": (lambda v: v is None or v > 0, "a positive integer or null"),
-    "model.drop_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "model.drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "data.workers": (lambda v: v >= 0, ">= 0"),
-    "data.hflip": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "data.reprob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "data.repeats": (lambda v: v >= 1, ">= 1"),
-    "data.scale": (lambda v: 0 < v[0] <= v[1] <= 1, "0 < min <= max <= 1"),
-    "data.ratio": (lambda v: 0 < v[0] <= v[1], "0 < min <= max"),
-    "mixup.mixup_alpha": (lambda v: v >= 0, ">= 0"),
-    "mixup.cutmix_alpha": (lambda v: v >= 0, ">= 0"),
-    "mixup.prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "mixup.switch_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "mixup.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "mixup.off_epoch": (lambda v: v >= 0, ">= 0"),
-    "optim.lr": (lambda v: v > 0, "> 0"),
-    "optim.lr_base_batch_size": (lambda v: v > 0, "> 0"),
-    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
-    "optim.eps": (lambda v: v > 0, "> 0"),
-    "optim.clip_grad": (lambda v: v is None or v > 0, "> 0 or null"),
-    "optim.name": (lambda v: v in ("adamw", "sgd"), "'adamw' or 'sgd'"),
-    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.backbone_lr_scale": (lambda v: v > 0, "> 0 (to keep parts fixed, list them in model.freeze)"),
-    "optim.layer_decay": (lambda v: v is None or 0 < v <= 1, "in (0, 1] or null"),
-    "sched.warmup_epochs": (lambda v: v >= 0, ">= 0"),
-    "sched.warmup_lr": (lambda v: v >= 0, ">= 0"),
-    "sched.min_lr": (lambda v: v >= 0, ">= 0"),
-    "sched.cooldown_epochs": (lambda v: v >= 0, ">= 0"),
-    "train.epochs": (lambda v: v >= 1, ">= 1"),
-    "train.batch_size": (lambda v: v >= 1, ">= 1"),
-    "train.grad_accum_steps": (lambda v: v >= 1, ">= 1"),
-    "train.global_batch_size": (lambda v: v is None or v >= 1, ">= 1 or null"),
-    "data.prefetch_factor": (lambda v: v >= 1, ">= 1"),
-    "dist.timeout_minutes": (lambda v: 0 < v < float("inf"), "> 0 minutes"),
-    "dist.init_timeout_minutes": (lambda v: 0 < v < float("inf"), "> 0 minutes"),
-    "train.log_interval": (lambda v: v >= 1, ">= 1"),
-    "train.max_steps": (lambda v: v is None or v >= 1, ">= 1 or null"),
-    "train.device": (lambda v: re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", v) is not None, "auto, cpu, cuda[:N]"),
-    "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "eval.interval": (lambda v: v >= 0, ">= 0"),
-    "eval.crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
-    "checkpoint.every_steps": (lambda v: v >= 0, ">= 0"),
-    "checkpoint.every_minutes": (lambda v: v >= 0, ">= 0"),
-    "checkpoint.keep_epochs": (lambda v: v >= 0, ">= 0"),
-    "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
-    "train.seed": (lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"),
-    "data.color_jitter": (lambda v: v >= 0, ">= 0"),
-    "data.recount": (lambda v: v >= 1, ">= 1"),
-    "data.std": (lambda v: all(s > 0 for s in v), "three numbers > 0"),
-    "data.interpolation": (lambda v: v == "random" or v in _INTERPOLATIONS,
-                           "random or one of " + ", ".join(_INTERPOLATIONS)),
-    "eval.interpolation": (lambda v: v in _INTERPOLATIONS, "one of " + ", ".join(_INTERPOLATIONS)),
-    "distill.alpha": (lambda v: 0 <= v <= 1, "in [0, 1] (0: plain training, 1: the teacher only)"),
-    "distill.tau": (lambda v: v > 0, "> 0"),
-    "distill.teacher_img_size": (lambda v: v is None or v > 0, "a positive size or null (the student's)"),
-    "token_label.cls_weight": (lambda v: v >= 0, ">= 0"),
-    "token_label.dense_weight": (lambda v: v >= 0, ">= 0"),
-    "token_label.mix_token_alpha": (lambda v: v >= 0, ">= 0"),
-}
+
+def rename_old_keys(values: Any, origin: str, *, warn: bool = True) -> Any:
+    """A copy of nested {section: {key: value}} with every old key (RENAMED_KEYS) under its new name."""
+    if not isinstance(values, dict):
+        return values
+    values = {s: dict(e) if isinstance(e, dict) else e for s, e in values.items()}
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        entries = values.get(old_section)
+        if not isinstance(entries, dict) or old_key not in entries:
+            continue
+        value = entries.pop(old_key)
+        target = values.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # apply_values reports the bad section
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{old}={value!r} and {new}={target[new_key]!r} (from {origin}): {old} is the old "
+                              f"name of {new}; give only {new}")
+        target.setdefault(new_key, value)
+        if warn:
+            _logger.warning("%s (from %s) is now %s: please rename it", old, origin, new)
+    return values
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -341,6 +359,7 @@ def apply_values(cfg: Config, values: dict[str, Any], origin: str) -> None:
     """Set nested {section: {key: value}} onto cfg, checking names and types."""
     if not isinstance(values, dict):
         raise ConfigError(f"{origin}: expected a mapping of sections, got {type(values).__name__}")
+    values = rename_old_keys(values, origin)
     sections = _section_types()
     for section, entries in values.items():
         if section not in sections:
@@ -378,11 +397,12 @@ def validate(cfg: Config) -> None:
             numbers = value if isinstance(value, tuple) else (value,)
             if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
                 raise ConfigError(f"{section}.{key}={value!r}: expected a finite number")
-    for dotted, (ok, expected) in _CHECKS.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if not ok(value):
-            raise ConfigError(f"{dotted}={value!r}: expected {expected}")
+    for section in _section_types():
+        for f in dataclasses.fields(getattr(cfg, section)):
+            check = f.metadata.get("check")
+            value = getattr(getattr(cfg, section), f.name)
+            if check is not None and not check.ok(value):
+                raise ConfigError(f"{section}.{f.name}={value!r}: expected {check.expected}")
     if cfg.data.fast_decode and cfg.data.interpolation not in _FAST_DECODE_INTERPOLATIONS:
         raise ConfigError(f"data.interpolation={cfg.data.interpolation!r} with data.fast_decode=true: expected one "
                           f"of {', '.join(_FAST_DECODE_INTERPOLATIONS)} (or set data.fast_decode=false)")

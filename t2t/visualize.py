@@ -264,11 +264,11 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     if uint8:
         images = BatchNormalizeErase(tuple(cfg.data.mean), tuple(cfg.data.std), re_prob=cfg.data.reprob,
                                      re_mode=cfg.data.remode, re_count=cfg.data.recount)(images)
-    mixup = data_setup.build_mixup_fn(cfg.mixup, num_classes)
+    mixup = data_setup.build_mixup_fn(cfg.mixup, num_classes, label_smoothing=cfg.loss.label_smoothing)
     if mixup is not None:  # the first epoch is before any mixup.off_epoch
         images, targets = mixup(images, target)
     else:
-        targets = soft_targets(target, num_classes, cfg.mixup.label_smoothing)
+        targets = soft_targets(target, num_classes, cfg.loss.label_smoothing)
     return Batch(images=images, targets=targets, classes=list(train_ds.classes), mean=tuple(cfg.data.mean),
                  std=tuple(cfg.data.std), mixup=mixup is not None)
 

@@ -189,7 +189,7 @@ def test_cifar_transfer_config_carries_the_official_recipe():
     assert cfg.model.img_size == 224
     assert (cfg.data.train_transform, cfg.data.format) == ("cifar", "auto") and cfg.data.auto_augment is None
     assert cfg.data.mean == (0.4914, 0.4822, 0.4465) and cfg.data.std == (0.2023, 0.1994, 0.2010)
-    assert cfg.mixup.mixup_alpha == cfg.mixup.cutmix_alpha == cfg.mixup.label_smoothing == cfg.data.reprob == 0
+    assert cfg.mixup.mixup_alpha == cfg.mixup.cutmix_alpha == cfg.loss.label_smoothing == cfg.data.reprob == 0
     assert not cfg.ema.enabled and cfg.eval.crop_pct == 1.0 and cfg.train.epochs == 60
     crop = [t for t in build_train_tf(cfg.data, 224).transforms if type(t).__name__ == "RandomCrop"][0]
     assert crop.size == (224, 224) and crop.padding == 28

@@ -259,9 +259,10 @@ def check_val_images(val_ds: ImageFolderDataset, workers: int, *, rank: int = 0,
     _logger.warning("Left %d unreadable validation images out: %s%s", len(bad), bad[0][0], more)
 
 
-def build_mixup_fn(cfg: MixupConfig, num_classes: int) -> Optional[Any]:
+def build_mixup_fn(cfg: MixupConfig, num_classes: int, *, label_smoothing: float) -> Optional[Any]:
+    """The Mixup / CutMix op of the `mixup` section; its soft targets carry the loss's label smoothing."""
     return build_mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.prob,
-                       switch_prob=cfg.switch_prob, mode=cfg.mode, label_smoothing=cfg.label_smoothing,
+                       switch_prob=cfg.switch_prob, mode=cfg.mode, label_smoothing=label_smoothing,
                        num_classes=num_classes)
 
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 
-from ..config import MixupConfig
+from ..config import LossConfig
 
 __all__ = ["SoftTargetLoss", "TrainLoss", "build_loss", "soft_targets"]
 
@@ -53,6 +53,6 @@ class SoftTargetLoss(nn.Module):
         return self.cross_entropy(outputs, targets)
 
 
-def build_loss(cfg: MixupConfig, num_classes: int) -> TrainLoss:
-    """The training loss the config asks for (today: soft-target cross-entropy with `cfg.label_smoothing`)."""
+def build_loss(cfg: LossConfig, num_classes: int) -> TrainLoss:
+    """The training loss the `loss` section asks for (today: soft-target cross-entropy with `cfg.label_smoothing`)."""
     return SoftTargetLoss(num_classes, smoothing=cfg.label_smoothing)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
-from ..config import Config, ConfigError, dump_config
+from ..config import Config, ConfigError, dump_config, rename_old_keys
 from ..data import setup as data_setup
 from ..models import cpu as cpu_backend
 from ..models import T2TViTDistilled, create_token_label_model
@@ -108,8 +108,8 @@ def _build_criterion(cfg: Config, model: nn.Module, teacher, device: torch.devic
             raise ConfigError("model.token_label=true with distill.type="
                               f"{cfg.distill.type!r}: use token labels or a teacher, not both")
         return TokenLabelLoss(cls_weight=cfg.token_label.cls_weight, dense_weight=cfg.token_label.dense_weight,
-                              smoothing=cfg.mixup.label_smoothing)
-    base = build_loss(cfg.mixup, num_classes)
+                              smoothing=cfg.loss.label_smoothing)
+    base = build_loss(cfg.loss, num_classes)
     if teacher is None and not isinstance(model, T2TViTDistilled):
         return base
     return DistillationLoss(base, teacher, kind=cfg.distill.type, alpha=cfg.distill.alpha, tau=cfg.distill.tau,
@@ -219,7 +219,8 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
         ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
-        mixup=data_setup.build_mixup_fn(cfg.mixup, plan.num_classes), mixup_off_epoch=cfg.mixup.off_epoch,
+        mixup=data_setup.build_mixup_fn(cfg.mixup, plan.num_classes, label_smoothing=cfg.loss.label_smoothing),
+        mixup_off_epoch=cfg.mixup.off_epoch,
         reseed=lambda i: data_setup.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
         log_interval=cfg.train.log_interval, dist=dist)
 
@@ -244,6 +245,7 @@ def _wrap_for_training(trainer: Trainer, cfg: Config, dist: DistInfo, amp: str) 
 
 def _warn_config_changes(cfg: Config, saved: dict[str, Any]) -> None:
     now = cfg.to_dict()
+    saved = rename_old_keys(saved, "the checkpoint", warn=False)  # a renamed key is not a change
     changed = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}"
                for s, entries in now.items() for k, v in entries.items() if saved.get(s, {}).get(k) != v]
     if changed:
