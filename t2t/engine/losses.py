@@ -13,14 +13,15 @@ never a new parameter of the training step.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 import torch.nn as nn
 from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 
-from ..config import LossConfig
+from ..config import ConfigError, DistillConfig, LossConfig, TokenLabelConfig
+from .distill import DistillationLoss, TeacherTimer, TokenLabelLoss
 
 __all__ = ["SoftTargetLoss", "TrainLoss", "build_loss", "soft_targets"]
 
@@ -53,6 +54,23 @@ class SoftTargetLoss(nn.Module):
         return self.cross_entropy(outputs, targets)
 
 
-def build_loss(cfg: LossConfig, num_classes: int) -> TrainLoss:
-    """The training loss the `loss` section asks for (today: soft-target cross-entropy with `cfg.label_smoothing`)."""
-    return SoftTargetLoss(num_classes, smoothing=cfg.label_smoothing)
+def build_loss(cfg: LossConfig, num_classes: int, *, token_label: Optional[TokenLabelConfig] = None,
+               distill: Optional[DistillConfig] = None, teacher: Any = None, two_heads: bool = False,
+               device: Optional[torch.device] = None) -> TrainLoss:
+    """The training loss: soft-target cross-entropy with `cfg.label_smoothing`, alone or inside
+
+    - token labeling (`token_label`: the section, given when the model has the aux head);
+    - distillation (`distill`: the section) from `teacher` and/or a distilled model's two heads (`two_heads`).
+    """
+    distill = distill or DistillConfig()
+    if token_label is not None:
+        if teacher is not None:
+            raise ConfigError(f"model.token_label=true with distill.type={distill.type!r}: use token labels or a "
+                              "teacher, not both")
+        return TokenLabelLoss(cls_weight=token_label.cls_weight, dense_weight=token_label.dense_weight,
+                              smoothing=cfg.label_smoothing)
+    base = SoftTargetLoss(num_classes, smoothing=cfg.label_smoothing)
+    if teacher is None and not two_heads:
+        return base
+    return DistillationLoss(base, teacher, kind=distill.type, alpha=distill.alpha, tau=distill.tau,
+                            timer=TeacherTimer(device) if teacher is not None else None)

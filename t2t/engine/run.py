@@ -25,8 +25,7 @@ from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather
     settle_bucket_layout, \
     setup_logging
 from .ema import CachedModelEma
-from .distill import DistillationLoss, TeacherTimer, TokenLabelLoss
-from .losses import TrainLoss, build_loss
+from .losses import build_loss
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters
 from .plan import RunPlan, global_batch
@@ -98,22 +97,6 @@ def _check_teacher_on_resume(path: str, saved: Optional[dict[str, Any]], teacher
         check_same_teacher(saved, teacher.identity, path)
     except TeacherError as e:
         raise RunError(str(e)) from None
-
-
-def _build_criterion(cfg: Config, model: nn.Module, teacher, device: torch.device, num_classes: int) -> TrainLoss:
-    """The training loss: token labeling, distillation through a teacher (or a distilled model's two heads), or
-    the plain soft-target cross-entropy."""
-    if cfg.model.token_label:
-        if teacher is not None:
-            raise ConfigError("model.token_label=true with distill.type="
-                              f"{cfg.distill.type!r}: use token labels or a teacher, not both")
-        return TokenLabelLoss(cls_weight=cfg.token_label.cls_weight, dense_weight=cfg.token_label.dense_weight,
-                              smoothing=cfg.loss.label_smoothing)
-    base = build_loss(cfg.loss, num_classes)
-    if teacher is None and not isinstance(model, T2TViTDistilled):
-        return base
-    return DistillationLoss(base, teacher, kind=cfg.distill.type, alpha=cfg.distill.alpha, tau=cfg.distill.tau,
-                            timer=TeacherTimer(device) if teacher is not None else None)
 
 
 def _open_resume(dist: DistInfo, output: str, resume: Optional[str]) -> Optional[tuple[str, TrainingCheckpoint]]:
@@ -215,7 +198,9 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         model, optimizer=build_optimizer(model, cfg.optim, plan.lr, fused=device.type == "cuda"),
         schedule=build_schedule(cfg.sched, base_lr=plan.lr, epochs=cfg.train.epochs,
                                 steps_per_epoch=plan.steps_per_epoch),
-        loss_fn=_build_criterion(cfg, model, teacher, device, plan.num_classes), device=device,
+        loss_fn=build_loss(cfg.loss, plan.num_classes, token_label=cfg.token_label if cfg.model.token_label else None,
+                           distill=cfg.distill, teacher=teacher, two_heads=isinstance(model, T2TViTDistilled),
+                           device=device), device=device,
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
         ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
