@@ -282,7 +282,7 @@ def rename_old_keys(values: Any, origin: str, *, warn: bool = True) -> Any:
                               f"name of {new}; give only {new}")
         target.setdefault(new_key, value)
         if warn:
-            _logger.warning("%s (from %s) is now %s: please rename it", old, origin, new)
+            _logger.warning("%s (from %s) is read as %s, its new name", old, origin, new)
     return values
 
 

@@ -168,7 +168,7 @@ def test_label_smoothing_is_a_loss_setting_and_the_old_name_still_works(tmp_path
         cfg = load_config(str(path))
     assert cfg.loss.label_smoothing == 0.2 and cfg.mixup.mixup_alpha == 0.5
     (record,) = caplog.records
-    assert record.getMessage() == f"mixup.label_smoothing (from {path}) is now loss.label_smoothing: please rename it"
+    assert record.getMessage() == f"mixup.label_smoothing (from {path}) is read as loss.label_smoothing, its new name"
     assert load_config(None, ["mixup.label_smoothing=0.3"]).loss.label_smoothing == 0.3
     with pytest.raises(ConfigError, match=r"loss.label_smoothing=1.0: expected in \[0, 1\)"):
         load_config(None, ["mixup.label_smoothing=1.0"])
