@@ -409,10 +409,6 @@ def _check_teacher_settings(cfg: Config) -> None:
     if cfg.model.token_label and cfg.model.name.partition(".")[0] not in MODEL_ARCHS:
         raise ConfigError(f"model.token_label=true with model.name={cfg.model.name!r}: token labeling takes a plain "
                           f"T2T-ViT ({', '.join(MODEL_ARCHS)})")
-    if cfg.token_label.dir is not None:
-        raise ConfigError(f"token_label.dir={cfg.token_label.dir!r}: training from label maps is not in the data "
-                          "loader yet (the maps, their crop and MixToken are in t2t.data.token_label); leave it "
-                          "unset to train the aux head on the image labels")
 
 
 def _check_auto_augment(policy: Optional[str]) -> None:
