@@ -253,6 +253,23 @@ class _GeometryRecorder:
         self.matrix = self.matrix @ op
 
 
+def _augment_ops(transform: Any):
+    """timm's AugmentOp objects inside a transform (Compose, RandAugment, AutoAugment, AugMix, or one op)."""
+    from timm.data import auto_augment as aa
+    from torchvision import transforms as T
+
+    if isinstance(transform, aa.AugmentOp):
+        yield transform
+    elif isinstance(transform, (T.Compose, T.RandomApply)):
+        for t in transform.transforms:
+            yield from _augment_ops(t)
+    elif isinstance(transform, (aa.RandAugment, aa.AugMixAugment)):
+        yield from transform.ops
+    elif isinstance(transform, aa.AutoAugment):
+        for sub_policy in transform.policy:
+            yield from sub_policy
+
+
 class _RecordingOp:
     """An augmentation function that tells the recorder how it moves the image, then runs unchanged."""
 
@@ -272,8 +289,6 @@ class TokenLabelTransform:
     """
 
     def __init__(self, base) -> None:
-        from .transforms import _augment_ops
-
         self.base = base
         self.recorder = _GeometryRecorder()
         for op in _augment_ops(base.color_transform):
