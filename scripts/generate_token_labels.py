@@ -162,7 +162,8 @@ def _generate(args: argparse.Namespace) -> int:
             scores = dense_logits(model, images.to(device)).float()  # (B, C, H, W)
             values, classes = scores.topk(args.topk, dim=1)
             for value, cls, index in zip(values.cpu(), classes.cpu(), indices.tolist()):
-                save_label_map(label_path(args.output, relpaths[index]), value, cls)
+                save_label_map(label_path(args.output, relpaths[index]), value, cls,
+                               teacher=record["sha256"])
             written += len(indices)
             if (step + 1) % args.log_interval == 0 or written == len(todo):
                 rate = written / max(time.perf_counter() - t0, 1e-9)

@@ -424,15 +424,14 @@ def _check_teacher_settings(cfg: Config) -> None:
                           "(or set distill.type=none)")
     if cfg.token_label.cls_weight + cfg.token_label.dense_weight <= 0:
         raise ConfigError("token_label.cls_weight and token_label.dense_weight are both 0: expected a positive sum")
+    if cfg.token_label.dir is not None and not cfg.model.token_label:
+        raise ConfigError(f"token_label.dir={cfg.token_label.dir!r} with model.token_label=false: the dense targets "
+                          "train the aux head; set model.token_label=true")
     from .models import MODEL_ARCHS
 
     if cfg.model.token_label and cfg.model.name.partition(".")[0] not in MODEL_ARCHS:
         raise ConfigError(f"model.token_label=true with model.name={cfg.model.name!r}: token labeling takes a plain "
                           f"T2T-ViT ({', '.join(MODEL_ARCHS)})")
-    if cfg.token_label.dir is not None:
-        raise ConfigError(f"token_label.dir={cfg.token_label.dir!r}: training from label maps is not in the data "
-                          "loader yet (the maps, their crop and MixToken are in t2t.data.token_label); leave it "
-                          "unset to train the aux head on the image labels")
 
 
 def _check_auto_augment(policy: Optional[str]) -> None:

@@ -94,3 +94,24 @@ def fake_checkpoint(step: int, epoch: int) -> dict:
 def save_fake(writer, step: int, epoch: int, *, end_of_epoch: bool, is_best: bool) -> str:
     return writer.save(fake_checkpoint(step, epoch), epoch=epoch, step=step, end_of_epoch=end_of_epoch,
                        is_best=is_best)
+
+
+def kill_run_at(marker: str, out: str, *args: str, sig: int = 9, timeout: float = 600) -> int:
+    """Start train.py with `args` in its own session, send `sig` (SIGKILL) once `out`/`marker` exists; its exit code."""
+    import signal as _signal
+    import time
+
+    proc = subprocess.Popen(train_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=ROOT)
+    try:
+        deadline = time.time() + timeout
+        while not os.path.exists(os.path.join(out, marker)):
+            if proc.poll() is not None:
+                raise AssertionError(f"train.py ended early ({proc.returncode}): {proc.stderr.read()}")
+            if time.time() > deadline:
+                raise AssertionError(f"timed out waiting for {marker}")
+            time.sleep(0.05)
+        proc.send_signal(_signal.Signals(sig))
+        return proc.wait(timeout=120)
+    finally:
+        proc.kill()

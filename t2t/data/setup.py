@@ -1,6 +1,8 @@
 """The training run's data, assembled from the config: datasets, resumable loaders, mixup, reseeding."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -9,13 +11,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, DataConfig, MixupConfig
+from ..config import ConfigError, DataConfig, MixupConfig, TokenLabelConfig
 from .cifar import CIFARDataset, find_cifar_dir
 from .dataset import DatasetError, ImageFolderDataset, SeededDataset, check_same_classes, find_split_dirs, \
     find_unreadable_images
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup, seed_main_process_rng
 from .sampler import TrainSampler
+from .token_label import DenseTokenTargets, MixToken, TokenLabelDataset, TokenLabelTransform
 from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, build_train_transform
 
 _logger = logging.getLogger(__name__)
@@ -40,10 +43,24 @@ class TrainData:
     on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     # The same for validation batches (normalised only); None: float batches from the workers.
     val_on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    # Token labels: the workers' label structure -> (class target, dense target) on the device.
+    labels_on_device: Optional[Callable[[Any], Any]] = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def batch_to_device(self, device: torch.device) -> Optional[Callable[[Any, Any], tuple[Any, Any]]]:
+        """(images, targets) of a worker batch -> the step's batch on `device`; None where a copy does."""
+        if self.on_device is None and self.labels_on_device is None:
+            return None
+
+        def to_device(images: torch.Tensor, targets: Any) -> tuple[Any, Any]:
+            images = self.on_device(images) if self.on_device is not None else images.to(device, non_blocking=True)
+            if self.labels_on_device is not None:
+                return images, self.labels_on_device(targets)
+            return images, targets.to(device, non_blocking=True)
+        return to_device
 
     def train_batches(self, epoch: int, start_sample: int = 0) -> DataLoader:
         """The epoch's batches from global sample `start_sample` on (a resume skips inside the sampler)."""
@@ -98,26 +115,33 @@ def resolve_format(data_dir: str, fmt: str) -> str:
 
 def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: Callable,
                    seed: int, *, rank: int = 0, broadcast: Optional[Callable[[Any], Any]] = None,
-                   list_cache_dir: Optional[str] = None) -> tuple[SeededDataset, SeededDataset, str]:
+                   list_cache_dir: Optional[str] = None,
+                   train_dataset: Callable[..., ImageFolderDataset] = ImageFolderDataset,
+                   ) -> tuple[SeededDataset, SeededDataset, str]:
     """(train, val, the folder read) in the format `cfg.format` names or detects.
 
     Image folders are listed by rank 0 only (from its cache in `list_cache_dir` when the folders have
     not changed) and `broadcast` (a collective: rank 0's object on every rank) hands the list to the
     others: one directory walk per job start instead of one per process. Without `broadcast` (no
-    process group) every process lists the folders itself.
+    process group) every process lists the folders itself. `train_dataset` builds the training set
+    (e.g. `TokenLabelDataset` with its label folder).
     """
     if resolve_format(data_dir, cfg.format) == "cifar":
+        if train_dataset is not ImageFolderDataset:
+            raise DatasetError(f"{data_dir!r} is a CIFAR folder; token labels (token_label.dir) are read for "
+                               "ImageFolder training folders")
         train_ds = CIFARDataset(data_dir, train=True, transform=train_tf, seed=seed)
         return train_ds, CIFARDataset(data_dir, train=False, transform=eval_tf, seed=seed), train_ds.root
     train_dir, val_dir = find_split_dirs(data_dir)
     datasets = []
     for split, folder, tf in (("train", train_dir, train_tf), ("val", val_dir, eval_tf)):
+        make = train_dataset if split == "train" else ImageFolderDataset
         listing: Any = None
         lists_itself = rank == 0 or broadcast is None
         if lists_itself:
             cache = os.path.join(list_cache_dir, f"filelist-{split}.npz") if list_cache_dir and rank == 0 else None
             try:
-                ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, list_cache=cache)
+                ds = make(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, list_cache=cache)
                 listing = (ds.classes, ds.samples)
             except DatasetError as e:
                 listing = e  # every rank raises it, instead of the others waiting for a list that never comes
@@ -127,8 +151,7 @@ def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: 
             raise listing
         if not lists_itself:
             classes, samples = listing
-            ds = ImageFolderDataset(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, classes=classes,
-                                    samples=samples)
+            ds = make(folder, tf, seed=seed, skip_bad_images=cfg.skip_bad_images, classes=classes, samples=samples)
         datasets.append(ds)
     train_ds, val_ds = datasets
     check_same_classes(train_ds, val_ds)
@@ -173,6 +196,8 @@ def build_train_and_val(
         gather: Callable[[Any], list[Any]] = lambda found: [found],
         broadcast: Optional[Callable[[Any], Any]] = None,
         list_cache_dir: Optional[str] = None,
+        token_label: Optional[TokenLabelConfig] = None,
+        label_smoothing: float = 0.0,
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
 
@@ -180,15 +205,23 @@ def build_train_and_val(
     batches (a quarter of the float32 bytes through shared memory and the host-to-device copy), and
     `TrainData.on_device` normalises and randomly erases them on `device`. The processes share the
     check of the validation images; `gather` is the collective that pools their findings, `broadcast`
-    the one that hands rank 0's file lists (cached in `list_cache_dir`) to the others.
+    the one that hands rank 0's file lists (cached in `list_cache_dir`) to the others. With
+    `token_label.dir` each training image brings its label map (smoothed by `label_smoothing`), and
+    `TrainData.labels_on_device` turns a batch of them into class and dense targets on `device`.
     """
     uint8_eval = device.type == "cuda" if normalize_on_device is None else normalize_on_device
     uint8 = uint8_eval and cfg.train_transform == "imagenet"
-    train_tf = build_train_tf(cfg, img_size, use_prefetcher=uint8)
+    label_dir = token_label.dir if token_label is not None else None
+    train_dataset: Callable[..., ImageFolderDataset] = ImageFolderDataset
+    if label_dir is not None:
+        train_tf, train_dataset = _token_label_pieces(cfg, img_size, label_dir, use_prefetcher=uint8)
+    else:
+        train_tf = build_train_tf(cfg, img_size, use_prefetcher=uint8)
     eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
                                    std=tuple(cfg.std), uint8=uint8_eval)
     train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed, rank=rank,
-                                                 broadcast=broadcast, list_cache_dir=list_cache_dir)
+                                                 broadcast=broadcast, list_cache_dir=list_cache_dir,
+                                                 train_dataset=train_dataset)
     steps_per_epoch = len(train_ds) // global_batch_size
     if steps_per_epoch < 1:
         raise DataSizeError(
@@ -230,7 +263,32 @@ def build_train_and_val(
     return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
                      batch_size=batch_size, global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
                      train_loader=loader, val_loader=val_loader, on_device=on_device,
-                     val_on_device=BatchNormalize(tuple(cfg.mean), tuple(cfg.std), device=device) if uint8_eval else None)
+                     val_on_device=BatchNormalize(tuple(cfg.mean), tuple(cfg.std), device=device) if uint8_eval else None,
+                     labels_on_device=DenseTokenTargets(len(train_ds.classes), img_size // TOKEN_STRIDE,
+                                                        smoothing=label_smoothing, device=device)
+                     if label_dir is not None else None)
+
+
+# Pixels per token side of a T2T-ViT (soft splits of stride 4, 2, 2): the token grid is img_size / 16.
+TOKEN_STRIDE = 16
+
+
+def _token_label_pieces(cfg: DataConfig, img_size: int, label_dir: str, *,
+                        use_prefetcher: bool) -> tuple[TokenLabelTransform, Callable[..., ImageFolderDataset]]:
+    """The transform that reports each image's crop, flip and RandAugment geometry, and the dataset reading its map."""
+    if cfg.backend == "dali":
+        raise ConfigError(f"token_label.dir={label_dir!r} with data.backend=dali: the label maps follow the crops of "
+                          "the Pillow pipeline; set data.backend=pil")
+    if cfg.train_transform != "imagenet":
+        raise ConfigError(f"token_label.dir={label_dir!r} with data.train_transform={cfg.train_transform!r}: the "
+                          "label maps follow RandomResizedCrop; set data.train_transform=imagenet")
+    if img_size % TOKEN_STRIDE:
+        raise ConfigError(f"token_label.dir with model.img_size={img_size}: expected a multiple of {TOKEN_STRIDE} "
+                          "(the token grid MixToken cuts along)")
+    # One transform that records its draws; with data.fast_decode=false it decodes at full size.
+    base = build_train_tf(dataclasses.replace(cfg, fast_decode=True), img_size, use_prefetcher=use_prefetcher)
+    base.draft = cfg.fast_decode
+    return TokenLabelTransform(base), functools.partial(TokenLabelDataset, label_dir=label_dir)
 
 
 def check_val_images(val_ds: ImageFolderDataset, workers: int, *, rank: int = 0, num_replicas: int = 1,
@@ -264,6 +322,14 @@ def build_mixup_fn(cfg: MixupConfig, num_classes: int, *, label_smoothing: float
     return build_mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.prob,
                        switch_prob=cfg.switch_prob, mode=cfg.mode, label_smoothing=label_smoothing,
                        num_classes=num_classes)
+
+
+def build_mix_token_fn(cfg: TokenLabelConfig, mixup: MixupConfig) -> Optional[MixToken]:
+    """MixToken in place of mixup / CutMix for a run with token labels (None with mix_token_alpha=0)."""
+    if mixup.mixup_alpha > 0 or mixup.cutmix_alpha > 0:
+        raise ConfigError(f"token_label.dir with mixup.mixup_alpha={mixup.mixup_alpha} and mixup.cutmix_alpha="
+                          f"{mixup.cutmix_alpha}: MixToken replaces mixup and CutMix; set both to 0")
+    return MixToken(cfg.mix_token_alpha, patch=TOKEN_STRIDE) if cfg.mix_token_alpha > 0 else None
 
 
 def reseed_step(seed: int, micro_step: int, rank: int) -> None:

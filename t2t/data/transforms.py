@@ -335,6 +335,7 @@ class FastTrainTransform:
         # Tiny images can round a crop side to 0 (and put it at the far edge): keep one pixel.
         h, w = max(h, 1), max(w, 1)
         i, j = min(i, full_h - h), min(j, full_w - w)
+        self.drawn_box = (i, j, h, w, full_h, full_w)  # what this image got (token labels follow it)
         out_h, out_w = self.size
         s = _draft_scale(w, h, out_w, out_h) if self.draft and img.format == "JPEG" else 1
         if s > 1:
@@ -359,7 +360,8 @@ class FastTrainTransform:
         if isinstance(img, Image.Image):
             img = self.decode_and_crop(img)
         pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())  # (H, W, 3) -> RGB
-        if self.hflip > 0 and torch.rand(1) < self.hflip:  # the same draw as torchvision's RandomHorizontalFlip
+        self.drawn_flip = bool(self.hflip > 0 and torch.rand(1) < self.hflip)  # the same draw as torchvision's
+        if self.drawn_flip:
             pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if self.color_transform is not None:
             pil = self.color_transform(pil)

@@ -128,7 +128,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         global_batch_size=batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=cfg.eval.crop_pct,
         eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
         pin_memory=device.type == "cuda", device=device, gather=gather_objects, broadcast=broadcast_object,
-        list_cache_dir=output)
+        list_cache_dir=output, token_label=cfg.token_label, label_smoothing=cfg.loss.label_smoothing)
     plan = RunPlan.build(cfg, world_size=dist.world_size, steps_per_epoch=data.steps_per_epoch,
                          classes=data.classes, data_dir=data_dir)
     if found is not None and found[1].run is not None:
@@ -190,10 +190,11 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         frozen = freeze_parameters(model, cfg.model.freeze)
         _logger.info("Frozen (model.freeze %s): %d tensors", list(cfg.model.freeze), len(frozen))
     model.to(device)
-    to_device = None
-    if data.on_device is not None:  # uint8 batches, normalised and erased on the device
-        def to_device(images, targets):
-            return data.on_device(images), targets.to(device, non_blocking=True)
+    # uint8 batches normalised and erased on the device, token-label maps made into targets there
+    to_device = data.batch_to_device(device)
+    # MixToken replaces mixup / CutMix when the targets are token labels
+    mixup = data_setup.build_mix_token_fn(cfg.token_label, cfg.mixup) if cfg.token_label.dir is not None else \
+        data_setup.build_mixup_fn(cfg.mixup, plan.num_classes, label_smoothing=cfg.loss.label_smoothing)
     return Trainer(
         model, optimizer=build_optimizer(model, cfg.optim, plan.lr, fused=device.type == "cuda"),
         schedule=build_schedule(cfg.sched, base_lr=plan.lr, epochs=cfg.train.epochs,
@@ -204,8 +205,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
         ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
-        mixup=data_setup.build_mixup_fn(cfg.mixup, plan.num_classes, label_smoothing=cfg.loss.label_smoothing),
-        mixup_off_epoch=cfg.mixup.off_epoch,
+        mixup=mixup, mixup_off_epoch=cfg.mixup.off_epoch,
         reseed=lambda i: data_setup.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
         log_interval=cfg.train.log_interval, dist=dist)
 
