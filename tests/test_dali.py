@@ -400,9 +400,10 @@ def test_validate_with_the_dali_backend(tmp_path, capsys):
 
 
 @needs_dali
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])
 def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, interpolation):
-    """Without RandAugment both backends crop the same box and flip the same way: only resampling differs."""
+    """Without RandAugment both backends crop the same box, pick the same filter and flip the same way: only
+    resampling differs ("random" mixes both filters in one batch, which DALI resizes in two parts)."""
     from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
     from t2t.data.transforms import build_train_transform
 

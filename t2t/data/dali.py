@@ -376,7 +376,7 @@ def _pipeline_device(device: torch.device) -> Optional[int]:
 
 def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads: int, device_id: Optional[int],
                          fill: float, seed: int = 0) -> Any:
-    """Decode + crop (one op), resize, flip, RandAugment layers, colour jitter -> uint8 (B, S, S, 3)."""
+    """Decode + crop (one op), resize + flip (one op), RandAugment layers, colour jitter -> uint8 (B, S, S, 3)."""
     require_dali()
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
@@ -444,7 +444,8 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
         return out
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False, enable_conditionals=layers > 0)
+                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False,
+                  enable_conditionals=layers > 0 or len(planner.interps) > 1)
     def pipeline():
         encoded = ext("encoded", types.UINT8, 1)
         anchor, shape = ext("anchor", types.FLOAT, 1), ext("shape", types.FLOAT, 1)
@@ -452,9 +453,21 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
         images = fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
                                          output_type=types.RGB, axis_names="WH", normalized_anchor=False,
                                          normalized_shape=False)
-        images = fn.resize(images, size=[size, size], interp_type=fn.cast(interp, dtype=types.INTERP_TYPE),
-                           antialias=True)
-        images = fn.flip(images, horizontal=flip)
+        # The flip is the resize reading its window right to left (a reversed ROI, relative to the crop;
+        # ROI coordinates in (H, W) order): one op instead of resize + flip, the same pixels to 1 level.
+        mirrored = fn.cast(flip, dtype=types.FLOAT)
+        roi_start = fn.stack(mirrored * 0.0, mirrored)
+        roi_end = fn.stack(mirrored * 0.0 + 1.0, 1.0 - mirrored)
+        resize = dict(size=[size, size], antialias=True, roi_start=roi_start, roi_end=roi_end, roi_relative=True)
+        if len(planner.interps) > 1:
+            # DALI's CPU resize given a batch that mixes filters costs as much as all-cubic: split the
+            # batch by the drawn filter (a DALI conditional) and resize each part with one filter.
+            if interp == INTERP_CUBIC:
+                images = fn.resize(images, interp_type=types.INTERP_CUBIC, **resize)
+            else:
+                images = fn.resize(images, interp_type=types.INTERP_LINEAR, **resize)
+        else:
+            images = fn.resize(images, interp_type=fn.cast(interp, dtype=types.INTERP_TYPE), **resize)
         for layer in range(layers):
             op = ext(f"op{layer}", types.INT32, 0)
             param = ext(f"param{layer}", types.FLOAT, 0)
@@ -524,7 +537,7 @@ def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
         out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out
-    return torch.from_numpy(np.array(output.as_array()))
+    return torch.from_numpy(output.as_array())  # as_array() already copies into a new array
 
 
 # ---------------------------------------------------------------------------------------------
