@@ -188,6 +188,18 @@ def test_order_follows_the_sampler_and_resume_inside_an_epoch(tmp_path):
     assert len(tail) == 4
     for (a, ta), (b, tb) in zip(full[2:], tail):
         assert torch.equal(a, b) and torch.equal(ta, tb)
+    # the loader produces batches ahead of the consumer: stopping after two batches (with the third
+    # already produced or being produced) and resuming at sample 8 on the same loader loses nothing
+    # and repeats nothing, and an abandoned iteration does not disturb the next one
+    stopped = iter(data.train_batches(1))
+    first_two = [next(stopped) for _ in range(2)]
+    abandoned = iter(data.train_batches(1))
+    next(abandoned)  # left suspended with batches in flight
+    resumed = list(data.train_batches(1, start_sample=8))
+    stopped.close()
+    for (a, ta), (b, tb) in zip(full, first_two + resumed, strict=True):
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+    del abandoned
     # another epoch, another augmentation
     assert not torch.equal(full[0][0], next(iter(data.train_batches(2)))[0])
 
