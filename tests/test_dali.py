@@ -433,6 +433,36 @@ def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, inter
         assert per_image.max() < 2.0, per_image  # uint8 levels; a flip or another image gives 45-65
 
 
+@needs_dali
+def test_random_interpolation_resizes_each_sample_with_its_drawn_filter(tmp_path):
+    """interpolation=random splits the batch by the drawn filter: each image equals the one-filter pipeline's."""
+    from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
+
+    folder = make_benchmark_images(str(tmp_path / "photos"), num_images=8, min_size=60, max_size=120, seed=3)
+    batches, loaders = {}, {}
+    for interpolation in ("random", "bilinear", "bicubic"):
+        aug = dict(_augment_kwargs("crop", None), interpolation=interpolation)
+        loaders[interpolation] = _dali_loader(folder, 48, aug, batch_size=8, seed=5, threads=1, count=8)
+        batches[interpolation] = next(iter(loaders[interpolation]))[0]
+    loader = loaders["random"]
+    drawn = []
+    for key in range(8):
+        index, seed = dali_backend.sample_seed(loader.dataset, 0, key)
+        _, width, height = dali_backend.read_image(loader.dataset.samples[index][0])
+        drawn.append(loader.planner.draw(seed, width, height).interp)
+    assert set(drawn) == {dali_backend.INTERP_LINEAR, dali_backend.INTERP_CUBIC}  # both parts of the split occur
+    for i, interp in enumerate(drawn):
+        same = "bilinear" if interp == dali_backend.INTERP_LINEAR else "bicubic"
+        other = "bicubic" if same == "bilinear" else "bilinear"
+        assert torch.equal(batches["random"][i], batches[same][i]), (i, same)
+        assert not torch.equal(batches["random"][i], batches[other][i]), (i, other)
+    # and the filters are the ones named: antialiased cubic keeps more detail than linear on every image
+    def detail(images):
+        return (images[..., 1:].float() - images[..., :-1].float()).abs().mean(dim=(1, 2, 3))
+
+    assert (detail(batches["bicubic"]) > detail(batches["bilinear"])).all()
+
+
 def test_sample_seeds_are_the_pillow_datasets(tmp_path):
     """Every sampler key (plain index, or RepeatedSample copy) gets the seed SeededDataset.reseed gives it."""
     from t2t.data.dataset import RepeatedSample
