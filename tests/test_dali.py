@@ -188,6 +188,18 @@ def test_order_follows_the_sampler_and_resume_inside_an_epoch(tmp_path):
     assert len(tail) == 4
     for (a, ta), (b, tb) in zip(full[2:], tail):
         assert torch.equal(a, b) and torch.equal(ta, tb)
+    # the loader produces batches ahead of the consumer: stopping after two batches (with the third
+    # already produced or being produced) and resuming at sample 8 on the same loader loses nothing
+    # and repeats nothing, and an abandoned iteration does not disturb the next one
+    stopped = iter(data.train_batches(1))
+    first_two = [next(stopped) for _ in range(2)]
+    abandoned = iter(data.train_batches(1))
+    next(abandoned)  # left suspended with batches in flight
+    resumed = list(data.train_batches(1, start_sample=8))
+    stopped.close()
+    for (a, ta), (b, tb) in zip(full, first_two + resumed, strict=True):
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+    del abandoned
     # another epoch, another augmentation
     assert not torch.equal(full[0][0], next(iter(data.train_batches(2)))[0])
 
@@ -400,9 +412,10 @@ def test_validate_with_the_dali_backend(tmp_path, capsys):
 
 
 @needs_dali
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])
 def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, interpolation):
-    """Without RandAugment both backends crop the same box and flip the same way: only resampling differs."""
+    """Without RandAugment both backends crop the same box, pick the same filter and flip the same way: only
+    resampling differs ("random" mixes both filters in one batch, which DALI resizes in two parts)."""
     from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
     from t2t.data.transforms import build_train_transform
 
@@ -418,6 +431,36 @@ def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, inter
         theirs = torch.stack([pillow[i][0] for i in range(6)]).float()
         per_image = (ours - theirs).abs().mean(dim=(1, 2, 3))
         assert per_image.max() < 2.0, per_image  # uint8 levels; a flip or another image gives 45-65
+
+
+@needs_dali
+def test_random_interpolation_resizes_each_sample_with_its_drawn_filter(tmp_path):
+    """interpolation=random splits the batch by the drawn filter: each image equals the one-filter pipeline's."""
+    from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
+
+    folder = make_benchmark_images(str(tmp_path / "photos"), num_images=8, min_size=60, max_size=120, seed=3)
+    batches, loaders = {}, {}
+    for interpolation in ("random", "bilinear", "bicubic"):
+        aug = dict(_augment_kwargs("crop", None), interpolation=interpolation)
+        loaders[interpolation] = _dali_loader(folder, 48, aug, batch_size=8, seed=5, threads=1, count=8)
+        batches[interpolation] = next(iter(loaders[interpolation]))[0]
+    loader = loaders["random"]
+    drawn = []
+    for key in range(8):
+        index, seed = dali_backend.sample_seed(loader.dataset, 0, key)
+        _, width, height = dali_backend.read_image(loader.dataset.samples[index][0])
+        drawn.append(loader.planner.draw(seed, width, height).interp)
+    assert set(drawn) == {dali_backend.INTERP_LINEAR, dali_backend.INTERP_CUBIC}  # both parts of the split occur
+    for i, interp in enumerate(drawn):
+        same = "bilinear" if interp == dali_backend.INTERP_LINEAR else "bicubic"
+        other = "bicubic" if same == "bilinear" else "bilinear"
+        assert torch.equal(batches["random"][i], batches[same][i]), (i, same)
+        assert not torch.equal(batches["random"][i], batches[other][i]), (i, other)
+    # and the filters are the ones named: antialiased cubic keeps more detail than linear on every image
+    def detail(images):
+        return (images[..., 1:].float() - images[..., :-1].float()).abs().mean(dim=(1, 2, 3))
+
+    assert (detail(batches["bicubic"]) > detail(batches["bilinear"])).all()
 
 
 def test_sample_seeds_are_the_pillow_datasets(tmp_path):

@@ -376,7 +376,7 @@ def _pipeline_device(device: torch.device) -> Optional[int]:
 
 def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads: int, device_id: Optional[int],
                          fill: float, seed: int = 0) -> Any:
-    """Decode + crop (one op), resize, flip, RandAugment layers, colour jitter -> uint8 (B, S, S, 3)."""
+    """Decode + crop (one op), resize + flip (one op), RandAugment layers, colour jitter -> uint8 (B, S, S, 3)."""
     require_dali()
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
@@ -444,7 +444,8 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
         return out
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False, enable_conditionals=layers > 0)
+                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False,
+                  enable_conditionals=True)
     def pipeline():
         encoded = ext("encoded", types.UINT8, 1)
         anchor, shape = ext("anchor", types.FLOAT, 1), ext("shape", types.FLOAT, 1)
@@ -452,9 +453,19 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
         images = fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
                                          output_type=types.RGB, axis_names="WH", normalized_anchor=False,
                                          normalized_shape=False)
-        images = fn.resize(images, size=[size, size], interp_type=fn.cast(interp, dtype=types.INTERP_TYPE),
-                           antialias=True)
-        images = fn.flip(images, horizontal=flip)
+        # The flip is the resize reading its window right to left (a reversed ROI, relative to the crop;
+        # ROI coordinates in (H, W) order): one op instead of resize + flip, the same pixels to 1 level.
+        mirrored = fn.cast(flip, dtype=types.FLOAT)
+        roi_start = fn.stack(mirrored * 0.0, mirrored)
+        roi_end = fn.stack(mirrored * 0.0 + 1.0, 1.0 - mirrored)
+        resize = dict(size=[size, size], antialias=True, roi_start=roi_start, roi_end=roi_end, roi_relative=True)
+        # The batch is split by the drawn filter (a DALI conditional) and each part resized with one
+        # constant filter: DALI's CPU resize given per-sample filters costs as much as all-cubic for a
+        # mixed batch, and its cubic output then differs from the constant filter's by up to a level.
+        if interp == INTERP_CUBIC:
+            images = fn.resize(images, interp_type=types.INTERP_CUBIC, **resize)
+        else:
+            images = fn.resize(images, interp_type=types.INTERP_LINEAR, **resize)
         for layer in range(layers):
             op = ext(f"op{layer}", types.INT32, 0)
             param = ext(f"param{layer}", types.FLOAT, 0)
@@ -493,7 +504,7 @@ def build_eval_pipeline(img_size: int, crop_pct: float, interpolation: str, mean
         anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)  # (x, y)
         images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_x=resized[0], resize_y=resized[1], interp_type=interp, antialias=True)
-        images = fn.slice(images, anchor, types.Constant(np.array([img_size, img_size], dtype=np.float32)),
+        images = fn.slice(images, anchor, np.array([img_size, img_size], dtype=np.float32),  # CPU inputs
                           axis_names="WH", normalized_anchor=False, normalized_shape=False,
                           out_of_bounds_policy="trim_to_shape")
         return fn.crop_mirror_normalize(images, mean=[255 * m for m in mean], std=[255 * s for s in std],
@@ -524,7 +535,7 @@ def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
         out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device=device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out
-    return torch.from_numpy(np.array(output.as_array()))
+    return torch.from_numpy(output.as_array())  # as_array() already copies into a new array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,6 +554,7 @@ class _LoaderBase:
         self._pipe: Any = None
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
+        self._run_lock = threading.RLock()  # also held while a batch is copied out of DALI's buffers
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -580,11 +592,12 @@ class _LoaderBase:
 
     def _run(self, feeds: dict[str, list], paths: list[str]) -> list[Any]:
         """Run the pipeline on one batch; a decoder failure names the file (found with Pillow) in one line."""
-        pipe = self._pipeline()
         try:
-            for name, values in feeds.items():
-                pipe.feed_input(name, values)
-            return list(pipe.run())
+            with self._run_lock:  # one batch at a time, even from an abandoned iteration's thread
+                pipe = self._pipeline()
+                for name, values in feeds.items():
+                    pipe.feed_input(name, values)
+                return list(pipe.run())
         except RuntimeError as exc:
             self._pipe = None  # a DALI pipeline is unusable after an error
             for path in paths:
@@ -615,8 +628,8 @@ class DaliTrainLoader(_LoaderBase):
     """Training batches (uint8 images, int64 targets) in the TrainSampler's order, augmented by DALI.
 
     Quacks like the project's training DataLoader: ``sampler`` and ``dataset`` for
-    ``set_loader_epoch``, ``len()`` (batches left), full batches only (``drop_last``). The host reads
-    and draws the next batch in a thread while DALI processes the current one.
+    ``set_loader_epoch``, ``len()`` (batches left), full batches only (``drop_last``). Batches are
+    produced two stages ahead of the consumer (see ``__iter__``).
     """
 
     def __init__(self, dataset: ImageFolderDataset, sampler: TrainSampler, planner: SamplePlanner, *,
@@ -666,20 +679,42 @@ class DaliTrainLoader(_LoaderBase):
         count = len(keys) // self.batch_size
         return [keys[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
 
+    def _produce(self, prepared: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds, targets, paths = prepared.result()
+        with self._run_lock:
+            (images,) = self._run(feeds, paths)
+            # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
+            return _to_torch(images, self.device).permute(0, 3, 1, 2), targets
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in the sampler's order, two stages ahead of the consumer.
+
+        While the caller trains on batch b, one thread runs the DALI pipeline on batch b + 1 (DALI
+        releases the GIL) and another reads and draws batch b + 2. Nothing of it touches the
+        sampler: its progress is set by the engine from the steps trained (``set_epoch(epoch,
+        start_sample)``), and a batch produced ahead but not consumed when the caller stops is
+        dropped, so resuming gives exactly the batches the model has not seen. The pipeline itself
+        runs synchronously (one batch per ``run``), so no batch is left queued inside DALI.
+        """
         epoch = self.dataset.epoch
         batches = self._key_batches()
         if not batches:
             return
-        with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-plan") as ahead:
-            pending = ahead.submit(self._prepare, batches[0], epoch)
-            for b in range(len(batches)):
-                feeds, targets, paths = pending.result()
-                if b + 1 < len(batches):
-                    pending = ahead.submit(self._prepare, batches[b + 1], epoch)
-                (images,) = self._run(feeds, paths)
-                # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
-                yield _to_torch(images, self.device).permute(0, 3, 1, 2), targets
+        with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-plan") as planner, \
+                ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-run") as runner:
+            prepared = {i: planner.submit(self._prepare, batches[i], epoch) for i in range(min(2, len(batches)))}
+            produced = runner.submit(self._produce, prepared.pop(0))
+            try:
+                for b in range(len(batches)):
+                    current = produced
+                    if b + 1 < len(batches):
+                        produced = runner.submit(self._produce, prepared.pop(b + 1))
+                    if b + 2 < len(batches):
+                        prepared[b + 2] = planner.submit(self._prepare, batches[b + 2], epoch)
+                    yield current.result()
+            finally:  # the caller stopped early: drop what was read or produced ahead
+                for future in (*prepared.values(), produced):
+                    future.cancel()
 
 
 class DaliEvalLoader(_LoaderBase):
