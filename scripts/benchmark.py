@@ -227,7 +227,8 @@ def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: to
     """
     from timm.loss import SoftTargetCrossEntropy
 
-    from t2t.data.mixup import build_mixup, seed_main_process_rng
+    from t2t.data.mixup import build_mixup
+    from t2t.rng import reseed_step
     from t2t.data.transforms import BatchNormalizeErase
     from t2t.engine.distributed import unwrap_model
     from t2t.engine.ema import CachedModelEma
@@ -250,7 +251,7 @@ def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: to
 
     def step() -> None:
         counter[0] += 1
-        seed_main_process_rng(0, counter[0], 0)
+        reseed_step(0, counter[0], 0)
         x = on_device(images)
         y = targets.to(device, non_blocking=True)
         if mixup is not None:

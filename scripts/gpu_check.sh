@@ -187,7 +187,8 @@ import t2t  # noqa: F401
 import timm
 from t2t.config import DataConfig, OptimConfig
 from t2t.data import setup as data_setup
-from t2t.data.mixup import build_mixup, seed_main_process_rng
+from t2t.data.mixup import build_mixup
+from t2t.rng import reseed_step
 from t2t.engine.ema import CachedModelEma
 from t2t.engine.optim import build_optimizer
 
@@ -206,7 +207,7 @@ ema, criterion = CachedModelEma(model, decay=0.999), SoftTargetCrossEntropy()
 batches = iter(data.train_batches(0))
 batch = [next(batches) for _ in range(steps + 1)]  # decoded before the audit: the loader is not audited
 def step(i, images, target):
-    seed_main_process_rng(0, i, 0)
+    reseed_step(0, i, 0)
     x, y = data.on_device(images), target.to(device, non_blocking=True)
     x, y = mixup(x, y)
     with torch.autocast(device.type, dtype=torch.bfloat16):

@@ -17,7 +17,8 @@ from PIL import Image
 
 from t2t.config import ConfigError, load_config
 from t2t.data import dali as dali_backend
-from t2t.data.dataset import SEED_STREAM_SAMPLE, DatasetError, ImageFolderDataset, derive_seed, seed_global_rngs
+from t2t.data.dataset import DatasetError, ImageFolderDataset
+from t2t.rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
 from t2t.data.sampler import TrainSampler
 from t2t.data.setup import build_train_and_val
 from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config

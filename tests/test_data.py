@@ -30,10 +30,10 @@ from t2t.data import (
     find_unreadable_images,
     normalize_and_erase,
     resolve_eval_dir,
-    seed_main_process_rng,
     set_loader_epoch,
 )
 from t2t.data.transforms import _draft_scale, eval_resize_size
+from t2t.rng import reseed_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -719,12 +719,12 @@ def test_mixup_soft_targets():
         build_mixup(mixup_alpha=-1.0, num_classes=10)
 
 
-def test_seed_main_process_rng_makes_steps_repeatable():
+def test_reseed_step_makes_steps_repeatable():
     mixup = build_mixup(num_classes=5)
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
 
     def step(seed, step_index, rank):
-        seed_main_process_rng(seed, step_index, rank)
+        reseed_step(seed, step_index, rank)
         mixed, soft = mixup(x.clone(), y)
         return mixed, soft, torch.nn.functional.dropout(torch.ones(64), 0.5), random.random()
 

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from .dataset import SEED_STREAM_SAMPLE, ImageFolderDataset, derive_seed, seed_global_rngs
+from ..rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
+from .dataset import ImageFolderDataset
 from .transforms import build_train_transform, guard_posterize
 
 __all__ = ["make_benchmark_images", "run_data_benchmark"]

@@ -1,4 +1,4 @@
-"""The training run's data, assembled from the config: datasets, resumable loaders, mixup, reseeding."""
+"""The training run's data, assembled from the config: datasets, resumable loaders, mixup."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,7 @@ from .cifar import CIFARDataset, find_cifar_dir
 from .dataset import DatasetError, ImageFolderDataset, SeededDataset, check_same_classes, find_split_dirs, \
     find_unreadable_images
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
-from .mixup import build_mixup, seed_main_process_rng
+from .mixup import build_mixup
 from .sampler import TrainSampler
 from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, build_train_transform
 
@@ -263,8 +263,3 @@ def build_mixup_fn(cfg: MixupConfig, num_classes: int) -> Optional[Any]:
     return build_mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.prob,
                        switch_prob=cfg.switch_prob, mode=cfg.mode, label_smoothing=cfg.label_smoothing,
                        num_classes=num_classes)
-
-
-def reseed_step(seed: int, micro_step: int, rank: int) -> None:
-    """Seed mixup, dropout and drop-path from the position in the run (exact resume)."""
-    seed_main_process_rng(seed, micro_step, rank)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
+from .. import models, rng  # noqa: F401  (models: registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, dump_config
 from ..data import setup as data_setup
 from ..models import cpu as cpu_backend
@@ -220,7 +220,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
         mixup=data_setup.build_mixup_fn(cfg.mixup, plan.num_classes), mixup_off_epoch=cfg.mixup.off_epoch,
-        reseed=lambda i: data_setup.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
+        reseed=lambda i: rng.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
         log_interval=cfg.train.log_interval, dist=dist)
 
 
