@@ -95,7 +95,7 @@ if "$PY" -c "import nvidia.dali" 2>/dev/null; then
   PHOTOS=$WORK/photos
   if "$PY" - "$PHOTOS" > "$WORK/photos.log" 2>&1 <<'EOF'
 import os, sys
-from t2t.data.bench import make_benchmark_images
+from t2t.tools.data_bench import make_benchmark_images
 root = sys.argv[1]
 for k, (split, count) in enumerate((("train", 1024), ("val", 64))):
     for j, c in enumerate(("a", "b")):  # ImageNet-sized photo-like JPEGs, 375-500 px a side
@@ -105,7 +105,7 @@ EOF
     # Data only: training batches of 256 at 224 (RandAugment m9) from one process, images/s on the GPU.
     if "$PY" - "$PHOTOS/train" > "$WORK/dali-data.log" 2>&1 <<'EOF'
 import sys, time, torch
-from t2t.data.bench import _augment_kwargs, _dali_loader
+from t2t.tools.data_bench import _augment_kwargs, _dali_loader
 from t2t.data.dali import DaliTrainLoader
 loader = _dali_loader(sys.argv[1], 224, _augment_kwargs("full", "rand-m9-mstd0.5-inc1"), batch_size=256, seed=0,
                       threads=8, count=2048)
@@ -149,19 +149,19 @@ if MASTER_ADDR=127.0.0.1 MASTER_PORT=$((20000 + RANDOM % 20000)) RANK=0 WORLD_SI
     "$PY" - > "$WORK/nccl.log" 2>&1 <<'EOF'
 import torch
 import torch.distributed as dist
-from t2t.engine import distributed
+from t2t.engine import collectives, distributed
 
 info = distributed.init_distributed("cuda", always_group=True)
-assert info.backend == "nccl" and distributed.collective_device().type == "cuda", info
+assert info.backend == "nccl" and collectives.collective_device().type == "cuda", info
 try:
     dist.all_reduce(torch.ones(2))
     raw = "accepted"
 except Exception as e:  # what every collective on a CPU tensor did before the helpers owned their tensors
     raw = f"refused ({str(e).splitlines()[0][:60]})"
-assert distributed.sum_over_ranks(1.5, 2) == [1.5, 2.0]
-out = distributed.all_reduce_sum(torch.tensor([3.0, 4.0], dtype=torch.float64))
+assert collectives.sum_over_ranks(1.5, 2) == [1.5, 2.0]
+out = collectives.all_reduce_sum(torch.tensor([3.0, 4.0], dtype=torch.float64))
 assert out.device.type == "cpu" and out.tolist() == [3.0, 4.0]
-assert distributed.broadcast_object({"resume": "last.pth"}) == {"resume": "last.pth"}
+assert collectives.broadcast_object({"resume": "last.pth"}) == {"resume": "last.pth"}
 print(f"helpers ok; a raw CPU tensor in NCCL: {raw}")
 distributed.cleanup_distributed()
 EOF

@@ -282,7 +282,7 @@ def _within(a: np.ndarray, b: np.ndarray, sigmas: float = 4.0) -> tuple[float, f
 @needs_dali
 @pytest.mark.slow
 def test_statistics_agree_with_the_pillow_backend(tmp_path):
-    from t2t.data.bench import augmentation_statistics, make_benchmark_images
+    from t2t.tools.data_bench import augmentation_statistics, make_benchmark_images
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=48, seed=1)
     stats = augmentation_statistics(folder, img_size=96, epochs=3)
@@ -361,7 +361,7 @@ def test_two_processes_gloo_with_dali(data_dir, tmp_path):
 
 @needs_dali
 def test_eval_images_match_the_pillow_transform(tmp_path):
-    from t2t.data.bench import make_benchmark_images
+    from t2t.tools.data_bench import make_benchmark_images
     from t2t.data.transforms import build_eval_transform
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, seed=2)
@@ -404,7 +404,7 @@ def test_validate_with_the_dali_backend(tmp_path, capsys):
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, interpolation):
     """Without RandAugment both backends crop the same box and flip the same way: only resampling differs."""
-    from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
+    from t2t.tools.data_bench import _augment_kwargs, _dali_loader, make_benchmark_images
     from t2t.data.transforms import build_train_transform
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, seed=2)
@@ -444,7 +444,7 @@ def test_sample_seeds_are_the_pillow_datasets(tmp_path):
 
 @needs_dali
 def test_backend_benchmark_reports_every_backend(tmp_path):
-    from t2t.data.bench import make_benchmark_images, run_backend_benchmark
+    from t2t.tools.data_bench import make_benchmark_images, run_backend_benchmark
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, min_size=40, max_size=60)
     for augment in ("crop", "full"):

@@ -1,7 +1,6 @@
 """Tests for t2t.data: folders and errors, per-sample seeding, samplers, loaders, transforms, mixup, demo data."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 
@@ -34,15 +33,6 @@ from t2t.data import (
 )
 from t2t.data.transforms import _draft_scale, eval_resize_size
 from t2t.rng import reseed_step
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _noise_image(w: int, h: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
@@ -738,7 +728,8 @@ def test_reseed_step_makes_steps_repeatable():
 
 
 def test_demo_data_layout_and_determinism(tmp_path):
-    demo = _load_script("make_demo_data")
+    from t2t.tools import demo_data as demo
+
     dirs = demo.make_demo_dataset(str(tmp_path / "a"), classes=3, train_per_class=4, val_per_class=2, size=32, seed=1)
     train, val = find_split_dirs(str(tmp_path / "a"))
     assert dirs == {"train": train, "val": val}
@@ -760,7 +751,7 @@ def test_demo_data_layout_and_determinism(tmp_path):
 
 
 def test_data_benchmark_smoke(tmp_path):
-    from t2t.data.bench import make_benchmark_images, run_data_benchmark
+    from t2t.tools.data_bench import make_benchmark_images, run_data_benchmark
 
     make_benchmark_images(str(tmp_path), 6, min_size=40, max_size=60)
     result = run_data_benchmark(str(tmp_path), img_size=32, num_images=6, rounds=1)

@@ -15,15 +15,13 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import models, rng  # noqa: F401  (models: registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, dump_config
 from ..data import setup as data_setup
-from ..models import cpu as cpu_backend
 from ..models import T2TViTDistilled, create_token_label_model
 from ..models.weights import load_pretrained_weights
 from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
 from .checkpoint_schema import TrainingCheckpoint
-from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather_objects, init_distributed, \
-    settle_bucket_layout, \
-    setup_logging
+from .collectives import broadcast_object, gather_objects, settle_bucket_layout
+from .distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
 from .ema import CachedModelEma
 from .distill import DistillationLoss, TeacherTimer, TokenLabelLoss
 from .losses import TrainLoss, build_loss
@@ -196,7 +194,10 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
     device = dist.device
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
     model = _build_model(cfg, plan.num_classes)
-    cpu_backend.apply_backend(model, cfg.model.cpu_backend, device, amp)
+    if cfg.model.cpu_backend:  # the backend module is loaded only for runs that ask for it
+        from ..models import cpu as cpu_backend
+
+        cpu_backend.apply_backend(model, True, device, amp)
     if cfg.model.init_from and not resuming:
         if not os.path.isfile(cfg.model.init_from):
             raise ConfigError(f"model.init_from={cfg.model.init_from!r}: no such file (expected an official release "
