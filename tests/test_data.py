@@ -740,7 +740,9 @@ def test_demo_data_layout_and_determinism(tmp_path):
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.size == (32, 32)
             im.load()
-    demo.main(["--out", str(tmp_path / "b"), "--classes", "3", "--train-per-class", "4",
+    from train_helpers import load_script
+
+    load_script("make_demo_data").main(["--out", str(tmp_path / "b"), "--classes", "3", "--train-per-class", "4",
                "--val-per-class", "2", "--size", "32", "--seed", "1"])
     for path, _ in train_ds.samples:
         twin = path.replace(str(tmp_path / "a"), str(tmp_path / "b"))
