@@ -302,7 +302,10 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
             weights = "ema" if source in EMA_KEYS else "model"
             _logger.info("Using the %s weights (entry %r) of %s; settings %s", weights, source, checkpoint,
                          asdict(at_size))
-            t2t.models.cpu.apply_backend(model, settings.cpu_backend, dist.device, settings.amp)
+            if settings.cpu_backend:
+                from t2t.models import cpu
+
+                cpu.apply_backend(model, True, dist.device, settings.amp)
             return model.to(dist.device), {
                 "model": settings.model, "checkpoint": checkpoint, "weights": weights, "weights_entry": source,
                 "interpolation": settings.interpolation, "amp": settings.amp, "data_dir": dataset.root,

@@ -11,7 +11,7 @@ step on a synthetic uint8 batch (make_train_step): normalisation and random eras
 mixup/cutmix, autocast forward + soft-target cross-entropy, backward, the project's AdamW
 (t2t.engine.optim.build_optimizer, with its no-decay groups, fused on CUDA) stepped through a
 GradScaler (active for fp16 only) and the model EMA update; it also counts the aten operations one
-step dispatches (`aten_calls_per_step`, count_aten_calls); `data` runs t2t.data.bench.run_data_benchmark: our training input pipeline against
+step dispatches (`aten_calls_per_step`, count_aten_calls); `data` runs t2t.tools.data_bench.run_data_benchmark: our training input pipeline against
 timm's stock one on the same files, images/s on one core each, and the ratio.
 
 Timing: `--warmup` untimed steps, then `--steps` timed ones (CUDA synchronised around each); the
@@ -43,7 +43,7 @@ the nearest thing to its speed on a quiet machine. `--cpu-time --threads 1` time
 process's CPU seconds instead: one thread's CPU time is the step's cost whatever else runs on the
 cores (up to cache sharing), so images per CPU second compare the variants on a busy machine; with
 more threads, time spent spinning at OpenMP barriers while a sibling thread waits for a core would count. `official` is the official
-model code (scripts/official_t2t.py), `backend` the plain model after accelerate.
+model code (t2t/tools/official_t2t.py), `backend` the plain model after accelerate.
 Peak memory is torch.cuda.max_memory_allocated on CUDA; on the CPU it is the process's peak RSS
 (getrusage; includes the ~1 GB of the torch import); both include the matmul operands (3 x 64 MiB
 for 4096 x 4096 fp32 on CUDA, 3 x 16 MiB for 2048 on the CPU).
@@ -71,7 +71,6 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # official_t2t, next to this file
 
 import t2t  # noqa: E402  (registers the models)
 from t2t.cli import ArgumentParser, one_line  # noqa: E402
@@ -227,9 +226,10 @@ def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: to
     """
     from timm.loss import SoftTargetCrossEntropy
 
-    from t2t.data.mixup import build_mixup, seed_main_process_rng
+    from t2t.data.mixup import build_mixup
+    from t2t.rng import reseed_step
     from t2t.data.transforms import BatchNormalizeErase
-    from t2t.engine.distributed import unwrap_model
+    from t2t.engine.collectives import unwrap_model
     from t2t.engine.ema import CachedModelEma
 
     generator = torch.Generator().manual_seed(0)
@@ -250,7 +250,7 @@ def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: to
 
     def step() -> None:
         counter[0] += 1
-        seed_main_process_rng(0, counter[0], 0)
+        reseed_step(0, counter[0], 0)
         x = on_device(images)
         y = targets.to(device, non_blocking=True)
         if mixup is not None:
@@ -375,7 +375,7 @@ VARIANTS = ("plain", "backend", "official")
 def build_variant(kind: str, args: argparse.Namespace, device: torch.device, weights: dict | None) -> nn.Module:
     """The plain model, the plain model after cpu.accelerate, or the official model code, on `weights`."""
     if kind == "official":
-        from official_t2t import official_model
+        from t2t.tools.official_t2t import official_model
 
         model = official_model(args.model, img_size=args.img_size)
     else:
@@ -418,10 +418,10 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
-    from t2t.data.bench import run_data_benchmark
+    from t2t.tools.data_bench import run_data_benchmark
 
-    if args.data_backend:  # backends side by side (t2t.data.bench.run_backend_benchmark)
-        from t2t.data.bench import augmentation_statistics, run_backend_benchmark, summarise_statistics
+    if args.data_backend:  # backends side by side (t2t.tools.data_bench.run_backend_benchmark)
+        from t2t.tools.data_bench import augmentation_statistics, run_backend_benchmark, summarise_statistics
 
         results = run_backend_benchmark(args.data_dir, args.data_backend, augment=args.augment,
                                         img_size=args.img_size, num_images=args.num_images, rounds=args.rounds)

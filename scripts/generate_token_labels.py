@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
 
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
@@ -39,28 +37,9 @@ from t2t.data.sampler import ShardSampler  # noqa: E402
 from t2t.data.token_label import label_path, save_label_map  # noqa: E402
 from t2t.data.transforms import ToNormalizedTensor  # noqa: E402
 from t2t.engine.teacher import TeacherError, load_teacher  # noqa: E402
+from t2t.tools.token_labels import dense_logits  # noqa: E402
 
 _logger = logging.getLogger("t2t.labels")
-
-
-def dense_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Class scores at every location of the model's last feature map: (B, num_classes, H, W)."""
-    features = model.forward_features(images)
-    if features.ndim == 3:  # tokens (B, prefix + N, D)
-        prefix = getattr(model, "num_prefix_tokens", 1)
-        tokens = features[:, prefix:]
-        grid = math.isqrt(tokens.shape[1])
-        if grid * grid != tokens.shape[1]:
-            raise TeacherError(f"the teacher gives {tokens.shape[1]} patch tokens, not a square grid")
-        head = getattr(model, "aux_head", None) or model.get_classifier()
-        scores = head(tokens)  # (B, N, C)
-        return scores.transpose(1, 2).reshape(scores.shape[0], -1, grid, grid)
-    if features.ndim == 4:  # (B, D, H, W)
-        head = model.get_classifier()
-        if not isinstance(head, nn.Linear):
-            raise TeacherError(f"the teacher's classifier is a {type(head).__name__}; expected a Linear layer")
-        return torch.einsum("bdhw,cd->bchw", features, head.weight) + head.bias[None, :, None, None]
-    raise TeacherError(f"the teacher's forward_features gives a {features.ndim}-d tensor; expected tokens or a map")
 
 
 class _Images(torch.utils.data.Dataset):

@@ -170,19 +170,19 @@ if MASTER_ADDR=127.0.0.1 MASTER_PORT=$((20000 + RANDOM % 20000)) RANK=0 WORLD_SI
     "$PY" - > "$WORK/nccl.log" 2>&1 <<'EOF'
 import torch
 import torch.distributed as dist
-from t2t.engine import distributed
+from t2t.engine import collectives, distributed
 
 info = distributed.init_distributed("cuda", always_group=True)
-assert info.backend == "nccl" and distributed.collective_device().type == "cuda", info
+assert info.backend == "nccl" and collectives.collective_device().type == "cuda", info
 try:
     dist.all_reduce(torch.ones(2))
     raw = "accepted"
 except Exception as e:  # what every collective on a CPU tensor did before the helpers owned their tensors
     raw = f"refused ({str(e).splitlines()[0][:60]})"
-assert distributed.sum_over_ranks(1.5, 2) == [1.5, 2.0]
-out = distributed.all_reduce_sum(torch.tensor([3.0, 4.0], dtype=torch.float64))
+assert collectives.sum_over_ranks(1.5, 2) == [1.5, 2.0]
+out = collectives.all_reduce_sum(torch.tensor([3.0, 4.0], dtype=torch.float64))
 assert out.device.type == "cpu" and out.tolist() == [3.0, 4.0]
-assert distributed.broadcast_object({"resume": "last.pth"}) == {"resume": "last.pth"}
+assert collectives.broadcast_object({"resume": "last.pth"}) == {"resume": "last.pth"}
 print(f"helpers ok; a raw CPU tensor in NCCL: {raw}")
 distributed.cleanup_distributed()
 EOF
@@ -208,7 +208,8 @@ import t2t  # noqa: F401
 import timm
 from t2t.config import DataConfig, OptimConfig
 from t2t.data import setup as data_setup
-from t2t.data.mixup import build_mixup, seed_main_process_rng
+from t2t.data.mixup import build_mixup
+from t2t.rng import reseed_step
 from t2t.engine.ema import CachedModelEma
 from t2t.engine.optim import build_optimizer
 
@@ -227,7 +228,7 @@ ema, criterion = CachedModelEma(model, decay=0.999), SoftTargetCrossEntropy()
 batches = iter(data.train_batches(0))
 batch = [next(batches) for _ in range(steps + 1)]  # decoded before the audit: the loader is not audited
 def step(i, images, target):
-    seed_main_process_rng(0, i, 0)
+    reseed_step(0, i, 0)
     x, y = data.on_device(images), target.to(device, non_blocking=True)
     x, y = mixup(x, y)
     with torch.autocast(device.type, dtype=torch.bfloat16):

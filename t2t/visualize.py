@@ -232,6 +232,7 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     `uint8_pipeline` reproduces the GPU input path (uint8 batches, normalisation and random erasing in the
     main process); its erasing is drawn on this machine's CPU generator, not a GPU's.
     """
+    from . import rng
     from .data import setup as data_setup
     from .data.loader import build_train_loader, set_loader_epoch
     from .data.sampler import TrainSampler
@@ -260,7 +261,7 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     set_loader_epoch(loader, 0)
     images, target = next(iter(loader))
     num_classes = len(train_ds.classes)
-    data_setup.reseed_step(cfg.train.seed, 0, rank)  # as the engine does before its first micro-step
+    rng.reseed_step(cfg.train.seed, 0, rank)  # as the engine does before its first micro-step
     if uint8:
         images = BatchNormalizeErase(tuple(cfg.data.mean), tuple(cfg.data.std), re_prob=cfg.data.reprob,
                                      re_mode=cfg.data.remode, re_count=cfg.data.recount)(images)

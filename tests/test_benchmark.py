@@ -142,8 +142,7 @@ def test_official_model_code_computes_the_same_function(name):
     import timm
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from official_t2t import official_model
+    from t2t.tools.official_t2t import official_model
 
     ours = timm.create_model(name, img_size=64, num_classes=10).eval()
     official = official_model(name, img_size=64, num_classes=10).eval()

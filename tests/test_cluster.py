@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 import train
 from t2t.config import load_config
-from t2t.engine import distributed
+from t2t.engine import collectives, distributed
 from t2t.engine.optim import LRSchedule
 from t2t.engine.stopping import StopPolicy
 from t2t.engine.losses import SoftTargetLoss
@@ -44,10 +44,10 @@ def data_dir(tmp_path_factory):
 
 
 def test_collective_device_follows_the_backend(monkeypatch):
-    assert distributed.collective_device() == torch.device("cpu")
+    assert collectives.collective_device() == torch.device("cpu")
     # Under NCCL the helpers must place their tensors on this rank's GPU: init_distributed records it.
-    monkeypatch.setattr(distributed, "_COLLECTIVE_DEVICE", torch.device("cuda", 3))
-    assert distributed.collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(collectives, "_COLLECTIVE_DEVICE", torch.device("cuda", 3))
+    assert collectives.collective_device() == torch.device("cuda", 3)
 
 
 @pytest.mark.parametrize("visible, local_rank, local_world, expected", [
@@ -111,7 +111,7 @@ def _collectives_worker(rank: int, world: int, port: int, data: str, out: str, c
 
 @pytest.mark.slow
 def test_every_collective_goes_through_the_helpers_on_the_group_device(data_dir, tmp_path):
-    """No module but t2t.engine.distributed calls a torch.distributed collective, and the helpers put every
+    """No module but t2t.engine.collectives calls a torch.distributed collective, and the helpers put every
     tensor on collective_device(): with NCCL, a CPU tensor in a collective fails at the first step."""
     write_config(str(tmp_path))
     calls_file = str(tmp_path / "calls")
@@ -121,7 +121,7 @@ def test_every_collective_goes_through_the_helpers_on_the_group_device(data_dir,
         calls = eval(open(f"{calls_file}.{rank}").read())
         assert len(calls) > 10
         callers = {caller for _, caller, _ in calls if caller != "torch.distributed.distributed_c10d"}
-        assert callers == {"t2t.engine.distributed"}, callers
+        assert callers == {"t2t.engine.collectives"}, callers
         assert {d for _, _, devices in calls for d in devices} == {"cpu"}  # the gloo group's device
         assert "all_gather_object" in {name for name, _, _ in calls}  # the shared check of the validation images
 
@@ -173,7 +173,7 @@ def _bucket_worker(rank: int, world: int, port: int, results: str) -> None:
                 ddp = DistributedDataParallel(model, gradient_as_bucket_view=True, bucket_cap_mb=0.1)
                 if settle:
                     before = [t.clone() for t in model.state_dict().values()], torch.get_rng_state()
-                    distributed.settle_bucket_layout(ddp, torch.zeros(8, 64), nullcontext())
+                    collectives.settle_bucket_layout(ddp, torch.zeros(8, 64), nullcontext())
                     untouched &= all(torch.equal(a, b) for a, b in zip(before[0], model.state_dict().values()))
                     untouched &= torch.equal(before[1], torch.get_rng_state())
                     untouched &= all(p.grad is None for p in model.parameters())

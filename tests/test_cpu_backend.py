@@ -31,6 +31,8 @@ def test_accelerated_model_matches_plain(name):
     fast = cpu.accelerate(copy.deepcopy(plain))
     assert {type(m) for m in fast.modules()} >= {cpu.OneDnnLinear, cpu.InplaceGELU, cpu.ConvolvedT2TModule}
     assert not any(type(m) in (torch.nn.Linear, torch.nn.GELU, t2t.models.T2TModule) for m in fast.modules())
+    layers = fast.tokens_to_token.attention1, fast.tokens_to_token.attention2
+    assert all(type(layer) in cpu.PROJECTED_LAYERS.values() for layer in layers)  # the t2t trick's token layers
     state, fast_state = plain.state_dict(), fast.state_dict()
     assert list(fast_state) == list(state) and all(torch.equal(fast_state[k], state[k]) for k in state)
 
@@ -188,3 +190,15 @@ def test_config_key_is_checked():
     assert load_config(overrides=["model.cpu_backend=true"]).model.cpu_backend is True
     with pytest.raises(ConfigError, match="model.cpu_backend"):
         load_config(overrides=["model.cpu_backend=fast"])
+
+
+@pytest.mark.slow
+def test_backend_is_loaded_only_when_asked_for():
+    """Importing t2t, building and training-configuring a model leave the backend module unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, timm, t2t, t2t.models, t2t.engine.run; timm.create_model('t2t_vit_7', img_size=32); "
+            "assert 't2t.models.cpu' not in sys.modules, 'loaded'; from t2t.models import cpu; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -17,7 +17,8 @@ from PIL import Image
 
 from t2t.config import ConfigError, load_config
 from t2t.data import dali as dali_backend
-from t2t.data.dataset import SEED_STREAM_SAMPLE, DatasetError, ImageFolderDataset, derive_seed, seed_global_rngs
+from t2t.data.dataset import DatasetError, ImageFolderDataset
+from t2t.rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
 from t2t.data.sampler import TrainSampler
 from t2t.data.setup import build_train_and_val
 from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
@@ -293,7 +294,7 @@ def _within(a: np.ndarray, b: np.ndarray, sigmas: float = 4.0) -> tuple[float, f
 @needs_dali
 @pytest.mark.slow
 def test_statistics_agree_with_the_pillow_backend(tmp_path):
-    from t2t.data.bench import augmentation_statistics, make_benchmark_images
+    from t2t.tools.data_bench import augmentation_statistics, make_benchmark_images
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=48, seed=1)
     stats = augmentation_statistics(folder, img_size=96, epochs=3)
@@ -372,7 +373,7 @@ def test_two_processes_gloo_with_dali(data_dir, tmp_path):
 
 @needs_dali
 def test_eval_images_match_the_pillow_transform(tmp_path):
-    from t2t.data.bench import make_benchmark_images
+    from t2t.tools.data_bench import make_benchmark_images
     from t2t.data.transforms import build_eval_transform
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, seed=2)
@@ -416,7 +417,7 @@ def test_validate_with_the_dali_backend(tmp_path, capsys):
 def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, interpolation):
     """Without RandAugment both backends crop the same box, pick the same filter and flip the same way: only
     resampling differs ("random" mixes both filters in one batch, which DALI resizes in two parts)."""
-    from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
+    from t2t.tools.data_bench import _augment_kwargs, _dali_loader, make_benchmark_images
     from t2t.data.transforms import build_train_transform
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, seed=2)
@@ -436,7 +437,7 @@ def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, inter
 @needs_dali
 def test_random_interpolation_resizes_each_sample_with_its_drawn_filter(tmp_path):
     """interpolation=random splits the batch by the drawn filter: each image equals the one-filter pipeline's."""
-    from t2t.data.bench import _augment_kwargs, _dali_loader, make_benchmark_images
+    from t2t.tools.data_bench import _augment_kwargs, _dali_loader, make_benchmark_images
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=8, min_size=60, max_size=120, seed=3)
     batches, loaders = {}, {}
@@ -486,7 +487,7 @@ def test_sample_seeds_are_the_pillow_datasets(tmp_path):
 
 @needs_dali
 def test_backend_benchmark_reports_every_backend(tmp_path):
-    from t2t.data.bench import make_benchmark_images, run_backend_benchmark
+    from t2t.tools.data_bench import make_benchmark_images, run_backend_benchmark
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, min_size=40, max_size=60)
     for augment in ("crop", "full"):

@@ -1,7 +1,6 @@
 """Tests for t2t.data: folders and errors, per-sample seeding, samplers, loaders, transforms, mixup, demo data."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 
@@ -30,19 +29,10 @@ from t2t.data import (
     find_unreadable_images,
     normalize_and_erase,
     resolve_eval_dir,
-    seed_main_process_rng,
     set_loader_epoch,
 )
 from t2t.data.transforms import _draft_scale, eval_resize_size
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from t2t.rng import reseed_step
 
 
 def _noise_image(w: int, h: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
@@ -719,12 +709,12 @@ def test_mixup_soft_targets():
         build_mixup(mixup_alpha=-1.0, num_classes=10)
 
 
-def test_seed_main_process_rng_makes_steps_repeatable():
+def test_reseed_step_makes_steps_repeatable():
     mixup = build_mixup(num_classes=5)
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
 
     def step(seed, step_index, rank):
-        seed_main_process_rng(seed, step_index, rank)
+        reseed_step(seed, step_index, rank)
         mixed, soft = mixup(x.clone(), y)
         return mixed, soft, torch.nn.functional.dropout(torch.ones(64), 0.5), random.random()
 
@@ -738,7 +728,8 @@ def test_seed_main_process_rng_makes_steps_repeatable():
 
 
 def test_demo_data_layout_and_determinism(tmp_path):
-    demo = _load_script("make_demo_data")
+    from t2t.tools import demo_data as demo
+
     dirs = demo.make_demo_dataset(str(tmp_path / "a"), classes=3, train_per_class=4, val_per_class=2, size=32, seed=1)
     train, val = find_split_dirs(str(tmp_path / "a"))
     assert dirs == {"train": train, "val": val}
@@ -749,7 +740,9 @@ def test_demo_data_layout_and_determinism(tmp_path):
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.size == (32, 32)
             im.load()
-    demo.main(["--out", str(tmp_path / "b"), "--classes", "3", "--train-per-class", "4",
+    from train_helpers import load_script
+
+    load_script("make_demo_data").main(["--out", str(tmp_path / "b"), "--classes", "3", "--train-per-class", "4",
                "--val-per-class", "2", "--size", "32", "--seed", "1"])
     for path, _ in train_ds.samples:
         twin = path.replace(str(tmp_path / "a"), str(tmp_path / "b"))
@@ -760,7 +753,7 @@ def test_demo_data_layout_and_determinism(tmp_path):
 
 
 def test_data_benchmark_smoke(tmp_path):
-    from t2t.data.bench import make_benchmark_images, run_data_benchmark
+    from t2t.tools.data_bench import make_benchmark_images, run_data_benchmark
 
     make_benchmark_images(str(tmp_path), 6, min_size=40, max_size=60)
     result = run_data_benchmark(str(tmp_path), img_size=32, num_images=6, rounds=1)

@@ -50,7 +50,8 @@ def test_two_ranks_equal_one_process(tmp_path):
 
 
 def test_single_process_helpers_are_no_ops(monkeypatch):
-    from t2t.engine.distributed import all_reduce_sum, broadcast_object, init_distributed
+    from t2t.engine.collectives import all_reduce_sum, broadcast_object
+    from t2t.engine.distributed import init_distributed
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -63,7 +64,7 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
 
 
 def test_unwrap_model_strips_every_wrapper():
-    from t2t.engine.distributed import unwrap_model
+    from t2t.engine.collectives import unwrap_model
 
     model = torch.nn.Linear(2, 2)
     assert unwrap_model(model) is model

@@ -10,11 +10,12 @@ import torch
 import t2t
 from t2t.inference import load_model
 from test_predict import CLASSES, make_images, save_run_checkpoint
-from train_helpers import ROOT
+from train_helpers import ROOT, load_script
 
-sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
-import export  # noqa: E402
+sys.path.insert(0, ROOT)
 import predict  # noqa: E402
+
+export = load_script("export")
 
 
 @pytest.fixture(scope="module")

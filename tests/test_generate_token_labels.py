@@ -10,10 +10,10 @@ import torch
 
 import t2t  # noqa: F401
 from t2t.data.token_label import read_label_map
-from train_helpers import ROOT, make_data
+from t2t.tools.token_labels import dense_logits
+from train_helpers import ROOT, load_script, make_data
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from generate_token_labels import dense_logits, main  # noqa: E402
+main = load_script("generate_token_labels").main
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,16 @@ from safetensors.torch import save_file
 from t2t.outputs import OutputError, atomic_output, check_output_file, check_output_folder_inputs, same_file
 from test_cifar import CIFAR10, CIFAR_CONFIG, make_cifar
 from test_predict import make_images, save_run_checkpoint
-from train_helpers import ROOT, TINY_CONFIG, make_data, write_config
+from train_helpers import ROOT, TINY_CONFIG, load_script, make_data, write_config
 
-sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts")]
-import benchmark  # noqa: E402
-import export  # noqa: E402
-import model_info  # noqa: E402
+sys.path.insert(0, ROOT)
 import predict  # noqa: E402
 import train  # noqa: E402
 import validate  # noqa: E402
+
+benchmark = load_script("benchmark")
+export = load_script("export")
+model_info = load_script("model_info")
 
 
 def digest(path) -> str:

@@ -114,10 +114,10 @@ def test_resume_with_another_teacher_file_is_refused(tmp_path):
 @pytest.mark.slow
 def test_benchmark_train_step_with_a_teacher(tmp_path):
     import json
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-    from benchmark import main
+
+    from train_helpers import load_script
+
+    main = load_script("benchmark").main
 
     out = tmp_path / "b.json"
     assert main(["--smoke", "--mode", "train", "-m", "t2t_vit_7_distilled", "--teacher-model", "t2t_vit_7",

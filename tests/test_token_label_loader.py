@@ -11,6 +11,7 @@ from timm.data.auto_augment import AugmentOp
 from torchvision.transforms import Compose
 
 from t2t.config import ConfigError, load_config
+from t2t import rng
 from t2t.data import setup as data_setup
 from t2t.data.token_label import LabelMapError, TokenLabelDataset, TokenLabelTransform, crop_label_map, \
     dense_scores, label_path, label_targets, mix_token, save_label_map
@@ -173,9 +174,9 @@ def test_mix_token_in_the_loader_path(quadrants):
     images, (cls, dense) = to_device(*next(iter(data.train_batches(0))))
     boxes = set()
     for step in range(10):
-        data_setup.reseed_step(0, step, 0)  # what the Trainer does before each micro-step
+        rng.reseed_step(0, step, 0)  # what the Trainer does before each micro-step
         out, (m_cls, m_dense) = mix(images, (cls, dense))
-        data_setup.reseed_step(0, step, 0)
+        rng.reseed_step(0, step, 0)
         *_, (top, left, bottom, right) = mix_token(images, cls, dense, alpha=1.0, patch=16)  # the box it drew
         boxes.add((top, left, bottom, right))
         torch.testing.assert_close(m_cls.sum(-1), torch.ones(8))

@@ -1,16 +1,25 @@
 """Shared pieces of the training tests: a tiny data set, a tiny config, checkpoint comparison."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from t2t.tools.demo_data import make_demo_dataset
 
-from make_demo_data import make_demo_dataset  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name: str):
+    """The command-line tool scripts/<name>.py as a module, to call its main() in-process (not put on sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"t2t_script_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 TINY_CONFIG = """\
 model: {name: t2t_vit_7, img_size: 32, drop_path_rate: 0.1}

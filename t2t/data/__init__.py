@@ -5,14 +5,12 @@ from .dataset import (
     RepeatedSample,
     check_classes_match,
     check_same_classes,
-    derive_seed,
     find_split_dirs,
     find_unreadable_images,
     resolve_eval_dir,
-    seed_global_rngs,
 )
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
-from .mixup import build_mixup, seed_main_process_rng
+from .mixup import build_mixup
 from .sampler import ShardSampler, TrainSampler
 from .transforms import (
     BatchNormalizeErase,
@@ -40,13 +38,10 @@ __all__ = [
     "build_train_transform",
     "check_classes_match",
     "check_same_classes",
-    "derive_seed",
     "eval_resize_size",
     "find_split_dirs",
     "find_unreadable_images",
     "normalize_and_erase",
     "resolve_eval_dir",
-    "seed_global_rngs",
-    "seed_main_process_rng",
     "set_loader_epoch",
 ]

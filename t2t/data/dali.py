@@ -45,7 +45,8 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError
-from .dataset import _DECODE_ERRORS, SEED_STREAM_SAMPLE, DatasetError, ImageFolderDataset, derive_seed
+from ..rng import SEED_STREAM_SAMPLE, derive_seed
+from .dataset import _DECODE_ERRORS, DatasetError, ImageFolderDataset
 from .sampler import ShardSampler, TrainSampler
 from .transforms import eval_resize_size
 

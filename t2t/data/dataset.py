@@ -1,18 +1,15 @@
 """ImageFolder datasets whose per-sample randomness is a function of (seed, epoch, index, repeat slot).
 
 Every ``__getitem__`` reseeds Python's ``random``, NumPy's global RNG and torch's CPU RNG from
-(seed, epoch, index) before it decodes and augments, so a sample's augmentation does not depend on
-which worker prepares it, how many workers there are, or where an epoch was resumed. Under repeated
+(seed, epoch, index) before it decodes and augments (``t2t.rng.reseed_sample``; the scheme is
+described there), so a sample's augmentation does not depend on which worker prepares it, how many workers there are, or where an epoch was resumed. Under repeated
 augmentation the sampler hands out ``RepeatedSample(index, slot)`` keys, and copy ``slot`` of an
 image is seeded with the slot as well, so the copies of one image are augmented differently.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import random
-import struct
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
 import numpy as np
@@ -20,6 +17,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..rng import reseed_sample
 from .decode import to_rgb
 from .filelist import SampleList, cached_listing
 
@@ -32,12 +30,10 @@ __all__ = [
     "check_classes_match",
     "SeededDataset",
     "check_same_classes",
-    "derive_seed",
     "find_classes",
     "find_split_dirs",
     "find_unreadable_images",
     "resolve_eval_dir",
-    "seed_global_rngs",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -51,13 +47,7 @@ class DatasetError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Seeding
-
-
-# First key of every derive_seed() call, so the three uses never share a seed.
-SEED_STREAM_SAMPLE = 1  # (stream, seed, epoch, index[, repeat slot]): a sample's augmentation
-SEED_STREAM_SHUFFLE = 2  # (stream, seed, epoch): the training sampler's permutation
-SEED_STREAM_STEP = 3  # (stream, seed, step, rank): main-process randomness of one optimizer step
+# Sample keys
 
 
 class RepeatedSample(NamedTuple):
@@ -68,30 +58,6 @@ class RepeatedSample(NamedTuple):
 
 
 SampleKey = Union[int, RepeatedSample]  # what a dataset's __getitem__ accepts
-
-
-def derive_seed(*keys: int) -> int:
-    """A 64-bit seed hashed from integer keys in [0, 2**64), e.g. (SEED_STREAM_SAMPLE, seed, epoch, index)."""
-    try:
-        packed = struct.pack(f"<{len(keys)}Q", *keys)
-    except struct.error as exc:
-        raise ValueError(f"seed keys must be integers in [0, 2**64), got {keys}") from exc
-    return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
-
-
-def seed_global_rngs(seed: int, *, accelerators: bool = False) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch's CPU RNG (and every device's if asked).
-
-    ``accelerators=False`` seeds only torch's CPU generator: enough for data workers, and about 1 us,
-    where ``torch.manual_seed`` took about 200 us here (CUDA not initialised: it queues lazy seeding
-    calls that record a formatted stack trace).
-    """
-    random.seed(seed)
-    np.random.seed(seed >> 32)  # legacy seeding takes 32 bits; an int seeds 5x faster than an array
-    if accelerators:
-        torch.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +221,7 @@ class SeededDataset(torch.utils.data.Dataset):
 
         Slot 0 (every sample without repeated augmentation) keeps the seed of (seed, epoch, index).
         """
-        keys = (SEED_STREAM_SAMPLE, self.seed, self.epoch, index) + ((slot,) if slot else ())
-        seed_global_rngs(derive_seed(*keys))
+        reseed_sample(self.seed, self.epoch, index, slot)
 
 
 class ImageFolderDataset(SeededDataset):

@@ -1,11 +1,9 @@
-"""Mixup / CutMix (timm's) and per-step reseeding of the main process's RNGs."""
+"""Mixup / CutMix (timm's), drawing from NumPy's global RNG (reseeded per step: t2t.rng.reseed_step)."""
 from __future__ import annotations
 
 from timm.data import Mixup
 
-from .dataset import SEED_STREAM_STEP, derive_seed, seed_global_rngs
-
-__all__ = ["build_mixup", "seed_main_process_rng"]
+__all__ = ["build_mixup"]
 
 
 def build_mixup(
@@ -42,11 +40,3 @@ def build_mixup(
         label_smoothing=label_smoothing,
         num_classes=num_classes,
     )
-
-
-def seed_main_process_rng(seed: int, step: int, rank: int) -> None:
-    """Reseed Python ``random``, NumPy's global RNG and torch's global RNG (all devices) from (seed, step, rank).
-
-    Call at every optimizer step so mixup/cutmix, dropout and drop-path repeat exactly after a resume.
-    """
-    seed_global_rngs(derive_seed(SEED_STREAM_STEP, seed, step, rank), accelerators=True)

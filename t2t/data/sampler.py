@@ -7,7 +7,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from .dataset import SEED_STREAM_SHUFFLE, RepeatedSample, SampleKey, derive_seed
+from ..rng import shuffle_seed
+from .dataset import RepeatedSample, SampleKey
 
 __all__ = ["ShardSampler", "TrainSampler"]
 
@@ -103,7 +104,7 @@ class TrainSampler(Sampler[SampleKey]):
         """
         if self.shuffle:
             generator = torch.Generator()
-            generator.manual_seed(derive_seed(SEED_STREAM_SHUFFLE, self.seed, self.epoch))
+            generator.manual_seed(shuffle_seed(self.seed, self.epoch))
             order = torch.randperm(self.dataset_len, generator=generator)
         else:
             order = torch.arange(self.dataset_len)

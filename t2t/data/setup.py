@@ -1,4 +1,4 @@
-"""The training run's data, assembled from the config: datasets, resumable loaders, mixup, reseeding."""
+"""The training run's data, assembled from the config: datasets, resumable loaders, mixup."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,7 @@ from .cifar import CIFARDataset, find_cifar_dir
 from .dataset import DatasetError, ImageFolderDataset, SeededDataset, check_same_classes, find_split_dirs, \
     find_unreadable_images
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
-from .mixup import build_mixup, seed_main_process_rng
+from .mixup import build_mixup
 from .sampler import TrainSampler
 from .token_label import DenseTokenTargets, MixToken, TokenLabelDataset, TokenLabelTransform
 from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, build_train_transform
@@ -331,7 +331,3 @@ def build_mix_token_fn(cfg: TokenLabelConfig, mixup: MixupConfig) -> Optional[Mi
                           f"{mixup.cutmix_alpha}: MixToken replaces mixup and CutMix; set both to 0")
     return MixToken(cfg.mix_token_alpha, patch=TOKEN_STRIDE) if cfg.mix_token_alpha > 0 else None
 
-
-def reseed_step(seed: int, micro_step: int, rank: int) -> None:
-    """Seed mixup, dropout and drop-path from the position in the run (exact resume)."""
-    seed_main_process_rng(seed, micro_step, rank)

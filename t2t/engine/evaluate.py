@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import DistInfo, all_reduce_sum
+from .collectives import all_reduce_sum
+from .distributed import DistInfo
 from .precision import amp_context
 
 _logger = logging.getLogger(__name__)

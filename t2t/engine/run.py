@@ -12,18 +12,16 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import models  # noqa: F401  (registers the T2T-ViT family with timm)
+from .. import models, rng  # noqa: F401  (models: registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, dump_config, rename_old_keys
 from ..data import setup as data_setup
-from ..models import cpu as cpu_backend
 from ..models import T2TViTDistilled, create_token_label_model
 from ..models.weights import load_pretrained_weights
 from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
 from .checkpoint_schema import TrainingCheckpoint
-from .distributed import DistInfo, broadcast_object, cleanup_distributed, gather_objects, init_distributed, \
-    settle_bucket_layout, \
-    setup_logging
+from .collectives import broadcast_object, gather_objects, settle_bucket_layout
+from .distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
 from .ema import CachedModelEma
 from .losses import build_loss
 from .metrics import RunLogger
@@ -179,7 +177,10 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
     device = dist.device
     torch.manual_seed(cfg.train.seed)  # the same initial weights (and Performer projections) on every rank
     model = _build_model(cfg, plan.num_classes)
-    cpu_backend.apply_backend(model, cfg.model.cpu_backend, device, amp)
+    if cfg.model.cpu_backend:  # the backend module is loaded only for runs that ask for it
+        from ..models import cpu as cpu_backend
+
+        cpu_backend.apply_backend(model, True, device, amp)
     if cfg.model.init_from and not resuming:
         if not os.path.isfile(cfg.model.init_from):
             raise ConfigError(f"model.init_from={cfg.model.init_from!r}: no such file (expected an official release "
@@ -206,7 +207,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
         mixup=mixup, mixup_off_epoch=cfg.mixup.off_epoch,
-        reseed=lambda i: data_setup.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
+        reseed=lambda i: rng.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
         log_interval=cfg.train.log_interval, dist=dist)
 
 

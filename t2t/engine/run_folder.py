@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional
 
 from ..config import Config, ConfigError, config_from_dict
 from .checkpoint import find_resume_checkpoint, load_training_checkpoint, remove_stale_temporaries
-from .distributed import DistInfo, broadcast_object, env_int
+from .collectives import broadcast_object
+from .distributed import DistInfo, env_int
 
 _logger = logging.getLogger("t2t.train")
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .distributed import sum_over_ranks
+from .collectives import sum_over_ranks
 
 _logger = logging.getLogger("t2t.train")
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import clean_state_dict
-from .distributed import DistInfo, all_reduce_sum, sum_over_ranks
+from .collectives import all_reduce_sum, sum_over_ranks
+from .distributed import DistInfo
 from .evaluate import evaluate_models
 from .losses import TrainLoss
 from .metrics import format_duration

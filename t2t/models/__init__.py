@@ -1,4 +1,7 @@
-"""The T2T-ViT family, registered with timm on import."""
+"""The T2T-ViT family, registered with timm on import.
+
+The optional float32 CPU backend is not imported here: `from t2t.models import cpu; cpu.accelerate(model)`.
+"""
 from .layers import TokenPerformer, TokenTransformer, sinusoid_table
 from .t2t_vit import MODEL_ARCHS, T2TModule, T2TViT
 from .t2t_vit_variants import VARIANTS, T2TViTBlocks, T2TViTDense  # registers t2t_vit_14_se, t2t_vit_dense, t2t_vit_16_ghost
@@ -12,7 +15,6 @@ from .weights import (
 )
 from .t2t_vit_teacher import DISTILLED_ARCHS, T2TViTDistilled, T2TViTTokenLabel, create_token_label_model
 from .complexity import count_macs, count_params
-from . import cpu  # the optional float32 CPU backend: t2t.models.cpu.accelerate(model)
 
 __all__ = [
     "MODEL_ARCHS", "T2TModule", "T2TViT", "TokenPerformer", "TokenTransformer", "sinusoid_table",

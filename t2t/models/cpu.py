@@ -13,12 +13,16 @@ function with the same parameters and state dict, faster on some CPUs:
 - t2t: the T2T module runs each soft split and the Linear after it as one convolution over a
   channels-last grid, with the LayerNorm folded into the convolution (no patches gathered, no
   normalised copy written), and on the CPU a few images at a time so the large token tensors come
-  from the allocator's free lists instead of fresh pages.
+  from the allocator's free lists instead of fresh pages. Its token layers become subclasses that
+  can start from that projection (`forward_projected`).
 
 Each trick applies only to float32 CPU tensors outside autocast; everywhere else the plain code runs.
 Whether they pay off depends on the CPU (oneDNN against MKL, memory bandwidth): measure with
 `scripts/benchmark.py --cpu-backend both` before switching it on. A converted model is not meant for
 TorchScript, FX or export: convert after those, or keep a plain copy.
+
+Nothing in t2t imports this module unless `model.cpu_backend` is on or a user calls it: the layers
+in layers.py and t2t_vit.py know nothing of it.
 """
 import logging
 from typing import Optional
@@ -31,6 +35,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from timm.models._manipulate import checkpoint
 
+from .layers import TokenPerformer, TokenTransformer
 from .t2t_vit import T2TModule
 
 TRICKS = ("linear", "gelu", "t2t")
@@ -176,11 +181,51 @@ def patch_norm_linear(
     return tokens.mul_(rstd).add_(bias)  # in place: no fresh (B, T', out) buffer
 
 
+class ProjectedTokenPerformer(TokenPerformer):
+    """TokenPerformer that can also start after its input projection, kqv(norm1(x)), computed elsewhere."""
+
+    @property
+    def in_proj(self) -> nn.Linear:
+        """The Linear that norm1 feeds."""
+        return self.kqv
+
+    def forward_projected(self, kqv: torch.Tensor) -> torch.Tensor:
+        """The layer after kqv(norm1(x)): attention in float32, v-skip and MLP; (B, T, 3E) -> (B, T, E)."""
+        with torch.autocast(device_type=kqv.device.type, enabled=False):
+            x = self.linear_attention(kqv)
+        return x + self.mlp(self.norm2(x))
+
+
+class ProjectedTokenTransformer(TokenTransformer):
+    """TokenTransformer that can also start after its input projection, attn.qkv(norm1(x)), computed elsewhere."""
+
+    @property
+    def in_proj(self) -> nn.Linear:
+        """The Linear that norm1 feeds."""
+        return self.attn.qkv
+
+    def forward_projected(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The layer after attn.qkv(norm1(x)): TokenAttention's equations from the projection on, then the MLP."""
+        attn = self.attn
+        q, k, v = qkv.unsqueeze(1).split(attn.out_dim, dim=-1)  # (B, 1, T, E) each: one head
+        if attn.fused_attn:
+            y = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        else:
+            y = (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        x = (v + attn.proj(y)).squeeze(1)
+        return x + self.mlp(self.norm2(x))
+
+
+# Token layers ConvolvedT2TModule can drive: each plain class and the subclass that starts after its projection.
+PROJECTED_LAYERS = {TokenPerformer: ProjectedTokenPerformer, TokenTransformer: ProjectedTokenTransformer}
+
 TOKENS_PER_CHUNK = 8 * 56 * 56  # first-layer tokens per chunk (8 images at 224)
 
 
 class ConvolvedT2TModule(T2TModule):
     """T2TModule whose soft splits and the Linears after them run as convolutions on float32 CPU inputs.
+
+    Its token layers are ProjectedTokenPerformer / ProjectedTokenTransformer (accelerate converts both).
 
     On 8 images at 224 (2-core AMD EPYC), oneDNN's convolution beats gathering the patches and
     multiplying (7.5 against 12.3 ms for the second split). Other inputs take the plain forward.
@@ -227,9 +272,19 @@ def accelerate(model: nn.Module, tricks: tuple = TRICKS) -> nn.Module:
     for trick in tricks:
         plain, fast = swaps[trick]
         for m in model.modules():
-            if type(m) is plain:
+            if type(m) is plain and (fast is not ConvolvedT2TModule or _convert_token_layers(m)):
                 m.__class__ = fast
     return model
+
+
+def _convert_token_layers(t2t: T2TModule) -> bool:
+    """Give both token layers of `t2t` their projected subclass; False (nothing changed) if one is of another kind."""
+    layers = (t2t.attention1, t2t.attention2)
+    if not all(type(layer) in PROJECTED_LAYERS or type(layer) in PROJECTED_LAYERS.values() for layer in layers):
+        return False
+    for layer in layers:
+        layer.__class__ = PROJECTED_LAYERS.get(type(layer), type(layer))
+    return True
 
 
 def apply_backend(model: nn.Module, enabled: bool, device: torch.device, amp: str) -> bool:
@@ -246,7 +301,8 @@ def apply_backend(model: nn.Module, enabled: bool, device: torch.device, amp: st
 
 def restore(model: nn.Module) -> nn.Module:
     """Undo accelerate: every converted module back to its plain class, in place; returns it."""
-    plain = {OneDnnLinear: nn.Linear, InplaceGELU: nn.GELU, ConvolvedT2TModule: T2TModule}
+    plain = {OneDnnLinear: nn.Linear, InplaceGELU: nn.GELU, ConvolvedT2TModule: T2TModule,
+             **{fast: slow for slow, fast in PROJECTED_LAYERS.items()}}
     for m in model.modules():
         if type(m) in plain:
             m.__class__ = plain[type(m)]

@@ -28,8 +28,6 @@ class TokenPerformer(nn.Module):
     overflows in float16 (official issue #65, NaN losses with AMP).
     """
 
-    __jit_unused_properties__ = ["in_proj"]
-
     def __init__(self, dim: int, out_dim: int = 64, kernel_ratio: float = 0.5, drop: float = 0.1) -> None:
         super().__init__()
         self.out_dim = out_dim
@@ -50,11 +48,6 @@ class TokenPerformer(nn.Module):
         w = nn.init.orthogonal_(torch.empty(self.num_features, out_dim)) * math.sqrt(self.num_features)
         self.register_buffer("w", w)
 
-    @property
-    def in_proj(self) -> nn.Linear:
-        """The Linear that norm1 feeds."""
-        return self.kqv
-
     def random_features(self, x: torch.Tensor) -> torch.Tensor:
         """phi(x) = exp(w x - |x|^2 / 2) / sqrt(m): (B, T, E) -> (B, T, m)."""
         sq_norm = x.square().sum(dim=-1, keepdim=True) / 2  # (B, T, 1)
@@ -69,21 +62,15 @@ class TokenPerformer(nn.Module):
         y = torch.matmul(qp, kptv) / (denom + self.epsilon)  # (B, T, E)
         return v + self.dp(self.proj(y))
 
-    def attend(self, kqv: torch.Tensor) -> torch.Tensor:
-        """linear_attention in float32, autocast or not."""
-        if torch.jit.is_scripting():  # TorchScript does not script an autocast region; it runs without one
-            return self.linear_attention(kqv)
-        with torch.autocast(device_type=kqv.device.type, enabled=False):
-            return self.linear_attention(kqv)
-
-    def forward_projected(self, kqv: torch.Tensor) -> torch.Tensor:
-        """The layer after in_proj(norm1(x)): attention, v-skip and MLP."""
-        x = self.attend(kqv)
-        return x + self.mlp(self.norm2(x))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, dim) -> (B, T, out_dim)."""
-        return self.forward_projected(self.kqv(self.norm1(x)))
+        kqv = self.kqv(self.norm1(x))  # (B, T, 3 * out_dim)
+        if torch.jit.is_scripting():  # TorchScript does not script an autocast region; it runs without one
+            x = self.linear_attention(kqv)
+        else:
+            with torch.autocast(device_type=kqv.device.type, enabled=False):  # float32: exp() overflows in fp16
+                x = self.linear_attention(kqv)
+        return x + self.mlp(self.norm2(x))
 
 
 class TokenAttention(nn.Module):
@@ -102,23 +89,18 @@ class TokenAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * out_dim, bias=False)
         self.proj = nn.Linear(out_dim, out_dim)
 
-    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Attention output plus v, from the (B, T, 3*out_dim) projection."""
-        q, k, v = qkv.unsqueeze(1).split(self.out_dim, dim=-1)  # (B, 1, T, E) each: one head
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, dim) -> (B, T, out_dim): attention output plus v."""
+        q, k, v = self.qkv(x).unsqueeze(1).split(self.out_dim, dim=-1)  # (B, 1, T, E) each: one head
         if self.fused_attn:
             y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
             y = (q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         return (v + self.proj(y)).squeeze(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attend(self.qkv(x))
-
 
 class TokenTransformer(nn.Module):
     """Token layer of the T2T-ViT-t variants: softmax attention with a v-skip, then an MLP."""
-
-    __jit_unused_properties__ = ["in_proj"]
 
     def __init__(self, dim: int, out_dim: int = 64) -> None:
         super().__init__()
@@ -127,16 +109,7 @@ class TokenTransformer(nn.Module):
         self.norm2 = nn.LayerNorm(out_dim)
         self.mlp = Mlp(in_features=out_dim, hidden_features=out_dim, out_features=out_dim)
 
-    @property
-    def in_proj(self) -> nn.Linear:
-        """The Linear that norm1 feeds."""
-        return self.attn.qkv
-
-    def forward_projected(self, qkv: torch.Tensor) -> torch.Tensor:
-        """The layer after in_proj(norm1(x)): attention, v-skip and MLP."""
-        x = self.attn.attend(qkv)
-        return x + self.mlp(self.norm2(x))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, dim) -> (B, T, out_dim)."""
-        return self.forward_projected(self.attn.qkv(self.norm1(x)))
+        x = self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from t2t.models import MODEL_ARCHS, sinusoid_table
+from ..models import MODEL_ARCHS, sinusoid_table
 
 
 class Mlp(nn.Module):

@@ -10,7 +10,7 @@ it moves that work to the device); with ``prefetcher=True`` both return uint8 te
 normalisation and random erasing to the device, as timm's ``use_prefetcher=True`` does. Command line
 (generates 300-500 px JPEGs in a temporary folder when none is given):
 
-    python -m t2t.data.bench [--data-dir DIR] [--img-size 224] [--num-images 200] [--rounds 3] [--prefetcher]
+    python -m t2t.tools.data_bench [--data-dir DIR] [--img-size 224] [--num-images 200] [--rounds 3] [--prefetcher]
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from .dataset import SEED_STREAM_SAMPLE, ImageFolderDataset, derive_seed, seed_global_rngs
-from .transforms import build_train_transform, guard_posterize
+from ..data.dataset import ImageFolderDataset
+from ..data.transforms import build_train_transform, guard_posterize
+from ..rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
 
 __all__ = ["make_benchmark_images", "run_data_benchmark"]
 
@@ -192,8 +193,8 @@ def _augment_kwargs(augment: str, auto_augment: Optional[str]) -> dict[str, Any]
 
 def _dali_loader(root: str, img_size: int, aug: dict[str, Any], *, batch_size: int, seed: int, threads: int,
                  count: int) -> Any:
-    from .dali import DaliTrainLoader, SamplePlanner, parse_rand_policy
-    from .sampler import TrainSampler
+    from ..data.dali import DaliTrainLoader, SamplePlanner, parse_rand_policy
+    from ..data.sampler import TrainSampler
 
     dataset = ImageFolderDataset(root, seed=seed)
     planner = SamplePlanner(img_size, scale=aug["scale"], ratio=aug["ratio"], hflip=aug["hflip"],
