@@ -127,8 +127,8 @@ class EMAConfig:
 @dataclass
 class EvalConfig:
     interval: int = 1  # epochs between evaluations; 0: only after the last epoch
-    crop_pct: float = 0.9
-    interpolation: str = "bicubic"
+    crop_pct: Optional[float] = None  # None: the model's pretrained cfg (T2T-ViT: 0.9, the paper's eval)
+    interpolation: Optional[str] = None  # None: the model's pretrained cfg (T2T-ViT: bicubic)
     batch_size: int = 100
     metric: Literal["top1", "ema_top1", "top5", "ema_top5"] = "ema_top1"
 
@@ -246,7 +246,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.device": (lambda v: re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", v) is not None, "auto, cpu, cuda[:N]"),
     "ema.decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "eval.interval": (lambda v: v >= 0, ">= 0"),
-    "eval.crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "eval.crop_pct": (lambda v: v is None or 0 < v <= 1, "in (0, 1] or null (the model's)"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
     "checkpoint.every_steps": (lambda v: v >= 0, ">= 0"),
     "checkpoint.every_minutes": (lambda v: v >= 0, ">= 0"),
@@ -258,7 +258,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.std": (lambda v: all(s > 0 for s in v), "three numbers > 0"),
     "data.interpolation": (lambda v: v == "random" or v in _INTERPOLATIONS,
                            "random or one of " + ", ".join(_INTERPOLATIONS)),
-    "eval.interpolation": (lambda v: v in _INTERPOLATIONS, "one of " + ", ".join(_INTERPOLATIONS)),
+    "eval.interpolation": (lambda v: v is None or v in _INTERPOLATIONS,
+                           "null (the model's) or one of " + ", ".join(_INTERPOLATIONS)),
     "distill.alpha": (lambda v: 0 <= v <= 1, "in [0, 1] (0: plain training, 1: the teacher only)"),
     "distill.tau": (lambda v: v > 0, "> 0"),
     "distill.teacher_img_size": (lambda v: v is None or v > 0, "a positive size or null (the student's)"),
