@@ -22,6 +22,7 @@ from timm.data import ImageNetInfo
 from . import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from .config import Config, ConfigError, apply_values, config_from_dict, load_config, parse_override, read_yaml, \
     validate
+from .engine.checkpoint_schema import TrainingCheckpoint
 from .models.factory import EvalPreprocessing, create_model, resolve_eval_preprocessing
 from .models.weights import CheckpointError, extract_state_dict, load_pretrained_weights, read_checkpoint
 
@@ -88,8 +89,13 @@ def check_model_name(name: str, where: str = "--model") -> None:
 def inspect_checkpoint(path: str, use_ema: bool = True) -> CheckpointInfo:
     """Class count (head rows), image size (position grid x 16), model name, config and class names."""
     checkpoint = read_checkpoint(path)
+    if isinstance(checkpoint, dict) and "train_state" in checkpoint:  # ours: read through the checkpoint schema
+        ours = TrainingCheckpoint.from_dict(checkpoint, path=path)
+        checkpoint = {"state_dict_ema": ours.trainer["state_dict_ema"], "model": ours.weights}
+        meta: dict[str, Any] = {"arch": ours.arch, "config": ours.config, "run": ours.run}
+    else:  # an official release file, a bare state dict, an exported .safetensors file
+        meta = read_metadata(path, checkpoint)
     state_dict, _ = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")
-    meta = read_metadata(path, checkpoint)
     head = state_dict.get("head.weight")
     pos_embed = state_dict.get("pos_embed")
     img_size = None
@@ -144,7 +150,14 @@ def resolve_eval_config(path: str, info: CheckpointInfo, *, config_file: Optiona
     for key, (value, flag) in flags.items():
         section, _, field = key.partition(".")
         apply_values(cfg, {section: {field: value}}, origin=flag)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as e:  # name the flag a bad value came from: "eval.batch_size=0 (--batch-size): ..."
+        for key, (value, flag) in flags.items():
+            if str(e).startswith(f"{key}="):
+                head, _, rest = str(e).partition(": ")
+                raise ConfigError(f"{head} ({flag}): {rest}") from None
+        raise
     return cfg
 
 
