@@ -34,11 +34,9 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t2t.cli import EXIT_USAGE, ArgumentParser, run_main  # noqa: E402
-from t2t.config import ConfigError  # noqa: E402
+from t2t.cli import EXIT_USAGE, ArgumentParser, one_line, run_main  # noqa: E402
 from t2t.inference import check_batch_fits, inspect_checkpoint, load_model  # noqa: E402
-from t2t.models import CheckpointError  # noqa: E402
-from t2t.outputs import INTERRUPTED, atomic_output, check_output_file  # noqa: E402
+from t2t.outputs import atomic_output, check_output_file  # noqa: E402
 
 FORMATS = ("onnx", "torchscript", "export", "safetensors")
 # torch's ONNX exporter (dynamo=True) builds opset 18 and converts to the opset asked for; older ones fail

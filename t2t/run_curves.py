@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import os
-import sys
 from typing import Any, Optional, Sequence
 
 from .cli import EXIT_USAGE, ArgumentParser, UsageError, run_main

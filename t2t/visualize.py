@@ -12,7 +12,6 @@ import io
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 

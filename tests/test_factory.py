@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import t2t
 from t2t.cli import EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, UsageError, exit_status, run_main
 from t2t.config import Config, ConfigError, ModelConfig, config_from_dict, load_config
 from t2t.engine.checkpoint_schema import TRAINER_KEYS, TrainingCheckpoint
