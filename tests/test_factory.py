@@ -235,3 +235,18 @@ def test_run_main_reports_one_line_and_keeps_bugs_loud(capsys):
     assert run_main("tool.py", lambda: 7) == 7
     with pytest.raises(ZeroDivisionError):
         run_main("tool.py", lambda: 1 // 0)
+
+
+def test_predict_settings_precedence(tmp_path):
+    """predict.py's model and transform: stored config < -c file < section.key=value overrides < flags."""
+    _, path = _token_label_run(tmp_path)
+    config = tmp_path / "p.yaml"
+    config.write_text("eval:\n  crop_pct: 0.8\n  interpolation: bilinear\n")
+    loaded = load_model(path, config_file=str(config))
+    resize = loaded.transform.transforms[0]
+    assert (resize.size, resize.interpolation.value, loaded.config.eval.crop_pct) == (40, "bilinear", 0.8)
+    loaded = load_model(path, config_file=str(config), overrides=["eval.crop_pct=1.0", "model.img_size=48"])
+    assert (loaded.transform.transforms[0].size, loaded.img_size) == (48, 48)
+    loaded = load_model(path, overrides=["model.img_size=48"], img_size=64)
+    assert loaded.img_size == 64 and loaded.model.img_size == 64  # the flag wins
+    assert load_model(path).transform.transforms[0].size == 35  # stored crop unset: the model's 0.9 (floor(32/0.9))
