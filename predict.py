@@ -27,33 +27,35 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from t2t.cli import ArgumentParser, list_images, one_line
-from t2t.config import ConfigError
+from t2t.cli import EXIT_USAGE, ArgumentParser, list_images, run_main, split_overrides
 from t2t.data.decode import to_rgb
 from t2t.data.loader import ignore_stop_signals
-from t2t.engine.distributed import DeviceError, resolve_device
+from t2t.engine.distributed import resolve_device
 from t2t.inference import load_model
-from t2t.models import CheckpointError
-from t2t.outputs import INTERRUPTED, CtrlC, atomic_output, check_output_file
-
-USER_ERRORS = (ConfigError, CheckpointError, DeviceError, OSError, ValueError)
-
+from t2t.outputs import CtrlC, atomic_output, check_output_file
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0], epilog=SETTINGS_HELP)
     p.add_argument("--checkpoint", required=True, help="our checkpoint, an official release file or .safetensors")
     p.add_argument("--images", required=True, nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("-c", "--config", help="a config.yaml whose keys override the checkpoint's stored config")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. eval.crop_pct=1.0 model.img_size=384")
     p.add_argument("--topk", type=int, default=5, help="predictions per image (default 5)")
     p.add_argument("--output", help="CSV file, or JSON when the name ends in .json (default: CSV on stdout)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output (kept until the new file is complete)")
-    p.add_argument("--model", help="model name, for files that record none (official weights), e.g. t2t_vit_14")
-    p.add_argument("--img-size", type=int, help="input size (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--model", help="model.name, for files that record none (official weights), e.g. t2t_vit_14")
+    p.add_argument("--img-size", type=int, help="model.img_size: input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, help=f"eval.batch_size (default {DEFAULTS['eval']['batch_size']})")
+    p.add_argument("--workers", type=int, help=f"data.workers: image-decoding processes (default "
+                   f"{DEFAULTS['data']['workers']})")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
-    return p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
+    args.images, extra = split_overrides(args.images)
+    args.overrides = [*args.overrides, *extra]
+    return args
 
 
 class ImageFiles(Dataset):
@@ -100,22 +102,36 @@ def _progress(done: int, total: int) -> None:
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} images", end=end, file=sys.stderr, flush=True)
 
 
+# predict.py's own defaults for the run-time keys (a run's config does not decide them here).
+DEFAULTS = {"eval": {"batch_size": 32}, "data": {"workers": 2}}
+SETTINGS_HELP = ("Settings, in increasing priority: the checkpoint's stored config (model, eval crop and "
+                 "interpolation, normalisation), the -c file, section.key=value overrides, then the flags "
+                 "(--model, --img-size, --batch-size, --workers are model.name, model.img_size, eval.batch_size, "
+                 "data.workers). Without a setting, the model's pretrained cfg gives the eval crop and "
+                 "interpolation (T2T-ViT: 0.9, bicubic).")
+
+
 @torch.no_grad()
 def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """(rows of {path, labels, probs}, skipped (path, reason)) for every image, in input order."""
-    if args.topk < 1 or args.batch_size < 1 or args.workers < 0:
+    if args.topk < 1 or (args.batch_size is not None and args.batch_size < 1) or \
+            (args.workers is not None and args.workers < 0):
         raise ValueError(f"--topk {args.topk} / --batch-size {args.batch_size} / --workers {args.workers}: "
                          "expected >= 1 / >= 1 / >= 0")
     paths = list_images(args.images)
     check_output(args, paths)
     device = resolve_device(args.device)
-    loaded = load_model(args.checkpoint, model_name=args.model, img_size=args.img_size, use_ema=not args.no_ema)
+    loaded = load_model(args.checkpoint, use_ema=not args.no_ema, config_file=args.config, overrides=args.overrides,
+                        flags={"model.name": (args.model, "--model"), "model.img_size": (args.img_size, "--img-size"),
+                               "eval.batch_size": (args.batch_size, "--batch-size"),
+                               "data.workers": (args.workers, "--workers")}, defaults=DEFAULTS)
+    batch_size, workers = loaded.config.eval.batch_size, loaded.config.data.workers
     model = loaded.model.to(device)
     k = min(args.topk, len(loaded.classes))
     print(f"{loaded.model_name} @{loaded.img_size}, {loaded.weights} weights of {args.checkpoint}, "
           f"{len(loaded.classes)} classes, {len(paths)} images on {device}", file=sys.stderr)
     # Workers ignore Ctrl-C: the main process stops them, so the interruption is one line, not their tracebacks.
-    loader = DataLoader(ImageFiles(paths, loaded.transform), batch_size=args.batch_size, num_workers=args.workers,
+    loader = DataLoader(ImageFiles(paths, loaded.transform), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, worker_init_fn=ignore_stop_signals)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
@@ -167,23 +183,21 @@ def _write_csv(rows: list[dict[str, Any]], k: int, f) -> None:
 def check_output(args: argparse.Namespace, paths: Sequence[str]) -> None:
     """--output may be neither the checkpoint nor one of the images, nor an existing file without --overwrite."""
     if args.output:
-        inputs = [("--checkpoint", args.checkpoint)] + [("--images", p) for p in paths]
+        inputs = [("--checkpoint", args.checkpoint), ("-c/--config", args.config)] + [("--images", p) for p in paths]
         check_output_file(args.output, inputs=inputs, overwrite=args.overwrite)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        rows, skipped = predict(args)
-        k = len(rows[0]["labels"]) if rows else args.topk
-        write_results(rows, k, args.output)
-    except USER_ERRORS as e:
-        print(f"predict.py: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        kept = f"; {args.output!r} is as it was" if args.output and os.path.exists(args.output) else ""
-        print(f"\npredict.py: interrupted (Ctrl-C): no predictions written{kept}", file=sys.stderr)
-        return INTERRUPTED
+    return run_main("predict.py", lambda: _predict_and_write(args), extra={ValueError: EXIT_USAGE},
+                    interrupted=lambda: "no predictions written" + (
+                        f"; {args.output!r} is as it was" if args.output and os.path.exists(args.output) else ""))
+
+
+def _predict_and_write(args: argparse.Namespace) -> int:
+    rows, skipped = predict(args)
+    k = len(rows[0]["labels"]) if rows else args.topk
+    write_results(rows, k, args.output)
     if args.output:
         print(f"wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
     if skipped:

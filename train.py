@@ -13,31 +13,23 @@ import sys
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2t/runtime.py
 
-from t2t.cli import ArgumentParser, UsageError, check_output_folder, one_line
-from t2t.config import Config, ConfigError, dump_config, load_config
-from t2t.data.dataset import DatasetError
-from t2t.data.setup import DataSizeError
+from t2t.cli import EXIT_IO, EXIT_NONFINITE, EXIT_USAGE, ArgumentParser, UsageError, check_output_folder, exit_status, \
+    one_line
+from t2t.config import Config, dump_config, load_config
 from t2t.engine.checkpoint import CheckpointSaveError
-from t2t.engine.distributed import DeviceError, DistributedSetupError
 from t2t.engine.failures import FAILURE_FILE, clear_failure, failure_of_this_job, record_failure
-from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, RunError, resume_config, run
-from t2t.engine.trainer import NonFiniteLossError
-from t2t.models.weights import CheckpointError
+from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, resume_config, run
 from t2t.outputs import check_output_folder_inputs
 from t2t.runtime import keep_freed_memory
 
-EXIT_FAILED = 1  # e.g. the process group could not be formed: torchrun may restart the group
-EXIT_USAGE = 2  # the inputs cannot be used as given: config, arguments, data, checkpoint files
-EXIT_NONFINITE = 3  # the loss became NaN or infinite
-EXIT_IO = 74  # EX_IOERR: a write failed (full disk, permissions); the checkpoints already written are intact
-
-# Problems with what the user gave: one line on stderr, exit status 2.
 # What a run writes in its folder: no input file may sit there under one of these names.
 RUN_FILES = ("config.yaml", "train.log", "summary.csv", "log.jsonl", "last.pth", "best.pth", "epoch-*.pth",
              "step-*.pth", "filelist-*.npz", FAILURE_FILE)
 
-USER_ERRORS = (UsageError, ConfigError, RunError, DatasetError, CheckpointError, DeviceError, DataSizeError,
-               FileNotFoundError)
+# Exit statuses: t2t.cli's table (EXIT_USAGE 2, EXIT_NONFINITE 3, EXIT_IO 74, EXIT_FAILED 1 for a process group
+# that could not form), where any other OSError during a run is a failed write (EX_IOERR), not a bad input.
+TRAIN_EXIT_STATUS = {OSError: EXIT_IO}
+SAVE_HINT = "; free space (or fix the cause) and continue with --resume auto --output FOLDER"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,19 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         checked_output = args.output
         clear_failure(args.output)  # a start by the user is a deliberate retry
         result = run(cfg, data_dir=args.data_dir, output=args.output, resume=args.resume)
-    except DistributedSetupError as e:  # non-zero, so torchrun restarts the group or gives up
-        return fail(e, EXIT_FAILED)
     except KeyboardInterrupt:
         return fail(KeyboardInterrupt("interrupted (Ctrl-C twice): stopped without saving; the last checkpoint "
                                       "is intact"), INTERRUPTED_EXIT_CODE)
-    except USER_ERRORS as e:
-        return fail(e, EXIT_USAGE, record_in=checked_output)
-    except NonFiniteLossError as e:
-        return fail(e, EXIT_NONFINITE, record_in=checked_output)
-    except CheckpointSaveError as e:
-        return fail(e, EXIT_IO, "; free space (or fix the cause) and continue with --resume auto --output FOLDER")
-    except OSError as e:
-        return fail(e, EXIT_IO)
+    except Exception as e:
+        status = exit_status(e, TRAIN_EXIT_STATUS)
+        if status is None:
+            raise
+        deterministic = status in (EXIT_USAGE, EXIT_NONFINITE)  # a restart would only fail the same way
+        return fail(e, status, SAVE_HINT if isinstance(e, CheckpointSaveError) else "",
+                    record_in=checked_output if deterministic else None)
     if result.preempted:
         return PREEMPTED_EXIT_CODE
     if result.interrupted:

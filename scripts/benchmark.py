@@ -73,20 +73,19 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import t2t  # noqa: E402  (registers the models)
-from t2t.cli import ArgumentParser, one_line  # noqa: E402
+from t2t.cli import ArgumentParser, run_main  # noqa: E402
 from t2t.config import ConfigError, OptimConfig  # noqa: E402
-from t2t.data.dataset import DatasetError  # noqa: E402
-from t2t.engine.distributed import DeviceError, init_distributed  # noqa: E402
-from t2t.inference import BatchSizeError, check_batch_fits, check_model_name  # noqa: E402
+from t2t.engine.distributed import init_distributed  # noqa: E402
+from t2t.inference import check_batch_fits, check_model_name  # noqa: E402
 from t2t.engine.distill import DistillationLoss  # noqa: E402
 from t2t.engine.precision import amp_context, amp_dtype  # noqa: E402
 from t2t.engine.optim import build_optimizer  # noqa: E402
 from t2t.models import cpu  # noqa: E402
-from t2t.outputs import INTERRUPTED, OutputError, atomic_output, check_output_file  # noqa: E402
+from t2t.models.factory import create_model, named_model_config  # noqa: E402
+from t2t.outputs import atomic_output, check_output_file  # noqa: E402
 from t2t.runtime import keep_freed_memory  # noqa: E402
 
 # Problems with the arguments or the data folder: one line on stderr, exit status 2, nothing written.
-USER_ERRORS = (ConfigError, DatasetError, DeviceError, OutputError, BatchSizeError, FileNotFoundError)
 
 # Defaults for the flags left unset; --smoke swaps in the tiny ones (explicit flags still win).
 DEFAULTS = dict(batch_size=16, img_size=224, steps=20, warmup=5, max_warmup=30, peak_size=None, num_images=200)
@@ -306,7 +305,7 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     dtype = amp_dtype(args.amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = timm.create_model(args.model, img_size=args.img_size).to(device)
+    model = create_model(named_model_config(args.model, args.img_size)).to(device)
     params, trainable = t2t.count_params(model)
     forward_gflops = 2 * t2t.count_macs(model, args.img_size) / 1e9
     backend = cpu.apply_backend(model, args.cpu_backend == "on", device, args.amp)
@@ -318,8 +317,9 @@ def benchmark_model(args: argparse.Namespace) -> dict[str, Any]:
     onednn_probe = onednn_matmul_probe(peak_size) if device.type == "cpu" and dtype == torch.float32 else None
     teacher = None
     if args.teacher_model:  # random weights: only its cost is measured
-        teacher_kwargs = dict(img_size=args.img_size) if args.teacher_model.startswith("t2t_vit") else {}
-        teacher = timm.create_model(args.teacher_model, num_classes=model.num_classes, **teacher_kwargs)
+        img_size = args.img_size if args.teacher_model.startswith("t2t_vit") else None  # any timm model
+        teacher = create_model(named_model_config(args.teacher_model, allow_any_timm_model=True), model.num_classes,
+                               img_size=img_size, drop_rate=None, drop_path_rate=None)
         teacher = teacher.to(device).eval().requires_grad_(False)
     step = make_step(model, args.mode, args.batch_size, args.img_size, device, args.amp, teacher=teacher)
     probes = lambda: (probe(), onednn_probe() if onednn_probe else None)  # noqa: E731
@@ -379,7 +379,7 @@ def build_variant(kind: str, args: argparse.Namespace, device: torch.device, wei
 
         model = official_model(args.model, img_size=args.img_size)
     else:
-        model = timm.create_model(args.model, img_size=args.img_size)
+        model = create_model(named_model_config(args.model, args.img_size))
         if kind == "backend":
             cpu.accelerate(model)
     if weights is not None:
@@ -393,7 +393,7 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
     per_model = 8 if args.mode == "train" else 1
     check_batch_fits(args.batch_size, args.img_size, device, copies=len(args.compare) * per_model)
     kinds = args.compare
-    weights = timm.create_model(args.model, img_size=args.img_size).state_dict()
+    weights = create_model(named_model_config(args.model, args.img_size)).state_dict()
     steps = {k: make_step(build_variant(k, args, device, weights), args.mode, args.batch_size, args.img_size,
                           device, args.amp) for k in kinds}
     warmups = {k: warm_up(step, device, args.warmup, args.max_warmup) for k, step in steps.items()}
@@ -555,26 +555,23 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        check_arguments(args)
-        keep_freed_memory()
-        torch.set_num_threads(args.threads or available_cores())
-        if args.mode == "data":
-            results = benchmark_data(args)
-        else:
-            results = benchmark_compare(args) if args.compare else benchmark_model(args)
-        print_table(results)
-        if args.json:
-            with atomic_output(args.json) as tmp:
-                with open(tmp, "w") as f:
-                    json.dump(results, f, indent=2)
-                    f.write("\n")
-    except USER_ERRORS as e:
-        print(f"benchmark.py: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nbenchmark.py: interrupted (Ctrl-C): no results written", file=sys.stderr)
-        return INTERRUPTED
+    return run_main("benchmark.py", lambda: _benchmark_and_report(args), interrupted="no results written")
+
+
+def _benchmark_and_report(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    keep_freed_memory()
+    torch.set_num_threads(args.threads or available_cores())
+    if args.mode == "data":
+        results = benchmark_data(args)
+    else:
+        results = benchmark_compare(args) if args.compare else benchmark_model(args)
+    print_table(results)
+    if args.json:
+        with atomic_output(args.json) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
+                f.write("\n")
     return 0
 
 

@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import t2t  # noqa: E402,F401
-from t2t.cli import ArgumentParser, UsageError, one_line  # noqa: E402
-from t2t.data.dataset import DatasetError, ImageFolderDataset  # noqa: E402
+from t2t.cli import ArgumentParser, UsageError, run_main  # noqa: E402
+from t2t.data.dataset import ImageFolderDataset  # noqa: E402
 from t2t.data.sampler import ShardSampler  # noqa: E402
 from t2t.data.token_label import label_path, save_label_map  # noqa: E402
 from t2t.data.transforms import ToNormalizedTensor  # noqa: E402
@@ -87,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-interval", type=int, default=20, help="batches between progress lines")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return _generate(args)
-    except (UsageError, TeacherError, DatasetError, OSError) as e:
-        print(f"generate_token_labels.py: error: {one_line(e)}", file=sys.stderr)
-        return 2
+    return run_main("generate_token_labels.py", lambda: _generate(args),
+                    interrupted=f"the label files written so far in {args.output!r} are complete")
 
 
 def _generate(args: argparse.Namespace) -> int:

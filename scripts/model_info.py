@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import t2t  # noqa: E402
 from t2t.cli import ArgumentParser  # noqa: E402
+from t2t.models.factory import create_model, named_model_config  # noqa: E402
 from t2t.inference import BatchSizeError, check_batch_fits  # noqa: E402
 
 PAPER_TOP1 = {"t2t_vit_7": "71.7", "t2t_vit_10": "75.2", "t2t_vit_12": "76.5", "t2t_vit_14": "81.5",
@@ -29,7 +30,7 @@ PAPER_TOP1 = {"t2t_vit_7": "71.7", "t2t_vit_10": "75.2", "t2t_vit_12": "76.5", "
 
 
 def describe(name: str, img_size: int) -> dict:
-    model = timm.create_model(name, img_size=img_size)
+    model = create_model(named_model_config(name, img_size))
     n_all, n_trainable = t2t.count_params(model)
     macs = t2t.count_macs(model, img_size)
     return dict(model=name, img_size=img_size, params=n_all, trainable=n_trainable, macs=macs, gflops=2 * macs / 1e9)

@@ -179,9 +179,10 @@ class EMAConfig:
 @dataclass
 class EvalConfig:
     interval: int = checked(1, AT_LEAST_0)  # epochs between evaluations; 0: only after the last epoch
-    crop_pct: float = checked(0.9, Check(lambda v: 0 < v <= 1, "in (0, 1]"))
-    interpolation: str = checked("bicubic", Check(lambda v: v in _INTERPOLATIONS,
-                                                  "one of " + ", ".join(_INTERPOLATIONS)))
+    # None: the model's pretrained cfg (T2T-ViT: 0.9 and bicubic, the paper's evaluation)
+    crop_pct: Optional[float] = checked(None, Check(lambda v: v is None or 0 < v <= 1, "in (0, 1] or null (the model's)"))
+    interpolation: Optional[str] = checked(None, Check(lambda v: v is None or v in _INTERPOLATIONS,
+                                                       "null (the model's) or one of " + ", ".join(_INTERPOLATIONS)))
     batch_size: int = checked(100, AT_LEAST_1)
     metric: Literal["top1", "ema_top1", "top5", "ema_top5"] = "ema_top1"
 

@@ -10,8 +10,8 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import timm
 import torch
@@ -20,12 +20,15 @@ from safetensors import safe_open
 from timm.data import ImageNetInfo
 
 from . import models  # noqa: F401  (registers the T2T-ViT family with timm)
-from .config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, config_from_dict
-from .data.transforms import build_eval_transform
+from .config import Config, ConfigError, apply_values, config_from_dict, load_config, parse_override, read_yaml, \
+    validate
+from .engine.checkpoint_schema import TrainingCheckpoint
+from .models.factory import EvalPreprocessing, create_model, resolve_eval_preprocessing
 from .models.weights import CheckpointError, extract_state_dict, load_pretrained_weights, read_checkpoint
 
 __all__ = ["BatchSizeError", "CheckpointInfo", "LoadedModel", "available_memory", "check_batch_fits",
-           "check_model_name", "class_names", "inspect_checkpoint", "load_model", "read_metadata"]
+           "check_model_name", "class_names", "eval_preprocessing", "inspect_checkpoint", "load_model", "read_metadata",
+           "resolve_eval_config"]
 
 _logger = logging.getLogger(__name__)
 
@@ -86,8 +89,13 @@ def check_model_name(name: str, where: str = "--model") -> None:
 def inspect_checkpoint(path: str, use_ema: bool = True) -> CheckpointInfo:
     """Class count (head rows), image size (position grid x 16), model name, config and class names."""
     checkpoint = read_checkpoint(path)
+    if isinstance(checkpoint, dict) and "train_state" in checkpoint:  # ours: read through the checkpoint schema
+        ours = TrainingCheckpoint.from_dict(checkpoint, path=path)
+        checkpoint = {"state_dict_ema": ours.trainer["state_dict_ema"], "model": ours.weights}
+        meta: dict[str, Any] = {"arch": ours.arch, "config": ours.config, "run": ours.run}
+    else:  # an official release file, a bare state dict, an exported .safetensors file
+        meta = read_metadata(path, checkpoint)
     state_dict, _ = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")
-    meta = read_metadata(path, checkpoint)
     head = state_dict.get("head.weight")
     pos_embed = state_dict.get("pos_embed")
     img_size = None
@@ -117,6 +125,72 @@ def class_names(info: CheckpointInfo) -> list[str]:
     return [f"class_{i}" for i in range(n)]
 
 
+def resolve_eval_config(path: str, info: CheckpointInfo, *, config_file: Optional[str] = None,
+                        overrides: Sequence[str] = (), flags: Optional[Mapping[str, tuple[Any, str]]] = None,
+                        defaults: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Config:
+    """The config a checkpoint is evaluated with, in increasing priority: the tool's `defaults`; what the checkpoint
+    records (its stored model section, eval crop and interpolation and normalisation; else its model name and the
+    image size of its position table); the -c `config_file`; `section.key=value` `overrides`; then `flags`
+    ({"section.key": (value or None, flag name)}, e.g. {"model.img_size": (384, "--img-size")}).
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v[0] is not None}
+    stored = config_from_dict(info.config, origin=f"checkpoint {path!r}") if info.config is not None else None
+    name, where = _model_name(path, info, stored, config_file, overrides, flags)
+    base = Config()
+    for section, values in (defaults or {}).items():
+        apply_values(base, {section: dict(values)}, origin="the tool's defaults")
+    if stored is not None:  # what defines the model and its inputs; run-time settings stay the tool's
+        base.model = replace(stored.model, cpu_backend=base.model.cpu_backend)
+        base.eval.crop_pct, base.eval.interpolation = stored.eval.crop_pct, stored.eval.interpolation
+        base.data.mean, base.data.std = stored.data.mean, stored.data.std
+    elif info.img_size is not None:
+        base.model.img_size = info.img_size
+    base.model.name = name
+    cfg = load_config(config_file, overrides, base=base)
+    for key, (value, flag) in flags.items():
+        section, _, field = key.partition(".")
+        apply_values(cfg, {section: {field: value}}, origin=flag)
+    try:
+        validate(cfg)
+    except ConfigError as e:  # name the flag a bad value came from: "eval.batch_size=0 (--batch-size): ..."
+        for key, (value, flag) in flags.items():
+            if str(e).startswith(f"{key}="):
+                head, _, rest = str(e).partition(": ")
+                raise ConfigError(f"{head} ({flag}): {rest}") from None
+        raise
+    return cfg
+
+
+def _model_name(path: str, info: CheckpointInfo, stored: Optional[Config], config_file: Optional[str],
+                overrides: Sequence[str], flags: Mapping[str, tuple[Any, str]]) -> tuple[str, str]:
+    """(the model name, where it came from), by the priority of resolve_eval_config; checked to be a T2T-ViT."""
+    name = where = None
+    if "model.name" in flags:
+        name, where = flags["model.name"]
+    for text in overrides if name is None else ():
+        section, key, value = parse_override(text)
+        if (section, key) == ("model", "name"):
+            name, where = value, f"command line {text!r}"
+    if name is None and config_file is not None:
+        model = read_yaml(config_file).get("model")
+        if isinstance(model, dict) and "name" in model:
+            name, where = model["name"], f"model.name in {config_file!r}"
+    if name is None and (stored is not None or info.arch):
+        name = stored.model.name if stored is not None else str(info.arch).lower()
+        where = f"recorded in checkpoint {path!r}"
+    if name is None:
+        raise ConfigError(f"checkpoint {path!r} records no model name: give it with --model NAME (e.g. t2t_vit_14) "
+                          "or a run's config with -c CONFIG")
+    check_model_name(str(name), str(where))
+    return str(name), str(where)
+
+
+def eval_preprocessing(model: nn.Module, cfg: Config) -> EvalPreprocessing:
+    """The eval transform settings of `model` built from `cfg`: the config's where it sets them, else the model's."""
+    return resolve_eval_preprocessing(model, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
+                                      interpolation=cfg.eval.interpolation, mean=cfg.data.mean, std=cfg.data.std)
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module
@@ -125,29 +199,25 @@ class LoadedModel:
     model_name: str
     img_size: int
     weights: str  # the checkpoint entry used: state_dict_ema, model, ...
+    config: Optional[Config] = None  # the config it was built from (resolve_eval_config)
 
 
 def load_model(path: str, *, model_name: Optional[str] = None, img_size: Optional[int] = None,
-               use_ema: bool = True) -> LoadedModel:
-    """The checkpoint's model in eval mode with its weights, class names and eval transform."""
+               use_ema: bool = True, config_file: Optional[str] = None, overrides: Sequence[str] = (),
+               flags: Optional[Mapping[str, tuple[Any, str]]] = None,
+               defaults: Optional[Mapping[str, Mapping[str, Any]]] = None) -> LoadedModel:
+    """The checkpoint's model in eval mode with its weights, class names and eval transform (resolve_eval_config)."""
     info = inspect_checkpoint(path, use_ema)
-    cfg = config_from_dict(info.config, origin=f"checkpoint {path!r}") if info.config is not None else None
-    name = model_name or (cfg.model.name if cfg is not None else (info.arch or "").lower())
-    if not name:
-        raise ConfigError(f"checkpoint {path!r} records no model name: give one with --model, e.g. --model t2t_vit_14")
-    check_model_name(name, "--model" if model_name else f"recorded in checkpoint {path!r}")
-    size = img_size or (cfg.model.img_size if cfg is not None else None) or info.img_size or 224
+    flags = {"model.name": (model_name, "--model"), "model.img_size": (img_size, "--img-size"), **(flags or {})}
+    cfg = resolve_eval_config(path, info, config_file=config_file, overrides=overrides, flags=flags,
+                              defaults=defaults)
     if info.num_classes is None:
         raise CheckpointError(f"checkpoint {path!r} has no classifier (head.weight): nothing to predict with")
-    model = timm.create_model(name, num_classes=info.num_classes, img_size=size)
+    model = create_model(cfg.model, info.num_classes, grad_checkpointing=False)
     weights = load_pretrained_weights(model, path, use_ema=use_ema)
-    if cfg is not None:
-        transform = build_eval_transform(size, cfg.eval.crop_pct, cfg.eval.interpolation, mean=cfg.data.mean,
-                                         std=cfg.data.std)
-    else:  # the paper's evaluation, which the official weights were released with
-        transform = build_eval_transform(size, 0.9, "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return LoadedModel(model=model.eval(), transform=transform, classes=class_names(info), model_name=name,
-                       img_size=size, weights=weights)
+    transform = eval_preprocessing(model, cfg).transform()
+    return LoadedModel(model=model.eval(), transform=transform, classes=class_names(info), model_name=cfg.model.name,
+                       img_size=cfg.model.img_size, weights=weights, config=cfg)
 
 
 class BatchSizeError(ValueError):

@@ -10,11 +10,10 @@ import csv
 import json
 import math
 import os
-import sys
 from typing import Any, Optional, Sequence
 
-from .cli import ArgumentParser, UsageError, one_line
-from .outputs import INTERRUPTED, check_output_file
+from .cli import EXIT_USAGE, ArgumentParser, UsageError, run_main
+from .outputs import check_output_file
 from .visualize import _pyplot, save_png
 
 __all__ = ["read_history", "plot_runs", "main"]
@@ -138,12 +137,8 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def plot() -> int:
         print(run(args))
-    except (UsageError, OSError, ValueError) as e:
-        print(f"plot_runs.py: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nplot_runs.py: interrupted (Ctrl-C): {args.output!r} not written", file=sys.stderr)
-        return INTERRUPTED
-    return 0
+        return 0
+    return run_main("plot_runs.py", plot, extra={ValueError: EXIT_USAGE}, interrupted=f"{args.output!r} not written")

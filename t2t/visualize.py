@@ -12,7 +12,6 @@ import io
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -20,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cli import ArgumentParser, UsageError, check_output_folder, list_images, one_line
-from .outputs import INTERRUPTED, atomic_output, check_output_folder_inputs
+from .cli import EXIT_USAGE, ArgumentParser, UsageError, check_output_folder, list_images, run_main
+from .outputs import atomic_output, check_output_folder_inputs
 
 __all__ = ["VIEWS", "first_batch", "main", "parse_blocks", "save_png"]
 
@@ -236,7 +235,8 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     from .data import setup as data_setup
     from .data.loader import build_train_loader, set_loader_epoch
     from .data.sampler import TrainSampler
-    from .data.transforms import BatchNormalizeErase, build_eval_transform
+    from .data.transforms import BatchNormalizeErase
+    from .models.factory import resolve_eval_preprocessing
     from .engine.losses import soft_targets
 
     if not 0 <= rank < world_size:
@@ -248,7 +248,9 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
                          f"train.batch_size={cfg.train.batch_size}")
     uint8 = uint8_pipeline and cfg.data.train_transform == "imagenet"
     train_tf = data_setup.build_train_tf(cfg.data, cfg.model.img_size, use_prefetcher=uint8)
-    eval_tf = build_eval_transform(cfg.model.img_size, cfg.eval.crop_pct, cfg.eval.interpolation)
+    eval_tf = resolve_eval_preprocessing(cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
+                                         interpolation=cfg.eval.interpolation, mean=cfg.data.mean,
+                                         std=cfg.data.std).transform()
     train_ds, _, train_dir = data_setup.build_datasets(cfg.data, data_dir, train_tf, eval_tf, cfg.train.seed)
     steps_per_epoch = len(train_ds) // global_batch
     if steps_per_epoch < 1:
@@ -328,8 +330,7 @@ def _load(args: argparse.Namespace):
     """(model, transform, classes, description) from --checkpoint or --model [--weights]."""
     import timm
 
-    from .config import IMAGENET_MEAN, IMAGENET_STD
-    from .data.transforms import build_eval_transform
+    from .models.factory import create_model, named_model_config, resolve_eval_preprocessing
     from .inference import load_model
 
     if args.checkpoint and args.weights:
@@ -346,8 +347,8 @@ def _load(args: argparse.Namespace):
         raise UsageError(f"--model {args.model!r}: not a registered model (e.g. t2t_vit_14)")
     _logger.warning("--model %s without --weights: the maps show untrained (seed 0) weights", args.model)
     torch.manual_seed(0)
-    model = timm.create_model(args.model).eval()
-    transform = build_eval_transform(model.img_size, 0.9, "bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    model = create_model(named_model_config(args.model), img_size=None).eval()  # its pretrained cfg's size
+    transform = resolve_eval_preprocessing(model).transform()  # the paper's eval, from the pretrained cfg
     return model, transform, [f"class_{i}" for i in range(model.num_classes)], f"{args.model}, untrained"
 
 
@@ -521,20 +522,12 @@ def _batch_view(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .config import ConfigError
-    from .models.weights import CheckpointError
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     args = parse_args(argv)
-    try:
-        written = run(args)
-    except (UsageError, ConfigError, CheckpointError, OSError, ValueError) as e:
-        print(f"visualize.py: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nvisualize.py: interrupted (Ctrl-C): the files written so far are complete, no file is partial",
-              file=sys.stderr)
-        return INTERRUPTED
-    for path in written:
-        print(path)
-    return 0
+
+    def draw() -> int:
+        for path in run(args):
+            print(path)
+        return 0
+    return run_main("visualize.py", draw, extra={ValueError: EXIT_USAGE},
+                    interrupted="the files written so far are complete, no file is partial")

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import timm
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -15,7 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import models, rng  # noqa: F401  (models: registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, dump_config, rename_old_keys
 from ..data import setup as data_setup
-from ..models import T2TViTDistilled, create_token_label_model
+from ..models import T2TViTDistilled
+from ..models.factory import create_model, resolve_eval_preprocessing
 from ..models.weights import load_pretrained_weights
 from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
@@ -60,15 +60,7 @@ def run(cfg: Config, *, data_dir: str, output: Optional[str] = None, resume: Opt
 
 
 def _build_model(cfg: Config, num_classes: int) -> nn.Module:
-    kwargs = dict(num_classes=num_classes, img_size=cfg.model.img_size, drop_rate=cfg.model.drop_rate,
-                  drop_path_rate=cfg.model.drop_path_rate)
-    if cfg.model.token_label:
-        model = create_token_label_model(cfg.model.name, **kwargs)
-    else:
-        model = timm.create_model(cfg.model.name, **kwargs)
-    if cfg.model.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    return model
+    return create_model(cfg.model, num_classes)
 
 
 def _build_teacher(cfg: Config, num_classes: int, device: torch.device):
@@ -120,11 +112,14 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         _warn_config_changes(cfg, found[1].config)
         found[1].warn_if_versions_differ(found[0])
     batch, _ = global_batch(cfg.train, dist.world_size)
+    # The model's pretrained cfg gives the eval crop and interpolation the config leaves unset (null).
+    evaluation = resolve_eval_preprocessing(cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
+                                            interpolation=cfg.eval.interpolation)
 
     data = data_setup.build_train_and_val(
         cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
-        global_batch_size=batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=cfg.eval.crop_pct,
-        eval_interpolation=cfg.eval.interpolation, num_replicas=dist.world_size, rank=dist.rank,
+        global_batch_size=batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=evaluation.crop_pct,
+        eval_interpolation=evaluation.interpolation, num_replicas=dist.world_size, rank=dist.rank,
         pin_memory=device.type == "cuda", device=device, gather=gather_objects, broadcast=broadcast_object,
         list_cache_dir=output, token_label=cfg.token_label, label_smoothing=cfg.loss.label_smoothing)
     plan = RunPlan.build(cfg, world_size=dist.world_size, steps_per_epoch=data.steps_per_epoch,

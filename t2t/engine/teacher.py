@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ModelConfig
 from ..models import DISTILLED_ARCHS, MODEL_ARCHS, VARIANTS
+from ..models.factory import create_model
 from ..models.weights import CheckpointError, checkpoint_filter_fn, describe_mismatch, extract_state_dict, \
     read_checkpoint, strip_prefixes
 
@@ -128,11 +130,9 @@ def load_teacher(
     if head is not None and head.ndim == 2 and head.shape[0] != num_classes:
         raise TeacherError(f"{source}={path!r} classifies {head.shape[0]} classes, the training data has "
                            f"{num_classes}: a teacher must predict the student's classes")
-    kwargs: dict[str, Any] = dict(num_classes=num_classes)
-    if _is_t2t(name):
-        kwargs["img_size"] = img_size
-    try:
-        model = timm.create_model(name, **kwargs)
+    try:  # any timm model, with the constructor's own dropout defaults; img_size only where the model takes it
+        model = create_model(ModelConfig(name=name, allow_any_timm_model=True), num_classes,
+                             img_size=img_size if _is_t2t(name) else None, drop_rate=None, drop_path_rate=None)
     except Exception as e:  # timm raises several types for bad kwargs
         raise TeacherError(f"distill.teacher_model={name!r} cannot be built: {e}") from None
     state_dict = checkpoint_filter_fn(state_dict, model)
