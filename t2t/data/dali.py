@@ -587,6 +587,12 @@ class _LoaderBase:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2t-dali-read")
         return self._pool
 
+    def _map(self, function: Any, items: Sequence[Any]) -> Iterator[Any]:
+        """function over items on the loader's threads; in the calling thread with one worker (no hop per item)."""
+        if self.workers == 1:
+            return map(function, items)
+        return self.pool.map(function, items)
+
     def _pipeline(self, stage: str) -> Any:
         if stage not in self._pipes:
             self._pipes[stage] = self._build(stage)
@@ -695,7 +701,7 @@ class DaliTrainLoader(_LoaderBase):
         return data, draw, target, self.dataset.samples[position][0]
 
     def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, list], torch.Tensor, list[str]]:
-        rows = list(self.pool.map(lambda key: self._prepare_one(key, epoch), keys))
+        rows = list(self._map(lambda key: self._prepare_one(key, epoch), keys))
         feeds: dict[str, list] = {
             "encoded": [r[0] for r in rows],
             "anchor": [np.array(r[1].box[:2], dtype=np.float32) for r in rows],
@@ -753,7 +759,7 @@ class DaliTrainLoader(_LoaderBase):
                 resized = resized.flip(-1)
             out[i] = resized.permute(1, 2, 0)
 
-        for _ in self.pool.map(one, range(len(interps))):
+        for _ in self._map(one, range(len(interps))):
             pass
         return out
 
