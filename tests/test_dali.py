@@ -415,14 +415,17 @@ def test_validate_with_the_dali_backend(tmp_path, capsys):
 @needs_dali
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])
 def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, interpolation):
-    """Without RandAugment both backends crop the same box, pick the same filter and flip the same way: only
-    resampling differs ("random" mixes both filters in one batch, which DALI resizes in two parts)."""
+    """DALI's resize graph (the one a GPU runs, here on the CPU): without RandAugment both backends crop the same
+    box, pick the same filter and flip the same way: only resampling differs ("random" mixes both filters in one
+    batch, which DALI resizes in two parts)."""
     from t2t.tools.data_bench import _augment_kwargs, _dali_loader, make_benchmark_images
     from t2t.data.transforms import build_train_transform
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=6, seed=2)
     aug = dict(_augment_kwargs("crop", None), interpolation=interpolation)
     loader = _dali_loader(folder, 64, aug, batch_size=6, seed=5, threads=1, count=6)
+    assert loader.resize_in_dali is False  # the CPU default: switch to the GPU's graph
+    loader.resize_in_dali = True
     pillow = ImageFolderDataset(folder, build_train_transform(64, fast_decode=True, use_prefetcher=True, re_prob=0.0,
                                                               **aug), seed=5)
     for epoch in (0, 1):
@@ -436,7 +439,8 @@ def test_training_crops_match_the_pillow_backend_pixel_for_pixel(tmp_path, inter
 
 @needs_dali
 def test_random_interpolation_resizes_each_sample_with_its_drawn_filter(tmp_path):
-    """interpolation=random splits the batch by the drawn filter: each image equals the one-filter pipeline's."""
+    """interpolation=random splits the batch by the drawn filter in DALI's resize graph (the GPU's, here run on
+    the CPU): each image equals the one-filter pipeline's."""
     from t2t.tools.data_bench import _augment_kwargs, _dali_loader, make_benchmark_images
 
     folder = make_benchmark_images(str(tmp_path / "photos"), num_images=8, min_size=60, max_size=120, seed=3)
@@ -444,6 +448,7 @@ def test_random_interpolation_resizes_each_sample_with_its_drawn_filter(tmp_path
     for interpolation in ("random", "bilinear", "bicubic"):
         aug = dict(_augment_kwargs("crop", None), interpolation=interpolation)
         loaders[interpolation] = _dali_loader(folder, 48, aug, batch_size=8, seed=5, threads=1, count=8)
+        loaders[interpolation].resize_in_dali = True
         batches[interpolation] = next(iter(loaders[interpolation]))[0]
     loader = loaders["random"]
     drawn = []
@@ -462,6 +467,70 @@ def test_random_interpolation_resizes_each_sample_with_its_drawn_filter(tmp_path
         return (images[..., 1:].float() - images[..., :-1].float()).abs().mean(dim=(1, 2, 3))
 
     assert (detail(batches["bicubic"]) > detail(batches["bilinear"])).all()
+
+
+@needs_dali
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])
+def test_cpu_path_crops_equal_the_pillow_backend(tmp_path, interpolation):
+    """On the CPU, DALI decodes the crop window and torch resizes it with the Pillow backend's kernel and the
+    sample's drawn filter, then flips: the images equal the Pillow backend's when it decodes at full size, and
+    differ only by its reduced-size JPEG decode otherwise."""
+    from t2t.tools.data_bench import _augment_kwargs, _dali_loader, make_benchmark_images
+    from t2t.data.transforms import build_train_transform
+
+    folder = make_benchmark_images(str(tmp_path / "photos"), num_images=8, seed=2)
+    aug = dict(_augment_kwargs("crop", None), interpolation=interpolation)
+    loader = _dali_loader(folder, 64, aug, batch_size=8, seed=5, threads=2, count=8)
+    assert loader.resize_in_dali is False and loader.device_id is None
+    full_size = build_train_transform(64, fast_decode=True, use_prefetcher=True, re_prob=0.0, **aug)
+    full_size.draft = False
+    pillow = {draft: ImageFolderDataset(folder, transform, seed=5) for draft, transform in (
+        (False, full_size), (True, build_train_transform(64, fast_decode=True, use_prefetcher=True, re_prob=0.0,
+                                                         **aug)))}
+    flips = []
+    for epoch in (0, 1):
+        loader.dataset.set_epoch(epoch)
+        ours = next(iter(loader))[0]
+        assert ours.shape == (8, 3, 64, 64) and ours.dtype == torch.uint8
+        for draft, dataset in pillow.items():
+            dataset.set_epoch(epoch)
+            theirs = torch.stack([dataset[i][0] for i in range(8)])
+            if not draft:
+                assert torch.equal(ours, theirs), (ours.float() - theirs.float()).abs().amax(dim=(1, 2, 3))
+            else:  # libjpeg's DCT-domain downscale against decode + antialiased resize
+                per_image = (ours.float() - theirs.float()).abs().mean(dim=(1, 2, 3))
+                assert per_image.max() < 1.5, per_image  # a flip or another image gives 45-65
+        for key in range(8):
+            index, seed = dali_backend.sample_seed(loader.dataset, epoch, key)
+            _, width, height = dali_backend.read_image(loader.dataset.samples[index][0])
+            flips.append(loader.planner.draw(seed, width, height).flip)
+    assert 0 < sum(flips) < len(flips)  # both flipped and unflipped samples were compared
+
+
+@needs_dali
+def test_cpu_path_runs_randaugment_on_the_resized_images(tmp_path):
+    """With RandAugment the resized batch goes through DALI's augmentation graph: the images are close to the
+    ones of DALI's all-in-one graph (which differs by its resize only) and far from the crop-only ones."""
+    from t2t.tools.data_bench import _augment_kwargs, _dali_loader, make_benchmark_images
+
+    folder = make_benchmark_images(str(tmp_path / "photos"), num_images=8, seed=4)
+    batches = {}
+    for name, augment, in_dali in (("cpu", "full", False), ("graph", "full", True), ("crop", "crop", False)):
+        loader = _dali_loader(folder, 64, _augment_kwargs(augment, "rand-m9-mstd0.5-inc1"), batch_size=8, seed=5,
+                              threads=1, count=8)
+        loader.resize_in_dali = in_dali
+        batches[name] = next(iter(loader))[0].float()
+    assert batches["cpu"].shape == (8, 3, 64, 64)
+    close = (batches["cpu"] - batches["graph"]).abs().mean(dim=(1, 2, 3))
+    changed = (batches["cpu"] - batches["crop"]).abs().mean(dim=(1, 2, 3))
+    assert close.max() < 2.0, close
+    assert changed.mean() > 5.0, changed
+
+
+def test_torch_resize_is_refused_on_a_gpu_pipeline():
+    with pytest.raises(ValueError, match="resize_in_dali=False resizes on the host"):
+        dali_backend.DaliTrainLoader(None, None, None, batch_size=2, workers=1, device=torch.device("cuda:0"),
+                                     resize_in_dali=False)
 
 
 def test_sample_seeds_are_the_pillow_datasets(tmp_path):

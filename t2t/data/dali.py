@@ -1,7 +1,10 @@
 """``data.backend: dali``: JPEG decoding and augmentation with NVIDIA DALI, in the project's order and randomness.
 
 DALI decodes on the GPU (``device="mixed"``: nvJPEG, and the hardware JPEG decoder of A100/H100) and
-augments there; without CUDA the same pipeline runs with DALI's CPU operators (what the tests use).
+augments there, resize included. Without CUDA (what the tests use) DALI's CPU operators decode the
+crop windows and run RandAugment, but torch resizes and flips in between, with the Pillow backend's
+kernel (DALI's CPU resize costs 5-7 times torch's uint8 kernels); ``DaliTrainLoader(resize_in_dali=True)``
+runs the GPU's all-DALI graph on the CPU.
 
 Order and randomness stay with the project, so every promise of the Pillow backend holds:
 
@@ -43,6 +46,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F2
 
 from ..config import ConfigError
 from ..rng import SEED_STREAM_SAMPLE, derive_seed
@@ -143,6 +148,8 @@ _IDENTITY_MATRIX = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13  # PIL's ImageFilter.SMOOTH
 _DELTA = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
 INTERP_LINEAR, INTERP_CUBIC = 1, 3  # nvidia.dali.types.INTERP_LINEAR / INTERP_CUBIC
+# The Pillow backend's filters for the same draws (timm's _RANDOM_INTERPOLATION: bilinear, bicubic).
+_TORCH_FILTERS = {INTERP_LINEAR: InterpolationMode.BILINEAR, INTERP_CUBIC: InterpolationMode.BICUBIC}
 
 
 @dataclass
@@ -375,9 +382,22 @@ def _pipeline_device(device: torch.device) -> Optional[int]:
     return None
 
 
+TRAIN_STAGES = ("all", "decode", "augment")
+_DECODE_INPUTS = ("encoded", "anchor", "shape")  # the inputs of stage "decode"
+_RESIZE_INPUTS = ("interp", "flip")  # used by the resize: in DALI (stage "all") or on the host
+
+
 def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads: int, device_id: Optional[int],
-                         fill: float, seed: int = 0) -> Any:
-    """Decode + crop (one op), resize + flip (one op), RandAugment layers, colour jitter -> uint8 (B, S, S, 3)."""
+                         fill: float, seed: int = 0, stage: str = "all") -> Any:
+    """The training pipeline, or one of the two parts the CPU path runs around torch's resize.
+
+    ``stage="all"``: decode + crop (one op), resize + flip (one op), RandAugment layers, colour jitter ->
+    uint8 (B, S, S, 3); the graph a GPU runs. ``"decode"``: the decoded crop windows only (B, h, w, 3),
+    for the host to resize. ``"augment"``: RandAugment layers and colour jitter on resized images fed
+    as the input ``images`` (B, S, S, 3).
+    """
+    if stage not in TRAIN_STAGES:
+        raise ValueError(f"stage={stage!r}: expected one of {TRAIN_STAGES}")
     require_dali()
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
@@ -444,16 +464,33 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
             out = select(mid + 1, hi, op, data, param, matrix, kernel)
         return out
 
+    def augment(images: Any) -> Any:
+        for layer in range(layers):
+            op = ext(f"op{layer}", types.INT32, 0)
+            param = ext(f"param{layer}", types.FLOAT, 0)
+            matrix = ext(f"matrix{layer}", types.FLOAT, 2)
+            kernel = ext(f"kernel{layer}", types.FLOAT, 2)
+            images = select(0, _NUM_OPS - 1, op, images, param, matrix, kernel)
+        if jitter:
+            bcs = ext("jitter", types.FLOAT, 1)
+            images = fn.color_twist(images, brightness=bcs[0], contrast=bcs[1], saturation=bcs[2])
+        return images  # HWC: the loader hands torch a (B, 3, H, W) view (channels-last memory)
+
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False,
                   enable_conditionals=True)
     def pipeline():
+        if stage == "augment":
+            images = on_data_device(fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC"))
+            return augment(images)
         encoded = ext("encoded", types.UINT8, 1)
         anchor, shape = ext("anchor", types.FLOAT, 1), ext("shape", types.FLOAT, 1)
-        interp, flip = ext("interp", types.INT32, 0), ext("flip", types.INT32, 0)
         images = fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
                                          output_type=types.RGB, axis_names="WH", normalized_anchor=False,
                                          normalized_shape=False)
+        if stage == "decode":
+            return images
+        interp, flip = ext("interp", types.INT32, 0), ext("flip", types.INT32, 0)
         # The flip is the resize reading its window right to left (a reversed ROI, relative to the crop;
         # ROI coordinates in (H, W) order): one op instead of resize + flip, the same pixels to 1 level.
         mirrored = fn.cast(flip, dtype=types.FLOAT)
@@ -467,16 +504,7 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
             images = fn.resize(images, interp_type=types.INTERP_CUBIC, **resize)
         else:
             images = fn.resize(images, interp_type=types.INTERP_LINEAR, **resize)
-        for layer in range(layers):
-            op = ext(f"op{layer}", types.INT32, 0)
-            param = ext(f"param{layer}", types.FLOAT, 0)
-            matrix = ext(f"matrix{layer}", types.FLOAT, 2)
-            kernel = ext(f"kernel{layer}", types.FLOAT, 2)
-            images = select(0, _NUM_OPS - 1, op, images, param, matrix, kernel)
-        if jitter:
-            bcs = ext("jitter", types.FLOAT, 1)
-            images = fn.color_twist(images, brightness=bcs[0], contrast=bcs[1], saturation=bcs[2])
-        return images  # HWC: the loader hands torch a (B, 3, H, W) view (channels-last memory)
+        return augment(images)
 
     pipe = pipeline()
     pipe.build()
@@ -552,7 +580,7 @@ class _LoaderBase:
         self.workers = max(1, int(workers))
         self.device = torch.device(device)
         self.device_id = _pipeline_device(self.device)
-        self._pipe: Any = None
+        self._pipes: dict[str, Any] = {}  # by stage
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
         self._run_lock = threading.RLock()  # also held while a batch is copied out of DALI's buffers
@@ -563,12 +591,18 @@ class _LoaderBase:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2t-dali-read")
         return self._pool
 
-    def _pipeline(self) -> Any:
-        if self._pipe is None:
-            self._pipe = self._build()
-        return self._pipe
+    def _map(self, function: Any, items: Sequence[Any]) -> Iterator[Any]:
+        """function over items on the loader's threads; in the calling thread with one worker (no hop per item)."""
+        if self.workers == 1:
+            return map(function, items)
+        return self.pool.map(function, items)
 
-    def _build(self) -> Any:
+    def _pipeline(self, stage: str) -> Any:
+        if stage not in self._pipes:
+            self._pipes[stage] = self._build(stage)
+        return self._pipes[stage]
+
+    def _build(self, stage: str) -> Any:
         raise NotImplementedError
 
     def _read(self, start: int, n: int) -> tuple[int, np.ndarray, int, int, int]:
@@ -591,16 +625,16 @@ class _LoaderBase:
                 _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
         raise DatasetError(f"no readable image in {self.dataset.root!r}: every one of the {n} files failed to decode")
 
-    def _run(self, feeds: dict[str, list], paths: list[str]) -> list[Any]:
-        """Run the pipeline on one batch; a decoder failure names the file (found with Pillow) in one line."""
+    def _run(self, feeds: dict[str, Any], paths: list[str], stage: str = "all") -> list[Any]:
+        """Run the pipeline of `stage` on one batch; a decoder failure names the file (found with Pillow) in one line."""
         try:
             with self._run_lock:  # one batch at a time, even from an abandoned iteration's thread
-                pipe = self._pipeline()
+                pipe = self._pipeline(stage)
                 for name, values in feeds.items():
                     pipe.feed_input(name, values)
                 return list(pipe.run())
         except RuntimeError as exc:
-            self._pipe = None  # a DALI pipeline is unusable after an error
+            self._pipes = {}  # a DALI pipeline is unusable after an error
             for path in paths:
                 try:
                     with Image.open(path) as img:
@@ -616,7 +650,7 @@ class _LoaderBase:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-        self._pipe = None
+        self._pipes = {}
 
     def __del__(self) -> None:
         try:
@@ -631,20 +665,34 @@ class DaliTrainLoader(_LoaderBase):
     Quacks like the project's training DataLoader: ``sampler`` and ``dataset`` for
     ``set_loader_epoch``, ``len()`` (batches left), full batches only (``drop_last``). Batches are
     produced two stages ahead of the consumer (see ``__iter__``).
+
+    Who resizes (``resize_in_dali``, by default: DALI on a GPU, torch on the CPU): on a GPU the whole
+    graph runs in DALI (``build_train_pipeline(stage="all")``), where the resize is cheap. On the CPU
+    DALI decodes the crop windows (``stage="decode"``), torch resizes each with the Pillow backend's
+    kernel and the sample's drawn filter (``F2.resize(..., antialias=True)`` on uint8, as
+    ``FastTrainTransform``) and flips it, and RandAugment and colour jitter, if any, run in a second
+    DALI pipeline (``stage="augment"``) on the resized batch: DALI's CPU resize costs 5-7 times
+    torch's vectorised uint8 kernels. ``resize_in_dali=True`` runs the GPU's graph on the CPU (the
+    tests use it to check that graph).
     """
 
     def __init__(self, dataset: ImageFolderDataset, sampler: TrainSampler, planner: SamplePlanner, *,
                  batch_size: int, workers: int, device: torch.device = torch.device("cpu"),
-                 fill: float = 128.0) -> None:
+                 fill: float = 128.0, resize_in_dali: Optional[bool] = None) -> None:
         super().__init__(dataset, batch_size=batch_size, workers=workers, device=device)
         self.sampler = sampler
         self.planner = planner
         self.fill = float(fill)
         self.drop_last = True
+        gpu = self.device_id is not None
+        if resize_in_dali is False and gpu:
+            raise ValueError("resize_in_dali=False resizes on the host: it is for CPU pipelines (device "
+                             f"{self.device}); on a GPU DALI resizes")
+        self.resize_in_dali = gpu if resize_in_dali is None else bool(resize_in_dali)
 
-    def _build(self) -> Any:
+    def _build(self, stage: str) -> Any:
         return build_train_pipeline(self.planner, batch_size=self.batch_size, num_threads=self.workers,
-                                    device_id=self.device_id, fill=self.fill)
+                                    device_id=self.device_id, fill=self.fill, stage=stage)
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
@@ -657,7 +705,7 @@ class DaliTrainLoader(_LoaderBase):
         return data, draw, target, self.dataset.samples[position][0]
 
     def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, list], torch.Tensor, list[str]]:
-        rows = list(self.pool.map(lambda key: self._prepare_one(key, epoch), keys))
+        rows = list(self._map(lambda key: self._prepare_one(key, epoch), keys))
         feeds: dict[str, list] = {
             "encoded": [r[0] for r in rows],
             "anchor": [np.array(r[1].box[:2], dtype=np.float32) for r in rows],
@@ -683,9 +731,41 @@ class DaliTrainLoader(_LoaderBase):
     def _produce(self, prepared: Any) -> tuple[torch.Tensor, torch.Tensor]:
         feeds, targets, paths = prepared.result()
         with self._run_lock:
-            (images,) = self._run(feeds, paths)
+            if self.resize_in_dali:
+                (images,) = self._run(feeds, paths)
+                batch = _to_torch(images, self.device)
+            else:
+                (windows,) = self._run({k: feeds[k] for k in _DECODE_INPUTS}, paths, "decode")
+                batch = self._resize_and_flip(windows, feeds["interp"], feeds["flip"])
+                augment = {k: v for k, v in feeds.items() if k not in _DECODE_INPUTS + _RESIZE_INPUTS}
+                if augment:  # RandAugment layers or colour jitter
+                    (images,) = self._run({"images": batch.numpy(), **augment}, paths, "augment")
+                    batch = _to_torch(images, self.device)
             # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
-            return _to_torch(images, self.device).permute(0, 3, 1, 2), targets
+            return batch.permute(0, 3, 1, 2), targets
+
+    def _resize_and_flip(self, windows: Any, interps: list[np.ndarray], flips: list[np.ndarray]) -> torch.Tensor:
+        """The decoded windows resized to (B, S, S, 3) uint8 by torch's antialiased kernels, then flipped.
+
+        The Pillow backend's crop-and-resize (``FastTrainTransform.decode_and_crop``): a (h, w, 3) window
+        read as a channels-last (3, h, w) tensor, ``F2.resize`` with the drawn filter; the flip mirrors
+        the result as PIL's transpose does. One image per task on the loader's threads (torch releases
+        the GIL).
+        """
+        size = self.planner.img_size
+        out = torch.empty((len(interps), size, size, 3), dtype=torch.uint8)
+
+        def one(i: int) -> None:
+            window = torch.from_numpy(np.array(windows[i]))  # (h, w, 3), a copy out of DALI's buffer
+            resized = F2.resize(window.permute(2, 0, 1), [size, size], _TORCH_FILTERS[int(interps[i])],
+                                antialias=True)
+            if int(flips[i]):
+                resized = resized.flip(-1)
+            out[i] = resized.permute(1, 2, 0)
+
+        for _ in self._map(one, range(len(interps))):
+            pass
+        return out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in the sampler's order, two stages ahead of the consumer.
@@ -730,7 +810,7 @@ class DaliEvalLoader(_LoaderBase):
                              std=tuple(std))
         self.drop_last = False
 
-    def _build(self) -> Any:
+    def _build(self, stage: str) -> Any:
         return build_eval_pipeline(**self.settings, batch_size=self.batch_size, num_threads=self.workers,
                                    device_id=self.device_id)
 
