@@ -21,6 +21,7 @@ from t2t.data.dataset import DatasetError, ImageFolderDataset
 from t2t.rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
 from t2t.data.sampler import TrainSampler
 from t2t.data.setup import build_train_and_val
+from t2t.models.factory import resolve_eval_preprocessing
 from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
@@ -28,10 +29,12 @@ needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not instal
 
 
 def _build(cfg, data_dir, *, batch_size=8, eval_batch_size=4, num_replicas=1, rank=0):
+    pre = resolve_eval_preprocessing(cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
+                                     interpolation=cfg.eval.interpolation)
     return build_train_and_val(cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed,
                                batch_size=batch_size, global_batch_size=batch_size * num_replicas,
-                               eval_batch_size=eval_batch_size, eval_crop_pct=cfg.eval.crop_pct,
-                               eval_interpolation=cfg.eval.interpolation, num_replicas=num_replicas, rank=rank)
+                               eval_batch_size=eval_batch_size, eval_crop_pct=pre.crop_pct,
+                               eval_interpolation=pre.interpolation, num_replicas=num_replicas, rank=rank)
 
 
 # ---------------------------------------------------------------------------------------------
