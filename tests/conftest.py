@@ -1,3 +1,10 @@
+"""Shared set-up of the test suite.
+
+tests/unit/<part>/ mirrors the package (config, data, engine, models): in-process tests of one module
+with tiny models; the few that need full-size models are marked slow by hand. tests/integration/ holds
+what runs the command-line tools end to end, torchrun groups, restarts and faults: every test there is
+marked slow by its folder, so `pytest -m "not slow"` is the quick loop.
+"""
 import logging
 import os
 import sys
@@ -23,3 +30,12 @@ def _restore_logging():
         if handler not in handlers:
             handler.close()
     logging.root.handlers[:] = handlers
+
+
+_INTEGRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integration") + os.sep
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.path).startswith(_INTEGRATION):
+            item.add_marker(pytest.mark.slow)

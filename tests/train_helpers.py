@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
+from t2t.config import Config, ModelConfig
+from t2t.data.cifar import CIFAR_LAYOUTS
+from t2t.engine.checkpoint_schema import TRAINER_KEYS, TrainingCheckpoint
+from t2t.models.factory import create_model
 from t2t.tools.demo_data import make_demo_dataset
+
+CIFAR10, CIFAR100 = CIFAR_LAYOUTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,3 +132,60 @@ def kill_run_at(marker: str, out: str, *args: str, sig: int = 9, timeout: float 
         return proc.wait(timeout=120)
     finally:
         proc.kill()
+
+
+CIFAR_CONFIG = """\
+model: {name: t2t_vit_7, img_size: 32, drop_path_rate: 0.1}
+data: {workers: 0, train_transform: cifar, auto_augment: null, interpolation: bilinear, reprob: 0.25,
+       mean: [0.4914, 0.4822, 0.4465], std: [0.2023, 0.1994, 0.2010]}
+mixup: {mixup_alpha: 0.8, cutmix_alpha: 1.0}
+train: {epochs: 2, batch_size: 4, log_interval: 2, device: cpu}
+optim: {name: sgd, lr: 0.05, lr_base_batch_size: 4, weight_decay: 5.0e-4, backbone_lr_scale: 0.01}
+sched: {warmup_epochs: 0, cooldown_epochs: 1, min_lr: 2.0e-4}
+eval: {batch_size: 8, crop_pct: 1.0, interpolation: bilinear}
+ema: {decay: 0.9}
+log: {tensorboard: false}
+"""
+
+
+def dump_pickle(path: str, obj: dict) -> None:
+    """Write `obj` as the CIFAR release files are written (pickle protocol 2)."""
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def make_cifar(root: str, layout=CIFAR10, *, classes: int = 3, per_file: int = 6, seed: int = 0) -> str:
+    """A small CIFAR folder in the official layout: class-coloured 32 x 32 images with noise."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, layout.folder)
+    os.makedirs(folder, exist_ok=True)
+    names = [f"class_{i}".encode() for i in range(classes)]
+    dump_pickle(os.path.join(folder, layout.meta_file), {layout.names_key: names, b"num_vis": 3072})
+    for name in layout.train_files + layout.test_files:
+        labels = [int(i % classes) for i in range(per_file)]
+        base = np.array([[40 + 80 * t, 200 - 60 * t, 90] for t in labels], dtype=np.int16)  # (N, 3)
+        planes = np.repeat(base, 1024, axis=1) + rng.integers(-30, 30, (per_file, 3072))
+        batch = {b"batch_label": name.encode(), layout.labels_key: labels,
+                 b"data": planes.clip(0, 255).astype(np.uint8), b"filenames": [b"x.png"] * per_file}
+        if layout is CIFAR100:
+            batch[b"coarse_labels"] = [0] * per_file
+        dump_pickle(os.path.join(folder, name), batch)
+    return folder
+
+
+def token_label_checkpoint(tmp_path):
+    """A training checkpoint of a tiny token-label model whose aux head decides: (model in eval mode, path)."""
+    cfg = Config()
+    cfg.model = ModelConfig(name="t2t_vit_7", img_size=32, token_label=True)
+    torch.manual_seed(0)
+    model = create_model(cfg.model, 3)
+    with torch.no_grad():
+        model.aux_head.weight.mul_(20)  # an aux head that decides: its part of the logits must show
+    trainer = {k: {} for k in TRAINER_KEYS}
+    trainer.update(model=model.state_dict(), state_dict_ema=None, train_state={"epoch": 1, "global_step": 1},
+                   rng={"torch": torch.get_rng_state()})
+    path = str(tmp_path / "tl.pth")
+    torch.save(TrainingCheckpoint(trainer=trainer, arch="t2t_vit_7", config=cfg.to_dict(),
+                                  run={"classes": ["a", "b", "c"]}, versions={}).to_dict(), path)
+    return model.eval(), path
+

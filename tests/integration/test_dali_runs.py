@@ -1,0 +1,146 @@
+"""data.backend=dali end to end: SIGKILL and exact resume, two gloo processes, validate.py, the benchmark CLI."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
+
+HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
+needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not installed (pip install -e ".[dali]")')
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and a missing DALI: no DALI needed
+
+
+# ---------------------------------------------------------------------------------------------
+# The draws follow the Pillow backend's random streams
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines (DALI's CPU operators)
+
+
+def _colour_dataset(root, *, per_class=6, sizes=((40, 30), (30, 44), (64, 48))):
+    """Classes that differ only in colour: red, green, blue images with noise, of several sizes and formats."""
+    colours = {"a_red": (200, 30, 30), "b_green": (30, 200, 30), "c_blue": (30, 30, 200)}
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", 3)):
+        for name, colour in colours.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                w, h = sizes[i % len(sizes)]
+                pixels = np.clip(np.array(colour) + rng.normal(0, 15, (h, w, 3)), 0, 255).astype(np.uint8)
+                ext = "png" if i % 3 == 2 else "jpg"
+                Image.fromarray(pixels).save(os.path.join(root, split, name, f"{i}.{ext}"))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics against the Pillow backend
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs
+
+
+def _wait_for(path_test, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path_test():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"train.py ended early ({proc.returncode}): {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data(str(tmp_path_factory.mktemp("data")))
+
+
+@needs_dali
+@pytest.mark.slow
+def test_sigkill_and_resume_is_exact_with_dali(data_dir, tmp_path):
+    config = write_config(str(tmp_path))
+    common = ["--data-dir", data_dir, "data.backend=dali", "data.workers=2", "checkpoint.every_steps=4"]
+    run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd("-c", config, "--output", str(out), *common),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: (out / "step-00000012.pth").exists(), proc)  # inside epoch 1
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=120) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    run_train("-c", config, "--output", str(out), "--resume", "auto", *common)
+    assert_same_run(str(tmp_path / "straight" / "last.pth"), str(out / "last.pth"))
+    # and the DALI run is not the Pillow run (the backend really was used)
+    run_train("-c", config, "--output", str(tmp_path / "pil"), "--data-dir", data_dir, "data.workers=2")
+    assert not torch.equal(load(str(tmp_path / "pil" / "last.pth"))["model"]["head.weight"],
+                           load(str(out / "last.pth"))["model"]["head.weight"])
+
+
+@needs_dali
+@pytest.mark.slow
+def test_two_processes_gloo_with_dali(data_dir, tmp_path):
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), "-c", write_config(str(tmp_path)), "--data-dir", data_dir,
+           "--output", out, "data.backend=dali", "data.workers=1", "train.epochs=1", "sched.cooldown_epochs=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ckpt = load(os.path.join(out, "last.pth"))
+    assert ckpt["run"]["world_size"] == 2 and ckpt["config"]["data"]["backend"] == "dali"
+    assert ckpt["train_state"]["global_step"] == 36 // 8  # 36 images, global batch 2 x 4
+    row = ckpt["train_state"]["history"][-1]
+    assert 0 <= row["val_top1"] <= 100 and row["val_top5"] == 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the same images as the Pillow transform, up to resampling; validate.py --data-backend
+
+
+@needs_dali
+def test_validate_with_the_dali_backend(tmp_path, capsys):
+    import timm
+
+    sys.path.insert(0, ROOT)
+    import validate
+
+    data_dir = _colour_dataset(str(tmp_path / "data"))
+    model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    results = {}
+    for backend in ("pil", "dali"):
+        out = tmp_path / f"{backend}.json"
+        code = validate.main(["--data-dir", data_dir, "-m", "t2t_vit_7", "--checkpoint", str(tmp_path / "m.pth"),
+                              "--img-size", "32", "--batch-size", "4", "--workers", "1", "--data-backend", backend,
+                              "--device", "cpu", "--results-file", str(out)])
+        assert code == 0, capsys.readouterr().err
+        import json
+        with open(out) as f:
+            results[backend] = json.load(f)
+    assert results["pil"]["count"] == results["dali"]["count"] == 9
+    assert results["dali"]["loss"] == pytest.approx(results["pil"]["loss"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_benchmark_cli_refuses_an_unknown_backend(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--mode", "data",
+                           "--data-dir", str(tmp_path), "--data-backend", "pil,tf"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--data-backend pil,tf: expected some of pil, dali, timm" in proc.stderr
+
+

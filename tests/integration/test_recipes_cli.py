@@ -1,0 +1,20 @@
+"""python -m t2t.recipes --check / --write: a committed recipe that differs from the table is found and rewritten."""
+import glob
+import os
+
+from train_helpers import ROOT
+
+from t2t import recipes
+
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+def test_recipe_check_and_write(tmp_path, capsys):
+    name = next(iter(recipes.RECIPES))
+    assert recipes.main(["--check", "--config-dir", str(tmp_path)]) == 1  # missing files
+    assert recipes.main(["--write", "--config-dir", str(tmp_path)]) == 0
+    assert recipes.main(["--check", "--config-dir", str(tmp_path)]) == 0
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(path.read_text().replace("every_minutes: 30", "every_minutes: 5"))
+    assert recipes.main(["--check", "--config-dir", str(tmp_path)]) == 1
+    assert f"differs from the table: {path}" in capsys.readouterr().err

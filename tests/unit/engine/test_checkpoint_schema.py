@@ -1,0 +1,146 @@
+"""The checkpoint schema: what is written is what is read, and files of the previous format still resume."""
+import os
+import shutil
+
+import pytest
+import timm
+import torch
+from timm.utils import ModelEmaV3
+from train_helpers import ROOT, load, make_data
+
+from t2t.config import config_from_dict
+from t2t.engine import run as run_module
+from t2t.engine.checkpoint import load_training_checkpoint
+from t2t.engine.checkpoint_schema import FORMAT, TRAINER_KEYS, TrainingCheckpoint
+from t2t.engine.losses import SoftTargetLoss
+from t2t.engine.optim import LRSchedule
+from t2t.engine.plan import RunPlan
+from t2t.engine.trainer import Trainer
+from t2t.models.t2t_vit import T2TViT
+from t2t.models.weights import CheckpointError
+
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+FORMAT1 = os.path.join(FIXTURES, "format1_step5.pth")  # written by the code before the schema (see its maker)
+
+
+class _Recording(dict):
+    """A dict that notes which keys were read (nested dicts too), as 'a.b' paths."""
+
+    def __init__(self, values, seen, prefix=""):
+        super().__init__(values)
+        self.seen, self.prefix = seen, prefix
+
+    def _wrap(self, key, value):
+        self.seen.add(self.prefix + str(key))
+        if isinstance(value, dict) and key in ("train_state", "rng"):
+            return _Recording(value, self.seen, f"{self.prefix}{key}.")
+        return value
+
+    def __getitem__(self, key):
+        return self._wrap(key, super().__getitem__(key))
+
+    def get(self, key, default=None):
+        return self._wrap(key, super().get(key, default))
+
+
+def _paths(values, prefix=""):
+    out = set()
+    for key, value in values.items():
+        out.add(prefix + key)
+        if isinstance(value, dict) and key in ("train_state", "rng"):
+            out |= _paths(value, f"{prefix}{key}.")
+    return out
+
+
+def _tiny_trainer():
+    model = timm.create_model("t2t_vit_t_14", img_size=32, num_classes=3, depth=1)
+    schedule = LRSchedule(base_lr=1e-3, warmup_lr=1e-3, min_lr=1e-3, warmup_epochs=0, epochs=1, steps_per_epoch=4)
+    return Trainer(model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), schedule=schedule,
+                   loss_fn=SoftTargetLoss(3, smoothing=0.1), device=torch.device("cpu"),
+                   ema=ModelEmaV3(model, decay=0.9))
+
+
+def _batches(n):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 3, (2,), generator=g)) for _ in range(n)]
+
+
+def test_trainer_state_is_restored_field_by_field():
+    """Every entry Trainer.state_dict writes (train_state and rng fields included) is read by load_state_dict,
+    and the restored Trainer saves the same state again."""
+    trainer = _tiny_trainer()
+    trainer.train_epoch(_batches(2), 2)
+    saved = trainer.state_dict()
+    assert set(saved) == set(TRAINER_KEYS)
+    seen = set()
+    restored = _tiny_trainer()
+    restored.load_state_dict(_Recording(saved, seen))
+    assert seen == _paths(saved), f"written but never read: {sorted(_paths(saved) - seen)}"
+    again = restored.state_dict()
+    assert again["train_state"] == saved["train_state"]
+    for key in ("model", "state_dict_ema"):
+        assert all(torch.equal(again[key][k], saved[key][k]) for k in saved[key]), key
+
+
+def test_checkpoint_entries_are_all_read():
+    trainer = _tiny_trainer()
+    ckpt = TrainingCheckpoint(trainer=trainer.state_dict(), arch="t2t_vit_t_14", config={"model": {}},
+                              run={"world_size": 1}, versions={"torch": torch.__version__})
+    written = ckpt.to_dict()
+    seen = set()
+    back = TrainingCheckpoint.from_dict(_Recording(written, seen), path="x.pth")
+    assert {k for k in seen if "." not in k} == set(written), f"never read: {set(written) - seen}"
+    assert back.format == FORMAT and back.global_step == 0 and back.arch == "t2t_vit_t_14"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d.update(format=99), "has format 99"),
+    (lambda d: d.pop("optimizer"), "no 'optimizer' entry"),
+    (lambda d: d.update(extra=1), "does not know: extra"),
+    (lambda d: d.pop("train_state"), "not a t2t training checkpoint"),
+])
+def test_checkpoints_the_schema_cannot_read_are_refused_in_one_line(change, message):
+    values = TrainingCheckpoint(trainer=_tiny_trainer().state_dict(), arch="a", config={}, run=None,
+                                versions={}).to_dict()
+    change(values)
+    with pytest.raises(CheckpointError, match=message):
+        TrainingCheckpoint.from_dict(values, path="x.pth")
+
+
+def test_a_format_1_checkpoint_reads_through_the_schema():
+    ckpt = load_training_checkpoint(FORMAT1)
+    assert ckpt.format == 1 and ckpt.global_step == 5 and ckpt.epoch == 0 and ckpt.arch == "t2t_vit_7"
+    assert set(ckpt.trainer) == set(TRAINER_KEYS) and set(ckpt.trainer["rng"]) == {"torch"}
+    plan = RunPlan.from_dict(ckpt.run)
+    assert plan.global_batch_size == 4 and plan.classes == ["disc", "square", "triangle"]
+    assert config_from_dict(ckpt.config).model.name == "t2t_vit_7"
+    # Re-written in the current format, it reads back the same.
+    again = TrainingCheckpoint.from_dict(ckpt.to_dict(), path="again.pth")
+    assert again.format == FORMAT and again.train_state == ckpt.train_state and again.run == ckpt.run
+
+
+def _tiny_model(cfg, num_classes):  # the model the fixture was trained with (see fixtures/make_format1_checkpoint.py)
+    return T2TViT(img_size=cfg.model.img_size, num_classes=num_classes, embed_dim=32, depth=1, num_heads=2,
+                  mlp_ratio=1.0, token_dim=8, drop_path_rate=cfg.model.drop_path_rate)
+
+
+@pytest.mark.slow
+def test_a_format_1_checkpoint_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """The step-5 file the previous version wrote, resumed by this one, ends where that version's own
+    uninterrupted run ended: same weights, EMA and per-epoch metrics, bit for bit."""
+    monkeypatch.setattr(run_module, "_build_model", _tiny_model)
+    data = make_data(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(FORMAT1, out / "step-00000005.pth")
+    cfg = config_from_dict(load_training_checkpoint(FORMAT1).config)
+    cfg.train.max_steps = None  # the stored run was stopped with train.max_steps=5
+    result = run_module.run(cfg, data_dir=data, output=str(out), resume="auto")
+    ours, theirs = load(os.path.join(result.output, "last.pth")), load(os.path.join(FIXTURES,
+                                                                                  "format1_final_weights.pth"))
+    assert ours["format"] == FORMAT and ours["train_state"]["global_step"] == theirs["global_step"] == 18
+    for key in ("model", "state_dict_ema"):
+        for name, tensor in theirs[key].items():
+            assert torch.equal(ours[key][name], tensor), f"{key}.{name}"
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_sec"} for r in rows]  # noqa: E731
+    assert strip(ours["train_state"]["history"]) == strip(theirs["history"])
