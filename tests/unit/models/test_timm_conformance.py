@@ -12,6 +12,7 @@ import warnings
 import pytest
 import timm
 import torch
+from marks import slow_except
 from timm.data import resolve_data_config
 from timm.models import create_feature_extractor, get_graph_node_names
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,7 +42,7 @@ def _input(batch: int = 2, size: int = SIZE) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", slow_except(ALL, *TINY))
 def test_forward_and_backward_reach_every_parameter(name):
     model = _create(name, num_classes=42).train()
     out = model(_input())
@@ -51,7 +52,7 @@ def test_forward_and_backward_reach_every_parameter(name):
         assert p.grad is not None, f"No gradient for {n}"
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", slow_except(ALL, *TINY))
 def test_default_cfg(name):
     model = _create(name).eval()
     cfg, state_dict = model.pretrained_cfg, model.state_dict()
@@ -76,7 +77,7 @@ def test_tagged_cfg_builds_its_input_size():
     assert timm.create_model("t2t_vit_14.in1k", depth=1).pos_embed.shape == (1, 197, 384)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", slow_except(ALL, *TINY))
 def test_torchscript(name):
     model = _create(name).eval()
     x = _input(1)
@@ -94,7 +95,7 @@ def _fx_model(model: torch.nn.Module) -> torch.nn.Module:
     return create_feature_extractor(model, [eval_nodes[-1]])
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", slow_except(ALL, *TINY))
 def test_fx_forward_backward(name):
     model = _create(name, num_classes=42).eval()
     x = _input()
@@ -118,7 +119,7 @@ def test_fx_then_torchscript(name):
         torch.testing.assert_close(tuple(scripted(x).values())[0], model(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", slow_except(ALL, *TINY))
 def test_features_only(name):
     model = _create(name, features_only=True).eval()
     widths = SMALL[name][1]

@@ -11,11 +11,13 @@ import warnings
 import pytest
 import timm
 import torch
+from marks import slow_except
 from reference_variants import OFFICIAL, official_macs, official_param_count, random_state_dict, reference_forward
 
 import t2t
 
 NAMES = sorted(OFFICIAL)
+QUICK = "t2t_vit_16_ghost"  # the one variant of the quick loop
 
 # Read from the official definitions (tensor by tensor; operation by operation) at 224 px, 1000 classes.
 OFFICIAL_COUNTS = {
@@ -35,7 +37,7 @@ def test_official_layout_loads_strictly_and_gives_the_official_logits(name):
         torch.testing.assert_close(model(x), reference_forward(name, sd, x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_official_checkpoint_through_timm_pretrained_path(name, tmp_path):
     # A training checkpoint as the official code writes it: EMA weights under state_dict_ema, 'module.' keys.
     sd = random_state_dict(name, img_size=64, num_classes=5, seed=1)
@@ -48,7 +50,7 @@ def test_official_checkpoint_through_timm_pretrained_path(name, tmp_path):
         torch.testing.assert_close(model(x), reference_forward(name, sd, x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_params_and_macs_are_the_official_ones(name):
     params, macs = OFFICIAL_COUNTS[name]
     assert official_param_count(name) == params and official_macs(name) == macs  # the transcription
@@ -83,7 +85,7 @@ def test_ghost_mlp_needs_ratio_three():
         timm.create_model("t2t_vit_16_ghost", img_size=32, depth=1, mlp_ratio=4.0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_fused_and_explicit_attention_agree(name):
     model = timm.create_model(name, img_size=32, num_classes=3).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -100,7 +102,7 @@ def _small(name: str) -> torch.nn.Module:
     return timm.create_model(name, img_size=32, num_classes=5, **kwargs).eval()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_forward_intermediates(name):
     model = _small(name)
     x = torch.randn(2, 3, 32, 32)
@@ -111,7 +113,7 @@ def test_forward_intermediates(name):
         assert all(y.shape[2:] == (2, 2) for y in intermediates)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_onnx_legacy_exporter_matches_onnxruntime(name):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -127,7 +129,7 @@ def test_onnx_legacy_exporter_matches_onnxruntime(name):
         torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_torch_export(name):
     model = _small(name)
     x = torch.randn(2, 3, 32, 32)
@@ -136,7 +138,7 @@ def test_torch_export(name):
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_cpu_backend_changes_nothing_but_speed(name):
     from t2t.models import cpu
 
@@ -147,7 +149,7 @@ def test_cpu_backend_changes_nothing_but_speed(name):
         torch.testing.assert_close(cpu.accelerate(model)(x), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", slow_except(NAMES, QUICK))
 def test_inference_tools_load_an_official_layout_file(name, tmp_path):
     from t2t.inference import load_model
 

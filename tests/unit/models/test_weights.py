@@ -4,6 +4,7 @@ import logging
 import pytest
 import timm
 import torch
+from marks import slow_except
 
 import t2t
 from t2t.models import CheckpointError, load_pretrained_weights
@@ -41,7 +42,7 @@ EXPECTED_SOURCE = {"official_training": "state_dict_ema", "release_ema_only": "s
                    "compiled_ddp": "state dict"}
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("layout", slow_except(sorted(LAYOUTS), "bare", "official_training"))
 def test_every_official_layout_loads_strictly(layout, source, tmp_path):
     path = tmp_path / "weights.pth.tar"
     torch.save(LAYOUTS[layout](source.state_dict()), path)
