@@ -40,7 +40,8 @@ def test_parameter_counts_and_macs(name):
     assert count_macs(model, 224) == pytest.approx(macs, rel=0.01)
 
 
-@pytest.mark.parametrize("name", slow_except(["t2t_vit_7", "t2t_vit_t_14", "t2t_vit_14_resnext"], "t2t_vit_7", "t2t_vit_t_14"))
+@pytest.mark.parametrize("name", slow_except(["t2t_vit_7", "t2t_vit_t_14", "t2t_vit_14_resnext"],
+                                             "t2t_vit_7", "t2t_vit_t_14"))
 @pytest.mark.parametrize("img_size", slow_except([224, 384], 224))
 def test_matches_reference_equations(name, img_size):
     model = timm.create_model(name, img_size=img_size, num_classes=10).eval()
