@@ -122,3 +122,12 @@ class TrainingCheckpoint:
         if changed:
             _logger.warning("Resuming %s with other library versions (%s): the run continues, but not "
                             "bit-identically", path, ", ".join(changed))
+
+
+def weight_entries(checkpoint: Any, *, path: str) -> Any:
+    """What a file holds for loading weights: a training checkpoint of ours is read through the schema (format
+    and keys checked) and reduced to its two weight entries; any other layout is returned as it is."""
+    if isinstance(checkpoint, dict) and "train_state" in checkpoint:
+        ours = TrainingCheckpoint.from_dict(checkpoint, path=path)
+        return {"state_dict_ema": ours.trainer["state_dict_ema"], "model": ours.weights}
+    return checkpoint

@@ -173,8 +173,11 @@ def load_pretrained_weights(
     Accepts our checkpoints and every official layout. The position grid is interpolated to the
     model's size and the classifier is left at its initialisation when the class count differs.
     """
+    from ..engine.checkpoint_schema import weight_entries  # late: the engine imports the models
+
     path = os.fspath(path)
-    state_dict, source = extract_state_dict(read_checkpoint(path), use_ema=use_ema, source=f"checkpoint {path!r}")
+    checkpoint = weight_entries(read_checkpoint(path), path=path)
+    state_dict, source = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")
     state_dict = checkpoint_filter_fn(state_dict, model)
     target = model.state_dict()
     head_dropped = False

@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 import torch
-from train_helpers import ROOT
 
 from t2t.engine.checkpoint import find_resume_checkpoint
+from train_helpers import ROOT
 
 
 @pytest.mark.slow

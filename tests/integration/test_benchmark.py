@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from train_helpers import ROOT
 
 SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")

@@ -2,9 +2,9 @@
 import os
 
 import pytest
-from train_helpers import CIFAR_CONFIG, assert_same_run, load, make_cifar, run_train, write_config
 
 from t2t.data.cifar import CIFAR_LAYOUTS
+from train_helpers import CIFAR_CONFIG, assert_same_run, load, make_cifar, run_train, write_config
 
 CIFAR10, CIFAR100 = CIFAR_LAYOUTS
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
-from train_helpers import ROOT, load, make_data, run_train, write_config
 
 import train
 from t2t.config import load_config
 from t2t.engine import collectives, distributed
+from train_helpers import ROOT, load, make_data, run_train, write_config
 
 
 def _free_port() -> int:

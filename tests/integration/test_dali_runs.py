@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None

@@ -7,12 +7,12 @@ import sys
 import pytest
 import timm
 import torch
-from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
 
 import t2t  # noqa: F401
 from t2t.config import load_config
 from t2t.engine.checkpoint import find_resume_checkpoint
 from t2t.engine.run import RunError, run
+from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 import timm
 import torch
+
 from test_validate import COUNTS, MODEL, ROOT, VALIDATE, make_image_folder
 
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 import timm
-from train_helpers import ROOT, assert_same_run, load, make_data, run_train, write_config
 
 import t2t
+from train_helpers import ROOT, assert_same_run, load, make_data, run_train, write_config
 
 pytestmark = pytest.mark.slow
 

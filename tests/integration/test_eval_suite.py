@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_validate import MODEL, NUM_CLASSES, ROOT, VALIDATE, paper_eval_transform, tiny_model
 
 import t2t
 from t2t.engine.eval_suite import FlipTTA, format_table, load_real_labels, resolutions
+from test_validate import MODEL, NUM_CLASSES, ROOT, VALIDATE, paper_eval_transform, tiny_model
 
 sys.path.insert(0, ROOT)
 import validate  # noqa: E402

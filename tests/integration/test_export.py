@@ -6,11 +6,11 @@ import sys
 import pytest
 import timm
 import torch
-from test_predict import CLASSES, make_images, save_run_checkpoint
-from train_helpers import ROOT, load_script
 
 import t2t
 from t2t.inference import load_model
+from test_predict import CLASSES, make_images, save_run_checkpoint
+from train_helpers import ROOT, load_script
 
 sys.path.insert(0, ROOT)
 import predict  # noqa: E402

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
-from train_helpers import ROOT, make_data, run_train, write_config
 
 from t2t.engine.checkpoint import CheckpointSaveError, atomic_save
+from train_helpers import ROOT, make_data, run_train, write_config
 
 sys.path.insert(0, ROOT)
 import train  # noqa: E402

@@ -4,10 +4,10 @@ import os
 import pytest
 import timm
 import torch
-from train_helpers import load, make_data, run_train, write_config
 
 from t2t.config import OptimConfig
 from t2t.engine.optim import build_optimizer, freeze_parameters
+from train_helpers import load, make_data, run_train, write_config
 
 
 def _model():

@@ -7,11 +7,11 @@ import sys
 import pytest
 import timm
 import torch
-from train_helpers import ROOT, load_script, make_data
 
 import t2t  # noqa: F401
 from t2t.data.token_label import read_label_map
 from t2t.tools.token_labels import dense_logits
+from train_helpers import ROOT, load_script, make_data
 
 main = load_script("generate_token_labels").main
 

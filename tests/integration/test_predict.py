@@ -9,10 +9,10 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from train_helpers import ROOT
 
 from t2t.config import load_config
 from t2t.inference import load_model
+from train_helpers import ROOT
 
 sys.path.insert(0, ROOT)
 import predict  # noqa: E402

@@ -2,9 +2,8 @@
 import glob
 import os
 
-from train_helpers import ROOT
-
 from t2t import recipes
+from train_helpers import ROOT
 
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 

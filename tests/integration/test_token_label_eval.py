@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from t2t.models.factory import resolve_eval_preprocessing
-
 from train_helpers import ROOT, token_label_checkpoint
 
 sys.path.insert(0, ROOT)

@@ -5,9 +5,9 @@ import signal
 
 import pytest
 import torch
-from train_helpers import TINY_CONFIG, assert_same_run, kill_run_at, load, make_data, run_train, write_config
 
 from t2t.data.token_label import label_path, save_label_map
+from train_helpers import TINY_CONFIG, assert_same_run, kill_run_at, load, make_data, run_train, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,10 @@ import subprocess
 import time
 
 import pytest
-from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
 
 from t2t.engine.checkpoint import find_resume_checkpoint
 from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
+from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from train_helpers import ROOT
 
 import t2t
+from train_helpers import ROOT
 
 VALIDATE = os.path.join(ROOT, "validate.py")
 MODEL = "t2t_vit_7"

@@ -138,11 +138,10 @@ def test_missing_inputs_give_one_line(tmp_path, images, capsys):
 @pytest.mark.slow
 def test_batch_is_the_first_batch_training_sees(tmp_path, monkeypatch):
     # Train one step in-process and record what the model is fed; the batch view must be that batch.
-    from train_helpers import make_data, write_config
-
     from t2t.config import load_config
     from t2t.engine.run import run
     from t2t.visualize import first_batch
+    from train_helpers import make_data, write_config
 
     data = make_data(str(tmp_path / "data"))
     config = write_config(str(tmp_path))  # RandAugment, random erasing, mixup and cutmix

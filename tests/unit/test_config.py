@@ -4,10 +4,10 @@ import logging
 import os
 
 import pytest
-from train_helpers import ROOT
 
 from t2t import recipes
 from t2t.config import Config, ConfigError, apply_values, config_from_dict, dump_config, load_config, read_yaml
+from train_helpers import ROOT
 
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
 

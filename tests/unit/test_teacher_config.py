@@ -1,8 +1,8 @@
 """Config sections distill and token_label: defaults, range checks, one-line errors."""
 import pytest
-from train_helpers import ROOT
 
 from t2t.config import ConfigError, load_config
+from train_helpers import ROOT
 
 
 def test_defaults_are_plain_training():

@@ -5,12 +5,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from train_helpers import dump_pickle, make_cifar, make_data
 
 from t2t.config import ConfigError, DataConfig
 from t2t.data.cifar import CIFAR_LAYOUTS, CIFARDataset, find_cifar_dir
 from t2t.data.dataset import DatasetError
 from t2t.data.setup import build_train_tf, resolve_format
+from train_helpers import dump_pickle, make_cifar, make_data
 
 CIFAR10, CIFAR100 = CIFAR_LAYOUTS
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_helpers import make_data
 
 from t2t.config import ConfigError, load_config
 from t2t.data import dali as dali_backend
@@ -20,6 +19,7 @@ from t2t.data.sampler import TrainSampler
 from t2t.data.setup import build_train_and_val
 from t2t.models.factory import resolve_eval_preprocessing
 from t2t.rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
+from train_helpers import make_data
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not installed (pip install -e ".[dali]")')

@@ -4,8 +4,15 @@ import pytest
 import torch
 from PIL import Image
 
-from t2t.data.token_label import crop_label_map, dense_scores, label_path, mix_token, read_label_map, \
-    save_label_map, token_box
+from t2t.data.token_label import (
+    crop_label_map,
+    dense_scores,
+    label_path,
+    mix_token,
+    read_label_map,
+    save_label_map,
+    token_box,
+)
 
 
 def _linear_map(coef, xs, ys):

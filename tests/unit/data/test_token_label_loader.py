@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from timm.data.auto_augment import AugmentOp
 from torchvision.transforms import Compose
-from train_helpers import ROOT
 
 from t2t import rng
 from t2t.config import ConfigError, load_config
@@ -26,6 +25,7 @@ from t2t.data.token_label import (
     save_label_map,
 )
 from t2t.data.transforms import FastTrainTransform
+from train_helpers import ROOT
 
 # Quadrant colours: class q is the colour of quadrant q (top-left, top-right, bottom-left, bottom-right).
 COLOURS = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)], dtype=np.int64)

@@ -4,10 +4,10 @@ import time
 
 import pytest
 import torch
-from train_helpers import fake_checkpoint
 
 from t2t.engine.background_save import BackgroundCheckpointWriter
 from t2t.engine.checkpoint import CheckpointSaveError, CheckpointWriter, find_resume_checkpoint
+from train_helpers import fake_checkpoint
 
 
 def _state(step: int, weight: torch.Tensor) -> dict:

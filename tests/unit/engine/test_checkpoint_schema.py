@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 from timm.utils import ModelEmaV3
-from train_helpers import ROOT, load, make_data
 
 from t2t.config import config_from_dict
 from t2t.engine import run as run_module
@@ -17,7 +16,8 @@ from t2t.engine.optim import LRSchedule
 from t2t.engine.plan import RunPlan
 from t2t.engine.trainer import Trainer
 from t2t.models.t2t_vit import T2TViT
-from t2t.models.weights import CheckpointError
+from t2t.models.weights import CheckpointError, load_pretrained_weights
+from train_helpers import ROOT, load, make_data
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 FORMAT1 = os.path.join(FIXTURES, "format1_step5.pth")  # written by the code before the schema (see its maker)
@@ -117,6 +117,19 @@ def test_a_format_1_checkpoint_reads_through_the_schema():
     # Re-written in the current format, it reads back the same.
     again = TrainingCheckpoint.from_dict(ckpt.to_dict(), path="again.pth")
     assert again.format == FORMAT and again.train_state == ckpt.train_state and again.run == ckpt.run
+
+
+def test_init_from_reads_a_training_checkpoint_through_the_schema(tmp_path):
+    """model.init_from takes the weights of a format-1 or format-2 file, and refuses a damaged one in one line."""
+    ckpt = load_training_checkpoint(FORMAT1)
+    model = _tiny_model(config_from_dict(ckpt.config), 3)
+    assert load_pretrained_weights(model, FORMAT1) == "state_dict_ema"
+    assert all(torch.equal(v, ckpt.trainer["state_dict_ema"][k]) for k, v in model.state_dict().items())
+    damaged = ckpt.to_dict()
+    damaged["format"] = 99
+    torch.save(damaged, tmp_path / "future.pth")
+    with pytest.raises(CheckpointError, match=r"future.pth' has format 99"):
+        load_pretrained_weights(model, tmp_path / "future.pth")
 
 
 def _tiny_model(cfg, num_classes):  # the model the fixture was trained with (see fixtures/make_format1_checkpoint.py)

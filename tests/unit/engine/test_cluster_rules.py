@@ -4,13 +4,13 @@ micro-batches, a NaN before a save, the resume choice, one evaluation pass, uint
 import pytest
 import timm
 import torch
-from train_helpers import make_data, save_fake
 
 from t2t.engine import collectives, distributed
 from t2t.engine.losses import SoftTargetLoss
 from t2t.engine.optim import LRSchedule
 from t2t.engine.stopping import StopPolicy
 from t2t.engine.trainer import NonFiniteLossError, Trainer
+from train_helpers import make_data, save_fake
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from t2t.engine.distill import DistillationLoss, TokenLabelLoss, hard_distillation_loss, soft_cross_entropy, \
-    soft_distillation_loss, token_label_loss
+from t2t.engine.distill import (
+    DistillationLoss,
+    TokenLabelLoss,
+    hard_distillation_loss,
+    soft_cross_entropy,
+    soft_distillation_loss,
+    token_label_loss,
+)
 
 
 def _log_softmax(row):

@@ -4,10 +4,10 @@ import os
 import pytest
 import timm
 import torch
-from train_helpers import ROOT
 
 from t2t.config import ConfigError, OptimConfig, load_config
 from t2t.engine.optim import LRSchedule, build_optimizer, freeze_parameters, set_lr
+from train_helpers import ROOT
 
 DEPTH = 7  # t2t_vit_7
 

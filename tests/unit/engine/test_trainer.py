@@ -6,7 +6,6 @@ import time
 import pytest
 import timm
 import torch
-from train_helpers import load, make_data, save_fake, write_config
 
 from t2t.config import load_config
 from t2t.engine.checkpoint import CheckpointWriter, atomic_save, find_resume_checkpoint
@@ -14,6 +13,7 @@ from t2t.engine.losses import SoftTargetLoss
 from t2t.engine.optim import LRSchedule
 from t2t.engine.run import run
 from t2t.engine.trainer import NonFiniteLossError, Trainer, TrainState
+from train_helpers import load, make_data, save_fake, write_config
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,13 @@ import torch
 import torch.nn.functional as F
 
 import t2t  # noqa: F401  (registers the models)
-from t2t.models.attention_maps import (attention_blocks, attention_rollout, capture, performer_attention,
-                                       token_transformer_attention)
+from t2t.models.attention_maps import (
+    attention_blocks,
+    attention_rollout,
+    capture,
+    performer_attention,
+    token_transformer_attention,
+)
 
 SIZE = 64  # a 4 x 4 patch grid; T2T grids 16 x 16 and 8 x 8
 

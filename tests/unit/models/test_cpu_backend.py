@@ -4,10 +4,10 @@ import copy
 import pytest
 import timm
 import torch
-from marks import slow_except
-from reference_t2t import reference_forward
 
 import t2t
+from marks import slow_except
+from reference_t2t import reference_forward
 from t2t.models import MODEL_ARCHS, cpu
 
 

@@ -11,7 +11,6 @@ from t2t.config import Config, ConfigError, ModelConfig, config_from_dict, load_
 from t2t.inference import CheckpointInfo, load_model
 from t2t.models import T2TViT, T2TViTDistilled, T2TViTTokenLabel, create_token_label_model
 from t2t.models.factory import create_model, named_model_config, resolve_eval_preprocessing
-
 from train_helpers import ROOT, token_label_checkpoint
 
 sys.path.insert(0, ROOT)

@@ -3,10 +3,10 @@ import math
 import pytest
 import timm
 import torch
-from marks import slow_except
-from reference_t2t import reference_forward
 
 import t2t
+from marks import slow_except
+from reference_t2t import reference_forward
 from t2t.models import MODEL_ARCHS, VARIANTS, T2TViT, count_macs, count_params, sinusoid_table
 
 # From the official model code (REFERENCE.md): all parameters, trainable ones, MACs at 224.

@@ -12,12 +12,12 @@ import warnings
 import pytest
 import timm
 import torch
-from marks import slow_except
 from timm.data import resolve_data_config
 from timm.models import create_feature_extractor, get_graph_node_names
 from torch.utils.flop_counter import FlopCounterMode
 
 import t2t  # noqa: F401  (registers the models)
+from marks import slow_except
 from t2t.models import MODEL_ARCHS
 
 # name -> the arguments that cut it to at most 3 blocks, and the widths of those blocks' outputs

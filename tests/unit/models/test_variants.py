@@ -11,10 +11,10 @@ import warnings
 import pytest
 import timm
 import torch
-from marks import slow_except
-from reference_variants import OFFICIAL, official_macs, official_param_count, random_state_dict, reference_forward
 
 import t2t
+from marks import slow_except
+from reference_variants import OFFICIAL, official_macs, official_param_count, random_state_dict, reference_forward
 
 NAMES = sorted(OFFICIAL)
 QUICK = "t2t_vit_16_ghost"  # the one variant of the quick loop

@@ -4,9 +4,9 @@ import logging
 import pytest
 import timm
 import torch
-from marks import slow_except
 
 import t2t
+from marks import slow_except
 from t2t.models import CheckpointError, load_pretrained_weights
 
 
