@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import torch
+from PIL import Image
 
 from t2t.config import Config, ModelConfig
 from t2t.data.cifar import CIFAR_LAYOUTS
@@ -189,3 +190,17 @@ def token_label_checkpoint(tmp_path):
                                   run={"classes": ["a", "b", "c"]}, versions={}).to_dict(), path)
     return model.eval(), path
 
+
+def make_colour_dataset(root, *, per_class=6, sizes=((40, 30), (30, 44), (64, 48))):
+    """Classes that differ only in colour: red, green, blue images with noise, of several sizes and formats."""
+    colours = {"a_red": (200, 30, 30), "b_green": (30, 200, 30), "c_blue": (30, 30, 200)}
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", 3)):
+        for name, colour in colours.items():
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(count):
+                w, h = sizes[i % len(sizes)]
+                pixels = np.clip(np.array(colour) + rng.normal(0, 15, (h, w, 3)), 0, 255).astype(np.uint8)
+                ext = "png" if i % 3 == 2 else "jpg"
+                Image.fromarray(pixels).save(os.path.join(root, split, name, f"{i}.{ext}"))
+    return root

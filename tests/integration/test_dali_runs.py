@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
+from train_helpers import ROOT, assert_same_run, load, make_colour_dataset, make_data, run_train, train_cmd, \
+    write_config
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not installed (pip install -e ".[dali]")')
@@ -29,21 +28,6 @@ needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not instal
 
 # ---------------------------------------------------------------------------------------------
 # Pipelines (DALI's CPU operators)
-
-
-def _colour_dataset(root, *, per_class=6, sizes=((40, 30), (30, 44), (64, 48))):
-    """Classes that differ only in colour: red, green, blue images with noise, of several sizes and formats."""
-    colours = {"a_red": (200, 30, 30), "b_green": (30, 200, 30), "c_blue": (30, 30, 200)}
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", 3)):
-        for name, colour in colours.items():
-            os.makedirs(os.path.join(root, split, name), exist_ok=True)
-            for i in range(count):
-                w, h = sizes[i % len(sizes)]
-                pixels = np.clip(np.array(colour) + rng.normal(0, 15, (h, w, 3)), 0, 255).astype(np.uint8)
-                ext = "png" if i % 3 == 2 else "jpg"
-                Image.fromarray(pixels).save(os.path.join(root, split, name, f"{i}.{ext}"))
-    return root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +104,7 @@ def test_validate_with_the_dali_backend(tmp_path, capsys):
     sys.path.insert(0, ROOT)
     import validate
 
-    data_dir = _colour_dataset(str(tmp_path / "data"))
+    data_dir = make_colour_dataset(str(tmp_path / "data"))
     model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3)
     torch.save(model.state_dict(), tmp_path / "m.pth")
     results = {}

@@ -19,7 +19,7 @@ from t2t.data.sampler import TrainSampler
 from t2t.data.setup import build_train_and_val
 from t2t.models.factory import resolve_eval_preprocessing
 from t2t.rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
-from train_helpers import make_data
+from train_helpers import make_colour_dataset, make_data
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not installed (pip install -e ".[dali]")')
@@ -131,24 +131,9 @@ def test_draws_match_the_pillow_backend():
 # Pipelines (DALI's CPU operators)
 
 
-def _colour_dataset(root, *, per_class=6, sizes=((40, 30), (30, 44), (64, 48))):
-    """Classes that differ only in colour: red, green, blue images with noise, of several sizes and formats."""
-    colours = {"a_red": (200, 30, 30), "b_green": (30, 200, 30), "c_blue": (30, 30, 200)}
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", 3)):
-        for name, colour in colours.items():
-            os.makedirs(os.path.join(root, split, name), exist_ok=True)
-            for i in range(count):
-                w, h = sizes[i % len(sizes)]
-                pixels = np.clip(np.array(colour) + rng.normal(0, 15, (h, w, 3)), 0, 255).astype(np.uint8)
-                ext = "png" if i % 3 == 2 else "jpg"
-                Image.fromarray(pixels).save(os.path.join(root, split, name, f"{i}.{ext}"))
-    return root
-
-
 @needs_dali
 def test_label_alignment_repeats_and_partial_eval_batch(tmp_path):
-    data_dir = _colour_dataset(str(tmp_path / "data"))
+    data_dir = make_colour_dataset(str(tmp_path / "data"))
     cfg = load_config(None, ["data.backend=dali", "model.img_size=32", "data.auto_augment=null", "data.workers=2",
                              "data.color_jitter=0", "data.repeated_aug=true", "data.scale=[0.3, 1.0]"])
     data = _build(cfg, data_dir, batch_size=4)
