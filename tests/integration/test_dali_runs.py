@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from train_helpers import ROOT, assert_same_run, load, make_colour_dataset, make_data, run_train, train_cmd, \
+from train_helpers import ROOT, assert_same_run, kill_run_at, load, make_colour_dataset, make_data, run_train, \
     write_config
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
@@ -38,17 +37,6 @@ needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not instal
 # Training runs
 
 
-def _wait_for(path_test, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path_test():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"train.py ended early ({proc.returncode}): {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return make_data(str(tmp_path_factory.mktemp("data")))
@@ -61,14 +49,8 @@ def test_sigkill_and_resume_is_exact_with_dali(data_dir, tmp_path):
     common = ["--data-dir", data_dir, "data.backend=dali", "data.workers=2", "checkpoint.every_steps=4"]
     run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd("-c", config, "--output", str(out), *common),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _wait_for(lambda: (out / "step-00000012.pth").exists(), proc)  # inside epoch 1
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=120) == -signal.SIGKILL
-    finally:
-        proc.kill()
+    # killed inside epoch 1
+    assert kill_run_at("step-00000012.pth", str(out), "-c", config, "--output", str(out), *common) == -signal.SIGKILL
     run_train("-c", config, "--output", str(out), "--resume", "auto", *common)
     assert_same_run(str(tmp_path / "straight" / "last.pth"), str(out / "last.pth"))
     # and the DALI run is not the Pillow run (the backend really was used)
