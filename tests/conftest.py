@@ -22,6 +22,20 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
+def _restore_process_settings():
+    """Tools run in-process (scripts/benchmark.py's main sets --threads and THP_MEM_ALLOC_ENABLE) change
+    process-wide settings; put them back, so no later test computes with another thread count (which
+    changes the summation order of reductions, hence the last bits of bit-exact comparisons)."""
+    threads, environ = torch.get_num_threads(), dict(os.environ)
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if os.environ != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+@pytest.fixture(autouse=True)
 def _restore_logging():
     """train.py / validate.py run in-process point the root logger at a test's captured output; undo that."""
     handlers = logging.root.handlers[:]
