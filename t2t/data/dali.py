@@ -39,7 +39,7 @@ import math
 import random
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -333,7 +333,9 @@ def _posterize_mask(bits: int) -> int:
 def _looks_truncated(data: bytes) -> Optional[str]:
     """Why a JPEG or PNG stream is cut short (DALI's decoders fill the missing part silently), else None."""
     if data[:2] == b"\xff\xd8":  # JPEG: the last start-of-scan must be followed by an end-of-image marker
-        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # No start-of-scan after the last end-of-image (searched forward from there: a backward search
+        # for the start-of-scan would read the whole file, the scans' data included).
+        if data.find(b"\xff\xda", data.rfind(b"\xff\xd9") + 1) >= 0:
             return "image file is truncated (no JPEG end-of-image marker after the last scan)"
     elif data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-16:]:
         return "image file is truncated (no PNG IEND chunk)"
@@ -751,20 +753,30 @@ class DaliTrainLoader(_LoaderBase):
         read as a channels-last (3, h, w) tensor, ``F2.resize`` with the drawn filter; the flip mirrors
         the result as PIL's transpose does. One image per task on the loader's threads (torch releases
         the GIL).
+
+        The windows are read in place, through zero-copy views of DALI's output buffers (copying a
+        window out cost as much as half its resize): the caller holds ``_run_lock`` until this returns,
+        and every task has finished before it returns, even when one fails, so no view outlives the
+        batch or sees the next ``run`` write into its buffer. A window is copied only into ``out``
+        (resized, flipped or not), never in between.
         """
         size = self.planner.img_size
         out = torch.empty((len(interps), size, size, 3), dtype=torch.uint8)
 
         def one(i: int) -> None:
-            window = torch.from_numpy(np.array(windows[i]))  # (h, w, 3), a copy out of DALI's buffer
+            window = torch.from_numpy(np.asarray(windows[i]))  # (h, w, 3), a view of DALI's buffer
             resized = F2.resize(window.permute(2, 0, 1), [size, size], _TORCH_FILTERS[int(interps[i])],
-                                antialias=True)
-            if int(flips[i]):
-                resized = resized.flip(-1)
-            out[i] = resized.permute(1, 2, 0)
+                                antialias=True).permute(1, 2, 0)  # channels-last result: (S, S, 3), contiguous
+            out[i] = resized.flip(1) if int(flips[i]) else resized
 
-        for _ in self._map(one, range(len(interps))):
-            pass
+        if self.workers == 1:
+            for i in range(len(interps)):
+                one(i)
+        else:
+            tasks = [self.pool.submit(one, i) for i in range(len(interps))]
+            wait(tasks)  # all of them, so that none still reads DALI's buffers after a failure
+            for task in tasks:
+                task.result()
         return out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
