@@ -706,22 +706,24 @@ class DaliTrainLoader(_LoaderBase):
         draw = self.planner.draw(seed, width, height)
         return data, draw, target, self.dataset.samples[position][0]
 
-    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, list], torch.Tensor, list[str]]:
+    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
+        """The batch's feeds: the encoded files (a list), every per-sample draw as one array (batch first)."""
         rows = list(self._map(lambda key: self._prepare_one(key, epoch), keys))
-        feeds: dict[str, list] = {
+        draws = [r[1] for r in rows]
+        feeds: dict[str, Any] = {
             "encoded": [r[0] for r in rows],
-            "anchor": [np.array(r[1].box[:2], dtype=np.float32) for r in rows],
-            "shape": [np.array(r[1].box[2:], dtype=np.float32) for r in rows],
-            "interp": [np.array(r[1].interp, dtype=np.int32) for r in rows],
-            "flip": [np.array(r[1].flip, dtype=np.int32) for r in rows],
+            "anchor": np.array([d.box[:2] for d in draws], dtype=np.float32),
+            "shape": np.array([d.box[2:] for d in draws], dtype=np.float32),
+            "interp": np.array([d.interp for d in draws], dtype=np.int32),
+            "flip": np.array([d.flip for d in draws], dtype=np.int32),
         }
         for layer in range(self.planner.layers):
-            feeds[f"op{layer}"] = [np.array(r[1].ops[layer][0], dtype=np.int32) for r in rows]
-            feeds[f"param{layer}"] = [np.array(r[1].ops[layer][1], dtype=np.float32) for r in rows]
-            feeds[f"matrix{layer}"] = [r[1].ops[layer][2] for r in rows]
-            feeds[f"kernel{layer}"] = [r[1].ops[layer][3] for r in rows]
+            feeds[f"op{layer}"] = np.array([d.ops[layer][0] for d in draws], dtype=np.int32)
+            feeds[f"param{layer}"] = np.array([d.ops[layer][1] for d in draws], dtype=np.float32)
+            feeds[f"matrix{layer}"] = np.stack([d.ops[layer][2] for d in draws])
+            feeds[f"kernel{layer}"] = np.stack([d.ops[layer][3] for d in draws])
         if self.planner.color_jitter > 0:
-            feeds["jitter"] = [np.array(r[1].jitter, dtype=np.float32) for r in rows]
+            feeds["jitter"] = np.array([d.jitter for d in draws], dtype=np.float32)
         targets = torch.tensor([r[2] for r in rows], dtype=torch.int64)
         return feeds, targets, [r[3] for r in rows]
 
@@ -746,7 +748,7 @@ class DaliTrainLoader(_LoaderBase):
             # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
             return batch.permute(0, 3, 1, 2), targets
 
-    def _resize_and_flip(self, windows: Any, interps: list[np.ndarray], flips: list[np.ndarray]) -> torch.Tensor:
+    def _resize_and_flip(self, windows: Any, interps: np.ndarray, flips: np.ndarray) -> torch.Tensor:
         """The decoded windows resized to (B, S, S, 3) uint8 by torch's antialiased kernels, then flipped.
 
         The Pillow backend's crop-and-resize (``FastTrainTransform.decode_and_crop``): a (h, w, 3) window
@@ -765,8 +767,8 @@ class DaliTrainLoader(_LoaderBase):
 
         def one(i: int) -> None:
             window = torch.from_numpy(np.asarray(windows[i]))  # (h, w, 3), a view of DALI's buffer
-            resized = F2.resize(window.permute(2, 0, 1), [size, size], _TORCH_FILTERS[int(interps[i])],
-                                antialias=True).permute(1, 2, 0)  # channels-last result: (S, S, 3), contiguous
+            resized = F2.resize_image(window.permute(2, 0, 1), [size, size], _TORCH_FILTERS[int(interps[i])],
+                                      antialias=True).permute(1, 2, 0)  # channels-last result: (S, S, 3), contiguous
             out[i] = resized.flip(1) if int(flips[i]) else resized
 
         if self.workers == 1:
