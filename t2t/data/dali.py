@@ -848,7 +848,8 @@ class DaliTrainLoader(_LoaderBase):
         """The decoded windows resized to (B, S, S, 3) uint8 by torch's antialiased kernels, then flipped.
 
         The Pillow backend's crop-and-resize (``FastTrainTransform.decode_and_crop``): a (h, w, 3) window
-        read as a channels-last (3, h, w) tensor, ``F2.resize`` with the drawn filter; the flip mirrors
+        read as a channels-last (3, h, w) tensor, ``F2.resize_image`` (what ``F2.resize`` runs for a
+        tensor) with the drawn filter; the flip mirrors
         the result as PIL's transpose does. One image per task on the loader's threads (torch releases
         the GIL).
 
