@@ -39,7 +39,7 @@ import math
 import random
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -194,6 +194,20 @@ def random_resized_crop_box(rng: random.Random, width: int, height: int, scale: 
 
 
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+_THREAD_RNGS = threading.local()
+
+
+def _seeded_legacy_rng(seed: int) -> np.random.RandomState:
+    """This thread's NumPy legacy generator, reseeded: the state of ``np.random.RandomState(seed)``.
+
+    Reseeding one generator per thread costs 1-2 us; building a new RandomState costs ~100 us, as much
+    as the rest of a sample's draws together.
+    """
+    rng = getattr(_THREAD_RNGS, "numpy", None)
+    if rng is None:
+        rng = _THREAD_RNGS.numpy = np.random.RandomState()
+    rng.seed(seed)
+    return rng
 
 
 class SamplePlanner:
@@ -238,7 +252,7 @@ class SamplePlanner:
             flip = int(torch.rand(1, generator=generator).item() < self.hflip)
         ops, op_args = [], []
         if self.layers:
-            names = np.random.RandomState(seed >> 32).choice(len(self.op_names), self.layers, replace=True)
+            names = _seeded_legacy_rng(seed >> 32).choice(len(self.op_names), self.layers, replace=True)
             op_args = [(self.op_names[i], self.draw_op_args(rng, self.op_names[i])) for i in names]
             ops = [self._layer(name, arg) for name, arg in op_args]
         jitter = (1.0, 1.0, 1.0)
@@ -333,7 +347,9 @@ def _posterize_mask(bits: int) -> int:
 def _looks_truncated(data: bytes) -> Optional[str]:
     """Why a JPEG or PNG stream is cut short (DALI's decoders fill the missing part silently), else None."""
     if data[:2] == b"\xff\xd8":  # JPEG: the last start-of-scan must be followed by an end-of-image marker
-        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # No start-of-scan after the last end-of-image (searched forward from there: a backward search
+        # for the start-of-scan would read the whole file, the scans' data included).
+        if data.find(b"\xff\xda", data.rfind(b"\xff\xd9") + 1) >= 0:
             return "image file is truncated (no JPEG end-of-image marker after the last scan)"
     elif data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-16:]:
         return "image file is truncated (no PNG IEND chunk)"
@@ -387,6 +403,178 @@ _DECODE_INPUTS = ("encoded", "anchor", "shape")  # the inputs of stage "decode"
 _RESIZE_INPUTS = ("interp", "flip")  # used by the resize: in DALI (stage "all") or on the host
 
 
+def _dali_api() -> tuple[Any, Any, Any]:
+    """DALI's ``fn``, ``types`` and ``math`` modules (imported when a graph is built, not with this module)."""
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+
+    return fn, types, dmath
+
+
+def _external(name: str, dtype: Any, ndim: int) -> Any:
+    """A per-sample input fed by the loader (``feed_input(name, ...)``)."""
+    fn, _, _ = _dali_api()
+    return fn.external_source(name=name, dtype=dtype, ndim=ndim)
+
+
+def _on_data_device(node: Any, gpu: bool) -> Any:
+    """`node` moved to the device of the images (argument inputs stay on the CPU, data inputs follow the images)."""
+    return node.gpu() if gpu else node
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One RandAugment layer's per-sample inputs, with what every op needs from the pipeline."""
+    param: Any  # scalar: factor, threshold, shift or posterize mask
+    matrix: Any  # (2, 3) affine matrix, output -> input
+    kernel: Any  # (3, 3) sharpness kernel
+    gpu: bool
+    fill: float
+
+
+# The RandAugment ops as DALI graph pieces, one per op code: (images, layer) -> images.
+
+
+def _op_identity(data: Any, layer: _Layer) -> Any:
+    return data
+
+
+def _op_affine(data: Any, layer: _Layer) -> Any:
+    fn, types, _ = _dali_api()
+    return fn.warp_affine(data, matrix=layer.matrix, fill_value=layer.fill, interp_type=types.INTERP_LINEAR)
+
+
+def _op_brightness(data: Any, layer: _Layer) -> Any:
+    fn, _, _ = _dali_api()
+    return fn.brightness(data, brightness=layer.param)
+
+
+def _op_contrast(data: Any, layer: _Layer) -> Any:
+    """PIL's contrast: blend with the image's mean grey level."""
+    fn, types, dmath = _dali_api()
+    mean = fn.reductions.mean(data, axis_names="HW", keep_dims=True)
+    weights = types.Constant(np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    centre = fn.reductions.sum(mean * weights, axis_names="C", keep_dims=True)
+    return fn.cast_like(dmath.clamp(centre + (data - centre) * _on_data_device(layer.param, layer.gpu), 0, 255), data)
+
+
+def _op_color(data: Any, layer: _Layer) -> Any:
+    fn, _, _ = _dali_api()
+    return fn.saturation(data, saturation=layer.param)
+
+
+def _op_sharpness(data: Any, layer: _Layer) -> Any:
+    fn, _, _ = _dali_api()
+    return fn.filter(data, _on_data_device(layer.kernel, layer.gpu), border="clamp")
+
+
+def _op_posterize(data: Any, layer: _Layer) -> Any:
+    fn, types, _ = _dali_api()
+    return data & _on_data_device(fn.cast(layer.param, dtype=types.UINT8), layer.gpu)
+
+
+def _op_solarize(data: Any, layer: _Layer) -> Any:
+    fn, types, _ = _dali_api()
+    threshold = _on_data_device(fn.cast(layer.param, dtype=types.INT32), layer.gpu)
+    inverted = types.Constant(255, dtype=types.UINT8) - data
+    keep = data < threshold
+    return fn.cast_like(keep * data + (keep ^ True) * inverted, data)
+
+
+def _op_solarize_add(data: Any, layer: _Layer) -> Any:
+    fn, types, dmath = _dali_api()
+    shift = _on_data_device(fn.cast(layer.param, dtype=types.INT32), layer.gpu)
+    shifted = data < types.Constant(128, dtype=types.UINT8)
+    return fn.cast_like(dmath.clamp(data + shifted * shift, 0, 255), data)
+
+
+def _op_invert(data: Any, layer: _Layer) -> Any:
+    _, types, _ = _dali_api()
+    return types.Constant(255, dtype=types.UINT8) - data
+
+
+def _op_equalize(data: Any, layer: _Layer) -> Any:
+    fn, _, _ = _dali_api()
+    return fn.equalize(data)
+
+
+def _op_autocontrast(data: Any, layer: _Layer) -> Any:
+    """Stretch each channel to 0-255 (a flat channel is left as it is)."""
+    fn, types, _ = _dali_api()
+    lo = fn.reductions.min(data, axis_names="HW", keep_dims=True)
+    hi = fn.reductions.max(data, axis_names="HW", keep_dims=True)
+    diff = hi - lo
+    scale_ok = diff > 0
+    div_by = diff * scale_ok + types.Constant(255, dtype=types.UINT8) * (scale_ok ^ True)
+    return fn.cast_like((data - lo * scale_ok) * (255 / div_by), data)
+
+
+_OP_GRAPHS = {OP_IDENTITY: _op_identity, OP_AFFINE: _op_affine, OP_BRIGHTNESS: _op_brightness,
+              OP_CONTRAST: _op_contrast, OP_COLOR: _op_color, OP_SHARPNESS: _op_sharpness,
+              OP_POSTERIZE: _op_posterize, OP_SOLARIZE: _op_solarize, OP_SOLARIZE_ADD: _op_solarize_add,
+              OP_INVERT: _op_invert, OP_EQUALIZE: _op_equalize, OP_AUTOCONTRAST: _op_autocontrast}
+assert sorted(_OP_GRAPHS) == list(range(_NUM_OPS))
+
+
+def _select_op(lo: int, hi: int, op: Any, data: Any, layer: _Layer) -> Any:
+    """The op of each sample's code `op` (in lo..hi) on its image: a binary split of the batch by op code
+    (DALI conditionals), so that each op sees only its samples."""
+    if lo == hi:
+        return _OP_GRAPHS[lo](data, layer)
+    mid = (lo + hi) // 2
+    if op <= mid:
+        out = _select_op(lo, mid, op, data, layer)
+    else:
+        out = _select_op(mid + 1, hi, op, data, layer)
+    return out
+
+
+def _augment(images: Any, layers: int, jitter: bool, *, gpu: bool, fill: float) -> Any:
+    """The RandAugment layers (inputs op<i>, param<i>, matrix<i>, kernel<i>), then colour jitter (input jitter)."""
+    _, types, _ = _dali_api()
+    for index in range(layers):
+        op = _external(f"op{index}", types.INT32, 0)
+        param = _external(f"param{index}", types.FLOAT, 0)
+        matrix = _external(f"matrix{index}", types.FLOAT, 2)
+        kernel = _external(f"kernel{index}", types.FLOAT, 2)
+        images = _select_op(0, _NUM_OPS - 1, op, images, _Layer(param, matrix, kernel, gpu, fill))
+    if jitter:
+        fn, _, _ = _dali_api()
+        bcs = _external("jitter", types.FLOAT, 1)
+        images = fn.color_twist(images, brightness=bcs[0], contrast=bcs[1], saturation=bcs[2])
+    return images  # HWC: the loader hands torch a (B, 3, H, W) view (channels-last memory)
+
+
+def _decode_windows(gpu: bool) -> Any:
+    """Each sample's crop window (inputs anchor (x, y), shape (w, h)) decoded from its file (input encoded)."""
+    fn, types, _ = _dali_api()
+    encoded = _external("encoded", types.UINT8, 1)
+    anchor, shape = _external("anchor", types.FLOAT, 1), _external("shape", types.FLOAT, 1)
+    return fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
+                                   output_type=types.RGB, axis_names="WH", normalized_anchor=False,
+                                   normalized_shape=False)
+
+
+def _resize_and_flip_windows(images: Any, size: int) -> Any:
+    """The windows resized to (size, size) with each sample's filter (input interp), mirrored where drawn (flip)."""
+    fn, types, _ = _dali_api()
+    interp, flip = _external("interp", types.INT32, 0), _external("flip", types.INT32, 0)
+    # The flip is the resize reading its window right to left (a reversed ROI, relative to the crop;
+    # ROI coordinates in (H, W) order): one op instead of resize + flip, the same pixels to 1 level.
+    mirrored = fn.cast(flip, dtype=types.FLOAT)
+    roi_start = fn.stack(mirrored * 0.0, mirrored)
+    roi_end = fn.stack(mirrored * 0.0 + 1.0, 1.0 - mirrored)
+    resize = dict(size=[size, size], antialias=True, roi_start=roi_start, roi_end=roi_end, roi_relative=True)
+    # The batch is split by the drawn filter (a DALI conditional) and each part resized with one
+    # constant filter: DALI's CPU resize given per-sample filters costs as much as all-cubic for a
+    # mixed batch, and its cubic output then differs from the constant filter's by up to a level.
+    if interp == INTERP_CUBIC:
+        images = fn.resize(images, interp_type=types.INTERP_CUBIC, **resize)
+    else:
+        images = fn.resize(images, interp_type=types.INTERP_LINEAR, **resize)
+    return images
+
+
 def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads: int, device_id: Optional[int],
                          fill: float, seed: int = 0, stage: str = "all") -> Any:
     """The training pipeline, or one of the two parts the CPU path runs around torch's resize.
@@ -400,111 +588,21 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
         raise ValueError(f"stage={stage!r}: expected one of {TRAIN_STAGES}")
     require_dali()
     from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali import math as dmath
 
     gpu = device_id is not None
-    size = planner.img_size
-    layers = planner.layers
-    jitter = planner.color_jitter > 0
-
-    def ext(name: str, dtype: Any, ndim: int) -> Any:
-        return fn.external_source(name=name, dtype=dtype, ndim=ndim)
-
-    def on_data_device(node: Any) -> Any:
-        return node.gpu() if gpu else node
-
-    def apply_op(code: int, data: Any, param: Any, matrix: Any, kernel: Any) -> Any:
-        if code == OP_IDENTITY:
-            return data
-        if code == OP_AFFINE:
-            return fn.warp_affine(data, matrix=matrix, fill_value=fill, interp_type=types.INTERP_LINEAR)
-        if code == OP_BRIGHTNESS:
-            return fn.brightness(data, brightness=param)
-        if code == OP_CONTRAST:  # PIL: blend with the mean grey level
-            mean = fn.reductions.mean(data, axis_names="HW", keep_dims=True)
-            weights = types.Constant(np.array([0.299, 0.587, 0.114], dtype=np.float32))
-            centre = fn.reductions.sum(mean * weights, axis_names="C", keep_dims=True)
-            return fn.cast_like(dmath.clamp(centre + (data - centre) * on_data_device(param), 0, 255), data)
-        if code == OP_COLOR:
-            return fn.saturation(data, saturation=param)
-        if code == OP_SHARPNESS:
-            return fn.filter(data, on_data_device(kernel), border="clamp")
-        if code == OP_POSTERIZE:
-            return data & on_data_device(fn.cast(param, dtype=types.UINT8))
-        if code == OP_SOLARIZE:
-            threshold = on_data_device(fn.cast(param, dtype=types.INT32))
-            inverted = types.Constant(255, dtype=types.UINT8) - data
-            keep = data < threshold
-            return fn.cast_like(keep * data + (keep ^ True) * inverted, data)
-        if code == OP_SOLARIZE_ADD:
-            shift = on_data_device(fn.cast(param, dtype=types.INT32))
-            shifted = data < types.Constant(128, dtype=types.UINT8)
-            return fn.cast_like(dmath.clamp(data + shifted * shift, 0, 255), data)
-        if code == OP_INVERT:
-            return types.Constant(255, dtype=types.UINT8) - data
-        if code == OP_EQUALIZE:
-            return fn.equalize(data)
-        if code == OP_AUTOCONTRAST:
-            lo = fn.reductions.min(data, axis_names="HW", keep_dims=True)
-            hi = fn.reductions.max(data, axis_names="HW", keep_dims=True)
-            diff = hi - lo
-            scale_ok = diff > 0
-            div_by = diff * scale_ok + types.Constant(255, dtype=types.UINT8) * (scale_ok ^ True)
-            return fn.cast_like((data - lo * scale_ok) * (255 / div_by), data)
-        raise AssertionError(code)
-
-    def select(lo: int, hi: int, op: Any, data: Any, param: Any, matrix: Any, kernel: Any) -> Any:
-        # A binary split of the batch by op code (DALI conditionals): each op sees only its samples.
-        if lo == hi:
-            return apply_op(lo, data, param, matrix, kernel)
-        mid = (lo + hi) // 2
-        if op <= mid:
-            out = select(lo, mid, op, data, param, matrix, kernel)
-        else:
-            out = select(mid + 1, hi, op, data, param, matrix, kernel)
-        return out
-
-    def augment(images: Any) -> Any:
-        for layer in range(layers):
-            op = ext(f"op{layer}", types.INT32, 0)
-            param = ext(f"param{layer}", types.FLOAT, 0)
-            matrix = ext(f"matrix{layer}", types.FLOAT, 2)
-            kernel = ext(f"kernel{layer}", types.FLOAT, 2)
-            images = select(0, _NUM_OPS - 1, op, images, param, matrix, kernel)
-        if jitter:
-            bcs = ext("jitter", types.FLOAT, 1)
-            images = fn.color_twist(images, brightness=bcs[0], contrast=bcs[1], saturation=bcs[2])
-        return images  # HWC: the loader hands torch a (B, 3, H, W) view (channels-last memory)
+    augment = dict(layers=planner.layers, jitter=planner.color_jitter > 0, gpu=gpu, fill=fill)
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False,
                   enable_conditionals=True)
     def pipeline():
         if stage == "augment":
-            images = on_data_device(fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC"))
-            return augment(images)
-        encoded = ext("encoded", types.UINT8, 1)
-        anchor, shape = ext("anchor", types.FLOAT, 1), ext("shape", types.FLOAT, 1)
-        images = fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
-                                         output_type=types.RGB, axis_names="WH", normalized_anchor=False,
-                                         normalized_shape=False)
+            images = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC")
+            return _augment(_on_data_device(images, gpu), **augment)
+        images = _decode_windows(gpu)
         if stage == "decode":
             return images
-        interp, flip = ext("interp", types.INT32, 0), ext("flip", types.INT32, 0)
-        # The flip is the resize reading its window right to left (a reversed ROI, relative to the crop;
-        # ROI coordinates in (H, W) order): one op instead of resize + flip, the same pixels to 1 level.
-        mirrored = fn.cast(flip, dtype=types.FLOAT)
-        roi_start = fn.stack(mirrored * 0.0, mirrored)
-        roi_end = fn.stack(mirrored * 0.0 + 1.0, 1.0 - mirrored)
-        resize = dict(size=[size, size], antialias=True, roi_start=roi_start, roi_end=roi_end, roi_relative=True)
-        # The batch is split by the drawn filter (a DALI conditional) and each part resized with one
-        # constant filter: DALI's CPU resize given per-sample filters costs as much as all-cubic for a
-        # mixed batch, and its cubic output then differs from the constant filter's by up to a level.
-        if interp == INTERP_CUBIC:
-            images = fn.resize(images, interp_type=types.INTERP_CUBIC, **resize)
-        else:
-            images = fn.resize(images, interp_type=types.INTERP_LINEAR, **resize)
-        return augment(images)
+        return _augment(_resize_and_flip_windows(images, planner.img_size), **augment)
 
     pipe = pipeline()
     pipe.build()
@@ -704,22 +802,24 @@ class DaliTrainLoader(_LoaderBase):
         draw = self.planner.draw(seed, width, height)
         return data, draw, target, self.dataset.samples[position][0]
 
-    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, list], torch.Tensor, list[str]]:
+    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
+        """The batch's feeds: the encoded files (a list), every per-sample draw as one array (batch first)."""
         rows = list(self._map(lambda key: self._prepare_one(key, epoch), keys))
-        feeds: dict[str, list] = {
+        draws = [r[1] for r in rows]
+        feeds: dict[str, Any] = {
             "encoded": [r[0] for r in rows],
-            "anchor": [np.array(r[1].box[:2], dtype=np.float32) for r in rows],
-            "shape": [np.array(r[1].box[2:], dtype=np.float32) for r in rows],
-            "interp": [np.array(r[1].interp, dtype=np.int32) for r in rows],
-            "flip": [np.array(r[1].flip, dtype=np.int32) for r in rows],
+            "anchor": np.array([d.box[:2] for d in draws], dtype=np.float32),
+            "shape": np.array([d.box[2:] for d in draws], dtype=np.float32),
+            "interp": np.array([d.interp for d in draws], dtype=np.int32),
+            "flip": np.array([d.flip for d in draws], dtype=np.int32),
         }
         for layer in range(self.planner.layers):
-            feeds[f"op{layer}"] = [np.array(r[1].ops[layer][0], dtype=np.int32) for r in rows]
-            feeds[f"param{layer}"] = [np.array(r[1].ops[layer][1], dtype=np.float32) for r in rows]
-            feeds[f"matrix{layer}"] = [r[1].ops[layer][2] for r in rows]
-            feeds[f"kernel{layer}"] = [r[1].ops[layer][3] for r in rows]
+            feeds[f"op{layer}"] = np.array([d.ops[layer][0] for d in draws], dtype=np.int32)
+            feeds[f"param{layer}"] = np.array([d.ops[layer][1] for d in draws], dtype=np.float32)
+            feeds[f"matrix{layer}"] = np.stack([d.ops[layer][2] for d in draws])
+            feeds[f"kernel{layer}"] = np.stack([d.ops[layer][3] for d in draws])
         if self.planner.color_jitter > 0:
-            feeds["jitter"] = [np.array(r[1].jitter, dtype=np.float32) for r in rows]
+            feeds["jitter"] = np.array([d.jitter for d in draws], dtype=np.float32)
         targets = torch.tensor([r[2] for r in rows], dtype=torch.int64)
         return feeds, targets, [r[3] for r in rows]
 
@@ -744,27 +844,38 @@ class DaliTrainLoader(_LoaderBase):
             # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
             return batch.permute(0, 3, 1, 2), targets
 
-    def _resize_and_flip(self, windows: Any, interps: list[np.ndarray], flips: list[np.ndarray]) -> torch.Tensor:
+    def _resize_and_flip(self, windows: Any, interps: np.ndarray, flips: np.ndarray) -> torch.Tensor:
         """The decoded windows resized to (B, S, S, 3) uint8 by torch's antialiased kernels, then flipped.
 
         The Pillow backend's crop-and-resize (``FastTrainTransform.decode_and_crop``): a (h, w, 3) window
-        read as a channels-last (3, h, w) tensor, ``F2.resize`` with the drawn filter; the flip mirrors
+        read as a channels-last (3, h, w) tensor, ``F2.resize_image`` (what ``F2.resize`` runs for a
+        tensor) with the drawn filter; the flip mirrors
         the result as PIL's transpose does. One image per task on the loader's threads (torch releases
         the GIL).
+
+        The windows are read in place, through zero-copy views of DALI's output buffers (copying a
+        window out cost as much as half its resize): the caller holds ``_run_lock`` until this returns,
+        and every task has finished before it returns, even when one fails, so no view outlives the
+        batch or sees the next ``run`` write into its buffer. A window is copied only into ``out``
+        (resized, flipped or not), never in between.
         """
         size = self.planner.img_size
         out = torch.empty((len(interps), size, size, 3), dtype=torch.uint8)
 
         def one(i: int) -> None:
-            window = torch.from_numpy(np.array(windows[i]))  # (h, w, 3), a copy out of DALI's buffer
-            resized = F2.resize(window.permute(2, 0, 1), [size, size], _TORCH_FILTERS[int(interps[i])],
-                                antialias=True)
-            if int(flips[i]):
-                resized = resized.flip(-1)
-            out[i] = resized.permute(1, 2, 0)
+            window = torch.from_numpy(np.asarray(windows[i]))  # (h, w, 3), a view of DALI's buffer
+            resized = F2.resize_image(window.permute(2, 0, 1), [size, size], _TORCH_FILTERS[int(interps[i])],
+                                      antialias=True).permute(1, 2, 0)  # channels-last result: (S, S, 3), contiguous
+            out[i] = resized.flip(1) if int(flips[i]) else resized
 
-        for _ in self._map(one, range(len(interps))):
-            pass
+        if self.workers == 1:
+            for i in range(len(interps)):
+                one(i)
+        else:
+            tasks = [self.pool.submit(one, i) for i in range(len(interps))]
+            wait(tasks)  # all of them, so that none still reads DALI's buffers after a failure
+            for task in tasks:
+                task.result()
         return out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

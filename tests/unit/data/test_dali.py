@@ -127,6 +127,25 @@ def test_draws_match_the_pillow_backend():
     assert len(names_seen) == len(dali_backend.RAND_INC_OPS)
 
 
+def test_draws_do_not_depend_on_threads_or_on_earlier_draws():
+    """The planner reseeds one NumPy generator per thread: draws in any interleaving, from any thread, are
+    the ones a fresh generator gives (the loader draws a batch's samples on its threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    planner = dali_backend.SamplePlanner(64, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
+                                         interpolation="random",
+                                         policy=dali_backend.parse_rand_policy("rand-m9-n3-mstd0.5-inc1"),
+                                         color_jitter=0.0)
+    seeds = [derive_seed(SEED_STREAM_SAMPLE, 7, 0, k) for k in range(200)]
+    fresh = [np.random.RandomState(seed >> 32).choice(15, 3, replace=True).tolist() for seed in seeds]
+    ops = dali_backend.RAND_INC_OPS
+    serial = [[ops.index(name) for name, _ in planner.draw(seed, 300, 200).op_args] for seed in seeds]
+    assert serial == fresh
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda seed: planner.draw(seed, 300, 200), reversed(seeds)))[::-1]
+    assert [d.op_args for d in threaded] == [planner.draw(seed, 300, 200).op_args for seed in seeds]
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipelines (DALI's CPU operators)
 
