@@ -7,6 +7,9 @@ STAMP := $(VENV)/.t2t-installed
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
+# pytest-xdist workers: most integration tests wait on a subprocess's start-up for part of their time,
+# so two workers keep a 2-core machine busy (each takes its share of the cores; see tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: install test test-fast demo clean-venv
 
@@ -19,10 +22,10 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	test -d $(DEMO_DATA)/train || $(PY) scripts/make_demo_data.py --out $(DEMO_DATA)

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`-n N`) the cores are shared by N workers: each takes its share, and the tools the
+# tests start as subprocesses inherit it through OMP_NUM_THREADS, so no core is oversubscribed.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_THREADS = max(1, min(2, _CORES) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(autouse=True)
