@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from t2t.cli import EXIT_USAGE, ArgumentParser, list_images, run_main, split_overrides
 from t2t.data.decode import to_rgb
-from t2t.data.loader import ignore_stop_signals
+from t2t.data.loader import init_loader_worker
 from t2t.engine.distributed import resolve_device
 from t2t.inference import load_model
 from t2t.outputs import CtrlC, atomic_output, check_output_file
@@ -132,7 +132,7 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[
           f"{len(loaded.classes)} classes, {len(paths)} images on {device}", file=sys.stderr)
     # Workers ignore Ctrl-C: the main process stops them, so the interruption is one line, not their tracebacks.
     loader = DataLoader(ImageFiles(paths, loaded.transform), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, worker_init_fn=ignore_stop_signals)
+                        collate_fn=_collate, worker_init_fn=init_loader_worker)
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     done = 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import signal
+import sys
+from types import TracebackType
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -13,15 +16,29 @@ from .sampler import ShardSampler, TrainSampler
 __all__ = ["build_eval_loader", "build_train_loader", "set_loader_epoch"]
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """Loader workers ignore SIGTERM and SIGINT: the main process handles both and stops them.
+def init_loader_worker(worker_id: int = 0) -> None:
+    """Set up a loader worker: it ignores SIGTERM and SIGINT, and stays quiet when its consumer left.
 
     Slurm, container runtimes, `kill -- -PGID` and Ctrl-C signal every process of the group; a
     worker that died of it would make the main process fail before it could save a checkpoint.
     Workers still end with their main process (the DataLoader's watchdog) or by SIGKILL.
+
+    A worker hands each batch's tensors to the main process as file descriptors, served by a thread
+    of multiprocessing's resource sharer. When the main process stops in the middle of receiving
+    one (Ctrl-C in predict.py or validate.py), that thread's connection is cut and Python would
+    print its traceback into the tool's clean one-line exit; that one error is dropped.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _drop_cut_fd_transfers
+
+
+def _drop_cut_fd_transfers(exc_type: type, exc: BaseException, tb: Optional[TracebackType]) -> None:
+    # The resource sharer's thread reports its errors through sys.excepthook (caught in its _serve).
+    first_file = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    if issubclass(exc_type, (ConnectionError, EOFError)) and first_file.endswith("resource_sharer.py"):
+        return
+    sys.__excepthook__(exc_type, exc, tb)
 
 
 def _kill_leftover_workers() -> None:
@@ -83,7 +100,7 @@ def build_train_loader(
         drop_last=drop_last,
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=init_loader_worker,
         # A private generator: otherwise every iter(loader) draws a worker base seed from torch's
         # global RNG in the main process, which would shift dropout / drop-path randomness.
         generator=torch.Generator().manual_seed(0),
@@ -111,7 +128,7 @@ def build_eval_loader(
         pin_memory=pin_memory,
         drop_last=False,
         persistent_workers=persistent_workers and workers > 0,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=init_loader_worker,
         generator=torch.Generator().manual_seed(0),
     )
 

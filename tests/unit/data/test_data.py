@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -907,3 +908,28 @@ def test_batch_random_erasing_draws_each_image_independently():
     assert len(boxes) > 150  # boxes differ from image to image
     assert torch.equal(x[:, 0] != 0, x[:, 2] != 0)  # a box covers every channel
     assert x[masks[:, None].expand_as(x)].std() == pytest.approx(1.0, rel=0.1)  # per-pixel normal noise
+
+
+def _serve_like_the_resource_sharer(error: BaseException, hook) -> None:
+    """Raise `error` in code whose file is multiprocessing's resource_sharer.py and report it as its thread does."""
+    source = ("def serve(error, hook):\n    try:\n        raise error\n    except BaseException:\n"
+              "        import sys\n        hook(*sys.exc_info())\n")
+    namespace = {}
+    exec(compile(source, "/usr/lib/python3/multiprocessing/resource_sharer.py", "exec"), namespace)
+    namespace["serve"](error, hook)
+
+
+def test_loader_worker_drops_only_a_cut_transfer_of_the_resource_sharer(capsys):
+    """A consumer that stopped mid-batch cuts the worker's fd transfer: no traceback for that, one for anything else."""
+    from t2t.data.loader import _drop_cut_fd_transfers
+
+    _serve_like_the_resource_sharer(ConnectionResetError(104, "Connection reset by peer"), _drop_cut_fd_transfers)
+    _serve_like_the_resource_sharer(EOFError(), _drop_cut_fd_transfers)
+    assert capsys.readouterr().err == ""
+    _serve_like_the_resource_sharer(ValueError("a real bug"), _drop_cut_fd_transfers)
+    assert "ValueError: a real bug" in capsys.readouterr().err
+    try:
+        raise ConnectionResetError(104, "reset elsewhere")
+    except ConnectionResetError:
+        _drop_cut_fd_transfers(*sys.exc_info())
+    assert "reset elsewhere" in capsys.readouterr().err
