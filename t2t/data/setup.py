@@ -178,26 +178,12 @@ def build_train_tf(cfg: DataConfig, img_size: int, use_prefetcher: bool = False)
 
 
 def build_train_and_val(
-        cfg: DataConfig,
-        data_dir: str,
-        *,
-        img_size: int,
-        seed: int,
-        batch_size: int,
-        global_batch_size: int,
-        eval_batch_size: int,
-        eval_crop_pct: float,
-        eval_interpolation: str,
-        num_replicas: int = 1,
-        rank: int = 0,
-        pin_memory: bool = False,
-        device: torch.device = torch.device("cpu"),
-        normalize_on_device: Optional[bool] = None,
-        gather: Callable[[Any], list[Any]] = lambda found: [found],
-        broadcast: Optional[Callable[[Any], Any]] = None,
-        list_cache_dir: Optional[str] = None,
-        token_label: Optional[TokenLabelConfig] = None,
-        label_smoothing: float = 0.0,
+        cfg: DataConfig, data_dir: str, *, img_size: int, seed: int, batch_size: int, global_batch_size: int,
+        eval_batch_size: int, eval_crop_pct: float, eval_interpolation: str, num_replicas: int = 1, rank: int = 0,
+        pin_memory: bool = False, device: torch.device = torch.device("cpu"),
+        normalize_on_device: Optional[bool] = None, gather: Callable[[Any], list[Any]] = lambda found: [found],
+        broadcast: Optional[Callable[[Any], Any]] = None, list_cache_dir: Optional[str] = None,
+        token_label: Optional[TokenLabelConfig] = None, label_smoothing: float = 0.0,
 ) -> TrainData:
     """Datasets and loaders; an epoch is (train images // global_batch_size) optimizer steps.
 
@@ -209,9 +195,46 @@ def build_train_and_val(
     `token_label.dir` each training image brings its label map (smoothed by `label_smoothing`), and
     `TrainData.labels_on_device` turns a batch of them into class and dense targets on `device`.
     """
-    uint8_eval = device.type == "cuda" if normalize_on_device is None else normalize_on_device
-    uint8 = uint8_eval and cfg.train_transform == "imagenet"
+    uint8, uint8_eval = _uint8_batches(cfg, device, normalize_on_device)
     label_dir = token_label.dir if token_label is not None else None
+    train_ds, val_ds, train_dir = _build_split_datasets(
+        cfg, data_dir, img_size=img_size, seed=seed, eval_crop_pct=eval_crop_pct,
+        eval_interpolation=eval_interpolation, label_dir=label_dir, uint8=uint8, uint8_eval=uint8_eval, rank=rank,
+        broadcast=broadcast, list_cache_dir=list_cache_dir)
+    steps_per_epoch = _steps_per_epoch(len(train_ds), global_batch_size, train_dir)
+    if isinstance(val_ds, ImageFolderDataset):
+        check_val_images(val_ds, workers=cfg.workers, rank=rank, num_replicas=num_replicas, gather=gather)
+    sampler = _build_train_sampler(cfg, len(train_ds), steps_per_epoch * global_batch_size, seed=seed,
+                                   num_replicas=num_replicas, rank=rank)
+    if cfg.backend == "dali":
+        loader, val_loader = _build_dali_loaders(
+            cfg, data_dir, train_ds, val_ds, sampler, img_size=img_size, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, eval_crop_pct=eval_crop_pct, eval_interpolation=eval_interpolation,
+            num_replicas=num_replicas, rank=rank, device=device)
+    else:
+        loader, val_loader = _build_pil_loaders(
+            cfg, train_ds, val_ds, sampler, img_size=img_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
+            uint8=uint8, uint8_eval=uint8_eval, num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
+    sampler.set_epoch(0)
+    return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
+                     batch_size=batch_size, global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
+                     train_loader=loader, val_loader=val_loader,
+                     **_device_steps(cfg, uint8=uint8, uint8_eval=uint8_eval, num_classes=len(train_ds.classes),
+                                     img_size=img_size, label_dir=label_dir, label_smoothing=label_smoothing,
+                                     device=device))
+
+
+def _uint8_batches(cfg: DataConfig, device: torch.device, normalize_on_device: Optional[bool]) -> tuple[bool, bool]:
+    """Whether the Pillow transforms hand (training, evaluation) batches to the device as uint8, to normalise there."""
+    uint8_eval = device.type == "cuda" if normalize_on_device is None else normalize_on_device
+    return uint8_eval and cfg.train_transform == "imagenet", uint8_eval
+
+
+def _build_split_datasets(cfg: DataConfig, data_dir: str, *, img_size: int, seed: int, eval_crop_pct: float,
+                          eval_interpolation: str, label_dir: Optional[str], uint8: bool, uint8_eval: bool, rank: int,
+                          broadcast: Optional[Callable[[Any], Any]], list_cache_dir: Optional[str],
+                          ) -> tuple[SeededDataset, SeededDataset, str]:
+    """The training and validation sets with their transforms; with `label_dir`, training images bring label maps."""
     train_dataset: Callable[..., ImageFolderDataset] = ImageFolderDataset
     if label_dir is not None:
         train_tf, train_dataset = _token_label_pieces(cfg, img_size, label_dir, use_prefetcher=uint8)
@@ -219,54 +242,74 @@ def build_train_and_val(
         train_tf = build_train_tf(cfg, img_size, use_prefetcher=uint8)
     eval_tf = build_eval_transform(img_size, eval_crop_pct, eval_interpolation, mean=tuple(cfg.mean),
                                    std=tuple(cfg.std), uint8=uint8_eval)
-    train_ds, val_ds, train_dir = build_datasets(cfg, data_dir, train_tf, eval_tf, seed, rank=rank,
-                                                 broadcast=broadcast, list_cache_dir=list_cache_dir,
-                                                 train_dataset=train_dataset)
-    steps_per_epoch = len(train_ds) // global_batch_size
+    return build_datasets(cfg, data_dir, train_tf, eval_tf, seed, rank=rank, broadcast=broadcast,
+                          list_cache_dir=list_cache_dir, train_dataset=train_dataset)
+
+
+def _steps_per_epoch(train_len: int, global_batch_size: int, train_dir: str) -> int:
+    """Optimizer steps per epoch: the whole global batches in the training set (DataSizeError if none)."""
+    steps_per_epoch = train_len // global_batch_size
     if steps_per_epoch < 1:
         raise DataSizeError(
             f"the global batch of {global_batch_size} images (processes x train.batch_size x grad_accum_steps) "
-            f"is more than the {len(train_ds)} training images in {train_dir!r}: not one optimizer step per epoch")
-    if isinstance(val_ds, ImageFolderDataset):
-        check_val_images(val_ds, workers=cfg.workers, rank=rank, num_replicas=num_replicas, gather=gather)
+            f"is more than the {train_len} training images in {train_dir!r}: not one optimizer step per epoch")
+    return steps_per_epoch
+
+
+def _build_train_sampler(cfg: DataConfig, train_len: int, epoch_samples: int, *, seed: int, num_replicas: int,
+                         rank: int) -> TrainSampler:
+    """This process's share of the training order; repeated augmentation repeats each image `cfg.repeats` times."""
     # The epoch is a whole number of global batches of the global order, the same for any world size.
-    sampler = TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
-                           repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True,
-                           epoch_samples=steps_per_epoch * global_batch_size)
-    if cfg.backend == "dali":  # decode and augment with NVIDIA DALI (t2t/data/dali.py); uint8 batches
-        from .dali import build_dali_loaders
-        if not isinstance(train_ds, ImageFolderDataset):
-            raise DatasetError(f"data.backend=dali reads ImageFolder folders; {data_dir!r} is a CIFAR folder: "
-                               "set data.backend=pil")
-        uint8 = True
+    return TrainSampler(train_len, num_replicas=num_replicas, rank=rank, seed=seed,
+                        repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True, epoch_samples=epoch_samples)
+
+
+def _build_dali_loaders(cfg: DataConfig, data_dir: str, train_ds: SeededDataset, val_ds: SeededDataset,
+                        sampler: TrainSampler, *, img_size: int, batch_size: int, eval_batch_size: int,
+                        eval_crop_pct: float, eval_interpolation: str, num_replicas: int, rank: int,
+                        device: torch.device) -> tuple[Any, Any]:
+    """Loaders that decode and augment with NVIDIA DALI (t2t/data/dali.py): ImageFolder folders only."""
+    from .dali import build_dali_loaders
+    if not isinstance(train_ds, ImageFolderDataset):
+        raise DatasetError(f"data.backend=dali reads ImageFolder folders; {data_dir!r} is a CIFAR folder: "
+                           "set data.backend=pil")
+    return build_dali_loaders(
+        cfg, train_ds, val_ds, sampler, img_size=img_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        eval_crop_pct=eval_crop_pct, eval_interpolation=eval_interpolation, num_replicas=num_replicas, rank=rank,
+        device=device)
+
+
+def _build_pil_loaders(cfg: DataConfig, train_ds: SeededDataset, val_ds: SeededDataset, sampler: TrainSampler, *,
+                       img_size: int, batch_size: int, eval_batch_size: int, uint8: bool, uint8_eval: bool,
+                       num_replicas: int, rank: int, pin_memory: bool) -> tuple[DataLoader, DataLoader]:
+    """DataLoaders whose workers run the Pillow transforms, after a warning if their batches may overfill /dev/shm."""
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE") or max(1, torch.cuda.device_count()))
+    check_shared_memory(
+        shared_memory_per_process(workers=cfg.workers, prefetch_factor=cfg.prefetch_factor, batch_size=batch_size,
+                                  eval_batch_size=eval_batch_size, img_size=img_size, uint8_train=uint8,
+                                  uint8_eval=uint8_eval),
+        processes_here, free_shared_memory())
+    loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
+                                pin_memory=pin_memory, prefetch_factor=cfg.prefetch_factor)
+    # Persistent: an evaluation every epoch would otherwise fork its workers anew (seconds per epoch at scale).
+    val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
+                                   num_replicas=num_replicas, rank=rank, pin_memory=pin_memory,
+                                   persistent_workers=True)
+    return loader, val_loader
+
+
+def _device_steps(cfg: DataConfig, *, uint8: bool, uint8_eval: bool, num_classes: int, img_size: int,
+                  label_dir: Optional[str], label_smoothing: float, device: torch.device) -> dict[str, Any]:
+    """TrainData's on_device, val_on_device and labels_on_device: what the device does to a batch the loader gives."""
+    if cfg.backend == "dali":
+        uint8 = True  # DALI's training batches are uint8
         uint8_eval = False  # DALI's eval pipeline normalises itself
-        loader, val_loader = build_dali_loaders(
-            cfg, train_ds, val_ds, sampler, img_size=img_size, batch_size=batch_size,
-            eval_batch_size=eval_batch_size, eval_crop_pct=eval_crop_pct, eval_interpolation=eval_interpolation,
-            num_replicas=num_replicas, rank=rank, device=device)
-    else:
-        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE") or max(1, torch.cuda.device_count()))
-        check_shared_memory(
-            shared_memory_per_process(workers=cfg.workers, prefetch_factor=cfg.prefetch_factor, batch_size=batch_size,
-                                      eval_batch_size=eval_batch_size, img_size=img_size, uint8_train=uint8,
-                                      uint8_eval=uint8_eval),
-            processes_here, free_shared_memory())
-        loader = build_train_loader(train_ds, batch_size=batch_size, sampler=sampler, workers=cfg.workers,
-                                    pin_memory=pin_memory, prefetch_factor=cfg.prefetch_factor)
-        # Persistent: an evaluation every epoch would otherwise fork its workers anew (seconds per epoch at scale).
-        val_loader = build_eval_loader(val_ds, batch_size=eval_batch_size, workers=cfg.workers,
-                                       num_replicas=num_replicas, rank=rank, pin_memory=pin_memory,
-                                       persistent_workers=True)
-    sampler.set_epoch(0)
-    on_device = BatchNormalizeErase(tuple(cfg.mean), tuple(cfg.std), re_prob=cfg.reprob, re_mode=cfg.remode,
-                                    re_count=cfg.recount, device=device) if uint8 else None
-    return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
-                     batch_size=batch_size, global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
-                     train_loader=loader, val_loader=val_loader, on_device=on_device,
-                     val_on_device=BatchNormalize(tuple(cfg.mean), tuple(cfg.std), device=device) if uint8_eval else None,
-                     labels_on_device=DenseTokenTargets(len(train_ds.classes), img_size // TOKEN_STRIDE,
-                                                        smoothing=label_smoothing, device=device)
-                     if label_dir is not None else None)
+    return dict(
+        on_device=BatchNormalizeErase(tuple(cfg.mean), tuple(cfg.std), re_prob=cfg.reprob, re_mode=cfg.remode,
+                                      re_count=cfg.recount, device=device) if uint8 else None,
+        val_on_device=BatchNormalize(tuple(cfg.mean), tuple(cfg.std), device=device) if uint8_eval else None,
+        labels_on_device=DenseTokenTargets(num_classes, img_size // TOKEN_STRIDE, smoothing=label_smoothing,
+                                           device=device) if label_dir is not None else None)
 
 
 # Pixels per token side of a T2T-ViT (soft splits of stride 4, 2, 2): the token grid is img_size / 16.

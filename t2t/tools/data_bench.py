@@ -15,6 +15,7 @@ normalisation and random erasing to the device, as timm's ``use_prefetcher=True`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -113,9 +114,29 @@ def run_data_benchmark(
     ``mean_abs_diff_same_seed`` compares the two outputs for the same per-sample seed (in uint8 levels,
     or normalised units): they pick the same augmentation, so it is near 0.
     """
+    ours_ds, timm_ds = _ours_and_timm_datasets(_train_root(data_dir), img_size, prefetcher=prefetcher,
+                                               auto_augment=auto_augment, re_prob=re_prob, seed=seed)
+    pairs = _paired_indices(ours_ds, timm_ds, num_images)
+    count = len(pairs)
+    with _one_torch_thread():
+        diffs = _same_seed_diffs(ours_ds, timm_ds, pairs[:20], seed)
+        _timed_round(ours_ds, timm_ds, pairs[: max(1, count // 10)], 0, seed)  # warm-up
+        # A new epoch every round: fresh augmentation draws, the same for both pipelines.
+        times = [_timed_round(ours_ds, timm_ds, pairs, epoch, seed) for epoch in range(1, rounds + 1)]
+    return _comparison_results(times, diffs, prefetcher=prefetcher, count=count, rounds=rounds,
+                               mean_image_size=_mean_image_size(ours_ds.samples[i][0] for i, _ in pairs))
+
+
+def _train_root(data_dir: str) -> str:
+    """data_dir/train where there is one (a dataset root), else data_dir (a class-folder root)."""
+    return os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
+
+
+def _ours_and_timm_datasets(root: str, img_size: int, *, prefetcher: bool, auto_augment: str, re_prob: float,
+                            seed: int) -> tuple[ImageFolderDataset, Any]:
+    """Our dataset and timm's over `root`, with the same training augmentation (the recipes' full one)."""
     from timm.data import ImageDataset, create_transform
 
-    root = os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
     aug = dict(
         scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), hflip=0.5, auto_augment=auto_augment,
         color_jitter=0.4, interpolation="random", re_prob=re_prob, re_mode="pixel", re_count=1,
@@ -125,42 +146,61 @@ def run_data_benchmark(
     # timm + recent Pillow crashes on RandAugment's 0-bit posterize; give timm the same guard so the run
     # completes (it changes no timing: the guard only replaces a raise by a black image).
     guard_posterize(timm_tf)
+    return ImageFolderDataset(root, ours_tf, seed=seed), ImageDataset(root, transform=timm_tf)
 
-    ours_ds = ImageFolderDataset(root, ours_tf, seed=seed)
-    timm_ds = ImageDataset(root, transform=timm_tf)
+
+def _paired_indices(ours_ds: ImageFolderDataset, timm_ds: Any, num_images: int) -> list[tuple[int, int]]:
+    """(our index, timm's index) of the same file, for up to `num_images` files spread evenly over the folder."""
     timm_index = {os.path.abspath(path): i for i, (path, _) in enumerate(timm_ds.reader.samples)}
     count = min(num_images, len(ours_ds))
     ours_indices = np.linspace(0, len(ours_ds) - 1, count).round().astype(int).tolist()
     timm_indices = [timm_index[os.path.abspath(ours_ds.samples[i][0])] for i in ours_indices]
+    return list(zip(ours_indices, timm_indices))
 
+
+def _same_seed_diffs(ours_ds: ImageFolderDataset, timm_ds: Any, pairs: Sequence[tuple[int, int]],
+                     seed: int) -> list[float]:
+    """Mean absolute difference of the two pipelines' outputs per pair, both drawing with our per-sample seed."""
+    # Agreement check (untimed): the same per-sample seed drives both pipelines, so they choose the
+    # same crop, flip and RandAugment ops; the pixels differ only by resampling rounding.
+    diffs = []
+    for i, j in pairs:
+        a = ours_ds[i][0]
+        seed_global_rngs(derive_seed(SEED_STREAM_SAMPLE, seed, 0, i))
+        b = timm_ds[j][0]
+        diffs.append((a.float() - b.float()).abs().mean().item())
+    return diffs
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread inside the block (the benchmarks measure per core); the thread count restored after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        # Agreement check (untimed): the same per-sample seed drives both pipelines, so they choose the
-        # same crop, flip and RandAugment ops; the pixels differ only by resampling rounding.
-        diffs = []
-        for i, j in list(zip(ours_indices, timm_indices))[:20]:
-            a = ours_ds[i][0]
-            seed_global_rngs(derive_seed(SEED_STREAM_SAMPLE, seed, 0, i))
-            b = timm_ds[j][0]
-            diffs.append((a.float() - b.float()).abs().mean().item())
-        pairs = list(zip(ours_indices, timm_indices))
-        _timed_round(ours_ds, timm_ds, pairs[: max(1, count // 10)], 0, seed)  # warm-up
-        # A new epoch every round: fresh augmentation draws, the same for both pipelines.
-        times = [_timed_round(ours_ds, timm_ds, pairs, epoch, seed) for epoch in range(1, rounds + 1)]
+        yield
     finally:
         torch.set_num_threads(threads)
 
+
+def _mean_image_size(paths: Iterable[str]) -> str:
+    """The mean width x height of the images at `paths`, e.g. '441x441'."""
     sizes = []
-    for path, _ in (ours_ds.samples[i] for i in ours_indices):
+    for path in paths:
         with Image.open(path) as im:
             sizes.append(im.size)
+    return f"{np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f}"
+
+
+def _comparison_results(times: Sequence[Sequence[float]], diffs: Sequence[float], *, prefetcher: bool, count: int,
+                        rounds: int, mean_image_size: str) -> dict[str, Any]:
+    """run_data_benchmark's figures from the rounds' [ours CPU s, timm CPU s, ours wall s, timm wall s]."""
     ours_cpu, timm_cpu, ours_wall, timm_wall = (sum(t[k] for t in times) for k in range(4))
     per_round = [t[1] / t[0] for t in times]
     return {
         "pipeline": "uint8 (normalise + erase on device)" if prefetcher else "float (normalise + erase in worker)",
         "images": count,
-        "mean_image_size": f"{np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f}",
+        "mean_image_size": mean_image_size,
         "rounds": rounds,
         "ours_images_per_sec_per_core": rounds * count / ours_cpu,
         "timm_images_per_sec_per_core": rounds * count / timm_cpu,
@@ -230,12 +270,29 @@ def run_backend_benchmark(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ValueError(f"unknown data backend {unknown[0]!r}; expected some of {', '.join(BACKENDS)}")
-    root = os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
+    root = _train_root(data_dir)
     aug = _augment_kwargs(augment, auto_augment)
     pil_ds = ImageFolderDataset(root, build_train_transform(img_size, fast_decode=True, use_prefetcher=True,
                                                             re_prob=0.0, **aug), seed=seed)
     count = min(num_images, len(pil_ds))
-    runners: dict[str, Any] = {}
+    runners = _backend_runners(backends, root, pil_ds, aug, img_size=img_size, count=count, batch_size=batch_size,
+                               seed=seed)
+    with _one_torch_thread():
+        cpu, wall = _timed_backend_rounds(runners, rounds)
+    results: dict[str, Any] = {
+        "augment": augment, "auto_augment": aug["auto_augment"], "img_size": img_size, "images": count,
+        "rounds": rounds, "pipeline": "uint8 out (normalise + erase on the device)",
+        "mean_image_size": _mean_image_size(path for path, _ in pil_ds.samples[:count]),
+        "cpu_cores": os.cpu_count(),
+    }
+    results.update(_backend_rates(cpu, wall, images=rounds * count))
+    return results
+
+
+def _backend_runners(backends: Sequence[str], root: str, pil_ds: ImageFolderDataset, aug: dict[str, Any], *,
+                     img_size: int, count: int, batch_size: int, seed: int) -> dict[str, Callable[[int], None]]:
+    """For each of `backends`, in the order pil, timm, dali: epoch -> one pass over the first `count` images."""
+    runners: dict[str, Callable[[int], None]] = {}
     if "pil" in backends:
         def run_pil(epoch: int) -> None:
             pil_ds.set_epoch(epoch)
@@ -243,19 +300,7 @@ def run_backend_benchmark(
                 pil_ds[i]
         runners["pil"] = run_pil
     if "timm" in backends:
-        from timm.data import ImageDataset, create_transform
-
-        timm_tf = create_transform(img_size, is_training=True, use_prefetcher=True, re_prob=0.0, **aug)
-        guard_posterize(timm_tf)
-        timm_ds = ImageDataset(root, transform=timm_tf)
-        timm_index = {os.path.abspath(path): i for i, (path, _) in enumerate(timm_ds.reader.samples)}
-        order = [timm_index[os.path.abspath(pil_ds.samples[i][0])] for i in range(count)]
-
-        def run_timm(epoch: int) -> None:
-            for i, j in enumerate(order):
-                seed_global_rngs(derive_seed(SEED_STREAM_SAMPLE, seed, epoch, i))  # the same draws as ours
-                timm_ds[j]
-        runners["timm"] = run_timm
+        runners["timm"] = _timm_runner(root, pil_ds, aug, img_size=img_size, count=count, seed=seed)
     if "dali" in backends:
         loader = _dali_loader(root, img_size, aug, batch_size=batch_size, seed=seed, threads=1, count=count)
 
@@ -264,39 +309,53 @@ def run_backend_benchmark(
             for _ in loader:
                 pass
         runners["dali"] = run_dali
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    return runners
+
+
+def _timm_runner(root: str, pil_ds: ImageFolderDataset, aug: dict[str, Any], *, img_size: int, count: int,
+                 seed: int) -> Callable[[int], None]:
+    """Epoch -> timm's stock pipeline over the Pillow backend's first `count` files, with its augmentation draws."""
+    from timm.data import ImageDataset, create_transform
+
+    timm_tf = create_transform(img_size, is_training=True, use_prefetcher=True, re_prob=0.0, **aug)
+    guard_posterize(timm_tf)
+    timm_ds = ImageDataset(root, transform=timm_tf)
+    timm_index = {os.path.abspath(path): i for i, (path, _) in enumerate(timm_ds.reader.samples)}
+    order = [timm_index[os.path.abspath(pil_ds.samples[i][0])] for i in range(count)]
+
+    def run_timm(epoch: int) -> None:
+        for i, j in enumerate(order):
+            seed_global_rngs(derive_seed(SEED_STREAM_SAMPLE, seed, epoch, i))  # the same draws as ours
+            timm_ds[j]
+    return run_timm
+
+
+def _timed_backend_rounds(runners: dict[str, Callable[[int], None]],
+                          rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """({backend: CPU s}, {backend: wall s}) summed over epochs 1..rounds, each round running every backend once."""
     cpu = {name: 0.0 for name in runners}
     wall = {name: 0.0 for name in runners}
-    try:
-        for name, run in runners.items():  # warm-up: pipeline build, first decodes, caches
-            run(0)
-        for epoch in range(1, rounds + 1):
-            for name, run in runners.items():
-                c, w = time.process_time(), time.perf_counter()
-                run(epoch)
-                cpu[name] += time.process_time() - c
-                wall[name] += time.perf_counter() - w
-    finally:
-        torch.set_num_threads(threads)
-    sizes = []
-    for path, _ in pil_ds.samples[:count]:
-        with Image.open(path) as im:
-            sizes.append(im.size)
-    results: dict[str, Any] = {
-        "augment": augment, "auto_augment": aug["auto_augment"], "img_size": img_size, "images": count,
-        "rounds": rounds, "pipeline": "uint8 out (normalise + erase on the device)",
-        "mean_image_size": f"{np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f}",
-        "cpu_cores": os.cpu_count(),
-    }
-    for name in runners:
-        results[f"{name}_images_per_sec_per_core"] = rounds * count / max(cpu[name], 1e-9)
-        results[f"{name}_cpu_ms_per_image"] = 1000 * cpu[name] / (rounds * count)
-        results[f"{name}_images_per_sec_wall"] = rounds * count / max(wall[name], 1e-9)
-    if "pil" in runners and "dali" in runners:
-        results["dali_over_pil_per_core"] = results["dali_images_per_sec_per_core"] / results[
-            "pil_images_per_sec_per_core"]
-    return results
+    for name, run in runners.items():  # warm-up: pipeline build, first decodes, caches
+        run(0)
+    for epoch in range(1, rounds + 1):
+        for name, run in runners.items():
+            c, w = time.process_time(), time.perf_counter()
+            run(epoch)
+            cpu[name] += time.process_time() - c
+            wall[name] += time.perf_counter() - w
+    return cpu, wall
+
+
+def _backend_rates(cpu: dict[str, float], wall: dict[str, float], *, images: int) -> dict[str, float]:
+    """Per backend: images per CPU second and per wall second, CPU ms per image; DALI over Pillow where both ran."""
+    rates: dict[str, float] = {}
+    for name in cpu:
+        rates[f"{name}_images_per_sec_per_core"] = images / max(cpu[name], 1e-9)
+        rates[f"{name}_cpu_ms_per_image"] = 1000 * cpu[name] / images
+        rates[f"{name}_images_per_sec_wall"] = images / max(wall[name], 1e-9)
+    if "pil" in cpu and "dali" in cpu:
+        rates["dali_over_pil_per_core"] = rates["dali_images_per_sec_per_core"] / rates["pil_images_per_sec_per_core"]
+    return rates
 
 
 def augmentation_statistics(data_dir: str, *, img_size: int = 224, epochs: int = 2, seed: int = 0,
