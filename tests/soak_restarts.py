@@ -13,7 +13,6 @@ uninterrupted run with the same number of workers:
 import argparse
 import os
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -22,13 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from test_distributed_train import kill_one_worker_and_compare  # noqa: E402
-from train_helpers import make_data  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from train_helpers import free_port, make_data  # noqa: E402
 
 
 def main() -> int:
@@ -42,7 +35,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = make_data(str(root / "data"), train=13 * args.nproc // 2 + 1)
-        rdzv = ("--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--nnodes=1:2",
+        rdzv = ("--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--nnodes=1:2",
                 f"--rdzv_id=soak-{os.getpid()}") if args.c10d else ("--standalone",)
         straight = None
         passed = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import socket
 import subprocess
 import sys
 
@@ -57,6 +58,18 @@ def write_config(folder: str, text: str = TINY_CONFIG) -> str:
 
 def train_cmd(*args: str) -> list[str]:
     return [sys.executable, os.path.join(ROOT, "train.py"), *args]
+
+
+def torchrun_cmd(*launcher_args: str, script: str = "train.py") -> list[str]:
+    """torchrun (`python -m torch.distributed.run`, this interpreter) with `launcher_args`, then ROOT/`script`."""
+    return [sys.executable, "-m", "torch.distributed.run", *launcher_args, os.path.join(ROOT, script)]
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now, for a rendezvous endpoint or MASTER_PORT."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_train(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ four reduces in the same order as before; a run stopped on
 two processes continues on one.
 """
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +19,7 @@ import torch.multiprocessing as mp
 import train
 from t2t.config import load_config
 from t2t.engine import collectives, distributed
-from train_helpers import ROOT, load, make_data, run_train, write_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from train_helpers import ROOT, free_port, load, make_data, run_train, torchrun_cmd, write_config
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +67,7 @@ def test_every_collective_goes_through_the_helpers_on_the_group_device(data_dir,
     tensor on collective_device(): with NCCL, a CPU tensor in a collective fails at the first step."""
     write_config(str(tmp_path))
     calls_file = str(tmp_path / "calls")
-    mp.start_processes(_collectives_worker, args=(2, _free_port(), data_dir, str(tmp_path), calls_file), nprocs=2,
+    mp.start_processes(_collectives_worker, args=(2, free_port(), data_dir, str(tmp_path), calls_file), nprocs=2,
                        start_method="spawn")
     for rank in range(2):
         calls = eval(open(f"{calls_file}.{rank}").read())
@@ -106,7 +99,7 @@ def _agree_worker(rank: int, world: int, port: int, results: str) -> None:
 def _results_of_ranks(worker, world: int, tmp_path) -> list:
     """Run `worker(rank, world, port, results)` on `world` spawned processes; what each wrote, by rank."""
     results = str(tmp_path / worker.__name__)
-    mp.start_processes(worker, args=(world, _free_port(), results), nprocs=world, start_method="spawn")
+    mp.start_processes(worker, args=(world, free_port(), results), nprocs=world, start_method="spawn")
     return [eval(open(f"{results}.{rank}").read()) for rank in range(world)]
 
 
@@ -172,7 +165,7 @@ def test_a_restarted_group_of_four_reduces_in_the_same_order(tmp_path):
 @pytest.mark.slow
 def test_a_missing_peer_fails_with_a_message_not_a_hang(data_dir, tmp_path):
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
+           "MASTER_PORT": str(free_port())}
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), "-c", write_config(str(tmp_path)), "--data-dir", data_dir,
@@ -201,10 +194,6 @@ def test_run_without_output_is_refused_when_torchrun_may_restart(data_dir, tmp_p
     assert not (tmp_path / "runs").exists()
 
 
-def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *args, os.path.join(ROOT, "train.py")]
-
-
 @pytest.mark.slow
 def test_two_processes_stopped_mid_epoch_continue_on_one(data_dir, tmp_path):
     """train.global_batch_size keeps 8 images per step: 2 x 4 on two processes, 1 x 4 x 2 accumulated on one.
@@ -213,7 +202,7 @@ def test_two_processes_stopped_mid_epoch_continue_on_one(data_dir, tmp_path):
     weights cannot be compared with the two-process run's: the Performer's dropout masks are drawn per rank)."""
     config = write_config(str(tmp_path))
     common = ["--data-dir", data_dir, "train.global_batch_size=8", "data.workers=0"]
-    launcher = _torchrun("--standalone", "--nproc_per_node=2")
+    launcher = torchrun_cmd("--standalone", "--nproc_per_node=2")
     straight = subprocess.run([*launcher, "-c", config, "--output", str(tmp_path / "straight"), *common],
                               capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert straight.returncode == 0, straight.stdout + straight.stderr

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from train_helpers import ROOT, assert_same_run, kill_run_at, load, make_colour_dataset, make_data, run_train, \
-    write_config
+    torchrun_cmd, write_config
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not installed (pip install -e ".[dali]")')
@@ -63,9 +63,9 @@ def test_sigkill_and_resume_is_exact_with_dali(data_dir, tmp_path):
 @pytest.mark.slow
 def test_two_processes_gloo_with_dali(data_dir, tmp_path):
     out = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), "-c", write_config(str(tmp_path)), "--data-dir", data_dir,
-           "--output", out, "data.backend=dali", "data.workers=1", "train.epochs=1", "sched.cooldown_epochs=0"]
+    cmd = torchrun_cmd("--standalone", "--nproc_per_node=2") + [
+        "-c", write_config(str(tmp_path)), "--data-dir", data_dir, "--output", out, "data.backend=dali",
+        "data.workers=1", "train.epochs=1", "sched.cooldown_epochs=0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ckpt = load(os.path.join(out, "last.pth"))

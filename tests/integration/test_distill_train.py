@@ -11,8 +11,8 @@ import torch
 import t2t  # noqa: F401
 from t2t.config import load_config
 from t2t.engine.checkpoint import find_resume_checkpoint
-from t2t.engine.run import RunError, run
-from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
+from t2t.engine.run import run
+from train_helpers import ROOT, assert_same_run, load, make_data, run_train, torchrun_cmd, train_cmd, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -117,10 +117,9 @@ def test_killed_run_with_a_teacher_resumes_exactly(data_dir, tmp_path, teachers)
 
 def test_two_processes_with_a_teacher(data_dir, tmp_path, teachers):
     out = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), "-c", write_config(str(tmp_path)), "--data-dir", data_dir, "--output", out,
-           "model.name=t2t_vit_7_distilled", f"distill.teacher={teachers[0]}", "distill.type=hard", "train.epochs=1",
-           "sched.cooldown_epochs=0"]
+    cmd = torchrun_cmd("--standalone", "--nproc_per_node=2") + [
+        "-c", write_config(str(tmp_path)), "--data-dir", data_dir, "--output", out, "model.name=t2t_vit_7_distilled",
+        f"distill.teacher={teachers[0]}", "distill.type=hard", "train.epochs=1", "sched.cooldown_epochs=0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ckpt = load(os.path.join(out, "last.pth"))

@@ -1,7 +1,6 @@
 """validate.py under torchrun (2 CPU processes, gloo) counts every image once: same result as 1 process."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,12 +9,7 @@ import timm
 import torch
 
 from test_validate import COUNTS, MODEL, ROOT, VALIDATE, make_image_folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from train_helpers import free_port, torchrun_cmd
 
 
 @pytest.mark.slow
@@ -33,9 +27,8 @@ def test_two_ranks_equal_one_process(tmp_path):
     single = subprocess.run([sys.executable, VALIDATE, *args, "--results-file", str(tmp_path / "one.json")],
                             capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert single.returncode == 0, single.stderr
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                f"--master_port={free_port()}"]
-    multi = subprocess.run([*launcher, VALIDATE, *args, "--results-file", str(tmp_path / "two.json")],
+    launcher = torchrun_cmd("--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", script="validate.py")
+    multi = subprocess.run([*launcher, *args, "--results-file", str(tmp_path / "two.json")],
                            capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert multi.returncode == 0, multi.stdout + multi.stderr
 

@@ -3,28 +3,16 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import timm
 
 import t2t
-from train_helpers import ROOT, assert_same_run, load, make_data, run_train, write_config
+from train_helpers import ROOT, assert_same_run, free_port, load, make_data, run_train, torchrun_cmd, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *args, os.path.join(ROOT, "train.py")]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +32,9 @@ def _check_run(out: str, world_size: int) -> dict:
     return ckpt
 
 
-def test_two_processes_through_torchrun(data_dir, tmp_path):
+def test_two_processes_throughtorchrun_cmd(data_dir, tmp_path):
     out = str(tmp_path / "ddp")
-    cmd = _torchrun("--standalone", "--nproc_per_node=2") + [
+    cmd = torchrun_cmd("--standalone", "--nproc_per_node=2") + [
         "-c", write_config(str(tmp_path)), "--data-dir", data_dir, "--output", out]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -58,12 +46,12 @@ def test_two_processes_through_torchrun(data_dir, tmp_path):
 
 def test_two_nodes_rendezvous_on_localhost(data_dir, tmp_path):
     out = str(tmp_path / "nodes")
-    port = _free_port()
+    port = free_port()
     common = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
               "--rdzv_id=t2t-test"]
     args = ["-c", write_config(str(tmp_path)), "--data-dir", data_dir, "--output", out, "train.epochs=1",
             "sched.cooldown_epochs=0"]
-    nodes = [subprocess.Popen(_torchrun(*common) + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    nodes = [subprocess.Popen(torchrun_cmd(*common) + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, cwd=ROOT) for _ in range(2)]
     outputs = [p.communicate(timeout=900)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(outputs)
@@ -76,7 +64,7 @@ def test_torchrun_restart_resumes_by_itself(data_dir, tmp_path):
     run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
     out = tmp_path / "restarted"
     agent = subprocess.Popen(
-        _torchrun("--standalone", "--nproc_per_node=1", "--max-restarts=1") + [
+        torchrun_cmd("--standalone", "--nproc_per_node=1", "--max-restarts=1") + [
             "-c", config, "--output", str(out), *common],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     try:
@@ -105,13 +93,13 @@ def kill_one_worker_and_compare(data_dir: str, tmp_path, *, nproc: int, after_st
     common = ["--data-dir", data_dir, "checkpoint.every_steps=2"]
     if straight is None:
         straight = str(tmp_path / "straight")
-        proc = subprocess.run(_torchrun(*rdzv, f"--nproc_per_node={nproc}") + ["-c", config, "--output", straight,
+        proc = subprocess.run(torchrun_cmd(*rdzv, f"--nproc_per_node={nproc}") + ["-c", config, "--output", straight,
                                                                                 *common],
                               capture_output=True, text=True, timeout=900, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / f"killed-{seed}"
     agent = subprocess.Popen(
-        _torchrun(*rdzv, f"--nproc_per_node={nproc}", "--max-restarts=2") + ["-c", config, "--output", str(out),
+        torchrun_cmd(*rdzv, f"--nproc_per_node={nproc}", "--max-restarts=2") + ["-c", config, "--output", str(out),
                                                                               *common],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     try:

@@ -18,6 +18,7 @@ from PIL import Image
 import t2t
 from t2t.engine.eval_suite import FlipTTA, format_table, load_real_labels, resolutions
 from test_validate import MODEL, NUM_CLASSES, ROOT, VALIDATE, paper_eval_transform, tiny_model
+from train_helpers import free_port, torchrun_cmd
 
 sys.path.insert(0, ROOT)
 import validate  # noqa: E402
@@ -207,8 +208,6 @@ def test_table_lists_every_row():
 
 @pytest.mark.slow
 def test_two_ranks_sweep_equals_one_process(data, tmp_path):
-    from test_distributed_eval import free_port
-
     predictions = hand_logits(data["ema"], data["samples"]).argmax(dim=1).tolist()
     entries = [[] if i % 3 == 0 else [p, (p + i) % NUM_CLASSES] if i % 2 else [(p + 1) % NUM_CLASSES]
                for i, p in enumerate(predictions)]
@@ -220,9 +219,8 @@ def test_two_ranks_sweep_equals_one_process(data, tmp_path):
     single = subprocess.run([sys.executable, VALIDATE, *args, "--json", str(tmp_path / "one.json")],
                             capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert single.returncode == 0, single.stderr
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                f"--master_port={free_port()}"]
-    multi = subprocess.run([*launcher, VALIDATE, *args, "--json", str(tmp_path / "two.json")],
+    launcher = torchrun_cmd("--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", script="validate.py")
+    multi = subprocess.run([*launcher, *args, "--json", str(tmp_path / "two.json")],
                            capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert multi.returncode == 0, multi.stdout + multi.stderr
     one = json.loads((tmp_path / "one.json").read_text())

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from t2t.engine.checkpoint import CheckpointSaveError, atomic_save
-from train_helpers import ROOT, make_data, run_train, write_config
+from train_helpers import ROOT, make_data, run_train, torchrun_cmd, write_config
 
 sys.path.insert(0, ROOT)
 import train  # noqa: E402
@@ -344,9 +344,8 @@ def test_a_bad_image_is_not_replayed_by_torchrun_restarts(data_dir, tmp_path, co
     bad = sorted(folder.iterdir())[0]
     bad.write_bytes(bad.read_bytes()[:200])
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--max-restarts=2",
-           os.path.join(ROOT, "train.py"), "-c", config, "--data-dir", str(data), "--output", str(out),
-           "train.epochs=1", "sched.cooldown_epochs=0"]
+    cmd = torchrun_cmd("--standalone", "--nproc_per_node=1", "--max-restarts=2") + [
+        "-c", config, "--data-dir", str(data), "--output", str(out), "train.epochs=1", "sched.cooldown_epochs=0"]
     import subprocess
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error: ")]

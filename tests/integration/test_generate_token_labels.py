@@ -2,7 +2,6 @@
 import logging
 import os
 import subprocess
-import sys
 
 import pytest
 import timm
@@ -11,7 +10,7 @@ import torch
 import t2t  # noqa: F401
 from t2t.data.token_label import read_label_map
 from t2t.tools.token_labels import dense_logits
-from train_helpers import ROOT, load_script, make_data
+from train_helpers import ROOT, load_script, make_data, torchrun_cmd
 
 main = load_script("generate_token_labels").main
 
@@ -84,8 +83,8 @@ def test_two_processes_label_each_image_once(setup, tmp_path):
     root, data, _ = setup
     single, double = tmp_path / "one", tmp_path / "two"
     assert main(_args(root, data, single)) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "scripts", "generate_token_labels.py"), *_args(root, data, double)]
+    cmd = torchrun_cmd("--standalone", "--nproc_per_node=2", script="scripts/generate_token_labels.py") + [
+        *_args(root, data, double)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "rank 0 of 2: 5 images" in proc.stderr and "rank 1 of 2: 4 images" in proc.stderr

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from t2t.outputs import OutputError, atomic_output, check_output_file, check_output_folder_inputs, same_file
+from t2t.outputs import OutputError, atomic_output, check_output_file, same_file
 from test_predict import make_images, save_run_checkpoint
 from train_helpers import CIFAR10, CIFAR_CONFIG, ROOT, TINY_CONFIG, load_script, make_cifar, make_data, write_config
 

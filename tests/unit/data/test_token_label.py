@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from t2t.data.token_label import (
     crop_label_map,

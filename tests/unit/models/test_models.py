@@ -7,7 +7,7 @@ import torch
 import t2t
 from marks import slow_except
 from reference_t2t import reference_forward
-from t2t.models import MODEL_ARCHS, VARIANTS, T2TViT, count_macs, count_params, sinusoid_table
+from t2t.models import MODEL_ARCHS, VARIANTS, count_macs, count_params, sinusoid_table
 
 # From the official model code (REFERENCE.md): all parameters, trainable ones, MACs at 224.
 EXPECTED = {

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-import t2t
+import t2t  # noqa: F401  (registers the models with timm)
 from marks import slow_except
 from t2t.models import CheckpointError, load_pretrained_weights
 
