@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_TESTS, os.path.join(_TESTS, "integration")]  # train_helpers; test_distributed_train
 
 from test_distributed_train import kill_one_worker_and_compare  # noqa: E402
 from train_helpers import free_port, make_data  # noqa: E402
