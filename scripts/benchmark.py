@@ -195,20 +195,18 @@ def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, devic
     With a `teacher` the training step is a distillation step (DeiT hard, alpha 0.5): the frozen
     teacher runs on the same batch inside the loss, as in train.py.
     """
-    dtype = amp_dtype(amp)
+    if mode != "infer":
+        return make_train_step(model, batch_size, img_size, device, amp, teacher=teacher)
+    amp_dtype(amp)  # an unknown precision is refused here, before the first step
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
-    targets = torch.randint(0, model.num_classes, (batch_size,), device=device)
     autocast = lambda: amp_context(device, amp)  # noqa: E731
-    if mode == "infer":
-        model.eval()
+    model.eval()
 
-        @torch.inference_mode()
-        def step() -> None:
-            with autocast():
-                model(images)
-        return step
-
-    return make_train_step(model, batch_size, img_size, device, amp, teacher=teacher)
+    @torch.inference_mode()
+    def step() -> None:
+        with autocast():
+            model(images)
+    return step
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from t2t.data.dataset import ImageFolderDataset  # noqa: E402
 from t2t.data.sampler import ShardSampler  # noqa: E402
 from t2t.data.token_label import label_path, save_label_map  # noqa: E402
 from t2t.data.transforms import ToNormalizedTensor  # noqa: E402
-from t2t.engine.teacher import TeacherError, load_teacher  # noqa: E402
+from t2t.engine.teacher import load_teacher  # noqa: E402
 from t2t.tools.token_labels import dense_logits  # noqa: E402
 
 _logger = logging.getLogger("t2t.labels")
