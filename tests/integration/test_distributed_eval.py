@@ -12,6 +12,21 @@ from test_validate import COUNTS, MODEL, ROOT, VALIDATE, make_image_folder
 from train_helpers import free_port, torchrun_cmd
 
 
+def validate_on_one_and_two_ranks(args, results_flag, tmp_path, single_timeout=600):
+    """validate.py with `args` in one process, then under torchrun on two (gloo, one thread each); each writes its
+    results through `results_flag` (one.json, two.json). Returns both files' contents and the two-rank run's stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, VALIDATE, *args, results_flag, str(tmp_path / "one.json")],
+                            capture_output=True, text=True, timeout=single_timeout, cwd=ROOT, env=env)
+    assert single.returncode == 0, single.stderr
+    launcher = torchrun_cmd("--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", script="validate.py")
+    multi = subprocess.run([*launcher, *args, results_flag, str(tmp_path / "two.json")],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert multi.returncode == 0, multi.stdout + multi.stderr
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    return one, two, multi.stdout
+
+
 @pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path):
     make_image_folder(str(tmp_path / "val"))
@@ -22,21 +37,10 @@ def test_two_ranks_equal_one_process(tmp_path):
     # Batch 2 leaves a short last batch on both ranks (5 and 4 images).
     args = ["--data-dir", str(tmp_path), "-m", MODEL, "--checkpoint", str(tmp_path / "ckpt.pth"),
             "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    single = subprocess.run([sys.executable, VALIDATE, *args, "--results-file", str(tmp_path / "one.json")],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert single.returncode == 0, single.stderr
-    launcher = torchrun_cmd("--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", script="validate.py")
-    multi = subprocess.run([*launcher, *args, "--results-file", str(tmp_path / "two.json")],
-                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert multi.returncode == 0, multi.stdout + multi.stderr
-
-    one = json.loads((tmp_path / "one.json").read_text())
-    two = json.loads((tmp_path / "two.json").read_text())
+    one, two, stdout = validate_on_one_and_two_ranks(args, "--results-file", tmp_path, single_timeout=300)
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert two["count"] == one["count"] == sum(COUNTS)
     assert two["top1"] == one["top1"]
     assert two["top5"] == one["top5"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    assert multi.stdout.count('"top1"') == 1  # only rank 0 reports
+    assert stdout.count('"top1"') == 1  # only rank 0 reports

@@ -6,7 +6,6 @@ the model run on the whole set at once.
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -17,8 +16,7 @@ from PIL import Image
 
 import t2t
 from t2t.engine.eval_suite import FlipTTA, format_table, load_real_labels, resolutions
-from test_validate import MODEL, NUM_CLASSES, ROOT, VALIDATE, paper_eval_transform, tiny_model
-from train_helpers import free_port, torchrun_cmd
+from test_validate import MODEL, NUM_CLASSES, ROOT, paper_eval_transform, tiny_model
 
 sys.path.insert(0, ROOT)
 import validate  # noqa: E402
@@ -215,16 +213,9 @@ def test_two_ranks_sweep_equals_one_process(data, tmp_path):
     args = ["--data-dir", data["dir"], "-m", MODEL, "--checkpoint", data["ckpt"], data["other"], "--img-size", "32,48",
             "--tta", "none,flip", "--real-labels", str(labels), "--batch-size", "2", "--workers", "0",
             "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, VALIDATE, *args, "--json", str(tmp_path / "one.json")],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert single.returncode == 0, single.stderr
-    launcher = torchrun_cmd("--nproc_per_node=2", "--nnodes=1", f"--master_port={free_port()}", script="validate.py")
-    multi = subprocess.run([*launcher, *args, "--json", str(tmp_path / "two.json")],
-                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert multi.returncode == 0, multi.stdout + multi.stderr
-    one = json.loads((tmp_path / "one.json").read_text())
-    two = json.loads((tmp_path / "two.json").read_text())
+    from test_distributed_eval import validate_on_one_and_two_ranks
+
+    one, two, _ = validate_on_one_and_two_ranks(args, "--json", tmp_path)
     assert len(one) == len(two) == 2 * 2 * 2
     for a, b in zip(one, two):
         assert (a["world_size"], b["world_size"]) == (1, 2)
