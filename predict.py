@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from t2t.cli import EXIT_USAGE, ArgumentParser, list_images, run_main, split_overrides
+from t2t.cli import EXIT_USAGE, ArgumentParser, run_main, split_overrides
+from t2t.data.dataset import list_images
 from t2t.data.decode import to_rgb
 from t2t.data.loader import init_loader_worker
 from t2t.engine.distributed import resolve_device

@@ -19,13 +19,15 @@ from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence
 
 import yaml
 
+from .errors import T2TError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(T2TError, ValueError):
     """A configuration value or key that cannot be used."""
 
 

@@ -22,7 +22,8 @@ from timm.data import ImageNetInfo
 from . import models  # noqa: F401  (registers the T2T-ViT family with timm)
 from .config import Config, ConfigError, apply_values, config_from_dict, load_config, parse_override, read_yaml, \
     validate
-from .engine.checkpoint_schema import TrainingCheckpoint
+from .checkpoint_schema import TrainingCheckpoint
+from .errors import T2TError
 from .models.factory import EvalPreprocessing, create_model, resolve_eval_preprocessing
 from .models.weights import CheckpointError, extract_state_dict, load_pretrained_weights, read_checkpoint
 
@@ -220,7 +221,7 @@ def load_model(path: str, *, model_name: Optional[str] = None, img_size: Optiona
                        img_size=cfg.model.img_size, weights=weights, config=cfg)
 
 
-class BatchSizeError(ValueError):
+class BatchSizeError(T2TError, ValueError):
     """A batch that cannot fit in the device's memory."""
 
 

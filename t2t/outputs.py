@@ -18,7 +18,7 @@ import tempfile
 import threading
 from typing import Iterable, Iterator, Optional
 
-from .cli import UsageError
+from .errors import UsageError
 
 __all__ = ["INTERRUPTED", "CtrlC", "OutputError", "atomic_output", "check_output_file", "check_output_folder_inputs",
            "same_file"]

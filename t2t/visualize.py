@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cli import EXIT_USAGE, ArgumentParser, UsageError, check_output_folder, list_images, run_main
+from .cli import EXIT_USAGE, ArgumentParser, UsageError, check_output_folder, run_main
+from .data.dataset import list_images
 from .outputs import atomic_output, check_output_folder_inputs
 
 __all__ = ["VIEWS", "first_batch", "main", "parse_blocks", "save_png"]

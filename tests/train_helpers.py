@@ -14,7 +14,7 @@ from PIL import Image
 
 from t2t.config import Config, ModelConfig
 from t2t.data.cifar import CIFAR_LAYOUTS
-from t2t.engine.checkpoint_schema import TRAINER_KEYS, TrainingCheckpoint
+from t2t.checkpoint_schema import TRAINER_KEYS, TrainingCheckpoint
 from t2t.models.factory import create_model
 from t2t.tools.demo_data import make_demo_dataset
 
@@ -114,7 +114,7 @@ def assert_same_run(a_path: str, b_path: str) -> None:
 
 def fake_checkpoint(step: int, epoch: int) -> dict:
     """A minimal training checkpoint (the current format) at `step`, for tests of the files around it."""
-    from t2t.engine.checkpoint_schema import TrainingCheckpoint
+    from t2t.checkpoint_schema import TrainingCheckpoint
     from t2t.engine.trainer import TrainState
 
     trainer = {"model": {}, "state_dict_ema": None, "optimizer": {}, "scaler": {},

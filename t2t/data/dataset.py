@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import T2TError, UsageError
 from ..rng import reseed_sample
 from .decode import to_rgb
 from .filelist import SampleList, cached_listing
@@ -42,7 +43,7 @@ _logger = logging.getLogger(__name__)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
-class DatasetError(ValueError):
+class DatasetError(T2TError, ValueError):
     """A dataset folder or image that cannot be used; the message names the path and the fix."""
 
 
@@ -324,3 +325,19 @@ class ImageFolderDataset(SeededDataset):
             f"{type(self).__name__}(root={self.root!r}, images={len(self)}, classes={len(self.classes)}, "
             f"seed={self.seed}, transform={self.transform!r})"
         )
+
+
+def list_images(inputs: Sequence[str]) -> list[str]:
+    """Image files named, or found (recursively, sorted) under the folders named (a tool's --images)."""
+    paths: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, _, names in sorted(os.walk(item, followlinks=True)):
+                paths.extend(os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise UsageError(f"--images {item!r}: no such file or folder")
+    if not paths:
+        raise UsageError(f"--images {' '.join(inputs)}: no image files ({', '.join(IMG_EXTENSIONS)})")
+    return paths

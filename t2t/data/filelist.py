@@ -22,6 +22,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..outputs import atomic_output
+
 _logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
@@ -137,8 +139,6 @@ def cached_listing(root: str, classes: Sequence[str], cache_path: Optional[str],
             _logger.warning("Ignoring the file list cache %s (%s): listing %s again", cache_path, e, root)
     samples, mtimes = list_image_folder(root, classes, is_image, is_hidden)
     if cache_path and os.path.isdir(os.path.dirname(os.path.abspath(cache_path))):
-        from ..outputs import atomic_output  # the rename-into-place every file the tools write goes through
-
         meta = np.frombuffer(json.dumps({"key": key, "mtimes": mtimes}).encode("utf-8"), dtype=np.uint8)
         try:
             with atomic_output(cache_path) as tmp, open(tmp, "wb") as f:

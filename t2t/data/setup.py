@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, DataConfig, MixupConfig, TokenLabelConfig
+from ..errors import T2TError
 from .cifar import CIFARDataset, find_cifar_dir
 from .dataset import DatasetError, ImageFolderDataset, SeededDataset, check_same_classes, find_split_dirs, \
     find_unreadable_images
@@ -24,7 +25,7 @@ from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transfor
 _logger = logging.getLogger(__name__)
 
 
-class DataSizeError(ValueError):
+class DataSizeError(T2TError, ValueError):
     """The training set cannot give one global batch per epoch."""
 
 

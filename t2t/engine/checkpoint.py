@@ -12,9 +12,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..models.weights import CheckpointError, describe_mismatch, read_checkpoint, strip_prefixes
+from ..checkpoint_schema import TrainingCheckpoint, library_versions
+from ..errors import EXIT_IO, CheckpointError, T2TError
+from ..models.weights import describe_mismatch, read_checkpoint, strip_prefixes
 from ..outputs import atomic_output
-from .checkpoint_schema import TrainingCheckpoint, library_versions
 
 _logger = logging.getLogger(__name__)
 
@@ -29,8 +30,11 @@ def clean_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return strip_prefixes(module.state_dict())
 
 
-class CheckpointSaveError(OSError):
+class CheckpointSaveError(T2TError, OSError):
     """A checkpoint could not be written (full disk, lost permission); the files already there are untouched."""
+
+    exit_status = EXIT_IO
+    hint = "; free space (or fix the cause) and continue with --resume auto --output FOLDER"
 
 
 def atomic_save(obj: Any, path: str) -> None:

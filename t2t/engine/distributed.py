@@ -15,6 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..errors import EXIT_FAILED, T2TError
 from .collectives import first_collective, set_collective_device
 
 _logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-class DeviceError(ValueError):
+class DeviceError(T2TError, ValueError):
     """A device that does not exist or cannot be used here."""
 
 
@@ -87,8 +88,10 @@ def resolve_device(device: str = "auto", local_rank: int = 0, local_world_size: 
     return dev
 
 
-class DistributedSetupError(RuntimeError):
+class DistributedSetupError(T2TError, RuntimeError):
     """The process group could not be formed: which rank waited for what, and for how long."""
+
+    exit_status = EXIT_FAILED
 
 
 def _attempt_prefix() -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ..outputs import check_output_file, write_text
 from .distributed import DistInfo
 from .evaluate import evaluate_models

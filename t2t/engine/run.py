@@ -19,7 +19,7 @@ from ..models.factory import create_model, resolve_eval_preprocessing
 from ..models.weights import load_pretrained_weights
 from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
-from .checkpoint_schema import TrainingCheckpoint
+from ..checkpoint_schema import TrainingCheckpoint
 from .collectives import broadcast_object, gather_objects, settle_bucket_layout
 from .distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
 from .ema import CachedModelEma

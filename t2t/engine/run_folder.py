@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Optional
 
 from ..config import Config, ConfigError, config_from_dict
+from ..errors import T2TError
 from .checkpoint import find_resume_checkpoint, load_training_checkpoint, remove_stale_temporaries
 from .collectives import broadcast_object
 from .distributed import DistInfo, env_int
@@ -19,7 +20,7 @@ from .distributed import DistInfo, env_int
 _logger = logging.getLogger("t2t.train")
 
 
-class RunError(RuntimeError):
+class RunError(T2TError, RuntimeError):
     """A run that cannot start as asked (existing folder, missing checkpoint...)."""
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from ..errors import T2TError
 from ..models import DISTILLED_ARCHS, MODEL_ARCHS, VARIANTS
 from ..models.factory import create_model
 from ..models.weights import CheckpointError, checkpoint_filter_fn, describe_mismatch, extract_state_dict, \
@@ -28,7 +29,7 @@ _logger = logging.getLogger("t2t.train")
 __all__ = ["Teacher", "TeacherError", "check_same_teacher", "file_identity", "load_teacher"]
 
 
-class TeacherError(ValueError):
+class TeacherError(T2TError, ValueError):
     """A teacher file or model name that cannot be used; the message names the value and the fix."""
 
 

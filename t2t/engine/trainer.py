@@ -22,6 +22,7 @@ from .collectives import all_reduce_sum, sum_over_ranks
 from .distributed import DistInfo
 from .evaluate import evaluate_models
 from .losses import TrainLoss
+from ..errors import EXIT_NONFINITE, T2TError
 from .metrics import format_duration
 from .optim import LRSchedule, set_lr
 from .precision import amp_context
@@ -32,8 +33,10 @@ _logger = logging.getLogger("t2t.train")
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, class indices) of one micro-batch
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(T2TError, RuntimeError):
     """The loss became NaN or infinite: the run stops, the last good checkpoint stays as it is."""
+
+    exit_status = EXIT_NONFINITE
 
 
 @dataclass

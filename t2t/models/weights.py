@@ -19,6 +19,9 @@ import torch.nn as nn
 from safetensors.torch import load_file as load_safetensors
 from timm.layers import resample_abs_pos_embed
 
+from ..checkpoint_schema import weight_entries
+from ..errors import CheckpointError
+
 _logger = logging.getLogger(__name__)
 
 # Where the weights sit in a checkpoint dict, in the order they are looked for. The EMA keys come
@@ -31,10 +34,6 @@ HEAD_KEYS = ("head.weight", "head.bias")
 # A file without them loads into a model that has them (they keep their initialisation), and a file
 # with them loads into a model without them (they are left out); both are logged.
 OPTIONAL_PREFIXES = ("aux_head.", "head_dist.", "dist_token")
-
-
-class CheckpointError(RuntimeError):
-    """A file that cannot serve as weights for the requested model."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
@@ -173,8 +172,6 @@ def load_pretrained_weights(
     Accepts our checkpoints and every official layout. The position grid is interpolated to the
     model's size and the classifier is left at its initialisation when the class count differs.
     """
-    from ..engine.checkpoint_schema import weight_entries  # late: the engine imports the models
-
     path = os.fspath(path)
     checkpoint = weight_entries(read_checkpoint(path), path=path)
     state_dict, source = extract_state_dict(checkpoint, use_ema=use_ema, source=f"checkpoint {path!r}")

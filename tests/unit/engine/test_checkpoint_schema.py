@@ -10,7 +10,7 @@ from timm.utils import ModelEmaV3
 from t2t.config import config_from_dict
 from t2t.engine import run as run_module
 from t2t.engine.checkpoint import load_training_checkpoint
-from t2t.engine.checkpoint_schema import FORMAT, TRAINER_KEYS, TrainingCheckpoint
+from t2t.checkpoint_schema import FORMAT, TRAINER_KEYS, TrainingCheckpoint
 from t2t.engine.losses import SoftTargetLoss
 from t2t.engine.optim import LRSchedule
 from t2t.engine.plan import RunPlan

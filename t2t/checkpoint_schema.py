@@ -29,7 +29,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..models.weights import CheckpointError
+from .errors import CheckpointError
+from .version import __version__
 
 _logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ _FORMAT1_DROPPED = ("epoch", "step_in_epoch", "global_step", "samples_in_epoch",
 def library_versions() -> dict[str, str]:
     import timm
     import torchvision
-
-    from .. import __version__
 
     return {"t2t": str(__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "timm": str(timm.__version__)}
