@@ -2,12 +2,27 @@
 # GPU acceptance check: every CUDA-only path of t2t in one command, under 8 minutes on one GPU.
 #   scripts/gpu_check.sh            (PYTHON=... to choose the interpreter; T2T_CHECK_DIR=... for scratch space)
 # Needs python3 with torch (CUDA), torchvision, timm and pyyaml; downloads nothing. Prints a pass/fail
-# table, then the benchmark's images/s and MFU. Exits 0 at once on a machine without CUDA.
+# table, then the benchmark's images/s and MFU. Exits 0 at once on a machine without an NVIDIA GPU, and 2 on
+# one whose GPU this torch cannot use (the driver is older than torch's CUDA needs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "gpu_check: $PY cannot import torch; install the project first (pip install .), or set PYTHON=..." >&2
+  exit 1
+fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False): nothing to check"
+  # An NVIDIA GPU that this torch cannot use (a driver older than torch's CUDA, a CPU-only torch) is a failure.
+  if ! "$PY" -c "
+import sys
+from t2t.engine.distributed import check_nvidia_gpu_usable
+try:
+    check_nvidia_gpu_usable()
+except ValueError as e:
+    sys.exit(f'gpu_check: {e}')"; then
+    exit 2
+  fi
+  echo "gpu_check: no NVIDIA GPU here (no driver, torch.cuda.is_available() is False): nothing to check"
   exit 0
 fi
 if ! "$PY" -c "import timm, torchvision, yaml" 2>/dev/null; then
@@ -34,7 +49,7 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {p.name}, {p.total
       f"{torch.cuda.device_count()} device(s), bf16 {torch.cuda.is_bf16_supported()}")
 EOF
 
-if "$PY" scripts/make_demo_data.py --out "$DATA" > "$WORK/make_data.log" 2>&1; then
+if "$PY" -m t2t.tools.demo_data --out "$DATA" > "$WORK/make_data.log" 2>&1; then
   record make_demo_data PASS "$DATA"
 else
   record make_demo_data FAIL "see $WORK/make_data.log"
@@ -44,9 +59,9 @@ fi
 train_with_sigterm() {  # NAME OVERRIDES...
   local name=$1; shift
   local out=$WORK/run-$name log=$WORK/$name.log
-  local args=(-c configs/demo.yaml --data-dir "$DATA" --output "$out" train.device=cuda train.epochs=3
+  local args=(-c demo --data-dir "$DATA" --output "$out" train.device=cuda train.epochs=3
               train.log_interval=2 checkpoint.every_steps=4 "$@")
-  "$PY" train.py "${args[@]}" > "$log" 2>&1 &
+  "$PY" -m t2t.train "${args[@]}" > "$log" 2>&1 &
   local pid=$! waited=0
   until ls "$out"/step-*.pth > /dev/null 2>&1 && [ -f "$out/last.pth" ]; do  # inside epoch 1
     if ! kill -0 "$pid" 2> /dev/null || [ $waited -gt 1200 ]; then break; fi
@@ -59,7 +74,7 @@ train_with_sigterm() {  # NAME OVERRIDES...
     return
   fi
   record "train $name: SIGTERM -> exit 75" PASS "$(grep -o 'checkpoint saved at step [0-9]*' "$log" | tail -1)"
-  if "$PY" train.py "${args[@]}" --resume auto >> "$log" 2>&1; then
+  if "$PY" -m t2t.train "${args[@]}" --resume auto >> "$log" 2>&1; then
     record "train $name: --resume auto" PASS "$(grep -o 'val top-1 [0-9.]*' "$log" | tail -1)"
   else
     record "train $name: --resume auto" FAIL "see $log"
@@ -71,7 +86,7 @@ train_with_sigterm compile train.amp=bf16 train.compile=true
 
 CKPT=$WORK/run-bf16/last.pth
 for size in 224 384; do
-  if "$PY" validate.py --data-dir "$DATA" -m t2t_vit_7 --checkpoint "$CKPT" --img-size $size --amp bf16 \
+  if "$PY" -m t2t.validate --data-dir "$DATA" -m t2t_vit_7 --checkpoint "$CKPT" --img-size $size --amp bf16 \
       --device cuda --results-file "$WORK/val$size.json" > "$WORK/val$size.log" 2>&1; then
     record "validate.py at $size" PASS "$("$PY" -c "import json; r = json.load(open('$WORK/val$size.json')); print(f\"top1 {r['top1']:.2f} on {r['count']} images, {r['images_per_sec']:.0f} img/s\")")"
   else
@@ -80,7 +95,7 @@ for size in 224 384; do
 done
 
 for mode in train infer; do
-  if "$PY" scripts/benchmark.py -m t2t_vit_14 --mode $mode --batch-size 64 --device cuda --amp bf16 --steps 20 \
+  if "$PY" -m t2t.benchmark -m t2t_vit_14 --mode $mode --batch-size 64 --device cuda --amp bf16 --steps 20 \
       --warmup 10 --json "$WORK/bench-$mode.json" > "$WORK/bench-$mode.log" 2>&1; then
     record "benchmark t2t_vit_14 $mode b64 bf16" PASS "$("$PY" -c "import json; r = json.load(open('$WORK/bench-$mode.json')); print(f\"{r['images_per_sec']:.0f} img/s, MFU {100 * r['mfu']:.1f}% of {r['matmul_peak_gflops_per_sec'] / 1000:.0f} TFLOP/s, peak memory {r['peak_memory_mib']:.0f} MiB\")")"
   else
@@ -150,7 +165,7 @@ EOF
       record "dali: training batches, 1 GPU" FAIL "see $WORK/dali-data.log"
     fi
     # t2t_vit_14 at batch 128 bf16 fed by DALI: images/s and the data share of the step (goal: under 5%).
-    if "$PY" train.py -c configs/t2t_vit_14.yaml --data-dir "$PHOTOS" --output "$WORK/run-dali-14" \
+    if "$PY" -m t2t.train -c t2t_vit_14 --data-dir "$PHOTOS" --output "$WORK/run-dali-14" \
         data.backend=dali data.workers=8 train.batch_size=128 train.amp=bf16 train.device=cuda \
         train.max_steps=300 train.log_interval=50 > "$WORK/dali-14.log" 2>&1; then
       record "dali: t2t_vit_14 b128 bf16 300 steps" PASS "$(grep -o '[0-9.]* img/s  data [0-9]*%' "$WORK/dali-14.log" | tail -1)"
@@ -278,7 +293,7 @@ PYEOF
 compiled_throughput_and_memory() {
   local b
   for b in 32 64; do
-    if ! "$PY" scripts/benchmark.py -m t2t_vit_14 --mode train --batch-size $b --device cuda --amp bf16 --compile \
+    if ! "$PY" -m t2t.benchmark -m t2t_vit_14 --mode train --batch-size $b --device cuda --amp bf16 --compile \
         --steps 8 --warmup 4 --json "$WORK/compiled-$b.json" > "$WORK/compiled-$b.log" 2>&1; then
       record "compiled train t2t_vit_14 b$b" FAIL "see $WORK/compiled-$b.log"
       return
@@ -305,7 +320,7 @@ nccl_two_ranks_kill_restart() {
     return
   fi
   local out=$WORK/run-nccl log=$WORK/nccl-restart.log
-  "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 --max-restarts=1 train.py -c configs/demo.yaml \
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 --max-restarts=1 train.py -c demo \
     --data-dir "$DATA" --output "$out" train.device=cuda train.amp=bf16 train.epochs=2 train.log_interval=2 \
     checkpoint.every_steps=4 > "$log" 2>&1 &
   local agent=$! waited=0

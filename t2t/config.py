@@ -26,6 +26,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _logger = logging.getLogger(__name__)
 
+# The recipes shipped inside the package (t2t/configs/*.yaml): `-c NAME` finds one by name.
+RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
 
 class ConfigError(T2TError, ValueError):
     """A configuration value or key that cannot be used."""
@@ -523,10 +526,31 @@ def read_yaml(path: str) -> dict[str, Any]:
     return values
 
 
+def recipe_names() -> list[str]:
+    """The names of the recipes shipped with the package, sorted (`-c NAME`)."""
+    return sorted(name[:-5] for name in os.listdir(RECIPE_DIR) if name.endswith(".yaml"))
+
+
+def find_recipe(name_or_path: str) -> str:
+    """The YAML file `name_or_path` names: an existing file, else a shipped recipe (`t2t_vit_14`, `demo.yaml`)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
+    shipped = os.path.join(RECIPE_DIR, f"{name}.yaml")
+    if os.sep not in name_or_path and "/" not in name_or_path and os.path.isfile(shipped):
+        return shipped
+    names = recipe_names()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close and "/" not in name_or_path else ""
+    raise ConfigError(f"config {name_or_path!r}: no such file, and not a recipe name{hint}; expected a YAML path "
+                      f"or one of: {', '.join(names)}")
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base: Optional[Config] = None) -> Config:
-    """Defaults (or `base`), then the YAML file at `path` (if any), then `section.key=value` overrides."""
+    """Defaults (or `base`), then the YAML file or recipe at `path` (if any), then `section.key=value` overrides."""
     cfg = config_from_dict(base.to_dict(), origin="the stored config") if base is not None else Config()
     if path is not None:
+        path = find_recipe(path)
         apply_values(cfg, read_yaml(path), origin=path)
     for text in overrides:
         section, key, value = parse_override(text)

@@ -2,7 +2,7 @@
 
 Works with our checkpoints (config and class names stored with them), the official release files
 (ImageNet-1k: timm's ImageNet class names and the paper's eval transform) and the ``.safetensors``
-files ``scripts/export.py`` writes (config and class names in the file's metadata).
+files ``t2t-export`` writes (config and class names in the file's metadata).
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def read_metadata(path: str, checkpoint: Any = None) -> dict[str, Any]:
                 meta[key] = json.loads(raw[key])
             except ValueError as e:
                 raise CheckpointError(f"checkpoint {path!r}: its metadata entry {key!r} is not valid JSON ({e}); "
-                                      "export the file again with scripts/export.py") from e
+                                      "export the file again with t2t-export") from e
     if "arch" in raw:
         meta["arch"] = raw["arch"]
     if "classes" in meta:

@@ -1,11 +1,11 @@
-"""The recipe table: one row per model, from which the recipe files in configs/ are generated.
+"""The recipe table: one row per model, from which the recipe files in t2t/configs/ are generated.
 
-    python -m t2t.recipes --write     # (re)write configs/<name>.yaml for every row
+    python -m t2t.recipes --write     # (re)write t2t/configs/<name>.yaml for every row
     python -m t2t.recipes --check     # exit 1 if a committed file differs from its generated form
 
 A generated file states only what its recipe sets apart from the defaults (t2t/config.py, which are
 the paper's t2t_vit_14 ImageNet recipe); every other key takes its default. The hand-written files in
-configs/ (the demos, token labeling) are not generated.
+t2t/configs/ (the demos, token labeling) are not generated.
 """
 from __future__ import annotations
 
@@ -19,12 +19,9 @@ from typing import Any, Optional
 
 import yaml
 
-from .config import Config
+from .config import RECIPE_DIR, Config
 
 __all__ = ["RECIPES", "Recipe", "generated_files", "render"]
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -87,7 +84,7 @@ def _from_scratch(name: str, top1: float, lr: float, weight_decay: float) -> Rec
               "AdamW, cosine over 300 epochs with 10 warm-up epochs inside, then 10 cool-down epochs at min lr;",
               "RandAugment, random erasing 0.25, mixup 0.8 / CutMix 1.0, label smoothing 0.1, drop-path 0.1, EMA",
               "0.99996: the defaults hold this recipe (with t2t_vit_14's lr and weight decay).",
-              f"Launch: torchrun --nproc_per_node=8 train.py -c configs/{name}.yaml --data-dir /data/imagenet")
+              f"Launch: torchrun --nproc_per_node=8 -m t2t.train -c {name} --data-dir /data/imagenet")
     return Recipe(name, header, _merge(settings, _IMAGENET))
 
 
@@ -103,7 +100,7 @@ def _fine_tune_384() -> Recipe:
               "batch 512,",
               "weight decay 1e-8. init_from takes our checkpoints or the release file 81.5_T2T_ViT_14.pth.tar; the",
               "position grid is interpolated 14x14 -> 24x24.",
-              "Launch: torchrun --nproc_per_node=8 train.py -c configs/t2t_vit_14_384.yaml --data-dir /data/imagenet")
+              "Launch: torchrun --nproc_per_node=8 -m t2t.train -c t2t_vit_14_384 --data-dir /data/imagenet")
     return Recipe("t2t_vit_14_384", header, _merge(settings, _IMAGENET))
 
 
@@ -135,7 +132,7 @@ def _cifar(model: str, dataset: str, top1: float, release: str) -> Recipe:
     header = (
         f"{model}, fine-tuned from ImageNet to {title}: the official transfer recipe (transfer_learning.py).",
         f"Paper: {top1}% top-1 on the {title} test set (a target for a GPU run; not reproduced here).",
-        f"Launch: python train.py -c configs/{name}.yaml --data-dir /data/{folder} \\",
+        f"Launch: t2t-train -c {name} --data-dir /data/{folder} \\",
         f"            model.init_from=/path/to/{release}",
         f"--data-dir is the extracted {folder} folder as downloaded (or the folder holding it), read in place.",
         "model.init_from takes the official release file (its EMA weights are used) or one of our checkpoints;",
@@ -164,7 +161,7 @@ _FOOTER = (
     "",
     "Generated from the table in t2t/recipes.py (python -m t2t.recipes --write): edit the table, not this file.",
     "Only what this recipe sets apart from the defaults is written here; every other key takes its default",
-    "(t2t/config.py). The whole resolved config: python train.py -c configs/{name}.yaml --print-config",
+    "(t2t/config.py). The whole resolved config: t2t-train -c {name} --print-config",
     "Every key can be overridden on the command line as section.key=value.",
 )
 
@@ -187,7 +184,7 @@ def _scalar(value: Any) -> str:
 
 
 def render(recipe: Recipe) -> str:
-    """The text of configs/<recipe.name>.yaml."""
+    """The text of t2t/configs/<recipe.name>.yaml."""
     lines = [f"# {line}".rstrip() for line in (*recipe.header, *_FOOTER)]
     lines = [line.replace("{name}", recipe.name) for line in lines]
     defaults = Config()
@@ -210,7 +207,7 @@ def render(recipe: Recipe) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generated_files(config_dir: str = CONFIG_DIR) -> dict[str, str]:
+def generated_files(config_dir: str = RECIPE_DIR) -> dict[str, str]:
     """Path -> generated text, for every row of the table."""
     return {os.path.join(config_dir, f"{name}.yaml"): render(recipe) for name, recipe in RECIPES.items()}
 
@@ -218,9 +215,9 @@ def generated_files(config_dir: str = CONFIG_DIR) -> dict[str, str]:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m t2t.recipes", description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", action="store_true", help="write configs/<name>.yaml for every recipe")
+    action.add_argument("--write", action="store_true", help="write t2t/configs/<name>.yaml for every recipe")
     action.add_argument("--check", action="store_true", help="exit 1 if a committed file differs from the table")
-    parser.add_argument("--config-dir", default=CONFIG_DIR, help="where the recipe files are (default: configs/)")
+    parser.add_argument("--config-dir", default=RECIPE_DIR, help="where the recipe files are (default: t2t/configs/)")
     args = parser.parse_args(argv)
     stale = []
     for path, text in generated_files(args.config_dir).items():

@@ -107,7 +107,7 @@ def plot_runs(histories: Sequence[list[dict[str, float]]], labels: Sequence[str]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="plot_runs.py", description=(
+    p = ArgumentParser(prog="t2t-plot", description=(
         "Train loss, val top-1 (model solid, EMA dashed) and lr against epochs for one or more training runs, "
         "overlaid in one PNG."))
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or their log.jsonl / summary.csv)")
@@ -141,4 +141,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def plot() -> int:
         print(run(args))
         return 0
-    return run_main("plot_runs.py", plot, extra={ValueError: EXIT_USAGE}, interrupted=f"{args.output!r} not written")
+    return run_main("t2t-plot", plot, extra={ValueError: EXIT_USAGE}, interrupted=f"{args.output!r} not written")

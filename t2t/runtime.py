@@ -5,7 +5,7 @@ glibc's defaults, a freed block over its dynamic mmap threshold goes back to the
 step pays a page fault for every 4 KiB of it again, and PyTorch's huge-page option (THP) makes each
 of those fresh blocks dearer still (2 MiB pages zeroed and compacted). Keeping freed memory in the
 process removes both costs after the first steps and lets THP pay off (fewer TLB misses in the
-matrix products). Measured with scripts/benchmark.py, t2t_vit_14 inference batch 16 on a 2-core CPU,
+matrix products). Measured with t2t-benchmark, t2t_vit_14 inference batch 16 on a 2-core CPU,
 one run each: 15.8 images/s with the defaults, 14.3 with THP alone, 16.4 with both; keeping freed
 memory alone cut the process's page faults from about 530 000 to 190 000 (13 steps).
 
@@ -25,9 +25,9 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 32 * 2**20
 _TRIM_THRESHOLD = 2**31 - 1  # largest value of mallopt's int argument: in effect, never trim
 
-# Huge pages are PyTorch's own switch, THP_MEM_ALLOC_ENABLE, read once at its first allocation: the
-# entry points (train.py, validate.py, scripts/benchmark.py) set it before importing torch, unless
-# the environment already sets it. Importing this module imports torch, hence no helper here.
+# Huge pages are PyTorch's own switch, THP_MEM_ALLOC_ENABLE, read once at its first large allocation
+# (not at import): the commands (t2t/train.py, validate.py, predict.py, benchmark.py) set it as their
+# module loads, unless the environment already sets it.
 
 
 def keep_freed_memory() -> bool:

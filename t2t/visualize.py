@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -290,7 +291,7 @@ def _batch_label(target: torch.Tensor, classes: list[str]) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="visualize.py", description=(
+    p = ArgumentParser(prog="t2t-visualize", description=(
         "Attention maps, attention rollout, T2T-module attention and feature maps of a T2T-ViT on images, "
         "and the first training batch of a config: one labelled PNG per image and view, plus .npy arrays."))
     p.add_argument("--checkpoint", help="our checkpoint, an official release file or .safetensors")
@@ -530,5 +531,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for path in run(args):
             print(path)
         return 0
-    return run_main("visualize.py", draw, extra={ValueError: EXIT_USAGE},
+    return run_main("t2t-visualize", draw, extra={ValueError: EXIT_USAGE},
                     interrupted="the files written so far are complete, no file is partial")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -55,8 +59,58 @@ class DeviceError(T2TError, ValueError):
     """A device that does not exist or cannot be used here."""
 
 
+# Where the NVIDIA kernel driver says which version it is (present whenever it is loaded).
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+# The oldest Linux driver each CUDA major version of the torch wheels runs on (NVIDIA's CUDA release notes,
+# minor-version compatibility), newest first: which wheel to suggest for the driver found.
+_WHEEL_FOR_DRIVER = ((580, "cu130", "13.0"), (525, "cu126", "12.6"), (450, "cu118", "11.8"))
+
+
+def nvidia_driver_version() -> Optional[str]:
+    """The NVIDIA driver's version when one is installed here (its /proc file, else nvidia-smi); None otherwise."""
+    try:
+        with open(NVIDIA_DRIVER_FILE, encoding="utf-8", errors="replace") as f:
+            found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", f.read())
+        return found.group(1) if found else "unknown (see " + NVIDIA_DRIVER_FILE + ")"
+    except OSError:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unknown (nvidia-smi failed: {e})"
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else f"unknown (nvidia-smi exited {out.returncode})"
+
+
+def check_nvidia_gpu_usable() -> None:
+    """DeviceError when an NVIDIA GPU is installed here but this torch cannot use it (an old driver, a CPU build).
+
+    Without this, device 'auto' would quietly train in float32 on the CPU of a GPU node.
+    """
+    if torch.cuda.is_available():
+        return
+    driver = nvidia_driver_version()
+    if driver is None:
+        return
+    cuda = torch.version.cuda
+    built = f"built for CUDA {cuda}" if cuda else "a CPU-only build"
+    major = re.match(r"\d+", driver)
+    wheel = next((w for w in _WHEEL_FOR_DRIVER if major and int(major.group()) >= w[0]), None)
+    fix = (f"pip install torch --index-url https://download.pytorch.org/whl/{wheel[1]} (CUDA {wheel[2]} runs on "
+           f"drivers >= {wheel[0]})" if wheel else "upgrade the NVIDIA driver, then install a CUDA build of torch")
+    raise DeviceError(f"device 'auto': an NVIDIA GPU is installed (driver {driver}) but torch {torch.__version__} "
+                      f"({built}) cannot use it: install a torch that matches the driver, e.g. {fix}; or set the "
+                      f"device to cpu (train.device=cpu, --device cpu) to run on the CPU on purpose")
+
+
 def resolve_device(device: str = "auto", local_rank: int = 0, local_world_size: int = 1) -> torch.device:
     """'auto' -> cuda if available else cpu; 'cuda' -> the visible GPU for this LOCAL_RANK; anything else as given.
+
+    'auto' on a machine with an NVIDIA GPU that torch cannot use is refused (check_nvidia_gpu_usable).
 
     With 'cuda' the ordinal is LOCAL_RANK % (visible devices): one process per GPU of the node when
     every process sees all of them, and cuda:0 when the launcher shows each task only its own GPU
@@ -65,6 +119,7 @@ def resolve_device(device: str = "auto", local_rank: int = 0, local_world_size: 
     than one device) is refused, as is an explicit cuda:N that is not visible.
     """
     if device == "auto":
+        check_nvidia_gpu_usable()
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)

@@ -18,7 +18,7 @@ function with the same parameters and state dict, faster on some CPUs:
 
 Each trick applies only to float32 CPU tensors outside autocast; everywhere else the plain code runs.
 Whether they pay off depends on the CPU (oneDNN against MKL, memory bandwidth): measure with
-`scripts/benchmark.py --cpu-backend both` before switching it on. A converted model is not meant for
+`t2t-benchmark --cpu-backend both` before switching it on. A converted model is not meant for
 TorchScript, FX or export: convert after those, or keep a plain copy.
 
 Nothing in t2t imports this module unless `model.cpu_backend` is on or a user calls it: the layers

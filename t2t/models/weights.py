@@ -44,7 +44,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"checkpoint {path!r} is a folder: give the checkpoint file inside it (e.g. best.pth)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if path.endswith(".safetensors"):  # a bare state dict (scripts/export.py --format safetensors writes one)
+    if path.endswith(".safetensors"):  # a bare state dict (t2t-export --format safetensors writes one)
         try:
             return load_safetensors(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types for damaged headers

@@ -3,7 +3,7 @@
 The same modules and operations as the release: nn.Unfold soft splits reshaped through int(sqrt(N)),
 the Performer with einsum and .repeat, explicit softmax attention in every block, timm 0.3.4's block
 layout (its own Attention, Mlp, DropPath), and the official parameter names, so any state dict of
-t2t.models loads into it strictly. scripts/benchmark.py --compare times it against ours in one process;
+t2t.models loads into it strictly. t2t-benchmark --compare times it against ours in one process;
 tests/test_benchmark.py checks that it computes the same function.
 """
 import math

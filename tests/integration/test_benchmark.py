@@ -77,19 +77,10 @@ def test_benchmark_data_mode_needs_a_folder():
     assert proc.returncode == 2 and "--data-dir" in proc.stderr
 
 
-def _load_benchmark_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("t2t_benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cpu_warmup_runs_until_steps_stop_page_faulting(monkeypatch):
     import torch
 
-    bench = _load_benchmark_module()
+    from t2t import benchmark as bench
     counter = {"faults": 0, "calls": 0}
     monkeypatch.setattr(bench, "page_faults", lambda: counter["faults"])
 

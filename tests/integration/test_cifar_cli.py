@@ -38,8 +38,7 @@ def test_validate_py_reads_the_cifar_test_split(tmp_path, capsys):
 
     from test_predict import save_run_checkpoint
     from train_helpers import ROOT
-    sys.path.insert(0, ROOT)
-    import validate
+    from t2t import validate
     folder = make_cifar(str(tmp_path), per_file=5)
     ckpt = str(tmp_path / "best.pth")
     save_run_checkpoint(ckpt, classes=["class_0", "class_1", "class_2"])

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-import train
+from t2t import train
 from t2t.config import load_config
 from t2t.engine import collectives, distributed
 from train_helpers import ROOT, free_port, load, make_data, run_train, torchrun_cmd, write_config

@@ -82,9 +82,7 @@ def test_two_processes_gloo_with_dali(data_dir, tmp_path):
 @needs_dali
 def test_validate_with_the_dali_backend(tmp_path, capsys):
     import timm
-
-    sys.path.insert(0, ROOT)
-    import validate
+    from t2t import validate
 
     data_dir = make_colour_dataset(str(tmp_path / "data"))
     model = timm.create_model("t2t_vit_7", img_size=32, num_classes=3)

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import t2t  # noqa: F401
-from t2t.config import load_config
+from t2t.config import RECIPE_DIR, load_config
 from t2t.engine.checkpoint import find_resume_checkpoint
 from t2t.engine.run import run
 from train_helpers import ROOT, assert_same_run, load, make_data, run_train, torchrun_cmd, train_cmd, write_config
@@ -142,7 +142,7 @@ def test_student_follows_a_permuted_teacher(tmp_path):
     one, the student predicts the shifted class (the teacher), not the label."""
     data = make_data(str(tmp_path / "data"), classes=10, train=100, val=20, size=40)  # the demo set, 40 px
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: a shared CPU otherwise spends its time waiting
-    demo = os.path.join(ROOT, "configs", "demo.yaml")
+    demo = os.path.join(RECIPE_DIR, "demo.yaml")
     common = ["--data-dir", data, "model.img_size=32", "data.workers=0", "log.tensorboard=false"]
     subprocess.run(train_cmd("-c", demo, "--output", str(tmp_path / "teacher"), *common, "train.epochs=8"),
                    check=True, capture_output=True, env=env, cwd=ROOT, timeout=1200)

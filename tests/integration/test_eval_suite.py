@@ -17,9 +17,7 @@ from PIL import Image
 import t2t
 from t2t.engine.eval_suite import FlipTTA, format_table, load_real_labels, resolutions
 from test_validate import MODEL, NUM_CLASSES, ROOT, paper_eval_transform, tiny_model
-
-sys.path.insert(0, ROOT)
-import validate  # noqa: E402
+from t2t import validate
 
 COUNTS = (2, 1, 1, 2, 1, 1, 1)  # 9 images: odd, so the second of two ranks gets one fewer
 

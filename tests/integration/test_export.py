@@ -12,10 +12,7 @@ from t2t.inference import load_model
 from test_predict import CLASSES, make_images, save_run_checkpoint
 from train_helpers import ROOT, load_script
 
-sys.path.insert(0, ROOT)
-import predict  # noqa: E402
-
-export = load_script("export")
+from t2t import export, predict
 
 
 @pytest.fixture(scope="module")

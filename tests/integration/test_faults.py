@@ -15,9 +15,7 @@ import torch
 
 from t2t.engine.checkpoint import CheckpointSaveError, atomic_save
 from train_helpers import ROOT, make_data, run_train, torchrun_cmd, write_config
-
-sys.path.insert(0, ROOT)
-import train  # noqa: E402
+from t2t import train
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,7 @@ def run_main(capsys, *args):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "\x1b" not in err, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), err
+    assert len(lines) == 1 and lines[0].startswith("t2t-train: error: "), err
     return status, lines[0]
 
 
@@ -229,7 +227,7 @@ def test_config_error_is_printed_once(tmp_path, config, data_dir):
     proc = run_train("-c", config, "--data-dir", data_dir, "--output", str(tmp_path / "run"), "optim.lr=.inf",
                      check=False)
     assert proc.returncode == train.EXIT_USAGE
-    assert proc.stderr.strip().splitlines() == ["train.py: error: optim.lr=inf: expected a finite number"]
+    assert proc.stderr.strip().splitlines() == ["t2t-train: error: optim.lr=inf: expected a finite number"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,12 +346,12 @@ def test_a_bad_image_is_not_replayed_by_torchrun_restarts(data_dir, tmp_path, co
         "-c", config, "--data-dir", str(data), "--output", str(out), "train.epochs=1", "sched.cooldown_epochs=0"]
     import subprocess
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error: ")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("t2t-train: error: ")]
     assert proc.returncode != 0 and len(errors) == 3, proc.stderr[-4000:]
-    first = errors[0][len("train.py: error: "):]
+    first = errors[0][len("t2t-train: error: "):]
     assert repr(str(bad)) in first
     for line in errors[1:]:
-        assert line.startswith("train.py: error: " + first) and "not replayed" in line, line
+        assert line.startswith("t2t-train: error: " + first) and "not replayed" in line, line
     log = (out / "train.log").read_text()
     assert log.count(repr(str(bad))) == 1, log  # only the first attempt ran and met the image
     assert (out / "failure.json").exists()

@@ -18,17 +18,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from t2t import benchmark, export, predict, train, validate
 from t2t.outputs import OutputError, atomic_output, check_output_file, same_file
 from test_predict import make_images, save_run_checkpoint
 from train_helpers import CIFAR10, CIFAR_CONFIG, ROOT, TINY_CONFIG, load_script, make_cifar, make_data, write_config
 
-sys.path.insert(0, ROOT)
-import predict  # noqa: E402
-import train  # noqa: E402
-import validate  # noqa: E402
-
-benchmark = load_script("benchmark")
-export = load_script("export")
 model_info = load_script("model_info")
 
 

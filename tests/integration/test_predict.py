@@ -13,9 +13,7 @@ from PIL import Image
 from t2t.config import load_config
 from t2t.inference import load_model
 from train_helpers import ROOT
-
-sys.path.insert(0, ROOT)
-import predict  # noqa: E402
+from t2t import predict
 
 CLASSES = ["cat", "dog", "fox"]
 

@@ -2,10 +2,11 @@
 import glob
 import os
 
+from t2t.config import RECIPE_DIR
 from t2t import recipes
 from train_helpers import ROOT
 
-RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+RECIPES = sorted(glob.glob(os.path.join(RECIPE_DIR, "*.yaml")))
 
 
 def test_recipe_check_and_write(tmp_path, capsys):

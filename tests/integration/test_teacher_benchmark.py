@@ -8,9 +8,7 @@ import t2t  # noqa: F401
 def test_benchmark_train_step_with_a_teacher(tmp_path):
     import json
 
-    from train_helpers import load_script
-
-    main = load_script("benchmark").main
+    from t2t.benchmark import main
 
     out = tmp_path / "b.json"
     assert main(["--smoke", "--mode", "train", "-m", "t2t_vit_7_distilled", "--teacher-model", "t2t_vit_7",

@@ -12,9 +12,7 @@ from PIL import Image
 from t2t.models.factory import resolve_eval_preprocessing
 from train_helpers import ROOT, token_label_checkpoint
 
-sys.path.insert(0, ROOT)
-
-import validate  # noqa: E402
+from t2t import validate
 
 FORMAT1 = os.path.join(ROOT, "tests", "fixtures", "format1_step5.pth")
 

@@ -93,8 +93,7 @@ def test_killed_run_resumes_exactly(data_dir, tmp_path, sig, group):
 
 
 @pytest.mark.slow
-def test_demo_config_runs(data_dir, tmp_path):
-    root = ROOT
-    run_train("-c", os.path.join(root, "configs", "demo.yaml"), "--data-dir", data_dir, "--output",
+def test_demo_config_runs(data_dir, tmp_path):  # the recipe by name, as the installed command finds it
+    run_train("-c", "demo", "--data-dir", data_dir, "--output",
               str(tmp_path / "demo"), "train.epochs=1", "model.img_size=32", "data.workers=0")
     assert load(str(tmp_path / "demo" / "best.pth"))["train_state"]["history"][0]["epoch"] == 0

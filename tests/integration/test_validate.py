@@ -206,7 +206,7 @@ def assert_user_error(proc, *named):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("validate.py: error:"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("t2t-validate: error:"), proc.stderr
     for value in named:
         assert str(value) in lines[0], lines[0]
 
@@ -285,8 +285,7 @@ def test_prepare_imagenet_val_then_validate(setup, tmp_path):
 
 
 def test_error_class_names_differ_from_the_checkpoints(setup, tmp_path, capsys):
-    sys.path.insert(0, ROOT)
-    import validate
+    from t2t import validate
 
     ckpt = torch.load(setup.paths["ours"], weights_only=True)
     ckpt["run"] = {"classes": [f"c{i}" for i in range(NUM_CLASSES)]}

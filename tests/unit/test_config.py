@@ -6,10 +6,10 @@ import os
 import pytest
 
 from t2t import recipes
-from t2t.config import Config, ConfigError, apply_values, config_from_dict, dump_config, load_config, read_yaml
+from t2t.config import RECIPE_DIR, Config, ConfigError, apply_values, config_from_dict, dump_config, load_config, read_yaml
 from train_helpers import ROOT
 
-RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+RECIPES = sorted(glob.glob(os.path.join(RECIPE_DIR, "*.yaml")))
 
 
 def test_every_recipe_is_present_and_valid():
@@ -26,7 +26,7 @@ def test_every_recipe_is_present_and_valid():
     ("t2t_vit_19", 5e-4, 0.065), ("t2t_vit_24", 5e-4, 0.065), ("t2t_vit_t_14", 5e-4, 0.05),
     ("t2t_vit_t_19", 5e-4, 0.065), ("t2t_vit_t_24", 5e-4, 0.065)])
 def test_recipes_follow_the_paper(name, lr, wd):
-    cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    cfg = load_config(os.path.join(RECIPE_DIR, f"{name}.yaml"))
     assert cfg.model.name == name and cfg.model.img_size == 224
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.lr_base_batch_size) == (lr, wd, 512)
     assert (cfg.train.epochs, cfg.sched.cooldown_epochs, cfg.sched.warmup_epochs) == (300, 10, 10)
@@ -128,10 +128,10 @@ def test_committed_recipes_are_their_generated_form():
 
 def test_generated_recipes_state_only_what_differs_from_the_defaults():
     for name in recipes.RECIPES:
-        path = os.path.join(ROOT, "configs", f"{name}.yaml")
+        path = os.path.join(RECIPE_DIR, f"{name}.yaml")
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        assert f"train.py -c configs/{name}.yaml --print-config" in text and "takes its default" in text
+        assert f"t2t-train -c {name} --print-config" in text and "takes its default" in text
         for section, entries in read_yaml(path).items():
             for key, value in entries.items():
                 cfg = Config()

@@ -1,7 +1,7 @@
 """Config sections distill and token_label: defaults, range checks, one-line errors."""
 import pytest
 
-from t2t.config import ConfigError, load_config
+from t2t.config import RECIPE_DIR, ConfigError, load_config
 from train_helpers import ROOT
 
 
@@ -41,4 +41,4 @@ def test_recipes_load(name):
     import os
     root = ROOT
     overrides = ["distill.teacher=t.pth"] if name.startswith("demo_distill") else []
-    load_config(os.path.join(root, "configs", name), overrides)
+    load_config(os.path.join(RECIPE_DIR, name), overrides)

@@ -11,7 +11,7 @@ from timm.data.auto_augment import AugmentOp
 from torchvision.transforms import Compose
 
 from t2t import rng
-from t2t.config import ConfigError, load_config
+from t2t.config import RECIPE_DIR, ConfigError, load_config
 from t2t.data import setup as data_setup
 from t2t.data.token_label import (
     LabelMapError,
@@ -274,6 +274,6 @@ def test_token_label_dir_needs_the_aux_head():
 @pytest.mark.parametrize("name", ["t2t_vit_24_token_label.yaml", "demo_token_label.yaml"])
 def test_token_label_recipes_load(name):
     root = ROOT
-    cfg = load_config(os.path.join(root, "configs", name))
+    cfg = load_config(os.path.join(RECIPE_DIR, name))
     assert cfg.model.token_label and cfg.token_label.dir
     assert cfg.mixup.mixup_alpha == 0 and cfg.mixup.cutmix_alpha == 0

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from t2t.config import ConfigError, OptimConfig, load_config
+from t2t.config import RECIPE_DIR, ConfigError, OptimConfig, load_config
 from t2t.engine.optim import LRSchedule, build_optimizer, freeze_parameters, set_lr
 from train_helpers import ROOT
 
@@ -120,7 +120,7 @@ CIFAR_CONFIGS = ["t2t_vit_14_cifar10", "t2t_vit_14_cifar100", "t2t_vit_19_cifar1
 
 
 def _config(name):
-    return load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    return load_config(os.path.join(RECIPE_DIR, f"{name}.yaml"))
 
 
 def test_cifar_transfer_configs_share_one_recipe():

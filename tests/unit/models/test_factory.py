@@ -13,9 +13,7 @@ from t2t.models import T2TViT, T2TViTDistilled, T2TViTTokenLabel, create_token_l
 from t2t.models.factory import create_model, named_model_config, resolve_eval_preprocessing
 from train_helpers import ROOT, token_label_checkpoint
 
-sys.path.insert(0, ROOT)
-
-import validate  # noqa: E402
+from t2t import validate
 
 FORMAT1 = os.path.join(ROOT, "tests", "fixtures", "format1_step5.pth")
 

@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Evaluate a T2T-ViT checkpoint on an ImageNet-style class-folder set: top-1, top-5, loss.
+
+    python validate.py --data-dir /data/imagenet -m t2t_vit_14 --checkpoint 81.5_T2T_ViT_14.pth.tar
+    python validate.py --data-dir /data/imagenet --checkpoint runs/x/best.pth    # the run's stored config
+    python validate.py --data-dir /data/imagenet -c eval.yaml eval.crop_pct=1.0 --checkpoint runs/x/best.pth
+    torchrun --nproc_per_node=2 validate.py ...    # each image is counted exactly once
+    python validate.py --data-dir /data/imagenet --checkpoint a.pth b.pth --img-size 224,384 --tta none,flip \
+        --real-labels real.json --csv results.csv   # one row per checkpoint, size and TTA mode
+
+Settings are one Config (t2t/config.py), in increasing priority: validate.py's defaults, the
+checkpoint's stored config (for files without one: its model name and the image size of its position
+table), the -c file, section.key=value overrides, then the flags (aliases of config keys; see --help).
+The model is built from that config (t2t/models/factory.py), so a token-labeling or distilled run is
+evaluated as the model it trained; crop and interpolation left unset come from the model's pretrained
+cfg. The class count is the checkpoint's. User errors exit with status 2 and one line on stderr. The outputs (--results-file, --json, --csv) are checked before the evaluation starts: none
+may be an input, and an existing file is replaced only with --overwrite, once the new one is complete.
+Ctrl-C: exit 130. The suite itself (sweeps, TTA, ReaL, the table) lives in t2t/engine/eval_suite.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch's first large allocation; t2t/runtime.py
+
+import timm
+import torch.nn as nn
+
+import t2t
+from .cli import ArgumentParser, UsageError, run_main, split_overrides
+from .config import Config
+from .data.cifar import CIFARDataset, find_cifar_dir
+from .data.dataset import ImageFolderDataset, check_classes_match, resolve_eval_dir
+from .data.loader import build_eval_loader
+from .engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
+from .engine.eval_suite import (Resolution, SuiteJob, check_output_files, format_table, load_real_labels,
+                                   parse_list, parse_tta, resolutions, run_suite, write_rows)
+from .engine.precision import resolve_amp
+from .inference import CheckpointInfo, check_batch_fits, inspect_checkpoint, resolve_eval_config
+from .models import CheckpointError
+from .models.factory import EvalPreprocessing, create_model, resolve_eval_preprocessing
+from .models.weights import EMA_KEYS
+from .outputs import atomic_output
+from .runtime import keep_freed_memory
+
+_logger = logging.getLogger("validate")
+
+
+class ValidateError(UsageError):
+    """A user-facing problem with the inputs: reported in one line, exit status 2 (t2t.cli's table)."""
+
+
+# validate.py's own defaults for the run-time keys: fp32, all cores up to 8, batches of 100.
+DEFAULTS = {"eval": {"batch_size": 100}, "data": {"workers": min(8, os.cpu_count() or 1)}, "train": {"amp": "none"}}
+
+SETTINGS_HELP = """settings, in increasing priority:
+  validate.py's defaults (amp none, batch 100, workers min(8, cores));
+  the checkpoint's stored config (model section, eval.crop_pct, eval.interpolation, data.mean/std), or for files
+    without one its recorded model name and the image size of its position table;
+  the -c file; section.key=value overrides; then the flags, which are aliases of config keys:
+    -m/--model model.name, --img-size model.img_size, --crop-pct eval.crop_pct, --interpolation eval.interpolation,
+    --batch-size eval.batch_size, --workers data.workers, --amp train.amp, --cpu-backend model.cpu_backend,
+    --data-backend data.backend.
+  eval.crop_pct / eval.interpolation left unset (null) come from the model's pretrained cfg (T2T-ViT: 0.9, bicubic:
+  224 -> 248 -> 224, 384 -> 426 -> 384). Overrides written after --checkpoint are taken as overrides."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(prog="t2t-validate", description=__doc__.split("\n")[0], epilog=SETTINGS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True,
+                   help="dataset root (its val/ is used), the class-folder dir, or an extracted CIFAR folder (test split)")
+    p.add_argument("--checkpoint", required=True, nargs="+", action="extend",
+                   help="our checkpoint or an official release file; several (--checkpoint A B, or the flag "
+                   "repeated) give one row each")
+    p.add_argument("-c", "--config", help="a config.yaml (e.g. a run's): its keys override the checkpoint's stored config")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. eval.crop_pct=1.0 eval.interpolation=bilinear")
+    p.add_argument("-m", "--model", help="model.name: registered model name, e.g. t2t_vit_14")
+    p.add_argument("--img-size", help="model.img_size: eval resolution, or a comma-separated sweep such as 224,288,384: "
+                   "one row per size, position table interpolated from the checkpoint's (default: the config's, "
+                   "else the checkpoint's own size)")
+    p.add_argument("--crop-pct", help="eval.crop_pct: centre-crop fraction: one value for every size, or one per "
+                   "--img-size (e.g. 0.9,0.9,1.0); default: the config's eval.crop_pct, else the model's pretrained "
+                   "cfg (0.9: shorter side to floor(size / 0.9), e.g. 384 -> 426 -> 384)")
+    p.add_argument("--tta", default="none", help="test-time augmentation, comma-separated modes, one row each: "
+                   "none, flip (mean of the logits of the image and its mirror); default none")
+    p.add_argument("--real-labels", metavar="FILE", help="ImageNet-ReaL real.json (one list of class indices per "
+                   "image, in sorted file-name order): adds real_top1 over the images that have labels")
+    p.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest", "lanczos"], help="eval.interpolation")
+    p.add_argument("--batch-size", type=int, help="eval.batch_size: per-process batch size (default 100)")
+    p.add_argument("--workers", type=int, help="data.workers: data-loading processes per rank")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"],
+                   help="train.amp: autocast dtype (default none; auto: bf16 on CUDA, else none)")
+    p.add_argument("--cpu-backend", choices=["on", "off"], help="model.cpu_backend: t2t.models.cpu.accelerate in "
+                   "float32 on the CPU (default: the config's, else off)")
+    p.add_argument("--no-ema", action="store_true", help="use the model weights even if EMA weights exist")
+    p.add_argument("--allow-class-mismatch", action="store_true",
+                   help="evaluate even if the class folder names differ from the classes the checkpoint records")
+    p.add_argument("--data-backend", choices=["pil", "dali"],
+                   help="data.backend: decode with Pillow in worker processes, or with NVIDIA DALI (default: the "
+                        "config's, else pil)")
+    p.add_argument("--results-file", help="write the result as a JSON object here (one row only; rank 0); its "
+                   "folder must exist")
+    p.add_argument("--json", metavar="FILE", help="write every row, as a JSON list of objects (rank 0)")
+    p.add_argument("--csv", metavar="FILE", help="write every row as CSV, one line per row (rank 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (each kept until its new file is complete)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    args = p.parse_intermixed_args(argv)
+    args.checkpoint, extra = split_overrides(args.checkpoint)
+    args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def resolve_config(args: argparse.Namespace, info: CheckpointInfo, checkpoint: str | None = None) -> Config:
+    """The config `checkpoint` is evaluated with (t2t.inference.resolve_eval_config; the flags are aliases).
+
+    The sweep flags (--img-size, --crop-pct with several values) are resolved by resolve_resolutions.
+    """
+    checkpoint = checkpoint or args.checkpoint[0]
+    if args.workers is not None and args.workers < 0:
+        raise ValidateError(f"--workers {args.workers}: expected >= 0")
+    cpu = None if args.cpu_backend is None else args.cpu_backend == "on"
+    flags = {"model.name": (args.model, "-m/--model"), "eval.interpolation": (args.interpolation, "--interpolation"),
+             "eval.batch_size": (args.batch_size, "--batch-size"), "data.workers": (args.workers, "--workers"),
+             "train.amp": (args.amp, "--amp"), "model.cpu_backend": (cpu, "--cpu-backend"),
+             "data.backend": (args.data_backend, "--data-backend")}
+    return resolve_eval_config(checkpoint, info, config_file=args.config, overrides=args.overrides, flags=flags,
+                               defaults=DEFAULTS)
+
+
+def preprocessing(cfg: Config, resolution: Resolution | None = None) -> EvalPreprocessing:
+    """The eval transform settings of cfg's model (at `resolution` if given): the config's, else the model's."""
+    return resolve_eval_preprocessing(
+        cfg.model.name, img_size=resolution.img_size if resolution else cfg.model.img_size,
+        crop_pct=resolution.crop_pct if resolution else cfg.eval.crop_pct, interpolation=cfg.eval.interpolation,
+        mean=cfg.data.mean, std=cfg.data.std)
+
+
+def build_dataset(data_dir: str, pre: EvalPreprocessing) -> ImageFolderDataset | CIFARDataset:
+    """The test split of an extracted CIFAR folder, else the class folders of data_dir/val or data_dir."""
+    transform = pre.transform()
+    if find_cifar_dir(data_dir) is not None:
+        return CIFARDataset(data_dir, train=False, transform=transform)
+    dataset = ImageFolderDataset(resolve_eval_dir(data_dir), transform)
+    dataset.bad_image_hint = ""  # training's data.skip_bad_images has no place here: every image must count
+    return dataset
+
+
+def build_dali_eval_loader(dataset: ImageFolderDataset | CIFARDataset, pre: EvalPreprocessing, cfg: Config,
+                           dist: DistInfo):
+    """--data-backend dali: decode, resize and centre-crop with NVIDIA DALI (t2t/data/dali.py)."""
+    from .data.dali import DaliEvalLoader, require_dali
+
+    require_dali()
+    if not isinstance(dataset, ImageFolderDataset):
+        raise ValidateError("--data-backend dali reads image folders; this is a CIFAR folder: use --data-backend pil")
+    return DaliEvalLoader(dataset, img_size=pre.img_size, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
+                          mean=pre.mean, std=pre.std, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
+                          num_replicas=dist.world_size, rank=dist.rank, device=dist.device)
+
+
+def build_model(cfg: Config, checkpoint: str, info: CheckpointInfo, use_ema: bool,
+                img_size: int | None = None) -> tuple[nn.Module, str]:
+    """The model cfg describes (t2t.models.factory), with its weights from `checkpoint`; (model, entry used)."""
+    model = create_model(cfg.model, cfg.model.num_classes, img_size=img_size, grad_checkpointing=False)
+    try:
+        source = t2t.load_pretrained_weights(model, checkpoint, use_ema=use_ema)
+    except CheckpointError as e:
+        # The loader's message starts "checkpoint PATH (entry) does not fit this T2TViT: ..."; keep the details.
+        details = str(e).split(" does not fit this ", 1)[-1].split(": ", 1)[-1]
+        recorded = ""
+        if info.arch:
+            hint = info.arch.lower() != cfg.model.name and timm.is_model(info.arch.lower())
+            recorded = f" (it records the model {info.arch!r}" + (f"; try -m {info.arch.lower()})" if hint else ")")
+        raise ValidateError(
+            f"checkpoint {checkpoint!r}{recorded} does not fit model {cfg.model.name!r}: {details}") from e
+    return model, source
+
+
+def check_classes(cfg: Config, info: CheckpointInfo, dataset: ImageFolderDataset, checkpoint: str,
+                  allow_mismatch: bool = False) -> None:
+    """One classifier output per class folder, named as in training (if recorded); settle cfg.model.num_classes."""
+    num_folders = len(dataset.classes)
+    if info.num_classes is not None:
+        cfg.model.num_classes = info.num_classes
+    elif cfg.model.num_classes is None:
+        cfg.model.num_classes = num_folders
+    if cfg.model.num_classes != num_folders:
+        source = f"checkpoint {checkpoint!r}" if info.num_classes is not None else "the config"
+        raise ValidateError(
+            f"{source} has {cfg.model.num_classes} classes but {dataset.root!r} has {num_folders} class folders")
+    if info.classes is not None and not allow_mismatch:
+        check_classes_match(info.classes, dataset.classes, where=f"{dataset.root!r}",
+                            fix=f" (checkpoint {checkpoint!r}); rename the folders, or pass --allow-class-mismatch")
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Log each row, print the table and one JSON line per row, and write the requested files."""
+    for results in rows:
+        real = f"  ReaL top1 {results['real_top1']:.3f}% on {results['real_count']}" \
+            if results.get("real_top1") is not None else ""
+        _logger.info(
+            "%s @%d crop %g tta %s (%s weights): top1 %.3f%%  top5 %.3f%%%s  loss %.4f  on %d images  (%.1f images/s)",
+            results["model"], results["img_size"], results["crop_pct"], results["tta"], results["weights"],
+            results["top1"], results["top5"], real, results["loss"], results["count"], results["images_per_sec"])
+    print(format_table(rows), flush=True)
+    for results in rows:
+        print(json.dumps(results), flush=True)
+    if args.results_file:
+        with atomic_output(args.results_file) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(rows[0], f, indent=2)
+                f.write("\n")
+    write_rows(rows, json_path=args.json, csv_path=args.csv)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """No output may be an input or another output, nor an existing file without --overwrite; checked first."""
+    inputs = [*(("--checkpoint", c) for c in args.checkpoint), ("-c/--config", args.config),
+              ("--real-labels", args.real_labels), ("--data-dir", args.data_dir)]
+    outputs = [("--results-file", args.results_file), ("--json", args.json), ("--csv", args.csv)]
+    check_output_files(outputs, inputs, args.overwrite)
+
+
+def resolve_resolutions(args: argparse.Namespace, cfg: Config) -> list:
+    """The (img_size, crop_pct) settings for one checkpoint: the flags' sweep, else the config's size and crop
+    (its crop unset: the model's pretrained cfg)."""
+    sizes = parse_list(args.img_size, int, "--img-size") if args.img_size else [cfg.model.img_size]
+    crops = parse_list(args.crop_pct, float, "--crop-pct") if args.crop_pct else None
+    return resolutions(sizes, crops, default_crop=preprocessing(cfg).crop_pct)
+
+
+def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
+    """Evaluate every checkpoint at every resolution and TTA mode; one row each, in that order."""
+    check_outputs(args)
+    tta = parse_tta(args.tta)
+    sizes = len(parse_list(args.img_size, int, "--img-size")) if args.img_size else 1  # one per checkpoint otherwise
+    num_rows = len(args.checkpoint) * sizes * len(tta)
+    if args.results_file and num_rows > 1:
+        raise ValidateError(f"--results-file {args.results_file!r} holds one result but this call gives {num_rows} "
+                            "rows (checkpoints x sizes x TTA modes): use --json FILE or --csv FILE")
+    use_ema = not args.no_ema
+    entries = []  # (checkpoint, info, cfg, resolutions)
+    for checkpoint in args.checkpoint:
+        info = inspect_checkpoint(checkpoint, use_ema)
+        cfg = resolve_config(args, info, checkpoint)
+        cfg.train.amp = resolve_amp(cfg.train.amp, dist.device)
+        entries.append((checkpoint, info, cfg, resolve_resolutions(args, cfg)))
+    first = entries[0][2]  # loader settings (batch, workers, amp, transform) come from the first's config: shared
+    dataset = build_dataset(args.data_dir, preprocessing(first, entries[0][3][0]))
+    for checkpoint, info, cfg, _ in entries:
+        check_classes(cfg, info, dataset, checkpoint, allow_mismatch=args.allow_class_mismatch)
+    real_labels = None
+    if args.real_labels:
+        if not hasattr(dataset, "samples"):
+            raise ValidateError(f"--real-labels {args.real_labels!r}: the evaluation set {args.data_dir!r} is not "
+                                "an image folder (ReaL labels ImageNet's validation images by file name)")
+        real_labels = load_real_labels(args.real_labels, [path for path, _ in dataset.samples])
+    per_rank = -(-len(dataset) // dist.world_size)
+    largest = max(r.img_size for *_, rs in entries for r in rs)
+    check_batch_fits(min(first.eval.batch_size, per_rank), largest, dist.device)
+
+    def build_loader(resolution):
+        pre = preprocessing(first, resolution)
+        data = build_dataset(args.data_dir, pre)
+        if first.data.backend == "dali":
+            loader = build_dali_eval_loader(data, pre, first, dist)
+        else:
+            loader = build_eval_loader(
+                data, batch_size=first.eval.batch_size, workers=first.data.workers, num_replicas=dist.world_size,
+                rank=dist.rank, pin_memory=dist.device.type == "cuda")
+        return loader, list(loader.sampler)
+
+    def job(checkpoint, info, cfg, resolution):
+        def build():
+            model, source = build_model(cfg, checkpoint, info, use_ema, img_size=resolution.img_size)
+            weights = "ema" if source in EMA_KEYS else "model"
+            pre = preprocessing(first, resolution)
+            _logger.info("Using the %s weights (entry %r) of %s: %s (%s) @%d, %s", weights, source, checkpoint,
+                         cfg.model.name, type(model).__name__, resolution.img_size, pre)
+            if cfg.model.cpu_backend:
+                from .models import cpu
+
+                cpu.apply_backend(model, True, dist.device, cfg.train.amp)
+            return model.to(dist.device), {
+                "model": cfg.model.name, "checkpoint": checkpoint, "weights": weights, "weights_entry": source,
+                "interpolation": pre.interpolation, "amp": cfg.train.amp, "data_dir": dataset.root,
+                "world_size": dist.world_size}
+        return SuiteJob(resolution, build)
+
+    jobs = [job(c, i, s, r) for c, i, s, rs in entries for r in rs]
+    return run_suite(jobs, build_loader=build_loader, tta=tta, device=dist.device, amp=first.train.amp, dist=dist,
+                     real_labels=real_labels)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    keep_freed_memory()
+
+    def evaluate() -> int:
+        try:
+            dist = init_distributed(args.device)
+            setup_logging(dist.is_main)
+            rows = run(args, dist)
+            if dist.is_main:
+                report(rows, args)
+            return 0
+        finally:
+            cleanup_distributed()
+    return run_main("t2t-validate", evaluate, interrupted="no results written")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
