@@ -1,5 +1,6 @@
-# Two set-up commands: `make demo` and `make test`. Both create or reuse the virtual environment
-# (with the test and plot extras: pytest, onnx, matplotlib).
+# Two set-up commands: `make demo` and `make test`. Both create or reuse the virtual environment with
+# the project installed in it, editable, with its commands (t2t-train, ...) and the test, plot and
+# dali extras (pytest, onnx, mkdocs, matplotlib, DALI).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,6 +17,7 @@ TEST_WORKERS ?= 2
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip uninstall --quiet --yes t2t 2>/dev/null || true  # this project's distribution name until 0.1.0
 	$(PY) -m pip install --quiet -e ".[test,plot,dali]"
 	touch $(STAMP)
 
@@ -28,9 +30,9 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	test -d $(DEMO_DATA)/train || $(PY) scripts/make_demo_data.py --out $(DEMO_DATA)
-	$(PY) train.py -c configs/demo.yaml --data-dir $(DEMO_DATA) --output $(DEMO_RUN)
-	$(PY) validate.py -c $(DEMO_RUN)/config.yaml --checkpoint $(DEMO_RUN)/best.pth --data-dir $(DEMO_DATA)
+	test -d $(DEMO_DATA)/train || $(PY) -m t2t.tools.demo_data --out $(DEMO_DATA)
+	$(VENV)/bin/t2t-train -c demo --data-dir $(DEMO_DATA) --output $(DEMO_RUN)
+	$(VENV)/bin/t2t-validate -c $(DEMO_RUN)/config.yaml --checkpoint $(DEMO_RUN)/best.pth --data-dir $(DEMO_DATA)
 
 clean-venv:
 	rm -rf $(VENV)

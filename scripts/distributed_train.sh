@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train on N processes of this machine (one per GPU):
-#   scripts/distributed_train.sh 8 -c configs/t2t_vit_14.yaml --data-dir /data/imagenet [key=value ...]
+#   scripts/distributed_train.sh 8 -c t2t_vit_14 --data-dir /data/imagenet [key=value ...]
 # A worker that dies is restarted up to T2T_MAX_RESTARTS times (default 3); the restarted
 # group resumes from the newest checkpoint in --output by itself.
 # T2T_NUMA_BINDING=node (or socket, exclusive, core-complex) binds each worker and its loader
@@ -8,13 +8,14 @@
 # has the option). DRY_RUN=1 prints the command instead of running it.
 set -euo pipefail
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]]; then
-  echo "usage: $0 NUM_PROCESSES train.py-arguments..." >&2
+  echo "usage: $0 NUM_PROCESSES t2t-train-arguments..." >&2
   exit 2
 fi
 NPROC=$1
 shift
-HERE="$(cd "$(dirname "$0")/.." && pwd)"
 PY=${PYTHON:-python}
+# t2t from the checkout this script is in, ahead of an installed copy.
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 # NCCL: a collective that times out (dist.timeout_minutes) ends the process, so torchrun restarts
 # the group instead of every GPU idling; the monitor also ends a process whose watchdog is stuck, and
 # each rank dumps its last collectives (flight recorder) to show which rank was missing.
@@ -44,7 +45,7 @@ if [ -n "${T2T_NUMA_BINDING:-}" ]; then
 fi
 
 CMD=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC"
-     --max-restarts="${T2T_MAX_RESTARTS:-3}" ${NUMA_ARGS[@]+"${NUMA_ARGS[@]}"} "$HERE/train.py" "$@")
+     --max-restarts="${T2T_MAX_RESTARTS:-3}" ${NUMA_ARGS[@]+"${NUMA_ARGS[@]}"} -m t2t.train "$@")
 if [ "${DRY_RUN:-0}" = 1 ]; then
   env | grep -E '^TORCH_(NCCL|ELASTIC)_' | sort
   printf '%q ' "${CMD[@]}"

@@ -282,23 +282,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-# Released ImageNet-1k weights (RELEASE_FILES). Nothing is downloaded: pass a file with
-# pretrained_cfg_overlay=dict(file=PATH) or load it with t2t.load_pretrained_weights.
-default_cfgs = generate_default_cfgs({
-    "t2t_vit_7.in1k": _cfg(),
-    "t2t_vit_10.in1k": _cfg(),
-    "t2t_vit_12.in1k": _cfg(),
-    "t2t_vit_14.in1k": _cfg(),
-    "t2t_vit_14.in1k_384": _cfg(input_size=(3, 384, 384)),
-    "t2t_vit_19.in1k": _cfg(),
-    "t2t_vit_24.in1k": _cfg(),
-    "t2t_vit_t_14.in1k": _cfg(first_conv="tokens_to_token.attention1.attn.qkv"),
-    "t2t_vit_t_19.in1k": _cfg(first_conv="tokens_to_token.attention1.attn.qkv"),
-    "t2t_vit_t_24.in1k": _cfg(first_conv="tokens_to_token.attention1.attn.qkv"),
-    "t2t_vit_14_resnext": _cfg(),
-    "t2t_vit_14_wide": _cfg(),
-})
-
+# The official release files of the ImageNet-1k weights (the paper's top-1 is the start of each name).
 RELEASE_FILES: dict[str, str] = {
     "t2t_vit_7.in1k": "71.7_T2T_ViT_7.pth.tar",
     "t2t_vit_10.in1k": "75.2_T2T_ViT_10.pth.tar",
@@ -311,6 +295,38 @@ RELEASE_FILES: dict[str, str] = {
     "t2t_vit_t_19.in1k": "82.4_T2T_ViTt_19.pth.tar",
     "t2t_vit_t_24.in1k": "82.6_T2T_ViTt_24.pth.tar",
 }
+RELEASE_PAGE = "https://github.com/yitu-opensource/T2T-ViT/releases"
+PAPER = "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet"
+
+
+def _release_cfg(tag: str, **kwargs: Any) -> dict[str, Any]:
+    """The cfg of released weights: `file` is the release file's name, looked for in the working folder only.
+
+    timm lists a cfg with a file as pretrained (`timm.list_pretrained('t2t_vit*')`); nothing is downloaded:
+    `timm.create_model(tag, pretrained=True)` reads the file there, or the path given with
+    pretrained_cfg_overlay=dict(file=PATH). The release page is where to download it by hand.
+    """
+    file = RELEASE_FILES[tag]
+    size = kwargs.get("input_size", (3, 224, 224))[-1]
+    return _cfg(file=file, origin_url=RELEASE_PAGE, paper_name=PAPER,
+                description=f"{tag.split('.')[0]} trained on ImageNet-1k by the paper's authors at {size}px; "
+                            f"top-1 {file.split('_')[0]}% in the paper (release file {file})", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "t2t_vit_7.in1k": _release_cfg("t2t_vit_7.in1k"),
+    "t2t_vit_10.in1k": _release_cfg("t2t_vit_10.in1k"),
+    "t2t_vit_12.in1k": _release_cfg("t2t_vit_12.in1k"),
+    "t2t_vit_14.in1k": _release_cfg("t2t_vit_14.in1k"),
+    "t2t_vit_14.in1k_384": _release_cfg("t2t_vit_14.in1k_384", input_size=(3, 384, 384)),
+    "t2t_vit_19.in1k": _release_cfg("t2t_vit_19.in1k"),
+    "t2t_vit_24.in1k": _release_cfg("t2t_vit_24.in1k"),
+    "t2t_vit_t_14.in1k": _release_cfg("t2t_vit_t_14.in1k", first_conv="tokens_to_token.attention1.attn.qkv"),
+    "t2t_vit_t_19.in1k": _release_cfg("t2t_vit_t_19.in1k", first_conv="tokens_to_token.attention1.attn.qkv"),
+    "t2t_vit_t_24.in1k": _release_cfg("t2t_vit_t_24.in1k", first_conv="tokens_to_token.attention1.attn.qkv"),
+    "t2t_vit_14_resnext": _cfg(),
+    "t2t_vit_14_wide": _cfg(),
+})
 
 # name -> (tokens_type, embed_dim, depth, num_heads, mlp_ratio), as in the paper's model table.
 MODEL_ARCHS: dict[str, tuple[TokensType, int, int, int, float]] = {
