@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from .cli import EXIT_USAGE, ArgumentParser, one_line, run_main
+from .errors import EXIT_FAILED, T2TError
 from .inference import check_batch_fits, inspect_checkpoint, load_model
 from .outputs import atomic_output, check_output_file
 
@@ -43,16 +44,18 @@ FORMATS = ("onnx", "torchscript", "export", "safetensors")
 MIN_ONNX_OPSET = 18
 
 
-class ExportError(RuntimeError):
+class ExportError(T2TError, RuntimeError):
     """A model that the chosen exporter could not convert."""
 
 
-# Beyond t2t.cli's table: a missing exporter (onnx), values the exporters reject, a model that cannot be exported.
-EXTRA_USER_ERRORS = {ImportError: EXIT_USAGE, ValueError: EXIT_USAGE, ExportError: EXIT_USAGE}
+# Beyond the errors' own statuses: a missing exporter (onnx), values the exporters reject.
+EXTRA_USER_ERRORS = {ImportError: EXIT_USAGE, ValueError: EXIT_USAGE}
 
 
-class ParityError(RuntimeError):
+class ParityError(T2TError, RuntimeError):
     """The exported model computes something else than the eager one (beyond --atol); nothing was written."""
+
+    exit_status = EXIT_FAILED
 
     def __init__(self, diff: float) -> None:
         super().__init__(f"largest |exported - eager| logit difference {diff:.3g}")
