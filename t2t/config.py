@@ -72,7 +72,7 @@ class ModelConfig:
     grad_checkpointing: bool = False
     allow_any_timm_model: bool = False  # accept a model name that is not a T2T-ViT (any timm name)
     freeze: tuple[str, ...] = ()  # parts left out of training: names or prefixes, e.g. tokens_to_token, blocks.0-6
-    cpu_backend: bool = False  # t2t.models.cpu.accelerate in float32 CPU runs (README, Speed: when it pays)
+    cpu_backend: bool = False  # t2t.models.cpu.accelerate in float32 CPU runs (docs/speed.md: when it pays)
     token_label: bool = False  # add TokenLabeling's aux_head over the patch tokens (train with token_label.dir)
 
 
@@ -96,7 +96,7 @@ class DataConfig:
                                                                   "three numbers > 0"))
     skip_bad_images: bool = False
     fast_decode: bool = True
-    # batches each loader worker prepares ahead (shared memory: see the README)
+    # batches each loader worker prepares ahead (shared memory: see docs/clusters.md)
     prefetch_factor: int = checked(2, AT_LEAST_1)
     format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
     # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
