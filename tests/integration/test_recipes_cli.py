@@ -2,8 +2,8 @@
 import glob
 import os
 
-from t2t.config import RECIPE_DIR
 from t2t import recipes
+from t2t.config import RECIPE_DIR
 from train_helpers import ROOT
 
 RECIPES = sorted(glob.glob(os.path.join(RECIPE_DIR, "*.yaml")))

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from t2t import recipes
-from t2t.config import RECIPE_DIR, Config, ConfigError, apply_values, config_from_dict, dump_config, load_config, read_yaml
+from t2t.config import RECIPE_DIR, Config, ConfigError, apply_values, config_from_dict, dump_config, load_config, \
+    read_yaml
 from train_helpers import ROOT
 
 RECIPES = sorted(glob.glob(os.path.join(RECIPE_DIR, "*.yaml")))
