@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`python predict.py ...` in a checkout: the command `t2t-predict` (t2t/predict.py), for launchers naming a script."""
+"""`python predict.py ...` in a checkout: the command `t2t-predict` (t2t/predict.py), for launchers."""
 import sys
 
 from t2t.predict import main

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`python train.py ...` in a checkout: the command `t2t-train` (t2t/train.py), for launchers naming a script."""
+"""`python train.py ...` in a checkout: the command `t2t-train` (t2t/train.py), for launchers."""
 import sys
 
 from t2t.train import main
