@@ -151,7 +151,8 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
     writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
                                         pin_memory=device.type == "cuda") if dist.is_main else None
-    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
+    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard,
+                       resumed_step=found[1].global_step if found else None)
     trainer.on_log = logger.scalars if dist.is_main else None
 
     checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict())
