@@ -115,9 +115,13 @@ class MixupConfig:
 
 @dataclass
 class LossConfig:
-    """The training loss: soft-target cross-entropy (t2t.engine.losses)."""
+    """The training loss (t2t.engine.losses): soft-target cross-entropy, or binary cross-entropy (DeiT III)."""
 
+    type: Literal["ce", "bce"] = "ce"
     label_smoothing: float = checked(0.1, BELOW_1)  # also smooths the targets mixup / cutmix make
+    # bce: soft targets (mixup / cutmix) above this become 1, the rest 0 (DeiT III: none); null: kept soft
+    bce_target_threshold: Optional[float] = checked(None, Check(lambda v: v is None or 0 <= v < 1,
+                                                                "in [0, 1) or null"))
 
 
 @dataclass
@@ -426,6 +430,9 @@ def validate(cfg: Config) -> None:
         _check_dali_config(cfg.data)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
     _check_teacher_settings(cfg)
+    if cfg.loss.bce_target_threshold is not None and cfg.loss.type != "bce":
+        raise ConfigError(f"loss.bce_target_threshold={cfg.loss.bce_target_threshold} is used by loss.type=bce only "
+                          f"(loss.type={cfg.loss.type!r}): set loss.type=bce or remove it")
 
 
 def _check_teacher_settings(cfg: Config) -> None:
