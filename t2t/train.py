@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(cfg), end="")
             return 0
         check_run_inputs(args, cfg)
-        checked_output.append(args.output)
+        if args.output:  # the default folder is new: nothing to record for a restart
+            checked_output.append(args.output)
         clear_failure(args.output)  # a start by the user is a deliberate retry
         result = run(cfg, data_dir=args.data_dir, output=args.output, resume=args.resume)
         if result.preempted:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             record_failure(checked_output[0], message, status)
 
     def interrupted() -> str:
-        return log("Ctrl-C twice: stopped without saving; the last checkpoint is intact")
+        return log("a second Ctrl-C stopped at once, without saving; the last checkpoint is intact")
 
     return run_main(PROG, train, extra=TRAIN_EXIT_STATUS, on_error=on_error, interrupted=interrupted)
 
