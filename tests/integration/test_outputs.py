@@ -118,7 +118,7 @@ def test_predict_never_overwrites_its_inputs(own_checkpoint, tmp_path, capsys):
     for output in (own_checkpoint, str(tmp_path / "link.pth"), images[0]):
         code = predict.main(["--checkpoint", own_checkpoint, "--images", *images, "--workers", "0",
                              "--output", output, "--overwrite"])
-        assert code == 2 and "same file as" in one_line_error(capsys, "predict.py")
+        assert code == 2 and "same file as" in one_line_error(capsys, "t2t-predict")
     assert (digest(own_checkpoint), digest(images[0])) == before
 
 
@@ -128,7 +128,7 @@ def test_predict_replaces_only_with_overwrite_and_ctrl_c_keeps_the_old_file(own_
     out = tmp_path / "preds.csv"
     out.write_text("mine\n")
     args = ["--checkpoint", own_checkpoint, "--images", *images, "--workers", "0", "--output", str(out)]
-    assert predict.main(args) == 2 and "--overwrite" in one_line_error(capsys, "predict.py")
+    assert predict.main(args) == 2 and "--overwrite" in one_line_error(capsys, "t2t-predict")
     assert out.read_text() == "mine\n"
 
     def interrupted(rows, k, f):
@@ -147,7 +147,7 @@ def test_predict_replaces_only_with_overwrite_and_ctrl_c_keeps_the_old_file(own_
 def test_predict_refuses_a_timm_model_that_is_not_t2t(own_checkpoint, tmp_path, capsys):
     images = make_images(str(tmp_path / "imgs"), n=1)
     assert predict.main(["--checkpoint", own_checkpoint, "--images", *images, "--model", "resnet18"]) == 2
-    assert "not a T2T-ViT" in one_line_error(capsys, "predict.py")
+    assert "not a T2T-ViT" in one_line_error(capsys, "t2t-predict")
 
 
 def test_sixteen_bit_png_gets_the_label_of_the_8_bit_picture(own_checkpoint, tmp_path, capsys):
@@ -178,7 +178,7 @@ def test_export_never_overwrites_the_checkpoint(own_checkpoint, tmp_path, capsys
     for fmt in ("torchscript", "safetensors"):
         for output in (own_checkpoint, str(tmp_path / "hard.pth")):
             code = export.main(["--checkpoint", own_checkpoint, "--format", fmt, "--output", output, "--overwrite"])
-            assert code == 2 and "same file as --checkpoint" in one_line_error(capsys, "export.py")
+            assert code == 2 and "same file as --checkpoint" in one_line_error(capsys, "t2t-export")
     assert digest(own_checkpoint) == before
 
 
@@ -196,7 +196,7 @@ def test_export_failure_leaves_the_previous_file(own_checkpoint, tmp_path, capsy
         return lambda x: model(x) + 1.0  # an exporter that got the model wrong
     monkeypatch.setattr(export, "export_torchscript", broken)
     args = ["--checkpoint", own_checkpoint, "--format", "torchscript", "--output", str(out)]
-    assert export.main(args) == 2 and "--overwrite" in one_line_error(capsys, "export.py")
+    assert export.main(args) == 2 and "--overwrite" in one_line_error(capsys, "t2t-export")
     code = export.main(args + ["--overwrite"])
     assert code == {"exporter": 2, "ctrl-c": 130, "parity": 1}[failure]
     io = capsys.readouterr()
@@ -218,7 +218,7 @@ def test_export_bad_paths_and_values_are_one_line_before_loading(own_checkpoint,
     ]
     for args, expected in cases:
         assert export.main(["--checkpoint", own_checkpoint, *args]) == 2
-        assert expected in one_line_error(capsys, "export.py")
+        assert expected in one_line_error(capsys, "t2t-export")
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
@@ -241,7 +241,7 @@ def test_safetensors_metadata_that_is_not_json(own_checkpoint, tmp_path, capsys)
                                                                               "config": "{not json"})
     data = make_data(str(tmp_path / "data"), classes=3, train=1, val=1)
     code = validate.main(["--data-dir", data, "--checkpoint", str(bad), "-m", "t2t_vit_7", "--device", "cpu"])
-    assert code == 2 and "'config' is not valid JSON" in one_line_error(capsys, "validate.py")
+    assert code == 2 and "'config' is not valid JSON" in one_line_error(capsys, "t2t-validate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,12 +254,12 @@ def test_validate_results_file_rule(own_checkpoint, tmp_path, capsys, monkeypatc
             "--allow-class-mismatch"]
     before = digest(own_checkpoint)
     assert validate.main(base + ["--results-file", own_checkpoint, "--overwrite"]) == 2
-    assert "same file as --checkpoint" in one_line_error(capsys, "validate.py")
+    assert "same file as --checkpoint" in one_line_error(capsys, "t2t-validate")
     assert digest(own_checkpoint) == before
     out = tmp_path / "results.json"
     out.write_text("{}\n")
     assert validate.main(base + ["--results-file", str(out)]) == 2
-    assert "--overwrite" in one_line_error(capsys, "validate.py")
+    assert "--overwrite" in one_line_error(capsys, "t2t-validate")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -277,12 +277,12 @@ def test_validate_bad_inputs_are_one_line(own_checkpoint, tmp_path, capsys):
     base = ["--data-dir", data, "--checkpoint", own_checkpoint, "-m", "t2t_vit_7", "--device", "cpu", "--workers", "0",
             "--allow-class-mismatch"]
     assert validate.main(base + ["-m", "resnet18"]) == 2  # the last -m counts
-    assert "not a T2T-ViT" in one_line_error(capsys, "validate.py")
+    assert "not a T2T-ViT" in one_line_error(capsys, "t2t-validate")
     big = os.path.join(data, "val", sorted(os.listdir(os.path.join(data, "val")))[0])
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(os.path.join(big, "zz.png"))
     open(os.path.join(big, "zzz.jpg"), "wb").write(b"not an image")
     assert validate.main(base) == 2
-    line = one_line_error(capsys, "validate.py")
+    line = one_line_error(capsys, "t2t-validate")
     assert "zzz.jpg" in line and "skip_bad_images" not in line  # validate.py has no such setting
 
 
@@ -293,10 +293,10 @@ def test_validate_and_train_refuse_an_empty_cifar_test_split(tmp_path, capsys):
     ckpt = str(tmp_path / "c.pth")
     save_run_checkpoint(ckpt)
     assert validate.main(["--data-dir", folder, "--checkpoint", ckpt, "-m", "t2t_vit_7", "--device", "cpu"]) == 2
-    assert "test split" in one_line_error(capsys, "validate.py")
+    assert "test split" in one_line_error(capsys, "t2t-validate")
     config = write_config(str(tmp_path), CIFAR_CONFIG)
     assert train.main(["-c", config, "--data-dir", folder, "--output", str(tmp_path / "run")]) == 2
-    assert "test split" in one_line_error(capsys, "train.py")
+    assert "test split" in one_line_error(capsys, "t2t-train")
     assert not os.path.exists(tmp_path / "run" / "last.pth")
 
 
@@ -365,11 +365,11 @@ def test_train_run_folder_never_holds_an_input(checkpoint, tmp_path, capsys):
     ]
     for args, expected in cases:
         assert train.main(["-c", config, "--data-dir", data, *args]) == 2
-        assert expected in one_line_error(capsys, "train.py")
+        assert expected in one_line_error(capsys, "t2t-train")
     recipe = run / "config.yaml"
     recipe.write_text(TINY_CONFIG)
     assert train.main(["-c", str(recipe), "--data-dir", data, "--output", str(run)]) == 2
-    assert "config.yaml" in one_line_error(capsys, "train.py")
+    assert "config.yaml" in one_line_error(capsys, "t2t-train")
     assert digest(weights) == before and recipe.read_text() == TINY_CONFIG
     assert sorted(os.listdir(run)) == ["best.pth", "config.yaml"]
     assert not os.path.exists(os.path.join(data, "train", "runs"))
@@ -383,7 +383,7 @@ def test_pickled_code_is_named_and_never_advised_to_load(tmp_path, capsys):
     torch.save({"model": Payload()}, path)
     images = make_images(str(tmp_path / "imgs"), n=1)
     assert predict.main(["--checkpoint", str(path), "--images", *images]) == 2
-    line = one_line_error(capsys, "predict.py")
+    line = one_line_error(capsys, "t2t-predict")
     assert "pickled Python objects or code" in line and "system" in line
     assert "weights_only" not in line and "will likely succeed" not in line
 
@@ -414,7 +414,7 @@ def test_probe_fixes(own_checkpoint, tmp_path, capsys):
     """A folder given as --checkpoint is named as such; validate.py takes the model the checkpoint records."""
     images = make_images(str(tmp_path / "imgs"), n=1)
     assert predict.main(["--checkpoint", str(tmp_path / "imgs"), "--images", *images]) == 2
-    assert "is a folder" in one_line_error(capsys, "predict.py")
+    assert "is a folder" in one_line_error(capsys, "t2t-predict")
     data = make_data(str(tmp_path / "data"), classes=3, train=1, val=1)
     out = tmp_path / "r.json"
     assert validate.main(["--data-dir", data, "--checkpoint", own_checkpoint, "--device", "cpu", "--workers", "0",
