@@ -466,5 +466,5 @@ def test_an_output_that_is_a_stream_is_written_through(own_checkpoint, tmp_path,
     except PermissionError:
         return  # making a device node needs root
     assert main([*args, full, "--overwrite"]) != 0
-    assert "No space left on device" in one_line_error(capsys, f"{tool}.py")
+    assert "No space left on device" in one_line_error(capsys, "t2t-plot" if tool == "plot_runs" else f"t2t-{tool}")
     assert stat.S_ISCHR(os.stat(full).st_mode) and no_temporaries(tmp_path)
