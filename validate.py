@@ -6,7 +6,9 @@
     python validate.py --data-dir /data/imagenet -c eval.yaml eval.crop_pct=1.0 --checkpoint runs/x/best.pth
     torchrun --nproc_per_node=2 validate.py ...    # each image is counted exactly once
     python validate.py --data-dir /data/imagenet --checkpoint a.pth b.pth --img-size 224,384 --tta none,flip \
-        --real-labels real.json --csv results.csv   # one row per checkpoint, size and TTA mode
+        --real-labels builtin --csv results.csv   # one row per checkpoint, size and TTA mode
+    python validate.py --data-dir /data/imagenet --eval-set v2=/data/imagenetv2 imagenet-a=/data/imagenet-a \
+        imagenet-r=/data/imagenet-r sketch=/data/sketch --checkpoint 81.5_T2T_ViT_14.pth.tar   # one row per set
 
 Settings are one Config (t2t/config.py), in increasing priority: validate.py's defaults, the
 checkpoint's stored config (for files without one: its model name and the image size of its position
@@ -15,7 +17,8 @@ The model is built from that config (t2t/models/factory.py), so a token-labeling
 evaluated as the model it trained; crop and interpolation left unset come from the model's pretrained
 cfg. The class count is the checkpoint's. User errors exit with status 2 and one line on stderr. The outputs (--results-file, --json, --csv) are checked before the evaluation starts: none
 may be an input, and an existing file is replaced only with --overwrite, once the new one is complete.
-Ctrl-C: exit 130. The suite itself (sweeps, TTA, ReaL, the table) lives in t2t/engine/eval_suite.py.
+Ctrl-C: exit 130. The suite itself (sweeps, TTA, ReaL, the table) lives in t2t/engine/eval_suite.py, the named
+sets (--eval-set; ImageNet-A/-R scored on their 200 classes) in t2t/engine/eval_sets.py.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ from t2t.data.cifar import CIFARDataset, find_cifar_dir
 from t2t.data.dataset import ImageFolderDataset, check_classes_match, resolve_eval_dir
 from t2t.data.loader import build_eval_loader
 from t2t.engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
-from t2t.engine.eval_suite import (Resolution, SuiteJob, check_output_files, format_table, load_real_labels,
+from t2t.engine.eval_sets import EvalSet, SubsetLogits, output_indices, parse_eval_sets
+from t2t.engine.eval_suite import (BUILTIN_REAL_LABELS, Resolution, SuiteJob, check_output_files, format_table, load_real_labels,
                                    parse_list, parse_tta, resolutions, run_suite, write_rows)
 from t2t.engine.precision import resolve_amp
 from t2t.inference import CheckpointInfo, check_batch_fits, inspect_checkpoint, resolve_eval_config
@@ -49,6 +53,8 @@ from t2t.outputs import atomic_output
 from t2t.runtime import keep_freed_memory
 
 _logger = logging.getLogger("validate")
+
+DATA_DIR_SET = "val"  # the name of --data-dir's rows
 
 
 class ValidateError(UsageError):
@@ -73,8 +79,13 @@ SETTINGS_HELP = """settings, in increasing priority:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n")[0], epilog=SETTINGS_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True,
-                   help="dataset root (its val/ is used), the class-folder dir, or an extracted CIFAR folder (test split)")
+    p.add_argument("--data-dir", help="dataset root (its val/ is used), the class-folder dir, or an extracted CIFAR "
+                   "folder (test split); its rows are the set 'val'")
+    p.add_argument("--eval-set", nargs="+", action="extend", default=[], metavar="NAME=DIR",
+                   help="more evaluation sets, one row each (e.g. v2=DIR imagenet-a=DIR imagenet-r=DIR sketch=DIR; "
+                   "the flag may be repeated): class folders named as the checkpoint's classes, by output index "
+                   "(ImageNet-V2), or the 200 WordNet ids of ImageNet-A/-R, which score the 1000-class logits "
+                   "restricted to their classes (timm's bundled index lists)")
     p.add_argument("--checkpoint", required=True, nargs="+", action="extend",
                    help="our checkpoint or an official release file; several (--checkpoint A B, or the flag "
                    "repeated) give one row each")
@@ -91,7 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tta", default="none", help="test-time augmentation, comma-separated modes, one row each: "
                    "none, flip (mean of the logits of the image and its mirror); default none")
     p.add_argument("--real-labels", metavar="FILE", help="ImageNet-ReaL real.json (one list of class indices per "
-                   "image, in sorted file-name order): adds real_top1 over the images that have labels")
+                   "image, in sorted file-name order), or 'builtin' for the copy timm ships: adds real_top1 of the "
+                   "--data-dir set over the images that have labels")
     p.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest", "lanczos"], help="eval.interpolation")
     p.add_argument("--batch-size", type=int, help="eval.batch_size: per-process batch size (default 100)")
     p.add_argument("--workers", type=int, help="data.workers: data-loading processes per rank")
@@ -114,7 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     args = p.parse_intermixed_args(argv)
     args.checkpoint, extra = split_overrides(args.checkpoint)
-    args.overrides = [*args.overrides, *extra]
+    args.eval_set, more = split_overrides(args.eval_set)
+    args.overrides = [*args.overrides, *extra, *more]
     return args
 
 
@@ -207,8 +220,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         real = f"  ReaL top1 {results['real_top1']:.3f}% on {results['real_count']}" \
             if results.get("real_top1") is not None else ""
         _logger.info(
-            "%s @%d crop %g tta %s (%s weights): top1 %.3f%%  top5 %.3f%%%s  loss %.4f  on %d images  (%.1f images/s)",
-            results["model"], results["img_size"], results["crop_pct"], results["tta"], results["weights"],
+            "%s: %s @%d crop %g tta %s (%s weights): top1 %.3f%%  top5 %.3f%%%s  loss %.4f  on %d images  "
+            "(%.1f images/s)", results.get("eval_set", DATA_DIR_SET), results["model"], results["img_size"], results["crop_pct"], results["tta"], results["weights"],
             results["top1"], results["top5"], real, results["loss"], results["count"], results["images_per_sec"])
     print(format_table(rows), flush=True)
     for results in rows:
@@ -224,7 +237,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def check_outputs(args: argparse.Namespace) -> None:
     """No output may be an input or another output, nor an existing file without --overwrite; checked first."""
     inputs = [*(("--checkpoint", c) for c in args.checkpoint), ("-c/--config", args.config),
-              ("--real-labels", args.real_labels), ("--data-dir", args.data_dir)]
+              ("--real-labels", None if args.real_labels == BUILTIN_REAL_LABELS else args.real_labels),
+              ("--data-dir", args.data_dir), *(("--eval-set", s.partition("=")[2]) for s in args.eval_set)]
     outputs = [("--results-file", args.results_file), ("--json", args.json), ("--csv", args.csv)]
     check_output_files(outputs, inputs, args.overwrite)
 
@@ -237,15 +251,32 @@ def resolve_resolutions(args: argparse.Namespace, cfg: Config) -> list:
     return resolutions(sizes, crops, default_crop=preprocessing(cfg).crop_pct)
 
 
+def evaluation_sets(args: argparse.Namespace) -> list[EvalSet]:
+    """--data-dir (named 'val') and the --eval-set NAME=DIR sets, in the order given."""
+    sets = parse_eval_sets(args.eval_set)
+    if args.data_dir:
+        if any(s.name == DATA_DIR_SET for s in sets):
+            raise ValidateError(f"--eval-set {DATA_DIR_SET}=...: the name {DATA_DIR_SET!r} is --data-dir's; name the "
+                                "set otherwise")
+        sets.insert(0, EvalSet(DATA_DIR_SET, args.data_dir))
+    return sets
+
+
 def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
-    """Evaluate every checkpoint at every resolution and TTA mode; one row each, in that order."""
+    """Evaluate every checkpoint on every set at every resolution and TTA mode; one row each, in that order."""
     check_outputs(args)
     tta = parse_tta(args.tta)
+    sets = evaluation_sets(args)
+    if not sets:
+        raise ValidateError("nothing to evaluate: give --data-dir DIR and/or --eval-set NAME=DIR")
+    if args.real_labels and not args.data_dir:
+        raise ValidateError(f"--real-labels {args.real_labels!r} labels the images of --data-dir (ImageNet's "
+                            "validation set): give --data-dir")
     sizes = len(parse_list(args.img_size, int, "--img-size")) if args.img_size else 1  # one per checkpoint otherwise
-    num_rows = len(args.checkpoint) * sizes * len(tta)
+    num_rows = len(sets) * len(args.checkpoint) * sizes * len(tta)
     if args.results_file and num_rows > 1:
         raise ValidateError(f"--results-file {args.results_file!r} holds one result but this call gives {num_rows} "
-                            "rows (checkpoints x sizes x TTA modes): use --json FILE or --csv FILE")
+                            "rows (sets x checkpoints x sizes x TTA modes): use --json FILE or --csv FILE")
     use_ema = not args.no_ema
     entries = []  # (checkpoint, info, cfg, resolutions)
     for checkpoint in args.checkpoint:
@@ -253,12 +284,31 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
         cfg = resolve_config(args, info, checkpoint)
         cfg.train.amp = resolve_amp(cfg.train.amp, dist.device)
         entries.append((checkpoint, info, cfg, resolve_resolutions(args, cfg)))
+    rows = []
+    for eval_set in sets:
+        rows += evaluate_set(args, dist, eval_set, entries, tta, use_ema)
+    return rows
+
+
+def evaluate_set(args: argparse.Namespace, dist: DistInfo, eval_set: EvalSet, entries: list, tta: list[str],
+                 use_ema: bool) -> list[dict[str, Any]]:
+    """The rows of one evaluation set: every checkpoint at every resolution and TTA mode."""
     first = entries[0][2]  # loader settings (batch, workers, amp, transform) come from the first's config: shared
-    dataset = build_dataset(args.data_dir, preprocessing(first, entries[0][3][0]))
+    dataset = build_dataset(eval_set.root, preprocessing(first, entries[0][3][0]))
+    subsets = {}  # checkpoint -> the model outputs scored, one per class folder (None: all, in order)
     for checkpoint, info, cfg, _ in entries:
-        check_classes(cfg, info, dataset, checkpoint, allow_mismatch=args.allow_class_mismatch)
+        if eval_set.name == DATA_DIR_SET:
+            check_classes(cfg, info, dataset, checkpoint, allow_mismatch=args.allow_class_mismatch)
+            subsets[checkpoint] = None
+        else:
+            if info.num_classes is not None:
+                cfg.model.num_classes = info.num_classes
+            elif cfg.model.num_classes is None:
+                cfg.model.num_classes = len(dataset.classes)
+            subsets[checkpoint] = output_indices(eval_set.name, dataset.root, dataset.classes, cfg.model.num_classes,
+                                                 info.classes)
     real_labels = None
-    if args.real_labels:
+    if args.real_labels and eval_set.name == DATA_DIR_SET:
         if not hasattr(dataset, "samples"):
             raise ValidateError(f"--real-labels {args.real_labels!r}: the evaluation set {args.data_dir!r} is not "
                                 "an image folder (ReaL labels ImageNet's validation images by file name)")
@@ -269,7 +319,7 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
 
     def build_loader(resolution):
         pre = preprocessing(first, resolution)
-        data = build_dataset(args.data_dir, pre)
+        data = build_dataset(eval_set.root, pre)
         if first.data.backend == "dali":
             loader = build_dali_eval_loader(data, pre, first, dist)
         else:
@@ -283,16 +333,19 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
             model, source = build_model(cfg, checkpoint, info, use_ema, img_size=resolution.img_size)
             weights = "ema" if source in EMA_KEYS else "model"
             pre = preprocessing(first, resolution)
-            _logger.info("Using the %s weights (entry %r) of %s: %s (%s) @%d, %s", weights, source, checkpoint,
-                         cfg.model.name, type(model).__name__, resolution.img_size, pre)
+            _logger.info("%s: the %s weights (entry %r) of %s: %s (%s) @%d, %s", eval_set.name, weights, source,
+                         checkpoint, cfg.model.name, type(model).__name__, resolution.img_size, pre)
             if cfg.model.cpu_backend:
                 from t2t.models import cpu
 
                 cpu.apply_backend(model, True, dist.device, cfg.train.amp)
+            indices = subsets[checkpoint]
+            if indices is not None:
+                model = SubsetLogits(model, indices)
             return model.to(dist.device), {
-                "model": cfg.model.name, "checkpoint": checkpoint, "weights": weights, "weights_entry": source,
-                "interpolation": pre.interpolation, "amp": cfg.train.amp, "data_dir": dataset.root,
-                "world_size": dist.world_size}
+                "eval_set": eval_set.name, "model": cfg.model.name, "checkpoint": checkpoint, "weights": weights,
+                "weights_entry": source, "interpolation": pre.interpolation, "amp": cfg.train.amp,
+                "data_dir": dataset.root, "classes": len(dataset.classes), "world_size": dist.world_size}
         return SuiteJob(resolution, build)
 
     jobs = [job(c, i, s, r) for c, i, s, rs in entries for r in rs]

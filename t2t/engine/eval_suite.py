@@ -1,7 +1,8 @@
 """The evaluation suite behind validate.py: resolution sweeps, flip test-time augmentation, ImageNet-ReaL
 labels, several checkpoints in one call, and the result rows as a table, JSON and CSV.
 
-One row per (checkpoint, resolution, TTA mode). All the models that share a resolution (the
+One row per (checkpoint, resolution, TTA mode); validate.py adds one set of rows per evaluation set
+(t2t.engine.eval_sets). All the models that share a resolution (the
 checkpoints, and each one's TTA variants) are evaluated on the same decoded batches, so the data is
 read and decoded once per resolution; each row is still exact under data-parallel sharding
 (t2t.engine.evaluate).
@@ -22,13 +23,15 @@ import torch.nn as nn
 from ..cli import UsageError
 from ..outputs import check_output_file, write_text
 from .distributed import DistInfo
+from .eval_sets import builtin_real_labels
 from .evaluate import evaluate_models
 
-__all__ = ["TTA_MODES", "FlipTTA", "RealLabelsError", "Resolution", "SuiteJob", "check_output_files", "format_table",
+__all__ = ["BUILTIN_REAL_LABELS", "TTA_MODES", "FlipTTA", "RealLabelsError", "Resolution", "SuiteJob", "check_output_files", "format_table",
            "load_real_labels", "parse_list", "parse_tta", "resolutions", "rows_to_csv", "rows_to_json", "run_suite",
            "tta_models", "write_rows"]
 
 TTA_MODES = ("none", "flip")
+BUILTIN_REAL_LABELS = "builtin"  # --real-labels builtin: timm's bundled ImageNet-ReaL labels
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,14 @@ def load_real_labels(path: str, image_paths: Sequence[str]) -> torch.Tensor:
     real.json is a JSON list with one entry per validation image, in the order of the sorted file names
     (ILSVRC2012_val_00000001.JPEG first), each a list of the correct class indices, possibly empty. The
     dataset's images may sit in class folders: they are matched to the entries by sorting their file names.
+    `path` 'builtin' reads the copy timm ships (t2t.engine.eval_sets.builtin_real_labels).
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
+        if path == BUILTIN_REAL_LABELS:
+            entries = builtin_real_labels()
+        else:
+            with open(path, encoding="utf-8") as f:
+                entries = json.load(f)
     except OSError as e:
         raise RealLabelsError(f"--real-labels {path!r} cannot be read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -186,7 +193,8 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as an aligned text table: one line per row."""
-    columns = [("checkpoint", "checkpoint", None), ("model", "model", None), ("weights", "weights", None),
+    columns = [("set", "eval_set", None)] if any("eval_set" in row for row in rows) else []
+    columns += [("checkpoint", "checkpoint", None), ("model", "model", None), ("weights", "weights", None),
                ("size", "img_size", None), ("crop", "crop_pct", 3), ("tta", "tta", None), ("top1", "top1", 3),
                ("top5", "top5", 3)]
     if any("real_top1" in row for row in rows):
@@ -198,7 +206,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     cells = [[names[row[key]] if key == "checkpoint" else _cell(row.get(key), digits if digits else 3)
               for _, key, digits in columns] for row in rows]
     widths = [max(len(title), *(len(line[i]) for line in cells)) for i, (title, _, _) in enumerate(columns)]
-    left = {"checkpoint", "model", "weights", "tta"}
+    left = {"eval_set", "checkpoint", "model", "weights", "tta"}
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.ljust(w) if columns[i][1] in left else v.rjust(w)
