@@ -99,6 +99,9 @@ class DataConfig:
     # pil: decode and augment in loader worker processes (Pillow); dali: NVIDIA DALI (GPU decode and
     # augmentation on CUDA, its CPU operators elsewhere), needs the optional extra t2t[dali]
     backend: Literal["pil", "dali"] = "pil"
+    # share of the training images held out as a minival (by a hash of each relative path; t2t/data/holdout.py):
+    # never trained on, evaluated every epoch as minival_top1 (eval.metric can choose best.pth by it)
+    holdout_fraction: float = checked(0.0, Check(lambda v: 0 <= v < 1, "in [0, 1) (0: no minival)"))
 
 
 @dataclass
@@ -184,7 +187,10 @@ class EvalConfig:
     interpolation: Optional[str] = checked(None, Check(lambda v: v is None or v in _INTERPOLATIONS,
                                                        "null (the model's) or one of " + ", ".join(_INTERPOLATIONS)))
     batch_size: int = checked(100, AT_LEAST_1)
-    metric: Literal["top1", "ema_top1", "top5", "ema_top5"] = "ema_top1"
+    # the value best.pth is chosen by; minival_*: on data.holdout_fraction's held-out images, not on the val set
+    metric: Literal["top1", "ema_top1", "top5", "ema_top5", "minival_top1", "ema_minival_top1"] = "ema_top1"
+    # NAME=DIR evaluation sets (as validate.py --eval-set) scored after the last epoch, e.g. v2=/data/imagenetv2
+    extra_sets: tuple[str, ...] = ()
 
 
 @dataclass
@@ -411,6 +417,12 @@ def validate(cfg: Config) -> None:
     if mixing and cfg.train.batch_size % 2:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: mixup / cutmix need an even batch size "
                           "(or set mixup.mixup_alpha=0 mixup.cutmix_alpha=0)")
+    if cfg.eval.metric.endswith("minival_top1") and cfg.data.holdout_fraction == 0:
+        raise ConfigError(f"eval.metric={cfg.eval.metric!r} needs a minival: set data.holdout_fraction (e.g. 0.01) "
+                          "or choose another metric")
+    for entry in cfg.eval.extra_sets:
+        if "=" not in entry:
+            raise ConfigError(f"eval.extra_sets entry {entry!r}: expected NAME=DIR, e.g. v2=/data/imagenetv2")
     _check_auto_augment(cfg.data.auto_augment)
     if cfg.data.backend == "dali":
         _check_dali_config(cfg.data)

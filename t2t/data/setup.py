@@ -15,6 +15,7 @@ from ..config import ConfigError, DataConfig, MixupConfig, TokenLabelConfig
 from .cifar import CIFARDataset, find_cifar_dir
 from .dataset import DatasetError, ImageFolderDataset, SeededDataset, check_same_classes, find_split_dirs, \
     find_unreadable_images
+from .holdout import split_minival
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup
 from .sampler import TrainSampler
@@ -45,6 +46,9 @@ class TrainData:
     val_on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     # Token labels: the workers' label structure -> (class target, dense target) on the device.
     labels_on_device: Optional[Callable[[Any], Any]] = None
+    # data.holdout_fraction: the training images held out (never in train_loader), read as val_loader reads.
+    minival_loader: Optional[Any] = None
+    minival_len: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -201,6 +205,7 @@ def build_train_and_val(
         cfg, data_dir, img_size=img_size, seed=seed, eval_crop_pct=eval_crop_pct,
         eval_interpolation=eval_interpolation, label_dir=label_dir, uint8=uint8, uint8_eval=uint8_eval, rank=rank,
         broadcast=broadcast, list_cache_dir=list_cache_dir)
+    minival_ds = _split_minival(cfg, train_ds, val_ds.transform, data_dir)
     steps_per_epoch = _steps_per_epoch(len(train_ds), global_batch_size, train_dir)
     if isinstance(val_ds, ImageFolderDataset):
         check_val_images(val_ds, workers=cfg.workers, rank=rank, num_replicas=num_replicas, gather=gather)
@@ -215,10 +220,15 @@ def build_train_and_val(
         loader, val_loader = _build_pil_loaders(
             cfg, train_ds, val_ds, sampler, img_size=img_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
             uint8=uint8, uint8_eval=uint8_eval, num_replicas=num_replicas, rank=rank, pin_memory=pin_memory)
+    minival_loader = None if minival_ds is None else _build_minival_loader(
+        cfg, minival_ds, img_size=img_size, eval_batch_size=eval_batch_size, eval_crop_pct=eval_crop_pct,
+        eval_interpolation=eval_interpolation, num_replicas=num_replicas, rank=rank, pin_memory=pin_memory,
+        device=device)
     sampler.set_epoch(0)
     return TrainData(train_dir=train_dir, classes=list(train_ds.classes), train_len=len(train_ds),
                      batch_size=batch_size, global_batch_size=global_batch_size, steps_per_epoch=steps_per_epoch,
-                     train_loader=loader, val_loader=val_loader,
+                     train_loader=loader, val_loader=val_loader, minival_loader=minival_loader,
+                     minival_len=0 if minival_ds is None else len(minival_ds),
                      **_device_steps(cfg, uint8=uint8, uint8_eval=uint8_eval, num_classes=len(train_ds.classes),
                                      img_size=img_size, label_dir=label_dir, label_smoothing=label_smoothing,
                                      device=device))
@@ -244,6 +254,34 @@ def _build_split_datasets(cfg: DataConfig, data_dir: str, *, img_size: int, seed
                                    std=tuple(cfg.std), uint8=uint8_eval)
     return build_datasets(cfg, data_dir, train_tf, eval_tf, seed, rank=rank, broadcast=broadcast,
                           list_cache_dir=list_cache_dir, train_dataset=train_dataset)
+
+
+def _split_minival(cfg: DataConfig, train_ds: SeededDataset, eval_tf: Callable,
+                   data_dir: str) -> Optional[ImageFolderDataset]:
+    """data.holdout_fraction: move the held-out images out of `train_ds` into a minival read with `eval_tf`."""
+    if cfg.holdout_fraction == 0:
+        return None
+    if not isinstance(train_ds, ImageFolderDataset):
+        raise ConfigError(f"data.holdout_fraction={cfg.holdout_fraction} holds out images of a class-folder training "
+                          f"set by their paths; {data_dir!r} is a CIFAR folder: set it to 0")
+    before = len(train_ds)
+    minival = split_minival(train_ds, cfg.holdout_fraction, eval_tf)
+    _logger.info("Held out %d of the %d training images as the minival (data.holdout_fraction=%g): %d left to train on",
+                 len(minival), before, cfg.holdout_fraction, len(train_ds))
+    return minival
+
+
+def _build_minival_loader(cfg: DataConfig, minival_ds: ImageFolderDataset, *, img_size: int, eval_batch_size: int,
+                          eval_crop_pct: float, eval_interpolation: str, num_replicas: int, rank: int,
+                          pin_memory: bool, device: torch.device) -> Any:
+    """The minival's sharded evaluation loader, read as the validation set is (same backend and transform)."""
+    if cfg.backend == "dali":
+        from .dali import DaliEvalLoader
+        return DaliEvalLoader(minival_ds, img_size=img_size, crop_pct=eval_crop_pct, interpolation=eval_interpolation,
+                              mean=tuple(cfg.mean), std=tuple(cfg.std), batch_size=eval_batch_size,
+                              workers=cfg.workers, num_replicas=num_replicas, rank=rank, device=device)
+    return build_eval_loader(minival_ds, batch_size=eval_batch_size, workers=cfg.workers, num_replicas=num_replicas,
+                             rank=rank, pin_memory=pin_memory, persistent_workers=True)
 
 
 def _steps_per_epoch(train_len: int, global_batch_size: int, train_dir: str) -> int:

@@ -123,7 +123,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         pin_memory=device.type == "cuda", device=device, gather=gather_objects, broadcast=broadcast_object,
         list_cache_dir=output, token_label=cfg.token_label, label_smoothing=cfg.loss.label_smoothing)
     plan = RunPlan.build(cfg, world_size=dist.world_size, steps_per_epoch=data.steps_per_epoch,
-                         classes=data.classes, data_dir=data_dir)
+                         classes=data.classes, data_dir=data_dir, minival_images=data.minival_len)
     if found is not None and found[1].run is not None:
         plan.check_resume(RunPlan.from_dict(found[1].run), path=found[0], train_dir=data.train_dir)
     if cfg.model.num_classes is not None and cfg.model.num_classes != plan.num_classes:

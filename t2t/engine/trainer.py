@@ -336,7 +336,8 @@ class Trainer:
             self.meters.flush(self.state)
             row = self.end_of_epoch_row(data.val_loader, last=self.state.epoch == total_epochs - 1,
                                         eval_interval=eval_interval,
-                                        val_on_device=getattr(data, "val_on_device", None))
+                                        val_on_device=getattr(data, "val_on_device", None),
+                                        minival_loader=getattr(data, "minival_loader", None))
             row["images_per_sec"] = (self.state.step_in_epoch - steps_before) * global_batch_size / max(
                 time.perf_counter() - t_epoch, 1e-9)  # this session's share of the epoch, evaluation included
             is_best = self._update_best(row, eval_metric)
@@ -354,10 +355,12 @@ class Trainer:
                 break
 
     def end_of_epoch_row(self, val_loader: Iterable, *, last: bool, eval_interval: int,
-                         val_on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, Any]:
+                         val_on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                         minival_loader: Optional[Iterable] = None) -> dict[str, Any]:
         """Evaluate (model and EMA) if due and return the epoch's row for the logs.
 
         `val_on_device` normalises uint8 validation batches on the device (the workers send a quarter of the bytes).
+        `minival_loader` (data.holdout_fraction's held-out training images) adds minival_* columns.
         """
         loss_sum, loss_count = sum_over_ranks(self.state.loss_sum, self.state.loss_count)
         epoch = self.state.epoch
@@ -375,19 +378,26 @@ class Trainer:
             if val_on_device is not None:
                 def batch_to_device(images, targets):
                     return val_on_device(images), targets.to(self.device, non_blocking=True)
-            results = evaluate_models(nets, val_loader, device=self.device, amp=self.amp, dist=self.dist,
-                                      batch_to_device=batch_to_device)
-            for prefix, metrics in results.items():
-                row.update({f"{prefix}val_loss": metrics["loss"], f"{prefix}val_top1": metrics["top1"],
-                            f"{prefix}val_top5": metrics["top5"]})
+            for split, loader in (("val", val_loader), ("minival", minival_loader)):
+                if loader is None:
+                    continue
+                results = evaluate_models(nets, loader, device=self.device, amp=self.amp, dist=self.dist,
+                                          batch_to_device=batch_to_device)
+                for prefix, metrics in results.items():
+                    row.update({f"{prefix}{split}_loss": metrics["loss"], f"{prefix}{split}_top1": metrics["top1"],
+                                f"{prefix}{split}_top5": metrics["top5"]})
             _logger.info("epoch %d: val top-1 %.2f top-5 %.2f%s", epoch, row["val_top1"], row["val_top5"],
                          f", EMA top-1 {row['ema_val_top1']:.2f} top-5 {row['ema_val_top5']:.2f}"
                          if "ema_val_top1" in row else "")
+            if "minival_top1" in row:
+                _logger.info("epoch %d: minival top-1 %.2f%s", epoch, row["minival_top1"],
+                             f", EMA top-1 {row['ema_minival_top1']:.2f}" if "ema_minival_top1" in row else "")
         return row
 
     def _update_best(self, row: dict[str, Any], metric: str) -> bool:
-        key = {"top1": "val_top1", "top5": "val_top5", "ema_top1": "ema_val_top1", "ema_top5": "ema_val_top5"}[metric]
-        if key not in row and key.startswith("ema_") and "val_top1" in row:
+        key = {"top1": "val_top1", "top5": "val_top5", "ema_top1": "ema_val_top1", "ema_top5": "ema_val_top5",
+               "minival_top1": "minival_top1", "ema_minival_top1": "ema_minival_top1"}[metric]
+        if key not in row and key.startswith("ema_") and key[len("ema_"):] in row:
             key = key[len("ema_"):]  # EMA switched off: follow the model's own metric
         value = row.get(key)
         if value is None:
