@@ -20,15 +20,19 @@ import json
 import pkgutil
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..cli import UsageError
+from ..data.dataset import ImageFolderDataset, resolve_eval_dir
+from ..data.loader import build_eval_loader
+from .distributed import DistInfo
+from .evaluate import evaluate_models
 
-__all__ = ["EvalSet", "EvalSetError", "SubsetLogits", "builtin_real_labels", "output_indices", "parse_eval_sets",
-           "timm_subset"]
+__all__ = ["EvalSet", "EvalSetError", "SubsetLogits", "builtin_real_labels", "evaluate_sets", "load_eval_set",
+           "output_indices", "parse_eval_sets", "timm_subset"]
 
 # timm's bundled class lists of the 200-class ImageNet test sets (file stem in timm/data/_info).
 _TIMM_SUBSETS = {"imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r"}
@@ -146,3 +150,32 @@ class SubsetLogits(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images).index_select(1, self.indices)
+
+
+def load_eval_set(eval_set: EvalSet, transform: Callable, *, num_classes: int,
+                  classes: Optional[Sequence[str]]) -> tuple[ImageFolderDataset, Optional[list[int]]]:
+    """The set's class folders (DIR/val if there is one) read with `transform`, and the outputs they are scored on."""
+    dataset = ImageFolderDataset(resolve_eval_dir(eval_set.root), transform)
+    dataset.bad_image_hint = ""  # every image must count: no skipping here
+    return dataset, output_indices(eval_set.name, dataset.root, dataset.classes, num_classes, classes)
+
+
+def evaluate_sets(models: dict[str, nn.Module], sets: Sequence[tuple[str, ImageFolderDataset, Optional[list[int]]]],
+                  *, batch_size: int, workers: int, device: torch.device, amp: str = "none",
+                  dist: Optional[DistInfo] = None) -> dict[str, float]:
+    """Each (name, dataset, output indices) set scored by every model, sharded over the ranks without padding.
+
+    Returns {f"{model name}{set name}_top1": ..., ..._top5, ..._loss, ..._count}: the columns training adds to
+    its last row (eval.extra_sets), model names being prefixes such as "" and "ema_".
+    """
+    columns: dict[str, float] = {}
+    for name, dataset, indices in sets:
+        loader = build_eval_loader(dataset, batch_size=batch_size, workers=workers,
+                                   num_replicas=dist.world_size if dist is not None else 1,
+                                   rank=dist.rank if dist is not None else 0, pin_memory=device.type == "cuda")
+        scored = {prefix: SubsetLogits(model, indices) if indices is not None else model
+                  for prefix, model in models.items()}
+        for prefix, metrics in evaluate_models(scored, loader, device=device, amp=amp, dist=dist,
+                                               log_prefix=f"{name}: ").items():
+            columns.update({f"{prefix}{name}_{key}": metrics[key] for key in ("top1", "top5", "loss", "count")})
+    return columns

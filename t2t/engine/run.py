@@ -14,6 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import models, rng  # noqa: F401  (models: registers the T2T-ViT family with timm)
 from ..config import Config, ConfigError, dump_config, rename_old_keys
 from ..data import setup as data_setup
+from ..data.dataset import DatasetError
+from ..data.transforms import build_eval_transform
 from ..models import T2TViTDistilled
 from ..models.factory import create_model, resolve_eval_preprocessing
 from ..models.weights import load_pretrained_weights
@@ -23,6 +25,7 @@ from .checkpoint_schema import TrainingCheckpoint
 from .collectives import broadcast_object, gather_objects, settle_bucket_layout
 from .distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
 from .ema import CachedModelEma
+from .eval_sets import evaluate_sets, load_eval_set, parse_eval_sets
 from .losses import build_loss
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters
@@ -130,6 +133,7 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but {data.train_dir!r} "
                           f"has {plan.num_classes} class folders")
 
+    extra_sets = _load_extra_sets(cfg, plan, evaluation)  # checked now, evaluated after the last epoch
     teacher = None if cfg.distill.type == "none" else _build_teacher(cfg, plan.num_classes, device)
     if teacher is not None:
         plan = dataclasses.replace(plan, teacher=teacher.identity)
@@ -162,8 +166,42 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         trainer.fit(data, total_epochs=plan.total_epochs, global_batch_size=plan.global_batch_size, stop=stop,
                     checkpointer=checkpointer, eval_interval=cfg.eval.interval, eval_metric=cfg.eval.metric,
                     write_epochs=logger.write_epochs)
+        if extra_sets and trainer.state.epoch >= plan.total_epochs and not (stop.preempted or stop.interrupted):
+            _evaluate_extra_sets(trainer, extra_sets, cfg, dist, amp, logger)
     logger.close()
     return RunResult(output=output, state=trainer.state, preempted=stop.preempted, interrupted=stop.interrupted)
+
+
+def _load_extra_sets(cfg: Config, plan: RunPlan, evaluation: Any) -> list[tuple[str, Any, Optional[list[int]]]]:
+    """eval.extra_sets as (name, dataset, model outputs scored): their folders are matched to the classes now."""
+    if not cfg.eval.extra_sets:
+        return []
+    transform = build_eval_transform(cfg.model.img_size, evaluation.crop_pct, evaluation.interpolation,
+                                     mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    loaded = []
+    for eval_set in parse_eval_sets(cfg.eval.extra_sets, "eval.extra_sets"):
+        try:
+            dataset, indices = load_eval_set(eval_set, transform, num_classes=plan.num_classes, classes=plan.classes)
+        except DatasetError as e:
+            raise ConfigError(f"eval.extra_sets {eval_set.name}={eval_set.root}: {e}") from None
+        loaded.append((eval_set.name, dataset, indices))
+        _logger.info("eval.extra_sets: %s = %s, %d images in %d classes%s", eval_set.name, dataset.root, len(dataset),
+                     len(dataset.classes), "" if indices is None else " (scored on their outputs only)")
+    return loaded
+
+
+def _evaluate_extra_sets(trainer: Trainer, sets: list, cfg: Config, dist: DistInfo, amp: str,
+                         logger: RunLogger) -> None:
+    """Score the final model (and its EMA) on eval.extra_sets; the columns join the last row of summary.csv."""
+    models = {"": trainer.model} if trainer.ema is None else {"": trainer.model, "ema_": trainer.ema.module}
+    columns = evaluate_sets(models, sets, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
+                            device=dist.device, amp=amp, dist=dist)
+    for name, _, _ in sets:
+        _logger.info("%s: top-1 %.2f top-5 %.2f%s on %d images", name, columns[f"{name}_top1"],
+                     columns[f"{name}_top5"], f", EMA top-1 {columns[f'ema_{name}_top1']:.2f}"
+                     if f"ema_{name}_top1" in columns else "", columns[f"{name}_count"])
+    trainer.state.history[-1].update(columns)
+    logger.write_epochs(trainer.state.history)
 
 
 def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: str, *, resuming: bool,
