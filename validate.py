@@ -27,23 +27,27 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Sequence
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch loads; see t2t/runtime.py
 
 import timm
+import torch
 import torch.nn as nn
 
 import t2t
 from t2t.cli import ArgumentParser, UsageError, run_main, split_overrides
 from t2t.config import Config
 from t2t.data.cifar import CIFARDataset, find_cifar_dir
-from t2t.data.dataset import ImageFolderDataset, check_classes_match, resolve_eval_dir
+from t2t.data.dataset import (ImageFolderDataset, check_classes_match, check_same_classes, find_split_dirs,
+                              resolve_eval_dir)
 from t2t.data.loader import build_eval_loader
 from t2t.engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
 from t2t.engine.eval_sets import EvalSet, SubsetLogits, output_indices, parse_eval_sets
-from t2t.engine.eval_suite import (BUILTIN_REAL_LABELS, Resolution, SuiteJob, check_output_files, format_table, load_real_labels,
-                                   parse_list, parse_tta, resolutions, run_suite, write_rows)
+from t2t.engine.eval_suite import (BUILTIN_REAL_LABELS, Resolution, SuiteJob, check_output_files, format_table,
+                                   load_real_labels, parse_list, parse_tta, resolutions, run_suite, write_rows)
+from t2t.engine.fewshot import extract_features, fewshot_accuracy, shot_split
 from t2t.engine.precision import resolve_amp
 from t2t.inference import CheckpointInfo, check_batch_fits, inspect_checkpoint, resolve_eval_config
 from t2t.models import CheckpointError
@@ -99,6 +103,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop-pct", help="eval.crop_pct: centre-crop fraction: one value for every size, or one per "
                    "--img-size (e.g. 0.9,0.9,1.0); default: the config's eval.crop_pct, else the model's pretrained "
                    "cfg (0.9: shorter side to floor(size / 0.9), e.g. 384 -> 426 -> 384)")
+    p.add_argument("--fewshot", metavar="DIR", help="few-shot linear probe (ridge regression on the frozen "
+                   "pre-logits features, as big_vision's few-shot evaluators): DIR/train gives the shots and DIR/val "
+                   "the test, or, without them, DIR's class folders give both (the shots drawn first); one row per "
+                   "--shots value and checkpoint, at the first --img-size")
+    p.add_argument("--shots", default="1,5,10", help="images per class of the few-shot probe, comma-separated "
+                   "(default 1,5,10)")
+    p.add_argument("--fewshot-l2", type=float, default=1024.0, help="the probe's ridge penalty on the standardised "
+                   "features (default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="which images are the shots (default 0)")
     p.add_argument("--tta", default="none", help="test-time augmentation, comma-separated modes, one row each: "
                    "none, flip (mean of the logits of the image and its mirror); default none")
     p.add_argument("--real-labels", metavar="FILE", help="ImageNet-ReaL real.json (one list of class indices per "
@@ -217,6 +230,8 @@ def check_classes(cfg: Config, info: CheckpointInfo, dataset: ImageFolderDataset
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Log each row, print the table and one JSON line per row, and write the requested files."""
     for results in rows:
+        if results.get("shots") is not None:  # logged by fewshot_rows
+            continue
         real = f"  ReaL top1 {results['real_top1']:.3f}% on {results['real_count']}" \
             if results.get("real_top1") is not None else ""
         _logger.info(
@@ -238,7 +253,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     """No output may be an input or another output, nor an existing file without --overwrite; checked first."""
     inputs = [*(("--checkpoint", c) for c in args.checkpoint), ("-c/--config", args.config),
               ("--real-labels", None if args.real_labels == BUILTIN_REAL_LABELS else args.real_labels),
-              ("--data-dir", args.data_dir), *(("--eval-set", s.partition("=")[2]) for s in args.eval_set)]
+              ("--data-dir", args.data_dir), ("--fewshot", args.fewshot), *(("--eval-set", s.partition("=")[2]) for s in args.eval_set)]
     outputs = [("--results-file", args.results_file), ("--json", args.json), ("--csv", args.csv)]
     check_output_files(outputs, inputs, args.overwrite)
 
@@ -267,13 +282,14 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
     check_outputs(args)
     tta = parse_tta(args.tta)
     sets = evaluation_sets(args)
-    if not sets:
-        raise ValidateError("nothing to evaluate: give --data-dir DIR and/or --eval-set NAME=DIR")
+    if not sets and not args.fewshot:
+        raise ValidateError("nothing to evaluate: give --data-dir DIR, --eval-set NAME=DIR and/or --fewshot DIR")
     if args.real_labels and not args.data_dir:
         raise ValidateError(f"--real-labels {args.real_labels!r} labels the images of --data-dir (ImageNet's "
                             "validation set): give --data-dir")
     sizes = len(parse_list(args.img_size, int, "--img-size")) if args.img_size else 1  # one per checkpoint otherwise
-    num_rows = len(sets) * len(args.checkpoint) * sizes * len(tta)
+    num_rows = len(args.checkpoint) * (len(sets) * sizes * len(tta) + (len(parse_shots(args.shots)) if args.fewshot
+                                                                         else 0))
     if args.results_file and num_rows > 1:
         raise ValidateError(f"--results-file {args.results_file!r} holds one result but this call gives {num_rows} "
                             "rows (sets x checkpoints x sizes x TTA modes): use --json FILE or --csv FILE")
@@ -287,6 +303,85 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
     rows = []
     for eval_set in sets:
         rows += evaluate_set(args, dist, eval_set, entries, tta, use_ema)
+    if args.fewshot:
+        for entry in entries:
+            rows += fewshot_rows(args, dist, entry, use_ema)
+    return rows
+
+
+def parse_shots(text: str) -> list[int]:
+    """'1,5,10' -> [1, 5, 10]; ValidateError on a value < 1 or a repeated one."""
+    shots = parse_list(text, int, "--shots")
+    if min(shots) < 1 or len(set(shots)) != len(shots):
+        raise ValidateError(f"--shots {text!r}: expected distinct whole numbers >= 1, e.g. 1,5,10")
+    return shots
+
+
+def fewshot_rows(args: argparse.Namespace, dist: DistInfo, entry: tuple, use_ema: bool) -> list[dict[str, Any]]:
+    """--fewshot DIR: a ridge-regression probe on the frozen pre-logits features; one row per --shots value.
+
+    DIR with train/ and val/: the shots come from train/, the test is val/. Otherwise the shots come from
+    DIR's class folders and the test is the rest of them (t2t.engine.fewshot.shot_split).
+    """
+    checkpoint, info, cfg, resolutions_ = entry
+    shots = parse_shots(args.shots)
+    resolution = resolutions_[0]
+    pre = preprocessing(cfg, resolution)
+    root = args.fewshot
+    split_dirs = all(os.path.isdir(os.path.join(root, s)) for s in ("train", "val"))
+    train_dir, test_dir = find_split_dirs(root) if split_dirs else (root, None)
+    train = ImageFolderDataset(train_dir, pre.transform())
+    test = ImageFolderDataset(test_dir, pre.transform()) if test_dir else None
+    for ds in (train, test):
+        if ds is not None:
+            ds.bad_image_hint = ""
+    if test is not None:
+        check_same_classes(train, test)
+    num_classes = len(train.classes)
+    try:
+        split = shot_split(train.targets, num_classes, shots, args.seed, test_labels_from_rest=test is None)
+    except ValueError as e:
+        raise ValidateError(f"--fewshot {root!r} --shots {args.shots}: {e}") from None
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = info.num_classes
+    if cfg.model.num_classes is None:
+        raise ValidateError(f"checkpoint {checkpoint!r} has no classifier head to tell its class count: give "
+                            "model.num_classes=N")
+    model, source = build_model(cfg, checkpoint, info, use_ema, img_size=resolution.img_size)
+    model.to(dist.device)
+
+    def features_of(dataset, positions):
+        subset = torch.utils.data.Subset(dataset, positions)
+        loader = build_eval_loader(subset, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
+                                   num_replicas=dist.world_size, rank=dist.rank, pin_memory=dist.device.type == "cuda")
+        return extract_features(model, loader, list(loader.sampler), len(positions), device=dist.device,
+                                amp=cfg.train.amp, dist=dist)
+
+    start = time.perf_counter()
+    most = split.shots[max(shots)]
+    labels = torch.tensor(train.targets)
+    if test is None:
+        positions = sorted(set(most) | set(split.test))
+        table = features_of(train, positions)
+        row_of = {p: i for i, p in enumerate(positions)}
+        test_features, test_labels = table[[row_of[p] for p in split.test]], labels[split.test]
+    else:
+        table, row_of = features_of(train, most), {p: i for i, p in enumerate(most)}
+        test_features, test_labels = features_of(test, list(range(len(test)))), torch.tensor(test.targets)
+    rows = []
+    for k in shots:
+        picked = split.shots[k]
+        top1 = fewshot_accuracy(table[[row_of[p] for p in picked]], labels[picked].to(table.device), test_features,
+                                test_labels, num_classes, args.fewshot_l2)
+        rows.append({"eval_set": f"fewshot-{k}shot", "top1": top1, "top5": None, "loss": None,
+                     "count": len(test_labels), "images_per_sec": None, "model": cfg.model.name,
+                     "checkpoint": checkpoint, "weights": "ema" if source in EMA_KEYS else "model",
+                     "weights_entry": source, "img_size": resolution.img_size, "crop_pct": resolution.crop_pct,
+                     "tta": "none", "interpolation": pre.interpolation, "amp": cfg.train.amp, "data_dir": train.root,
+                     "classes": num_classes, "shots": k, "fewshot_seed": args.seed, "fewshot_l2": args.fewshot_l2,
+                     "world_size": dist.world_size})
+    _logger.info("few-shot probe of %s on %s: %s (%.1f s)", checkpoint, root,
+                 ", ".join(f"{r['shots']}-shot {r['top1']:.2f}%" for r in rows), time.perf_counter() - start)
     return rows
 
 

@@ -34,6 +34,11 @@ def sets(tmp_path_factory):
             shutil.copytree(folder, root / "v2" / str(label), dirs_exist_ok=True)
             if name in ("c1", "c10"):
                 shutil.copytree(folder, root / "sub" / name, dirs_exist_ok=True)
+    for label in range(3):  # a few-shot set: 3 classes of 4 images
+        folder = root / "fs" / f"k{label}"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 36 + 2 * i, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     model = tiny_model(3, num_classes=len(CLASSES))
     ckpt = root / "run.pth"
     torch.save({"state_dict_ema": model.state_dict(), "run": {"classes": CLASSES}}, ckpt)
@@ -94,17 +99,45 @@ def test_a_set_that_fits_no_outputs_is_refused(sets, tmp_path, capsys):
     assert "nothing to evaluate" in capsys.readouterr().err
 
 
+def test_fewshot_probe_equals_a_hand_probe(sets, tmp_path, capsys):
+    from t2t.engine.fewshot import fewshot_accuracy, shot_split
+    from test_validate import paper_eval_transform
+
+    fs = sets["root"] / "fs"
+    rows, stdout = rows_of(capsys, tmp_path, "fs.json", "--fewshot", fs, "--shots", "1,2", "--seed", "3",
+                           "--checkpoint", sets["ckpt"])
+    again, _ = rows_of(capsys, tmp_path, "fs2.json", "--fewshot", fs, "--shots", "1,2", "--seed", "3",
+                       "--checkpoint", sets["ckpt"])
+    assert [r["eval_set"] for r in rows] == ["fewshot-1shot", "fewshot-2shot"] and rows == again
+    assert "fewshot-2shot" in stdout
+    paths = sorted(str(p) for p in fs.glob("*/*.png"))
+    labels = torch.tensor([int(p.split("/")[-2][1:]) for p in paths])
+    with torch.no_grad():
+        model = sets["model"]
+        features = model.forward_head(model.forward_features(
+            torch.stack([paper_eval_transform(p, 32) for p in paths])), pre_logits=True)
+    split = shot_split(labels.tolist(), 3, [1, 2], seed=3)
+    for row, k in zip(rows, (1, 2)):
+        expected = fewshot_accuracy(features[split.shots[k]], labels[split.shots[k]], features[split.test],
+                                    labels[split.test], 3, l2=1024.0)
+        assert row["top1"] == pytest.approx(expected, abs=1e-9) and row["count"] == len(split.test) == 6
+    code = validate.main(["--device", "cpu", "-m", MODEL, "--fewshot", str(fs), "--shots", "4", "--checkpoint",
+                          sets["ckpt"]])
+    assert code == 2 and "class 0 has 4 images" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_two_ranks_equal_one_process(sets, tmp_path):
     from test_distributed_eval import validate_on_one_and_two_ranks
 
     args = [*map(str, set_args(sets)), "-m", MODEL, "--batch-size", "2", "--workers", "0", "--device", "cpu",
-            "--tta", "none,flip"]
+            "--tta", "none,flip", "--fewshot", str(sets["root"] / "fs"), "--shots", "1,2"]
     one, two, _ = validate_on_one_and_two_ranks(args, "--json", tmp_path)
-    assert len(one) == len(two) == 3 * 2
+    assert len(one) == len(two) == 3 * 2 + 2
     for a, b in zip(one, two):
         assert (a["world_size"], b["world_size"]) == (1, 2)
         assert (a["eval_set"], a["tta"]) == (b["eval_set"], b["tta"])
         for key in ("count", "top1", "top5"):
             assert a[key] == b[key], (a["eval_set"], key)
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        if a["loss"] is not None:
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
