@@ -8,7 +8,8 @@ model (`output_indices`), and the model's logits are cut to those outputs, in fo
 - the 200 WordNet ids of ImageNet-A or ImageNet-R, mapped to ImageNet-1k outputs by the index
   files timm ships (timm/data/_info/imagenet_{a,r}_indices.txt), as their papers score them: the
   1000-class logits restricted to the set's 200 classes;
-- folders named by output index, 0 .. num_classes - 1 (ImageNet-V2), whatever order they are listed in;
+- folders named by output index, 0 .. num_classes - 1 (ImageNet-V2; t2t.data.dataset.find_classes lists
+  them by value), or some of them, in any order;
 - otherwise, as many folders as the model has outputs, in sorted order (an official release file,
   which records no class list, on ImageNet-layout folders).
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..cli import UsageError
-from ..data.dataset import ImageFolderDataset, resolve_eval_dir
+from ..data.dataset import ImageFolderDataset, class_indices, resolve_eval_dir
 from ..data.loader import build_eval_loader
 from .distributed import DistInfo
 from .evaluate import evaluate_models
@@ -127,8 +128,8 @@ def output_indices(name: str, root: str, folders: Sequence[str], num_classes: in
     if model_classes is not None and set(folders) <= set(model_classes):
         position = {c: i for i, c in enumerate(model_classes)}
         return [position[f] for f in folders]
-    if all(f.isdigit() for f in folders):
-        values = [int(f) for f in folders]
+    values = class_indices(folders)
+    if values is not None:
         if max(values) < num_classes and len(set(values)) == len(values):
             return values if values != list(range(num_classes)) else None
     if model_classes is None and len(folders) == num_classes:

@@ -19,8 +19,8 @@ COUNTS = (1,) * 11 + (2,)  # 13 images: odd, so the second of two ranks gets one
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    """The same images as class-name folders (val), as index folders listed in string order (v2), and two classes
-    of them (sub); a checkpoint that records the class names."""
+    """The same images as class-name folders (val), as index folders (v2: folder k holds class k, and '10' sorts
+    after '2' only by value), and two classes of them (sub); a checkpoint that records the class names."""
     root = tmp_path_factory.mktemp("sets")
     rng = np.random.default_rng(0)
     samples = []
@@ -64,7 +64,7 @@ def test_several_sets_in_one_call_equal_separate_calls_and_hand_counts(sets, tmp
     rows, stdout = rows_of(capsys, tmp_path, "all.json", *set_args(sets))
     assert [r["eval_set"] for r in rows] == ["val", "v2", "sub"]
     assert [r["count"] for r in rows] == [13, 13, 2] and [r["classes"] for r in rows] == [12, 12, 2]
-    # The index-named folders, listed 0, 1, 10, 11, 2, ..., score exactly as the named ones.
+    # The index-named folders score exactly as the named ones.
     expected = hand_metrics(sets["model"], sets["samples"])
     for row in rows[:2]:
         assert (row["top1"], row["top5"], row["count"]) == (expected["top1"], expected["top5"], expected["count"])
