@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from ..outputs import write_text
 
@@ -43,8 +43,11 @@ class RunLogger:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
-    def write_epochs(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite log.jsonl and summary.csv from the run's history (so a resumed run never repeats a row)."""
+    def write_epochs(self, history: list[dict[str, Any]], *, scalar_keys: Optional[Iterable[str]] = None) -> None:
+        """Rewrite log.jsonl and summary.csv from the run's history (so a resumed run never repeats a row).
+
+        The last row's numbers go to TensorBoard, or only those of `scalar_keys` (columns added to a row
+        already logged)."""
         if self.folder is None or not history:
             return
         write_text(os.path.join(self.folder, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
@@ -55,8 +58,9 @@ class RunLogger:
         writer.writerows(history)
         write_text(os.path.join(self.folder, "summary.csv"), buf.getvalue())
         last = history[-1]
-        self.scalars({f"epoch/{k}": v for k, v in last.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}, last["epoch"])
+        keys = set(last) if scalar_keys is None else set(scalar_keys)
+        self.scalars({f"epoch/{k}": v for k, v in last.items() if k in keys
+                      and isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}, last["epoch"])
         if self.writer is not None:
             self.writer.flush()
 

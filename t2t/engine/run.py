@@ -200,7 +200,7 @@ def _evaluate_extra_sets(trainer: Trainer, sets: list, cfg: Config, dist: DistIn
                      columns[f"{name}_top5"], f", EMA top-1 {columns[f'ema_{name}_top1']:.2f}"
                      if f"ema_{name}_top1" in columns else "", columns[f"{name}_count"])
     trainer.state.history[-1].update(columns)
-    logger.write_epochs(trainer.state.history)
+    logger.write_epochs(trainer.state.history, scalar_keys=columns)
 
 
 def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: str, *, resuming: bool,
