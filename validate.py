@@ -440,8 +440,8 @@ def evaluate_set(args: argparse.Namespace, dist: DistInfo, eval_set: EvalSet, en
             model, source = build_model(cfg, checkpoint, info, use_ema, img_size=resolution.img_size)
             weights = "ema" if source in EMA_KEYS else "model"
             pre = preprocessing(first, resolution)
-            _logger.info("%s: the %s weights (entry %r) of %s: %s (%s) @%d, %s", eval_set.name, weights, source,
-                         checkpoint, cfg.model.name, type(model).__name__, resolution.img_size, pre)
+            _logger.info("Using the %s weights (entry %r) of %s on %s: %s (%s) @%d, %s", weights, source, checkpoint,
+                         eval_set.name, cfg.model.name, type(model).__name__, resolution.img_size, pre)
             if cfg.model.cpu_backend:
                 from t2t.models import cpu
 
