@@ -878,6 +878,23 @@ class DaliTrainLoader(_LoaderBase):
                 task.result()
         return out
 
+    def batch_plans(self) -> Iterator[Any]:
+        """The planning stage alone: each batch's pipeline inputs in order, read ahead as ``__iter__`` reads them
+        (the feed benchmark measures what it costs the training process)."""
+        epoch = self.dataset.epoch
+        batches = self._key_batches()
+        with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-plan") as planner:
+            prepared = {i: planner.submit(self._prepare, batches[i], epoch) for i in range(min(2, len(batches)))}
+            try:
+                for b in range(len(batches)):
+                    current = prepared.pop(b)
+                    if b + 2 < len(batches):
+                        prepared[b + 2] = planner.submit(self._prepare, batches[b + 2], epoch)
+                    yield current.result()
+            finally:
+                for future in prepared.values():
+                    future.cancel()
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in the sampler's order, two stages ahead of the consumer.
 
