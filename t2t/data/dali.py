@@ -19,6 +19,10 @@ Order and randomness stay with the project, so every promise of the Pillow backe
   reach DALI as per-sample argument inputs; no DALI random operator is used. A sample's augmentation therefore depends on nothing but (seed, epoch, key):
   not on the number of threads, on prefetching, on the world size or on where a run resumed.
 
+Per-sample work (reading a file, parsing its header, drawing its augmentation) runs in loader worker
+processes, which hand the training process each batch as a few arrays; the training process feeds
+DALI per batch and keeps two batches running in it (see the loaders below, and docs/data-feed.md).
+
 Per-sample seeds were chosen over DALI's checkpointing (``enable_checkpointing=True``) because a
 DALI checkpoint describes one pipeline on one rank: it cannot be carried to another world size,
 it would have to be stored in the training checkpoint of every rank, and it restores the state
