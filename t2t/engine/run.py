@@ -17,6 +17,7 @@ from ..data import setup as data_setup
 from ..models import T2TViTDistilled
 from ..models.factory import create_model, resolve_eval_preprocessing
 from ..models.weights import load_pretrained_weights
+from ..outputs import write_text
 from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
 from .checkpoint_schema import TrainingCheckpoint
@@ -142,16 +143,14 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     _logger.info("Config:\n%s", dump_config(cfg))
     _logger.info("Run plan: %s", plan.describe(device))
     if dist.is_main:  # written whole or not at all: a full disk never leaves a truncated config.yaml
-        path = os.path.join(output, "config.yaml")
-        with open(path + ".tmp", "w") as f:
-            f.write(dump_config(cfg))
-        os.replace(path + ".tmp", path)
+        write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
     _wrap_for_training(trainer, cfg, dist, amp)
 
     # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
     writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
                                         pin_memory=device.type == "cuda") if dist.is_main else None
-    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
+    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard,
+                       resumed_step=found[1].global_step if found else None)
     trainer.on_log = logger.scalars if dist.is_main else None
 
     checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict())
@@ -227,6 +226,8 @@ def _wrap_for_training(trainer: Trainer, cfg: Config, dist: DistInfo, amp: str) 
 def _warn_config_changes(cfg: Config, saved: dict[str, Any]) -> None:
     now = cfg.to_dict()
     saved = rename_old_keys(saved, "the checkpoint", warn=False)  # a renamed key is not a change
+    # a key the checkpoint's version did not have yet holds its default there: not a change either
+    saved = {s: {**entries, **saved.get(s, {})} for s, entries in Config().to_dict().items()}
     changed = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}"
                for s, entries in now.items() for k, v in entries.items() if saved.get(s, {}).get(k) != v]
     if changed:
