@@ -172,8 +172,15 @@ class TrainConfig:
 
 @dataclass
 class EMAConfig:
+    """timm's ModelEmaV3: the decay, its optional warm-up, and how often the EMA is updated."""
+
     enabled: bool = True
-    decay: float = checked(0.99996, BELOW_1)
+    decay: float = checked(0.99996, BELOW_1)  # per update (the ceiling of the warm-up)
+    # timm's warm-up: decay = min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)
+    warmup: bool = False
+    warmup_gamma: float = checked(1.0, POSITIVE)
+    warmup_power: float = checked(2 / 3, POSITIVE)
+    interval: int = checked(1, AT_LEAST_1)  # update after every N-th optimizer step
 
 
 @dataclass

@@ -22,7 +22,7 @@ from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, l
 from .checkpoint_schema import TrainingCheckpoint
 from .collectives import broadcast_object, gather_objects, settle_bucket_layout
 from .distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
-from .ema import CachedModelEma
+from .ema import build_ema
 from .losses import build_loss
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters
@@ -199,7 +199,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
                            distill=cfg.distill, teacher=teacher, two_heads=isinstance(model, T2TViTDistilled),
                            device=device), device=device,
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
-        ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
+        ema=build_ema(model, cfg.ema) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
         mixup=mixup, mixup_off_epoch=cfg.mixup.off_epoch,
         reseed=lambda i: rng.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
