@@ -200,6 +200,8 @@ class CheckpointConfig:
     every_minutes: float = checked(0.0, AT_LEAST_0)  # and/or every N minutes (0: off)
     # also keep the last K end-of-epoch checkpoints (0: only last.pth / best.pth)
     keep_epochs: int = checked(0, AT_LEAST_0)
+    # also keep the K best end-of-epoch checkpoints by eval.metric, as best-epoch-N-<metric>-<value>.pth (0: off)
+    keep_best: int = checked(0, AT_LEAST_0)
 
 
 @dataclass

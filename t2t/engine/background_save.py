@@ -68,7 +68,8 @@ class BackgroundCheckpointWriter:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> float:
+    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool,
+             score: Optional[tuple[str, float]] = None) -> float:
         """Snapshot `state` (at `epoch`, `step`) and start writing it; returns the seconds training was held
         (wait + snapshot)."""
         start = time.perf_counter()
@@ -77,15 +78,17 @@ class BackgroundCheckpointWriter:
         if self.pin_memory and torch.cuda.is_available():
             torch.cuda.synchronize()  # the non-blocking copies have landed before the thread reads them
         held = time.perf_counter() - start
-        self._thread = threading.Thread(target=self._write, args=(snap, epoch, step, end_of_epoch, is_best),
+        self._thread = threading.Thread(target=self._write, args=(snap, epoch, step, end_of_epoch, is_best, score),
                                         name="checkpoint-writer", daemon=False)
         self._thread.start()
         return held
 
-    def _write(self, snap: dict[str, Any], epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> None:
+    def _write(self, snap: dict[str, Any], epoch: int, step: int, end_of_epoch: bool, is_best: bool,
+               score: Optional[tuple[str, float]]) -> None:
         start = time.perf_counter()
         try:
-            path = self.writer.save(snap, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
+            path = self.writer.save(snap, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best,
+                                    score=score)
         except BaseException as e:  # kept for the training thread: raised at the next save or at close
             self._error = e
             return

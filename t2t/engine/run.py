@@ -149,7 +149,8 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     _wrap_for_training(trainer, cfg, dist, amp)
 
     # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
-    writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
+    writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs,
+                                                         keep_best=cfg.checkpoint.keep_best),
                                         pin_memory=device.type == "cuda") if dist.is_main else None
     logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
     trainer.on_log = logger.scalars if dist.is_main else None
