@@ -214,7 +214,19 @@ class DistConfig:
 
 @dataclass
 class LogConfig:
+    """Where rank 0 sends the scalars besides log.jsonl / summary.csv (docs/trackers.md)."""
+
     tensorboard: bool = True
+    wandb: bool = False  # Weights & Biases (the optional extra t2t[wandb])
+    mlflow: bool = False  # MLflow (the optional extra t2t[mlflow])
+    # wandb project / MLflow experiment; None: WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else "t2t"
+    project: Optional[str] = None
+    run_name: Optional[str] = None  # None: WANDB_NAME for wandb, else the run folder's name
+    tags: tuple[str, ...] = ()
+    wandb_entity: Optional[str] = None  # None: WANDB_ENTITY, else the account's default entity
+    # None: WANDB_MODE, else online; offline writes under <run>/wandb/ for `wandb sync`
+    wandb_mode: Optional[Literal["online", "offline"]] = None
+    mlflow_tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else MLflow's default
 
 
 @dataclass
@@ -425,6 +437,17 @@ def validate(cfg: Config) -> None:
         _check_dali_config(cfg.data)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
     _check_teacher_settings(cfg)
+    _check_trackers(cfg.log)
+
+
+def _check_trackers(log: LogConfig) -> None:
+    """A tracker that is asked for must be installed: one line before the run starts, not a failure hours in."""
+    import importlib.util
+
+    for key, module, extra in (("wandb", "wandb", "wandb"), ("mlflow", "mlflow", "mlflow")):
+        if getattr(log, key) and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"log.{key}=true, but the {module} package is not installed: pip install "
+                              f"'t2t[{extra}]' (or set log.{key}=false)")
 
 
 def _check_teacher_settings(cfg: Config) -> None:

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -30,9 +30,11 @@ _logger = logging.getLogger(__name__)
 class BackgroundCheckpointWriter:
     """CheckpointWriter.save in a background thread, one write at a time, on a snapshot of the state."""
 
-    def __init__(self, writer: CheckpointWriter, *, pin_memory: bool = False) -> None:
+    def __init__(self, writer: CheckpointWriter, *, pin_memory: bool = False,
+                 on_written: Optional[Callable[[int], None]] = None) -> None:
         self.writer = writer
         self.pin_memory = pin_memory
+        self.on_written = on_written  # called (in the writer thread) with the step of each checkpoint on disk
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._buffers: dict[tuple, torch.Tensor] = {}  # reused host copies, by position in the state
@@ -94,6 +96,8 @@ class BackgroundCheckpointWriter:
             return
         _logger.info("Saved %s (epoch %d, step %d) in %.1f s, in the background", path, epoch, step,
                      time.perf_counter() - start)
+        if self.on_written is not None:
+            self.on_written(step)
 
     @property
     def busy(self) -> bool:

@@ -224,9 +224,10 @@ class Checkpointer:
     """
 
     def __init__(self, writer: Optional[CheckpointWriter], *, arch: str, config: dict[str, Any],
-                 run: dict[str, Any]) -> None:
+                 run: dict[str, Any], trackers: Optional[dict[str, str]] = None) -> None:
         self.writer = writer
         self.arch, self.config, self.run = arch, config, run
+        self.trackers = trackers or {}  # the trackers' run ids, so a resume continues their runs
 
     def save(self, trainer: Any, *, end_of_epoch: bool, is_best: bool = False,
              score: Optional[tuple[str, float]] = None) -> None:
@@ -234,7 +235,7 @@ class Checkpointer:
         if self.writer is None:
             return
         ckpt = TrainingCheckpoint(trainer=state, arch=self.arch, config=self.config, run=self.run,
-                                  versions=library_versions())
+                                  versions=library_versions(), trackers=self.trackers)
         epoch, step = trainer.state.epoch, trainer.state.global_step
         t0 = time.perf_counter()
         saved = self.writer.save(ckpt.to_dict(), epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best,

@@ -1,4 +1,4 @@
-"""What the user sees: rank-0 progress lines, TensorBoard scalars, summary.csv and log.jsonl."""
+"""What the user sees: rank-0 progress lines, TensorBoard scalars, summary.csv, log.jsonl and the trackers."""
 from __future__ import annotations
 
 import csv
@@ -22,10 +22,16 @@ def format_duration(seconds: float) -> str:
 
 
 class RunLogger:
-    """Per-step scalars to TensorBoard; one row per epoch to summary.csv and log.jsonl (rank 0 only)."""
+    """Per-step scalars to TensorBoard and the trackers; one row per epoch to summary.csv and log.jsonl (rank 0 only).
 
-    def __init__(self, folder: Optional[str], tensorboard: bool = True) -> None:
+    `trackers` (t2t.engine.trackers.Trackers) get the same scalars; `checkpointed(step)`, which the
+    checkpoint writer may call from its thread, tells them that a checkpoint at `step` is on disk.
+    """
+
+    def __init__(self, folder: Optional[str], tensorboard: bool = True, trackers: Any = None) -> None:
         self.folder = folder
+        self.trackers = trackers
+        self._checkpointed: Optional[int] = None  # set by the writer thread, passed on by the training thread
         self.writer = None
         if folder is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -36,6 +42,18 @@ class RunLogger:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self._pass_checkpointed()
+            self.trackers.log(values, step)
+
+    def checkpointed(self, step: int) -> None:
+        """A checkpoint at global step `step` is on disk (any thread: only a number is stored here)."""
+        self._checkpointed = step
+
+    def _pass_checkpointed(self) -> None:
+        step, self._checkpointed = self._checkpointed, None
+        if step is not None:
+            self.trackers.checkpointed(step)
 
     def write_epochs(self, history: list[dict[str, Any]]) -> None:
         """Rewrite log.jsonl and summary.csv from the run's history (so a resumed run never repeats a row)."""
@@ -49,14 +67,23 @@ class RunLogger:
         writer.writerows(history)
         _atomic_write(os.path.join(self.folder, "summary.csv"), buf.getvalue())
         last = history[-1]
-        self.scalars({f"epoch/{k}": v for k, v in last.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}, last["epoch"])
+        values = {f"epoch/{k}": v for k, v in last.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
         if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, last["epoch"])
             self.writer.flush()
+        if self.trackers is not None:  # one step axis in a tracker: the epoch's row at its last global step
+            self._pass_checkpointed()
+            self.trackers.log({**values, "epoch/epoch": last["epoch"]}, last["global_step"])
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close TensorBoard and the trackers (`failed`: the run ended by an error, without a final checkpoint)."""
         if self.writer is not None:
             self.writer.close()
+        if self.trackers is not None:
+            self._pass_checkpointed()
+            self.trackers.close(failed=failed)
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -31,6 +31,7 @@ from .precision import amp_context, resolve_amp
 from .run_folder import RunError, agreed, choose_resume, resolve_output, resume_config
 from .stopping import StopPolicy
 from .teacher import TeacherError, check_same_teacher, load_teacher
+from .trackers import TrackerStart, Trackers
 from .trainer import TrainState, Trainer
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "PREEMPTED_EXIT_CODE", "RunError", "RunResult", "resume_config", "run"]
@@ -148,21 +149,34 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         os.replace(path + ".tmp", path)
     _wrap_for_training(trainer, cfg, dist, amp)
 
+    # Only rank 0 reports: TensorBoard and the trackers (a resume continues the trackers' runs).
+    trackers = None
+    if dist.is_main and (cfg.log.wandb or cfg.log.mlflow):
+        resumed = found[1] if found is not None else None
+        trackers = Trackers(cfg.log, TrackerStart(folder=output, config=cfg.to_dict(), plan=plan.to_dict(),
+                                                  resume_step=resumed.global_step if resumed else None),
+                            run_ids=resumed.trackers if resumed else None)
+    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard, trackers=trackers)
+    trainer.on_log = logger.scalars if dist.is_main else None
     # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
     writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs,
                                                          keep_best=cfg.checkpoint.keep_best),
-                                        pin_memory=device.type == "cuda") if dist.is_main else None
-    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
-    trainer.on_log = logger.scalars if dist.is_main else None
+                                        pin_memory=device.type == "cuda",
+                                        on_written=logger.checkpointed) if dist.is_main else None
 
-    checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict())
+    checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict(),
+                                trackers=trackers.run_ids if trackers is not None else None)
     stop = StopPolicy(steps_per_epoch=plan.steps_per_epoch, every_steps=cfg.checkpoint.every_steps,
                       every_minutes=cfg.checkpoint.every_minutes, max_steps=cfg.train.max_steps,
                       distributed=dist.is_distributed)
-    with stop, writes_finished(writer):  # every exit waits for the pending write
-        trainer.fit(data, total_epochs=plan.total_epochs, global_batch_size=plan.global_batch_size, stop=stop,
-                    checkpointer=checkpointer, eval_interval=cfg.eval.interval, eval_metric=cfg.eval.metric,
-                    write_epochs=logger.write_epochs)
+    try:
+        with stop, writes_finished(writer):  # every exit waits for the pending write
+            trainer.fit(data, total_epochs=plan.total_epochs, global_batch_size=plan.global_batch_size, stop=stop,
+                        checkpointer=checkpointer, eval_interval=cfg.eval.interval, eval_metric=cfg.eval.metric,
+                        write_epochs=logger.write_epochs)
+    except BaseException:
+        logger.close(failed=True)
+        raise
     logger.close()
     return RunResult(output=output, state=trainer.state, preempted=stop.preempted, interrupted=stop.interrupted)
 
