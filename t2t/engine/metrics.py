@@ -5,20 +5,12 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 from typing import Any, Optional
 
+X
+
 _logger = logging.getLogger("t2t.train")
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
 
 
 class RunLogger:

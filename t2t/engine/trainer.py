@@ -22,7 +22,7 @@ from .collectives import all_reduce_sum, sum_over_ranks
 from .distributed import DistInfo
 from .evaluate import evaluate_models
 from .losses import TrainLoss
-from .metrics import format_duration
+from ..progress import format_duration
 from .optim import LRSchedule, set_lr
 from .precision import amp_context
 from .stopping import StopPolicy
