@@ -8,8 +8,6 @@ import logging
 import os
 from typing import Any, Optional
 
-X
-
 _logger = logging.getLogger("t2t.train")
 
 
