@@ -18,7 +18,12 @@ class RunLogger:
     checkpoint writer may call from its thread, tells them that a checkpoint at `step` is on disk.
     """
 
-    def __init__(self, folder: Optional[str], tensorboard: bool = True, trackers: Any = None) -> None:
+    def __init__(self, folder: Optional[str], tensorboard: bool = True, *, resumed_step: Optional[int] = None,
+                 trackers: Any = None) -> None:
+        """`resumed_step`: the global step of the checkpoint a resumed run starts from. Steps after it may have
+        been logged by the process that was stopped; TensorBoard drops every event from the step after it on
+        (a purge marker at that step), so each step appears once, with the resumed run's values (the trackers
+        were started with the same step: t2t.engine.trackers)."""
         self.folder = folder
         self.trackers = trackers
         self._checkpointed: Optional[int] = None  # set by the writer thread, passed on by the training thread
@@ -26,7 +31,8 @@ class RunLogger:
         if folder is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"))
+            purge_step = None if resumed_step is None else resumed_step + 1
+            self.writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:

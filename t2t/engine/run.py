@@ -149,14 +149,16 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         os.replace(path + ".tmp", path)
     _wrap_for_training(trainer, cfg, dist, amp)
 
-    # Only rank 0 reports: TensorBoard and the trackers (a resume continues the trackers' runs).
+    # Only rank 0 reports: TensorBoard and the trackers. A resumed run's reports start after its checkpoint's
+    # step: TensorBoard purges what the stopped process logged after it, the trackers continue their runs.
+    resumed_step = found[1].global_step if found is not None else None
     trackers = None
     if dist.is_main and (cfg.log.wandb or cfg.log.mlflow):
-        resumed = found[1] if found is not None else None
         trackers = Trackers(cfg.log, TrackerStart(folder=output, config=cfg.to_dict(), plan=plan.to_dict(),
-                                                  resume_step=resumed.global_step if resumed else None),
-                            run_ids=resumed.trackers if resumed else None)
-    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard, trackers=trackers)
+                                                  resumed_step=resumed_step),
+                            run_ids=found[1].trackers if found is not None else None)
+    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard, resumed_step=resumed_step,
+                       trackers=trackers)
     trainer.on_log = logger.scalars if dist.is_main else None
     # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
     writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs,

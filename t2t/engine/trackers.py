@@ -39,7 +39,7 @@ class TrackerStart:
     config: dict[str, Any]  # the resolved config (Config.to_dict())
     plan: dict[str, Any]  # the run plan (RunPlan.to_dict())
     run_id: Optional[str] = None  # the tracker's run to continue (from the checkpoint), None for a new run
-    resume_step: Optional[int] = None  # the checkpoint's global step when resuming
+    resumed_step: Optional[int] = None  # the checkpoint's global step when resuming
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -67,7 +67,7 @@ class WandbTracker:
             mode=log.wandb_mode, config={**start.config, "run_plan": start.plan})
         if start.run_id is not None:
             # Rewind: history after the checkpoint's step (logged by the killed process) is replaced.
-            kwargs["resume_from"] = f"{start.run_id}?_step={start.resume_step}"
+            kwargs["resume_from"] = f"{start.run_id}?_step={start.resumed_step}"
         os.makedirs(start.folder, exist_ok=True)
         self.run = wandb.init(**kwargs)
         self.run_id = self.run.id
@@ -94,7 +94,7 @@ class MlflowTracker:
         if start.run_id is not None:
             self.run_id = start.run_id
             self.client.update_run(self.run_id, status="RUNNING")  # also checks the run exists
-            self.client.set_tag(self.run_id, "t2t.resumed_at_step", str(start.resume_step))
+            self.client.set_tag(self.run_id, "t2t.resumed_at_step", str(start.resumed_step))
         else:
             name = log.project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
             experiment = self.client.get_experiment_by_name(name)
@@ -148,15 +148,15 @@ class Trackers:
             if not getattr(log, name):
                 continue
             this = TrackerStart(folder=start.folder, config=start.config, plan=start.plan,
-                                run_id=run_ids.get(name) if start.resume_step is not None else None,
-                                resume_step=start.resume_step)
+                                run_id=run_ids.get(name) if start.resumed_step is not None else None,
+                                resumed_step=start.resumed_step)
             try:
                 self.active[name] = build(log, this)
             except Exception as e:  # credentials, network, a server that refuses: one line, the run goes on
                 _logger.warning("log.%s: the tracker could not start (%s); training continues without it, with "
                                 "the local logs", name, one_line(e))
                 continue
-            what = f"continues run {this.run_id} from step {this.resume_step}" if this.run_id else \
+            what = f"continues run {this.run_id} from step {this.resumed_step}" if this.run_id else \
                 f"run {self.active[name].run_id}"
             _logger.info("log.%s: %s", name, what)
 

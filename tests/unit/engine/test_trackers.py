@@ -32,7 +32,7 @@ def test_mlflow_sends_steps_once_a_checkpoint_covers_them_and_a_resume_continues
     assert _mlflow_history(uri, run_id, "train/loss") == [(1, 11.0), (2, 12.0), (3, 13.0)]
     # killed here: steps 4 and 5 were never sent; the resume from step 3 logs them again
     resumed = RunLogger(str(tmp_path), tensorboard=False, trackers=Trackers(
-        log, TrackerStart(str(tmp_path), resume_step=3, **START), run_ids={"mlflow": run_id}))
+        log, TrackerStart(str(tmp_path), resumed_step=3, **START), run_ids={"mlflow": run_id}))
     assert resumed.trackers.run_ids == {"mlflow": run_id}
     for step in range(4, 8):
         resumed.scalars({"train/loss": 20.0 + step}, step)
@@ -57,7 +57,7 @@ def test_wandb_offline_resume_rewinds_the_same_run_to_the_checkpoint_step(tmp_pa
     for step in range(1, 6):
         first.log({"train/loss": 10.0 + step}, step)
     first.close()
-    resumed = Trackers(log, TrackerStart(str(tmp_path), resume_step=3, **START), run_ids={"wandb": run_id})
+    resumed = Trackers(log, TrackerStart(str(tmp_path), resumed_step=3, **START), run_ids={"wandb": run_id})
     for step in range(4, 8):
         resumed.log({"train/loss": 20.0 + step}, step)
     resumed.close()
