@@ -437,17 +437,6 @@ def validate(cfg: Config) -> None:
         _check_dali_config(cfg.data)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
     _check_teacher_settings(cfg)
-    _check_trackers(cfg.log)
-
-
-def _check_trackers(log: LogConfig) -> None:
-    """A tracker that is asked for must be installed: one line before the run starts, not a failure hours in."""
-    import importlib.util
-
-    for key, module, extra in (("wandb", "wandb", "wandb"), ("mlflow", "mlflow", "mlflow")):
-        if getattr(log, key) and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"log.{key}=true, but the {module} package is not installed: pip install "
-                              f"'t2t[{extra}]' (or set log.{key}=false)")
 
 
 def _check_teacher_settings(cfg: Config) -> None:

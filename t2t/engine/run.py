@@ -31,7 +31,7 @@ from .precision import amp_context, resolve_amp
 from .run_folder import RunError, agreed, choose_resume, resolve_output, resume_config
 from .stopping import StopPolicy
 from .teacher import TeacherError, check_same_teacher, load_teacher
-from .trackers import TrackerStart, Trackers
+from .trackers import TrackerStart, Trackers, check_installed
 from .trainer import TrainState, Trainer
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "PREEMPTED_EXIT_CODE", "RunError", "RunResult", "resume_config", "run"]
@@ -101,6 +101,7 @@ def _open_resume(dist: DistInfo, output: str, resume: Optional[str]) -> Optional
 
 def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], resume: Optional[str]) -> RunResult:
     setup_logging(dist.is_main)
+    check_installed(cfg.log)  # a tracker asked for but not installed: one line on every rank, before any work
     output = agreed(dist, lambda: resolve_output(cfg, output, resume))
     found = _open_resume(dist, output, resume)
     if dist.is_main:

@@ -12,8 +12,8 @@ tracker run, and what the killed process logged after that checkpoint never appe
 
 A tracker that cannot start (bad credentials, unreachable server) is one warning line at the start and
 the run goes on without it; a failure once it runs is logged once and the tracker is switched off for
-the rest of the run, while log.jsonl, summary.csv and TensorBoard carry on. (A tracker that is not
-installed is a config error: t2t.config refuses it before anything starts.)
+the rest of the run, while log.jsonl, summary.csv and TensorBoard carry on. A tracker that is not
+installed is a config error before anything starts (`check_installed`, on every rank).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..cli import one_line
-from ..config import LogConfig
+from ..config import ConfigError, LogConfig
 
 _logger = logging.getLogger("t2t.train")
 
@@ -50,6 +50,16 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def check_installed(log: LogConfig) -> None:
+    """ConfigError if a tracker that `log` turns on is not installed: one line before the run starts."""
+    import importlib.util
+
+    for name in TRACKERS:
+        if getattr(log, name) and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"log.{name}=true, but the {name} package is not installed: pip install "
+                              f"'t2t[{name}]' (or set log.{name}=false)")
 
 
 class WandbTracker:
