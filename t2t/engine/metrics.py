@@ -27,6 +27,7 @@ class RunLogger:
         self.folder = folder
         self.trackers = trackers
         self._checkpointed: Optional[int] = None  # set by the writer thread, passed on by the training thread
+        self._passed: Optional[int] = None
         self.writer = None
         if folder is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -47,8 +48,9 @@ class RunLogger:
         self._checkpointed = step
 
     def _pass_checkpointed(self) -> None:
-        step, self._checkpointed = self._checkpointed, None
-        if step is not None:
+        step = self._checkpointed  # only the writer thread sets it, only this thread reads it: nothing is lost
+        if step is not None and step != self._passed:
+            self._passed = step
             self.trackers.checkpointed(step)
 
     def write_epochs(self, history: list[dict[str, Any]]) -> None:
