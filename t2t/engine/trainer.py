@@ -17,12 +17,12 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn as nn
 
+from ..progress import format_duration
 from .checkpoint import clean_state_dict
 from .collectives import all_reduce_sum, sum_over_ranks
 from .distributed import DistInfo
 from .evaluate import evaluate_models
 from .losses import TrainLoss
-from ..progress import format_duration
 from .optim import LRSchedule, set_lr
 from .precision import amp_context
 from .stopping import StopPolicy
