@@ -6,6 +6,7 @@ import os
 import pickle
 import socket
 import subprocess
+import threading
 import sys
 
 import numpy as np
@@ -272,3 +273,17 @@ def _wandb_run_file(path: str) -> dict:
             items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
             run["steps"][int(record.history.step.num)] = items
     return run
+
+
+def read_fifo_in_background(path):
+    """Start a reader of the FIFO at `path` (a writer blocks until one opens it); returns a callable that
+    waits for the writer to close and gives what was written."""
+    received = []
+    thread = threading.Thread(target=lambda: received.append(open(path, "rb").read()), daemon=True)
+    thread.start()
+
+    def result():
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "nothing was written to the FIFO"
+        return received[0]
+    return result
