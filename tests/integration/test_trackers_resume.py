@@ -44,7 +44,7 @@ def test_wandb_and_mlflow_keep_one_run_without_repeated_steps_across_a_kill(tmp_
     data = make_data(str(tmp_path / "data"))  # 36 images, batch 4: 9 steps
     out = str(tmp_path / "run")
     args = ("-c", write_config(str(tmp_path)), "--data-dir", data, "--output", out, "train.epochs=1",
-            "sched.warmup_epochs=0", "sched.cooldown_epochs=0", "train.log_interval=1", "checkpoint.every_steps=3",
+            "sched.warmup_epochs=0", "sched.cooldown_epochs=0", "train.log_interval=1", "checkpoint.every_steps=3", "checkpoint.keep_best=2",
             "log.wandb=true", "log.wandb_mode=offline", "log.mlflow=true", f"log.mlflow_tracking_uri={uri}",
             "log.project=demo", "log.run_name=tiny", "log.tags=[cpu,test]")
     _kill_past_a_checkpoint(out, *args)
@@ -68,3 +68,8 @@ def test_wandb_and_mlflow_keep_one_run_without_repeated_steps_across_a_kill(tmp_
     for key in ("train/loss", "train/lr", "train/grad_norm", "train/images_per_sec", "train/data_wait"):
         assert [m.step for m in client.get_metric_history(trackers["mlflow"], key)] == list(range(1, 10)), key
     assert [m.step for m in client.get_metric_history(trackers["mlflow"], "epoch/val_top1")] == [9]
+    # checkpoint.keep_best: the evaluated epoch, named by its metric, is the epoch's checkpoint
+    top1 = client.get_metric_history(trackers["mlflow"], "epoch/ema_val_top1")[0].value
+    (best,) = [n for n in os.listdir(out) if n.startswith("best-epoch-")]
+    assert best == f"best-epoch-0000-ema_val_top1-{top1:.3f}.pth"
+    assert os.path.samefile(os.path.join(out, best), os.path.join(out, "last.pth"))
