@@ -71,5 +71,5 @@ def test_wandb_and_mlflow_keep_one_run_without_repeated_steps_across_a_kill(tmp_
     # checkpoint.keep_best: the evaluated epoch, named by its metric, is the epoch's checkpoint
     top1 = client.get_metric_history(trackers["mlflow"], "epoch/ema_val_top1")[0].value
     (best,) = [n for n in os.listdir(out) if n.startswith("best-epoch-")]
-    assert best == f"best-epoch-0000-ema_val_top1-{top1:.3f}.pth"
+    assert best == f"best-epoch-0001-ema_val_top1-{top1:.3f}.pth"  # N as in epoch-N.pth: epochs completed
     assert os.path.samefile(os.path.join(out, best), os.path.join(out, "last.pth"))
