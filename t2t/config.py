@@ -94,8 +94,9 @@ class DataConfig:
     # batches each loader worker prepares ahead (shared memory: see the README)
     prefetch_factor: int = checked(2, AT_LEAST_1)
     format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
-    # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
-    train_transform: Literal["imagenet", "cifar"] = "imagenet"
+    # imagenet: RandomResizedCrop + RandAugment + erasing (DeiT / T2T-ViT); cifar: resize, RandomCrop(padding=img_size // 8), flip;
+    # src: DeiT III's simple random crop (resize, RandomCrop(padding=4, reflect), flip) + auto_augment
+    train_transform: Literal["imagenet", "cifar", "src"] = "imagenet"
     # pil: decode and augment in loader worker processes (Pillow); dali: NVIDIA DALI (GPU decode and
     # augmentation on CUDA, its CPU operators elsewhere), needs the optional extra t2t[dali]
     backend: Literal["pil", "dali"] = "pil"
@@ -115,9 +116,13 @@ class MixupConfig:
 
 @dataclass
 class LossConfig:
-    """The training loss: soft-target cross-entropy (t2t.engine.losses)."""
+    """The training loss (t2t.engine.losses): soft-target cross-entropy, or binary cross-entropy (DeiT III)."""
 
+    type: Literal["ce", "bce"] = "ce"
     label_smoothing: float = checked(0.1, BELOW_1)  # also smooths the targets mixup / cutmix make
+    # bce: soft targets (mixup / cutmix) above this become 1, the rest 0 (DeiT III: none); null: kept soft
+    bce_target_threshold: Optional[float] = checked(None, Check(lambda v: v is None or 0 <= v < 1,
+                                                                "in [0, 1) or null"))
 
 
 @dataclass
@@ -447,6 +452,9 @@ def validate(cfg: Config) -> None:
         _check_dali_config(cfg.data)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
     _check_teacher_settings(cfg)
+    if cfg.loss.bce_target_threshold is not None and cfg.loss.type != "bce":
+        raise ConfigError(f"loss.bce_target_threshold={cfg.loss.bce_target_threshold} is used by loss.type=bce only "
+                          f"(loss.type={cfg.loss.type!r}): set loss.type=bce or remove it")
 
 
 def _check_teacher_settings(cfg: Config) -> None:
