@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import sys
-import time
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,6 +36,7 @@ from t2t.data.sampler import ShardSampler  # noqa: E402
 from t2t.data.token_label import label_path, save_label_map  # noqa: E402
 from t2t.data.transforms import ToNormalizedTensor  # noqa: E402
 from t2t.engine.teacher import load_teacher  # noqa: E402
+from t2t.progress import Progress  # noqa: E402
 from t2t.tools.token_labels import dense_logits  # noqa: E402
 
 _logger = logging.getLogger("t2t.labels")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--log-interval", type=int, default=20, help="batches between progress lines")
+    parser.add_argument("--log-interval", type=int, default=20, help="batches between progress lines when not on a terminal")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_main("generate_token_labels.py", lambda: _generate(args),
@@ -132,19 +132,18 @@ def _generate(args: argparse.Namespace) -> int:
     loader = DataLoader(torch.utils.data.Subset(_Images(dataset, args.img_size, mean, std), todo),
                         batch_size=args.batch_size, num_workers=args.workers, shuffle=False)
     model = teacher.model
-    t0, written = time.perf_counter(), 0
-    with torch.no_grad():
-        for step, (images, indices) in enumerate(loader):
+    written = 0
+    # A redrawn line with the rate and the ETA on a terminal; a log line every --log-interval batches elsewhere.
+    with torch.no_grad(), Progress(len(todo), f"rank {rank}: labelling", every_updates=args.log_interval,
+                                   logger=_logger, enabled=rank == 0 or not sys.stderr.isatty()) as progress:
+        for images, indices in loader:
             scores = dense_logits(model, images.to(device)).float()  # (B, C, H, W)
             values, classes = scores.topk(args.topk, dim=1)
             for value, cls, index in zip(values.cpu(), classes.cpu(), indices.tolist()):
                 save_label_map(label_path(args.output, relpaths[index]), value, cls,
                                teacher=record["sha256"])
             written += len(indices)
-            if (step + 1) % args.log_interval == 0 or written == len(todo):
-                rate = written / max(time.perf_counter() - t0, 1e-9)
-                _logger.info("rank %d: %d/%d images, %.1f img/s, eta %.0f s", rank, written, len(todo), rate,
-                             (len(todo) - written) / max(rate, 1e-9))
+            progress.update(len(indices))
     _logger.info("rank %d: labelled %d images (map %dx%d, top-%d)", rank, written,
                  *(tuple(scores.shape[-2:]) if written else (0, 0)), args.topk)
     return 0

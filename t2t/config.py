@@ -183,8 +183,15 @@ class TrainConfig:
 
 @dataclass
 class EMAConfig:
+    """timm's ModelEmaV3: the decay, its optional warm-up, and how often the EMA is updated."""
+
     enabled: bool = True
-    decay: float = checked(0.99996, BELOW_1)
+    decay: float = checked(0.99996, BELOW_1)  # per update (the ceiling of the warm-up)
+    # timm's warm-up: decay = min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)
+    warmup: bool = False
+    warmup_gamma: float = checked(1.0, POSITIVE)
+    warmup_power: float = checked(2 / 3, POSITIVE)
+    interval: int = checked(1, AT_LEAST_1)  # update after every N-th optimizer step
 
 
 @dataclass
@@ -204,6 +211,8 @@ class CheckpointConfig:
     every_minutes: float = checked(0.0, AT_LEAST_0)  # and/or every N minutes (0: off)
     # also keep the last K end-of-epoch checkpoints (0: only last.pth / best.pth)
     keep_epochs: int = checked(0, AT_LEAST_0)
+    # also keep the K best end-of-epoch checkpoints by eval.metric, as best-epoch-N-<metric>-<value>.pth (0: off)
+    keep_best: int = checked(0, AT_LEAST_0)
 
 
 @dataclass
@@ -216,7 +225,19 @@ class DistConfig:
 
 @dataclass
 class LogConfig:
+    """Where rank 0 sends the scalars besides log.jsonl / summary.csv (docs/trackers.md)."""
+
     tensorboard: bool = True
+    wandb: bool = False  # Weights & Biases (the optional extra t2t[wandb])
+    mlflow: bool = False  # MLflow (the optional extra t2t[mlflow])
+    # wandb project / MLflow experiment; None: WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else "t2t"
+    project: Optional[str] = None
+    run_name: Optional[str] = None  # None: WANDB_NAME for wandb, else the run folder's name
+    tags: tuple[str, ...] = ()
+    wandb_entity: Optional[str] = None  # None: WANDB_ENTITY, else the account's default entity
+    # None: WANDB_MODE, else online; offline writes under <run>/wandb/ for `wandb sync`
+    wandb_mode: Optional[Literal["online", "offline"]] = None
+    mlflow_tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else MLflow's default
 
 
 @dataclass

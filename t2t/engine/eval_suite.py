@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..cli import UsageError
 from ..outputs import check_output_file, write_text
+from ..progress import Progress
 from .distributed import DistInfo
 from .evaluate import evaluate_models
 
@@ -236,7 +237,7 @@ def run_suite(
     by_resolution: dict[Resolution, list[int]] = {}
     for i, job in enumerate(jobs):
         by_resolution.setdefault(job.resolution, []).append(i)
-    for resolution, members in by_resolution.items():
+    for number, (resolution, members) in enumerate(by_resolution.items(), start=1):
         loader, sample_indices = build_loader(resolution)
         models: dict[str, nn.Module] = {}
         fields: dict[int, dict[str, Any]] = {}
@@ -245,8 +246,14 @@ def run_suite(
             for mode, variant in tta_models(model, tta).items():
                 models[f"{i}/{mode}"] = variant
         prefix = f"@{resolution.img_size} crop {resolution.crop_pct:g}: "
-        metrics = evaluate_models(models, loader, device=device, amp=amp, dist=dist, log_prefix=prefix,
-                                  real_labels=real_labels, sample_indices=sample_indices)
+        # Rank 0 shows its share of the images with a rate and an ETA (a redrawn line on a terminal).
+        label = f"[{number}/{len(by_resolution)}] @{resolution.img_size} crop {resolution.crop_pct:g}, " \
+                f"{len(models)} model(s)" + (f", rank 0 of {dist.world_size}" if dist is not None and
+                                             dist.is_distributed else "")
+        with Progress(len(sample_indices), label, enabled=dist is None or dist.is_main) as progress:
+            metrics = evaluate_models(models, loader, device=device, amp=amp, dist=dist, log_prefix=prefix,
+                                      log_every=0, real_labels=real_labels, sample_indices=sample_indices,
+                                      progress=progress)
         for i in members:
             for mode in tta:
                 rows[i, mode] = {**metrics[f"{i}/{mode}"], **fields[i], "img_size": resolution.img_size,

@@ -23,7 +23,7 @@ from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, l
 from .checkpoint_schema import TrainingCheckpoint
 from .collectives import broadcast_object, gather_objects, settle_bucket_layout
 from .distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
-from .ema import CachedModelEma
+from .ema import build_ema
 from .losses import build_loss
 from .metrics import RunLogger
 from .optim import build_optimizer, build_schedule, freeze_parameters
@@ -32,6 +32,7 @@ from .precision import amp_context, resolve_amp
 from .run_folder import RunError, agreed, choose_resume, resolve_output, resume_config
 from .stopping import StopPolicy
 from .teacher import TeacherError, check_same_teacher, load_teacher
+from .trackers import TrackerStart, Trackers, check_installed
 from .trainer import TrainState, Trainer
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "PREEMPTED_EXIT_CODE", "RunError", "RunResult", "resume_config", "run"]
@@ -101,6 +102,7 @@ def _open_resume(dist: DistInfo, output: str, resume: Optional[str]) -> Optional
 
 def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], resume: Optional[str]) -> RunResult:
     setup_logging(dist.is_main)
+    check_installed(cfg.log)  # a tracker asked for but not installed: one line on every rank, before any work
     output = agreed(dist, lambda: resolve_output(cfg, output, resume))
     found = _open_resume(dist, output, resume)
     if dist.is_main:
@@ -146,21 +148,36 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
     _wrap_for_training(trainer, cfg, dist, amp)
 
-    # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
-    writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
-                                        pin_memory=device.type == "cuda") if dist.is_main else None
-    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard,
-                       resumed_step=found[1].global_step if found else None)
+    # Only rank 0 reports: TensorBoard and the trackers. A resumed run's reports start after its checkpoint's
+    # step: TensorBoard purges what the stopped process logged after it, the trackers continue their runs.
+    resumed_step = found[1].global_step if found is not None else None
+    trackers = None
+    if dist.is_main and (cfg.log.wandb or cfg.log.mlflow):
+        trackers = Trackers(cfg.log, TrackerStart(folder=output, config=cfg.to_dict(), plan=plan.to_dict(),
+                                                  resumed_step=resumed_step),
+                            run_ids=found[1].trackers if found is not None else None)
+    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard, resumed_step=resumed_step,
+                       trackers=trackers)
     trainer.on_log = logger.scalars if dist.is_main else None
+    # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
+    writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs,
+                                                         keep_best=cfg.checkpoint.keep_best),
+                                        pin_memory=device.type == "cuda",
+                                        on_written=logger.checkpointed) if dist.is_main else None
 
-    checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict())
+    checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict(),
+                                trackers=trackers.run_ids if trackers is not None else None)
     stop = StopPolicy(steps_per_epoch=plan.steps_per_epoch, every_steps=cfg.checkpoint.every_steps,
                       every_minutes=cfg.checkpoint.every_minutes, max_steps=cfg.train.max_steps,
                       distributed=dist.is_distributed)
-    with stop, writes_finished(writer):  # every exit waits for the pending write
-        trainer.fit(data, total_epochs=plan.total_epochs, global_batch_size=plan.global_batch_size, stop=stop,
-                    checkpointer=checkpointer, eval_interval=cfg.eval.interval, eval_metric=cfg.eval.metric,
-                    write_epochs=logger.write_epochs)
+    try:
+        with stop, writes_finished(writer):  # every exit waits for the pending write
+            trainer.fit(data, total_epochs=plan.total_epochs, global_batch_size=plan.global_batch_size, stop=stop,
+                        checkpointer=checkpointer, eval_interval=cfg.eval.interval, eval_metric=cfg.eval.metric,
+                        write_epochs=logger.write_epochs)
+    except BaseException:
+        logger.close(failed=True)
+        raise
     logger.close()
     return RunResult(output=output, state=trainer.state, preempted=stop.preempted, interrupted=stop.interrupted)
 
@@ -198,7 +215,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
                            distill=cfg.distill, teacher=teacher, two_heads=isinstance(model, T2TViTDistilled),
                            device=device), device=device,
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
-        ema=CachedModelEma(model, decay=cfg.ema.decay) if cfg.ema.enabled else None, amp=amp,
+        ema=build_ema(model, cfg.ema) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
         mixup=mixup, mixup_off_epoch=cfg.mixup.off_epoch,
         reseed=lambda i: rng.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,

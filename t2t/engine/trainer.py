@@ -17,12 +17,12 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn as nn
 
+from ..progress import format_duration
 from .checkpoint import clean_state_dict
 from .collectives import all_reduce_sum, sum_over_ranks
 from .distributed import DistInfo
 from .evaluate import evaluate_models
 from .losses import TrainLoss
-from .metrics import format_duration
 from .optim import LRSchedule, set_lr
 from .precision import amp_context
 from .stopping import StopPolicy
@@ -339,13 +339,14 @@ class Trainer:
                                         val_on_device=getattr(data, "val_on_device", None))
             row["images_per_sec"] = (self.state.step_in_epoch - steps_before) * global_batch_size / max(
                 time.perf_counter() - t_epoch, 1e-9)  # this session's share of the epoch, evaluation included
-            is_best = self._update_best(row, eval_metric)
+            score = self.score(row, eval_metric)
+            is_best = self._update_best(score)
             self.state.history.append(row)
             self.state.epoch += 1
             self.state.step_in_epoch = 0
             self.state.loss_sum, self.state.loss_count = 0.0, 0
             if checkpointer is not None:
-                checkpointer.save(self, end_of_epoch=True, is_best=is_best)
+                checkpointer.save(self, end_of_epoch=True, is_best=is_best, score=score)
             if write_epochs is not None:
                 write_epochs(self.state.history)
             if stop is not None:
@@ -385,15 +386,20 @@ class Trainer:
                          if "ema_val_top1" in row else "")
         return row
 
-    def _update_best(self, row: dict[str, Any], metric: str) -> bool:
+    @staticmethod
+    def score(row: dict[str, Any], metric: str) -> Optional[tuple[str, float]]:
+        """(row key, value) of `metric` (eval.metric) in an epoch's row; None for an epoch without evaluation."""
         key = {"top1": "val_top1", "top5": "val_top5", "ema_top1": "ema_val_top1", "ema_top5": "ema_val_top5"}[metric]
         if key not in row and key.startswith("ema_") and "val_top1" in row:
             key = key[len("ema_"):]  # EMA switched off: follow the model's own metric
         value = row.get(key)
-        if value is None:
+        return None if value is None else (key, float(value))
+
+    def _update_best(self, score: Optional[tuple[str, float]]) -> bool:
+        if score is None:
             return False
-        if self.state.best_metric is None or value > self.state.best_metric:
-            self.state.best_metric, self.state.best_epoch = value, row["epoch"]
+        if self.state.best_metric is None or score[1] > self.state.best_metric:
+            self.state.best_metric, self.state.best_epoch = score[1], self.state.epoch
             return True
         return False
 
