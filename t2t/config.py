@@ -423,6 +423,9 @@ def _check_teacher_settings(cfg: Config) -> None:
     if cfg.distill.type != "none" and not cfg.distill.teacher:
         raise ConfigError(f"distill.type={cfg.distill.type!r} needs distill.teacher: the teacher's checkpoint file "
                           "(or set distill.type=none)")
+    if cfg.distill.type == "none" and cfg.distill.teacher:
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher!r} with distill.type=none: the teacher would not be "
+                          "used; set distill.type=hard or soft to distil from it, or distill.teacher=null")
     if cfg.token_label.cls_weight + cfg.token_label.dense_weight <= 0:
         raise ConfigError("token_label.cls_weight and token_label.dense_weight are both 0: expected a positive sum")
     if cfg.token_label.dir is not None and not cfg.model.token_label:

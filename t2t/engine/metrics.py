@@ -9,6 +9,8 @@ import math
 import os
 from typing import Any, Optional
 
+from ..outputs import write_text
+
 _logger = logging.getLogger("t2t.train")
 
 
@@ -41,13 +43,13 @@ class RunLogger:
         """Rewrite log.jsonl and summary.csv from the run's history (so a resumed run never repeats a row)."""
         if self.folder is None or not history:
             return
-        _atomic_write(os.path.join(self.folder, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+        write_text(os.path.join(self.folder, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
         fields = list(dict.fromkeys(k for r in history for k in r))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
-        _atomic_write(os.path.join(self.folder, "summary.csv"), buf.getvalue())
+        write_text(os.path.join(self.folder, "summary.csv"), buf.getvalue())
         last = history[-1]
         self.scalars({f"epoch/{k}": v for k, v in last.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}, last["epoch"])
@@ -58,9 +60,3 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
 
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
