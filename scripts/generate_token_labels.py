@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import t2t  # noqa: E402,F401
 from t2t.cli import ArgumentParser, UsageError, run_main  # noqa: E402
-from t2t.data.dataset import ImageFolderDataset  # noqa: E402
+from t2t.config import MAX_BATCH  # noqa: E402
+from t2t.data.dataset import _DECODE_ERRORS, DatasetError, ImageFolderDataset  # noqa: E402
 from t2t.data.loader import init_loader_worker  # noqa: E402
 from t2t.data.sampler import ShardSampler  # noqa: E402
 from t2t.data.token_label import LabelMapError, label_path, read_label_record, save_label_map  # noqa: E402
@@ -46,8 +47,6 @@ from t2t.outputs import CtrlC, workers_stopped, write_text  # noqa: E402
 from t2t.tools.token_labels import dense_logits  # noqa: E402
 
 _logger = logging.getLogger("t2t.labels")
-
-MAX_BATCH = 2 ** 31 - 1  # the DataLoader's batch is a Python slice bound
 
 
 class _Images(torch.utils.data.Dataset):
@@ -63,7 +62,12 @@ class _Images(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        img = self.dataset._decode(self.dataset.samples[index][0])
+        path = self.dataset.samples[index][0]
+        try:
+            img = self.dataset._decode(path)
+        except _DECODE_ERRORS as e:  # every image needs its labels: none is skipped
+            raise DatasetError(f"cannot read image {path!r}: {type(e).__name__}: {e}. Replace or delete the file "
+                               "(token labels are made for every training image)") from None
         return self.to_tensor(img.resize((self.img_size, self.img_size), self.bicubic)), index
 
 
