@@ -48,8 +48,8 @@ PROBABILITY = Check(lambda v: 0 <= v <= 1, "in [0, 1]")
 BELOW_1 = Check(lambda v: 0 <= v < 1, "in [0, 1)")
 AT_LEAST_1_OR_NULL = Check(lambda v: v is None or v >= 1, ">= 1 or null")
 MAX_BATCH = 2 ** 31 - 1  # data loaders take a batch size that fits a C ssize_t slice bound; far above any memory
-BATCH = Check(lambda v: 1 <= v <= MAX_BATCH, f"1 to {MAX_BATCH} images")
-BATCH_OR_NULL = Check(lambda v: v is None or 1 <= v <= MAX_BATCH, f"1 to {MAX_BATCH} images, or null")
+BATCH = Check(lambda v: 1 <= v <= MAX_BATCH, f">= 1 and <= {MAX_BATCH} images")
+BATCH_OR_NULL = Check(lambda v: v is None or 1 <= v <= MAX_BATCH, f">= 1 and <= {MAX_BATCH} images, or null")
 POSITIVE_MINUTES = Check(lambda v: 0 < v < float("inf"), "> 0 minutes")
 
 # Resampling filters the transforms know (t2t.data.transforms), by name.
