@@ -26,13 +26,17 @@ def format_duration(seconds: float) -> str:
 class RunLogger:
     """Per-step scalars to TensorBoard; one row per epoch to summary.csv and log.jsonl (rank 0 only)."""
 
-    def __init__(self, folder: Optional[str], tensorboard: bool = True) -> None:
+    def __init__(self, folder: Optional[str], tensorboard: bool = True, *, resumed_step: Optional[int] = None) -> None:
+        """`resumed_step`: the global step of the checkpoint a resumed run starts from. Steps after it may have
+        been logged by the process that was stopped; TensorBoard drops every event from the step after it on
+        (a purge marker at that step), so each step appears once, with the resumed run's values."""
         self.folder = folder
         self.writer = None
         if folder is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"))
+            purge_step = None if resumed_step is None else resumed_step + 1
+            self.writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
@@ -59,4 +63,3 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-

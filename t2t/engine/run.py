@@ -187,7 +187,8 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
     writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
                                         pin_memory=device.type == "cuda") if dist.is_main else None
-    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
+    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard,
+                       resumed_step=found[1].global_step if found else None)
     trainer.on_log = logger.scalars if dist.is_main else None
 
     checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict())
@@ -263,6 +264,8 @@ def _wrap_for_training(trainer: Trainer, cfg: Config, dist: DistInfo, amp: str) 
 def _warn_config_changes(cfg: Config, saved: dict[str, Any]) -> None:
     now = cfg.to_dict()
     saved = rename_old_keys(saved, "the checkpoint", warn=False)  # a renamed key is not a change
+    # a key the checkpoint's version did not have yet holds its default there: not a change either
+    saved = {s: {**entries, **saved.get(s, {})} for s, entries in Config().to_dict().items()}
     changed = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}"
                for s, entries in now.items() for k, v in entries.items() if saved.get(s, {}).get(k) != v]
     if changed:
