@@ -123,8 +123,7 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     done = 0
-    batches = iter(loader)
-    with CtrlC() as ctrl_c, workers_stopped(batches):
+    with CtrlC() as ctrl_c, workers_stopped(loader) as batches:
         # A Ctrl-C that Python swallows (at a worker's start) still stops at the next batch; workers are
         # stopped before the process exits (else the fd-sharing thread can print a traceback at exit).
         for images, indices, bad in batches:

@@ -194,7 +194,7 @@ def _generate(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, num_workers=args.workers, shuffle=False,
                         worker_init_fn=init_loader_worker)
     t0, written = time.perf_counter(), 0
-    with torch.no_grad(), CtrlC() as ctrl_c, workers_stopped(iter(loader)) as batches:
+    with torch.no_grad(), CtrlC() as ctrl_c, workers_stopped(loader) as batches:
         # A Ctrl-C that Python swallows (at a worker's start) still stops at the next batch.
         for step, (images, indices) in enumerate(batches):
             ctrl_c.check()

@@ -241,12 +241,23 @@ class CtrlC:
 
 
 @contextlib.contextmanager
-def workers_stopped(batches: Iterable) -> Iterator[Iterable]:
-    """Yield `batches` (a DataLoader iterator); on leaving, its worker processes are shut down at once.
+def workers_stopped(loader: Iterable) -> Iterator[Iterator]:
+    """Yield an iterator over `loader` whose worker processes start with Ctrl-C held back, and are shut down
+    at once on leaving.
 
-    A command stopped by Ctrl-C or an error would otherwise leave the workers to the interpreter's exit,
-    where the thread that shares their tensors can print a traceback after the one-line message.
+    A Ctrl-C that lands while the workers are forked interrupts Python's own at-fork handlers, where the
+    exception cannot propagate: Python prints its traceback and drops it. Held back (blocked) until the
+    workers run, it is raised in the main process right after. On leaving (Ctrl-C or an error), the workers
+    are stopped before the interpreter exits, where the thread that shares their tensors could print a
+    traceback after the one-line message.
     """
+    held = threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if held else None
+    try:
+        batches = iter(loader)
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C held back is raised here
     try:
         yield batches
     finally:
