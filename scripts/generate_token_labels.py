@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import t2t  # noqa: E402,F401
-from t2t.cli import ArgumentParser, UsageError, run_main  # noqa: E402
+from t2t.cli import ArgumentParser, UsageError, check_output_folder, run_main  # noqa: E402
 from t2t.config import MAX_BATCH  # noqa: E402
 from t2t.data.dataset import _DECODE_ERRORS, DatasetError, ImageFolderDataset  # noqa: E402
 from t2t.data.loader import init_loader_worker  # noqa: E402
@@ -159,6 +159,7 @@ def _generate(args: argparse.Namespace) -> int:
                                    ("--log-interval", args.log_interval, 1, None)):
         if value < low or (high is not None and value > high):
             raise UsageError(f"{flag}={value}: expected {low} to {high}" if high else f"{flag}={value}: expected >= {low}")
+    check_output_folder(args.output)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)),
                             int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -174,7 +175,8 @@ def _generate(args: argparse.Namespace) -> int:
     shard = list(ShardSampler(len(dataset), world, rank))
     check_batch_fits(min(args.batch_size, max(len(shard), 1)), args.img_size, device)
     teacher = load_teacher(args.teacher, model_name=args.teacher_model, num_classes=len(dataset.classes),
-                           img_size=args.img_size, device=device, source="--teacher", classes=dataset.classes)
+                           img_size=args.img_size, device=device, source="--teacher", classes=dataset.classes,
+                           model_source="--teacher-model")
     record = dict(teacher.identity, topk=args.topk, img_size=args.img_size, classes=dataset.classes)
     _check_record(args.output, record)
     os.makedirs(args.output, exist_ok=True)

@@ -138,6 +138,7 @@ def load_teacher(
         device: torch.device = torch.device("cpu"),
         source: str = "distill.teacher",
         classes: Optional[Sequence[str]] = None,
+        model_source: str = "distill.teacher_model",
 ) -> Teacher:
     """Build `model_name` (default: the name the checkpoint records) and load `path` into it, strictly.
 
@@ -154,10 +155,10 @@ def load_teacher(
         raise TeacherError(str(e)) from None
     name = model_name or _name_from_checkpoint(checkpoint)
     if name is None:
-        raise TeacherError(f"{source}={path!r} records no model name timm knows: set distill.teacher_model "
+        raise TeacherError(f"{source}={path!r} records no model name timm knows: set {model_source} "
                            "(e.g. t2t_vit_14, resnet50)")
     if not timm.is_model(name.partition(".")[0]):
-        raise TeacherError(f"distill.teacher_model={name!r}: not a model timm knows")
+        raise TeacherError(f"{model_source}={name!r}: not a model timm knows")
     if classes is not None:
         check_teacher_classes(_recorded_classes(path, checkpoint), classes, f"{source}={path!r}")
     state_dict = strip_prefixes(state_dict)
@@ -169,7 +170,7 @@ def load_teacher(
         model = create_model(ModelConfig(name=name, allow_any_timm_model=True), num_classes,
                              img_size=img_size if _is_t2t(name) else None, drop_rate=None, drop_path_rate=None)
     except Exception as e:  # timm raises several types for bad kwargs
-        raise TeacherError(f"distill.teacher_model={name!r} cannot be built: {e}") from None
+        raise TeacherError(f"{model_source}={name!r} cannot be built: {e}") from None
     state_dict = checkpoint_filter_fn(state_dict, model)
     target = model.state_dict()
     for key in [k for k in state_dict if k.startswith(("aux_head.", "head_dist.", "dist_token")) and k not in target]:
@@ -177,7 +178,7 @@ def load_teacher(
     mismatch = describe_mismatch(state_dict, target)
     if mismatch:
         raise TeacherError(f"{source}={path!r} ({where}) does not fit the teacher model {name}: {mismatch}; "
-                           "set distill.teacher_model to the model the file was trained as")
+                           f"set {model_source} to the model the file was trained as")
     model.load_state_dict(state_dict, strict=True)
     identity = file_identity(path)
     teacher = Teacher(model, name=name, img_size=img_size, identity=identity).to(device)
