@@ -97,8 +97,9 @@ class DataConfig:
     # batches each loader worker prepares ahead (shared memory: see the README)
     prefetch_factor: int = checked(2, AT_LEAST_1)
     format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
-    # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
-    train_transform: Literal["imagenet", "cifar"] = "imagenet"
+    # imagenet: RandomResizedCrop + RandAugment + erasing (DeiT / T2T-ViT); cifar: resize, RandomCrop(padding=img_size // 8), flip;
+    # src: DeiT III's simple random crop (resize, RandomCrop(padding=4, reflect), flip) + auto_augment
+    train_transform: Literal["imagenet", "cifar", "src"] = "imagenet"
     # pil: decode and augment in loader worker processes (Pillow); dali: NVIDIA DALI (GPU decode and
     # augmentation on CUDA, its CPU operators elsewhere), needs the optional extra t2t[dali]
     backend: Literal["pil", "dali"] = "pil"
