@@ -341,6 +341,9 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
     except (OSError, ValueError) as e:
         raise LabelMapError(f"{where}: {meta!r} cannot be read ({type(e).__name__}): a label folder written by "
                             "scripts/generate_token_labels.py has it") from None
+    if not isinstance(record, dict):
+        raise LabelMapError(f"{where}: {meta!r} holds a JSON {type(record).__name__}, not the record "
+                            "scripts/generate_token_labels.py writes")
     if list(record.get("classes", [])) != list(classes):
         theirs = list(record.get("classes", []))
         first = next((k for k, (a, b) in enumerate(zip(theirs, classes)) if a != b), min(len(theirs), len(classes)))

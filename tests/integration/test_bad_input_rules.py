@@ -241,16 +241,17 @@ def test_rule6_device_cuda_without_a_gpu_is_one_line(setup, tmp_path, capsys, to
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.parametrize("damage", ['{"sha256": "ab', "[1, 2]"])  # cut short; JSON, but not a record
 @pytest.mark.parametrize("tool", ["generate_token_labels.py", "train.py (token_label.dir)"])
-def test_rule6_a_damaged_labels_json_is_one_line(setup, tmp_path, capsys, tool):
+def test_rule6_a_damaged_labels_json_is_one_line(setup, tmp_path, capsys, tool, damage):
     root, data, labels = setup
     out = tmp_path / "labels"
     os.makedirs(out)
-    (out / "labels.json").write_text('{"sha256": "ab')  # cut short
+    (out / "labels.json").write_text(damage)
     if tool.startswith("generate"):
         assert labels_main(_label_args(root, data, out)) == EXIT_USAGE
-        _one_line(capsys, "labels.json", "cannot be read")
-        assert (out / "labels.json").read_text() == '{"sha256": "ab'  # left for the user to restore
+        _one_line(capsys, "labels.json")
+        assert (out / "labels.json").read_text() == damage  # left for the user to restore
     else:
         with pytest.raises(LabelMapError, match="labels.json"):
             open_label_dir(str(out), CLASSES, os.path.join(data, "train"), [])
