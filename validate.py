@@ -274,7 +274,9 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
         if not hasattr(dataset, "samples"):
             raise ValidateError(f"--real-labels {args.real_labels!r}: the evaluation set {args.data_dir!r} is not "
                                 "an image folder (ReaL labels ImageNet's validation images by file name)")
-        real_labels = load_real_labels(args.real_labels, [path for path, _ in dataset.samples])
+        fewest = min(entries, key=lambda e: e[2].model.num_classes)  # every model must know every label
+        real_labels = load_real_labels(args.real_labels, [path for path, _ in dataset.samples],
+                                       num_classes=fewest[2].model.num_classes, model=f"checkpoint {fewest[0]!r}")
     per_rank = -(-len(dataset) // dist.world_size)
     largest = max(r.img_size for *_, rs in entries for r in rs)
     check_batch_fits(min(first.eval.batch_size, per_rank), largest, dist.device)

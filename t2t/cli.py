@@ -36,6 +36,7 @@ EXIT_STATUS: dict[str, int] = {
     "builtins.OSError": EXIT_USAGE,  # an input that cannot be read, an output folder that cannot be written
     "t2t.engine.trainer.NonFiniteLossError": EXIT_NONFINITE,
     "t2t.engine.checkpoint.CheckpointSaveError": EXIT_IO,
+    "t2t.outputs.WriteError": EXIT_IO,  # a full disk while writing an output
     "t2t.engine.distributed.DistributedSetupError": EXIT_FAILED,
 }
 

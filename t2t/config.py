@@ -47,6 +47,9 @@ POSITIVE = Check(lambda v: v > 0, "> 0")
 PROBABILITY = Check(lambda v: 0 <= v <= 1, "in [0, 1]")
 BELOW_1 = Check(lambda v: 0 <= v < 1, "in [0, 1)")
 AT_LEAST_1_OR_NULL = Check(lambda v: v is None or v >= 1, ">= 1 or null")
+MAX_BATCH = 2 ** 31 - 1  # data loaders take a batch size that fits a C ssize_t slice bound; far above any memory
+BATCH = Check(lambda v: 1 <= v <= MAX_BATCH, f">= 1 and <= {MAX_BATCH} images")
+BATCH_OR_NULL = Check(lambda v: v is None or 1 <= v <= MAX_BATCH, f">= 1 and <= {MAX_BATCH} images, or null")
 POSITIVE_MINUTES = Check(lambda v: 0 < v < float("inf"), "> 0 minutes")
 
 # Resampling filters the transforms know (t2t.data.transforms), by name.
@@ -164,12 +167,12 @@ class SchedConfig:
 @dataclass
 class TrainConfig:
     epochs: int = checked(300, AT_LEAST_1)
-    batch_size: int = checked(64, AT_LEAST_1)  # per process
+    batch_size: int = checked(64, BATCH)  # per process
     grad_accum_steps: int = checked(1, AT_LEAST_1)
     # Images per optimizer step over all processes. When set, grad_accum_steps is derived from it
     # (global_batch_size / (processes x batch_size)), so a run keeps its global batch, lr and data
     # position when it continues on another number of GPUs.
-    global_batch_size: Optional[int] = checked(None, AT_LEAST_1_OR_NULL)
+    global_batch_size: Optional[int] = checked(None, BATCH_OR_NULL)
     seed: int = checked(42, Check(lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"))
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     compile: bool = False
@@ -201,7 +204,7 @@ class EvalConfig:
     crop_pct: Optional[float] = checked(None, Check(lambda v: v is None or 0 < v <= 1, "in (0, 1] or null (the model's)"))
     interpolation: Optional[str] = checked(None, Check(lambda v: v is None or v in _INTERPOLATIONS,
                                                        "null (the model's) or one of " + ", ".join(_INTERPOLATIONS)))
-    batch_size: int = checked(100, AT_LEAST_1)
+    batch_size: int = checked(100, BATCH)
     metric: Literal["top1", "ema_top1", "top5", "ema_top5"] = "ema_top1"
 
 
@@ -462,6 +465,9 @@ def _check_teacher_settings(cfg: Config) -> None:
     if cfg.distill.type != "none" and not cfg.distill.teacher:
         raise ConfigError(f"distill.type={cfg.distill.type!r} needs distill.teacher: the teacher's checkpoint file "
                           "(or set distill.type=none)")
+    if cfg.distill.type == "none" and cfg.distill.teacher:
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher!r} with distill.type=none: the teacher would not be "
+                          "used; set distill.type=hard or soft to distil from it, or distill.teacher=null")
     if cfg.token_label.cls_weight + cfg.token_label.dense_weight <= 0:
         raise ConfigError("token_label.cls_weight and token_label.dense_weight are both 0: expected a positive sum")
     if cfg.token_label.dir is not None and not cfg.model.token_label:

@@ -372,8 +372,9 @@ def read_image(path: str) -> tuple[np.ndarray, int, int]:
     with Image.open(io.BytesIO(data)) as img:  # the header only: format and size
         width, height = img.size
         fmt = img.format
-    if fmt not in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM"):
-        raise OSError(f"{fmt} images are not decoded by the DALI backend")
+    if fmt not in ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM"):  # what DALI's image decoder reads (no GIF)
+        raise OSError(f"{fmt} images are not decoded by the DALI backend (data.backend=pil reads them): convert "
+                      "the file to JPEG or PNG")
     reason = _looks_truncated(data)
     if reason is not None:
         raise OSError(reason)

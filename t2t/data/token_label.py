@@ -15,6 +15,7 @@ nearest sampling and zero scores outside the image (TokenLabeling's rule), and t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from ..outputs import write_failed
 from .dataset import DatasetError, ImageFolderDataset
 
 __all__ = [
@@ -58,8 +60,17 @@ def save_label_map(path: str, values: torch.Tensor, indices: torch.Tensor, teach
                            "indices": indices.detach().to("cpu", index_dtype).contiguous()}
     if teacher is not None:
         obj["teacher"] = str(teacher)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: a full disk is an OSError naming its errno
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk or Ctrl-C: no partial file stays behind
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        failed = write_failed(path, e)
+        if failed is e:
+            raise
+        raise failed from e
 
 
 def read_label_record(path: str) -> tuple[torch.Tensor, torch.Tensor, Optional[str]]:
@@ -330,6 +341,9 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
     except (OSError, ValueError) as e:
         raise LabelMapError(f"{where}: {meta!r} cannot be read ({type(e).__name__}): a label folder written by "
                             "scripts/generate_token_labels.py has it") from None
+    if not isinstance(record, dict):
+        raise LabelMapError(f"{where}: {meta!r} holds a JSON {type(record).__name__}, not the record "
+                            "scripts/generate_token_labels.py writes")
     if list(record.get("classes", [])) != list(classes):
         theirs = list(record.get("classes", []))
         first = next((k for k, (a, b) in enumerate(zip(theirs, classes)) if a != b), min(len(theirs), len(classes)))
@@ -401,6 +415,8 @@ class TokenLabelDataset(ImageFolderDataset):
             problem = f"is a {tuple(values.shape)} map, the others are {shape}"
         elif int(indices.min()) < 0 or int(indices.max()) >= len(self.classes):
             problem = f"names class {int(indices.max())}, outside the {len(self.classes)} classes of labels.json"
+        elif not bool(torch.isfinite(values).all()):
+            problem = "holds scores that are NaN or infinite"
         if problem:
             raise LabelMapError(f"token label {path!r} of image {image_path!r} {problem}: generate the labels again "
                                 "with scripts/generate_token_labels.py")

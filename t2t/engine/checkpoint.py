@@ -100,9 +100,15 @@ def _num_classes(state_dict: dict[str, Any]) -> Optional[int]:
     return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else None
 
 
+def is_run_checkpoint(name: str) -> bool:
+    """Whether a file name is one a run writes (last.pth, best.pth, epoch-N.pth, step-N.pth): other .pth files
+    in a run folder (a teacher, a copied release file) are inputs, never resumed from."""
+    return name in (LAST, BEST) or bool(_EPOCH_PATTERN.fullmatch(name) or _STEP_PATTERN.fullmatch(name))
+
+
 def _candidates(folder: str) -> list[str]:
     """Checkpoint files of a run, newest first; best.pth last among equals (it may be older than last)."""
-    files = [p for p in glob.glob(os.path.join(folder, "*.pth")) if not os.path.basename(p).startswith(".tmp-")]
+    files = [p for p in glob.glob(os.path.join(folder, "*.pth")) if is_run_checkpoint(os.path.basename(p))]
     return sorted(files, key=lambda p: (os.path.getmtime(p), os.path.basename(p) != BEST), reverse=True)
 
 

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -106,11 +106,13 @@ class RealLabelsError(UsageError):
     """A ReaL label file that cannot be used with this dataset."""
 
 
-def load_real_labels(path: str, image_paths: Sequence[str]) -> torch.Tensor:
+def load_real_labels(path: str, image_paths: Sequence[str], num_classes: Optional[int] = None,
+                     model: str = "the model") -> torch.Tensor:
     """Read an ImageNet-ReaL real.json and return its labels in the dataset's order: (N, L) int64, -1 padded.
 
     real.json is a JSON list with one entry per validation image, in the order of the sorted file names
-    (ILSVRC2012_val_00000001.JPEG first), each a list of the correct class indices, possibly empty. The
+    (ILSVRC2012_val_00000001.JPEG first), each a list of the correct class indices (below `num_classes`, the
+    classes of `model`, when given), possibly empty. The
     dataset's images may sit in class folders: they are matched to the entries by sorting their file names.
     """
     try:
@@ -131,6 +133,9 @@ def load_real_labels(path: str, image_paths: Sequence[str]) -> torch.Tensor:
                                                   for c in entry):
             raise RealLabelsError(f"--real-labels {path!r}: entry {i} is {entry!r}: expected a list of class "
                                   "indices (integers >= 0), possibly empty")
+        if num_classes is not None and any(c >= num_classes for c in entry):
+            raise RealLabelsError(f"--real-labels {path!r}: entry {i} names class {max(entry)}, but {model} has "
+                                  f"{num_classes} classes (0 to {num_classes - 1}): the file is for another label set")
     names = [os.path.basename(p) for p in image_paths]
     order = sorted(range(len(names)), key=lambda i: names[i])
     for a, b in zip(order, order[1:]):

@@ -84,5 +84,3 @@ class RunLogger:
         if self.trackers is not None:
             self._pass_checkpointed()
             self.trackers.close(failed=failed)
-
-

@@ -52,6 +52,7 @@ class RunPlan:
     lr_base_batch_size: Optional[int] = None
     cooldown_epochs: Optional[int] = None
     teacher: Optional[dict[str, Any]] = None  # a distillation run's teacher file: path, size, sha256
+    token_labels: Optional[dict[str, Any]] = None  # a token-label run's label folder: dir, teacher sha256, topk, size
 
     @classmethod
     def build(cls, cfg: Config, *, world_size: int, steps_per_epoch: int, classes: Sequence[str],

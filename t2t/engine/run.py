@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -65,14 +66,15 @@ def _build_model(cfg: Config, num_classes: int) -> nn.Module:
     return create_model(cfg.model, num_classes)
 
 
-def _build_teacher(cfg: Config, num_classes: int, device: torch.device):
+def _build_teacher(cfg: Config, classes: list[str], device: torch.device):
     """The frozen teacher of a distillation run (None without one), built without touching the global RNGs."""
     if cfg.distill.type == "none":
         return None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         try:
-            return load_teacher(cfg.distill.teacher, model_name=cfg.distill.teacher_model, num_classes=num_classes,
-                                img_size=cfg.distill.teacher_img_size or cfg.model.img_size, device=device)
+            return load_teacher(cfg.distill.teacher, model_name=cfg.distill.teacher_model, num_classes=len(classes),
+                                img_size=cfg.distill.teacher_img_size or cfg.model.img_size, device=device,
+                                classes=classes)
         except TeacherError as e:
             raise RunError(str(e)) from None
 
@@ -89,6 +91,37 @@ def _check_teacher_on_resume(path: str, saved: Optional[dict[str, Any]], teacher
         check_same_teacher(saved, teacher.identity, path)
     except TeacherError as e:
         raise RunError(str(e)) from None
+
+
+_LABEL_KEYS = ("sha256", "model", "topk", "img_size")  # what makes two label folders hold the same maps
+
+
+def _token_label_identity(cfg: Config) -> Optional[dict[str, Any]]:
+    """The label folder of a token-label run and what its labels.json says made it (checked by the dataset)."""
+    if not cfg.token_label.dir:
+        return None
+    with open(os.path.join(cfg.token_label.dir, "labels.json")) as f:
+        record = json.load(f)
+    return {"dir": os.path.abspath(cfg.token_label.dir), "teacher": record.get("path"),
+            **{key: record.get(key) for key in _LABEL_KEYS}}
+
+
+def _check_labels_on_resume(path: str, saved: Optional[dict[str, Any]], labels: Optional[dict[str, Any]]) -> None:
+    """A token-label run continues with labels of the same teacher and settings (the folder may have moved)."""
+    if saved is None and labels is None:
+        return
+    if saved is None or labels is None:
+        had = f"with the token labels of {saved['dir']!r}" if saved else "without token labels"
+        now = f"token_label.dir={labels['dir']!r}" if labels else "no token_label.dir"
+        raise RunError(f"{path} was trained {had}; this launch has {now}: resume with the same token_label.dir, "
+                       "or start a new run")
+    differs = [f"{key} {saved.get(key)!r} -> {labels.get(key)!r}" for key in _LABEL_KEYS
+               if saved.get(key) != labels.get(key)]
+    if differs:
+        raise RunError(f"token_label.dir={labels['dir']!r} holds other labels than the ones {path} was trained with "
+                       f"({saved['dir']!r}): {'; '.join(differs)}; resume with that folder, or start a new run")
+    if saved.get("dir") != labels["dir"]:
+        _logger.info("Token labels now read from %s: the same teacher and settings as %s", labels["dir"], saved.get("dir"))
 
 
 def _open_resume(dist: DistInfo, output: str, resume: Optional[str]) -> Optional[tuple[str, TrainingCheckpoint]]:
@@ -133,11 +166,16 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but {data.train_dir!r} "
                           f"has {plan.num_classes} class folders")
 
-    teacher = None if cfg.distill.type == "none" else _build_teacher(cfg, plan.num_classes, device)
+    teacher = None if cfg.distill.type == "none" else _build_teacher(cfg, list(data.classes), device)
     if teacher is not None:
         plan = dataclasses.replace(plan, teacher=teacher.identity)
     if found is not None:
         _check_teacher_on_resume(found[0], (found[1].run or {}).get("teacher"), teacher)
+    labels = _token_label_identity(cfg)
+    if labels is not None:
+        plan = dataclasses.replace(plan, token_labels=labels)
+    if found is not None and found[1].run is not None and "token_labels" in found[1].run:  # older runs lack it
+        _check_labels_on_resume(found[0], found[1].run["token_labels"], labels)
     trainer = _build_trainer(cfg, dist, plan, data, amp, resuming=found is not None, teacher=teacher)
     if found is not None:
         check_checkpoint_fits(found[1], trainer.model, path=found[0], model_name=cfg.model.name)
