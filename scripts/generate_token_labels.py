@@ -55,7 +55,7 @@ class _Images(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        img = self.dataset._decode(self.dataset.samples[index][0])
+        img = self.dataset._decode(index)
         return self.to_tensor(img.resize((self.img_size, self.img_size), self.bicubic)), index
 
 

@@ -37,7 +37,6 @@ import io
 import logging
 import math
 import random
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -51,8 +50,9 @@ from torchvision.transforms.v2 import functional as F2
 
 from ..config import ConfigError
 from ..rng import SEED_STREAM_SAMPLE, derive_seed
-from .dataset import _DECODE_ERRORS, DatasetError, ImageFolderDataset
+from .dataset import _DECODE_ERRORS, DatasetError, ImageDataset
 from .sampler import ShardSampler, TrainSampler
+from .rand_policy import _LEVEL_DENOM, RAND_INC_OPS, RAND_OPS, RandPolicy, parse_rand_policy  # noqa: F401
 from .transforms import eval_resize_size
 
 __all__ = ["DaliEvalLoader", "DaliMissingError", "DaliTrainLoader", "RandPolicy", "SamplePlanner",
@@ -81,60 +81,6 @@ def require_dali() -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # RandAugment policy strings (timm's grammar), and the ops the DALI backend implements
-
-
-@dataclass(frozen=True)
-class RandPolicy:
-    """timm's 'rand-m9-n2-mstd0.5-inc1' fields: ops per image, magnitude (of 10), its std, cap, op set, op prob."""
-    n: int = 2
-    m: float = 10.0
-    mstd: float = 0.0
-    mmax: float = 10.0
-    inc: bool = False
-    p: float = 0.5
-
-
-_LEVEL_DENOM = 10.0  # timm's magnitude scale
-# timm's two RandAugment op lists (rand_augment_transform: inc1 picks the "increasing" one).
-RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-RAND_INC_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-                "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-                "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-
-
-def parse_rand_policy(policy: Optional[str]) -> Optional[RandPolicy]:
-    """None for no policy, else the RandPolicy of a timm 'rand-...' string; ValueError naming what DALI cannot do."""
-    if not policy:
-        return None
-    parts = policy.split("-")
-    if parts[0] != "rand":
-        raise ValueError(f"the DALI backend implements timm's RandAugment ('rand-m9-mstd0.5-inc1', ...) only, "
-                         f"not {parts[0]!r} (AutoAugment / AugMix): set data.backend=pil or choose a 'rand-' policy")
-    fields: dict[str, Any] = {}
-    for part in parts[1:]:
-        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)([0-9.]+)", part)
-        if match is None:
-            raise ValueError(f"the DALI backend cannot express the section {part!r} of the policy (it supports m, n, "
-                             "mstd, mmax, inc and p; weights 'w' and others need data.backend=pil)")
-        key, raw = match.groups()
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"section {part!r}: {raw!r} is not a number") from None
-        if key == "n":
-            if value != int(value) or value < 0:
-                raise ValueError(f"section {part!r}: n must be a whole number >= 0")
-            fields["n"] = int(value)
-        elif key == "inc":
-            fields["inc"] = bool(int(value))
-        elif key == "mstd" and value > 100:
-            raise ValueError(f"section {part!r}: mstd above 100 (timm's uniform-magnitude mode) is not supported")
-        else:
-            fields[key] = value
-    if not 0 <= fields.get("p", 0.5) <= 1:
-        raise ValueError(f"p={fields['p']}: expected a probability in [0, 1]")
-    return RandPolicy(**fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +305,11 @@ def _looks_truncated(data: bytes) -> Optional[str]:
 def read_image(path: str) -> tuple[np.ndarray, int, int]:
     """(encoded bytes, width, height), or DatasetError-worthy OSError/ValueError if it is not a readable image."""
     with open(path, "rb") as f:
-        data = f.read()
+        return check_image_bytes(f.read())
+
+
+def check_image_bytes(data: bytes) -> tuple[np.ndarray, int, int]:
+    """read_image for bytes a reader gave (t2t/data/readers.py)."""
     with Image.open(io.BytesIO(data)) as img:  # the header only: format and size
         width, height = img.size
         fmt = img.format
@@ -371,14 +321,14 @@ def read_image(path: str) -> tuple[np.ndarray, int, int]:
     return np.frombuffer(data, dtype=np.uint8), width, height
 
 
-def _bad_image_error(dataset: ImageFolderDataset, path: str, exc: BaseException) -> DatasetError:
-    # The Pillow backend's message (ImageFolderDataset.__getitem__), so both backends read the same.
+def _bad_image_error(dataset: ImageDataset, path: str, exc: BaseException) -> DatasetError:
+    # The Pillow backend's message (ImageDataset.__getitem__), so both backends read the same.
     hint = getattr(dataset, "bad_image_hint", ", or set data.skip_bad_images=true to substitute the next "
                                               "readable image")
     return DatasetError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the file{hint}")
 
 
-def sample_seed(dataset: ImageFolderDataset, epoch: int, key: Any) -> tuple[int, int]:
+def sample_seed(dataset: ImageDataset, epoch: int, key: Any) -> tuple[int, int]:
     """(index, seed) of sampler item `key`: the seed SeededDataset.reseed sets for it (index, or RepeatedSample).
 
     Copy 0 of an image keeps the seed of (seed, epoch, index); copy slot > 0 adds the slot.
@@ -670,7 +620,7 @@ def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
 
 
 class _LoaderBase:
-    def __init__(self, dataset: ImageFolderDataset, *, batch_size: int, workers: int, device: torch.device) -> None:
+    def __init__(self, dataset: ImageDataset, *, batch_size: int, workers: int, device: torch.device) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
@@ -709,13 +659,14 @@ class _LoaderBase:
         A file that cannot be read raises the Pillow backend's DatasetError, or with skip_bad_images is
         counted and replaced by the next readable image (the sample keeps its seed), as there.
         """
-        samples = self.dataset.samples
+        reader = self.dataset.reader
         for attempt in range(n):
-            path, target = samples[(start + attempt) % n]
+            position = (start + attempt) % n
             try:
-                data, width, height = read_image(path)
-                return (start + attempt) % n, data, width, height, target
+                data, width, height = check_image_bytes(reader.read(position))
+                return position, data, width, height, reader.target(position)
             except _DECODE_ERRORS as exc:
+                path = reader.path(position)
                 if not self.dataset.skip_bad_images:
                     raise _bad_image_error(self.dataset, path, exc) from None
                 with self._lock:
@@ -723,8 +674,9 @@ class _LoaderBase:
                 _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
         raise DatasetError(f"no readable image in {self.dataset.root!r}: every one of the {n} files failed to decode")
 
-    def _run(self, feeds: dict[str, Any], paths: list[str], stage: str = "all") -> list[Any]:
+    def _run(self, feeds: dict[str, Any], positions: list[int], stage: str = "all") -> list[Any]:
         """Run the pipeline of `stage` on one batch; a decoder failure names the file (found with Pillow) in one line."""
+        reader = self.dataset.reader
         try:
             with self._run_lock:  # one batch at a time, even from an abandoned iteration's thread
                 pipe = self._pipeline(stage)
@@ -733,15 +685,16 @@ class _LoaderBase:
                 return list(pipe.run())
         except RuntimeError as exc:
             self._pipes = {}  # a DALI pipeline is unusable after an error
-            for path in paths:
+            for position in positions:
                 try:
-                    with Image.open(path) as img:
+                    with reader.open(position) as img:
                         img.load()
                 except _DECODE_ERRORS as bad:
-                    raise _bad_image_error(self.dataset, path, bad) from None
+                    raise _bad_image_error(self.dataset, reader.path(position), bad) from None
             first = next((line for line in str(exc).splitlines() if "encountered" not in line and line.strip()
                           and "Error in" not in line and "Critical error" not in line), str(exc))
-            raise DatasetError(f"DALI failed on a batch of {len(paths)} images starting with {paths[0]!r}: "
+            raise DatasetError(f"DALI failed on a batch of {len(positions)} images starting with "
+                               f"{reader.path(positions[0])!r}: "
                                f"{first.strip()}") from None
 
     def close(self) -> None:
@@ -774,7 +727,7 @@ class DaliTrainLoader(_LoaderBase):
     tests use it to check that graph).
     """
 
-    def __init__(self, dataset: ImageFolderDataset, sampler: TrainSampler, planner: SamplePlanner, *,
+    def __init__(self, dataset: ImageDataset, sampler: TrainSampler, planner: SamplePlanner, *,
                  batch_size: int, workers: int, device: torch.device = torch.device("cpu"),
                  fill: float = 128.0, resize_in_dali: Optional[bool] = None) -> None:
         super().__init__(dataset, batch_size=batch_size, workers=workers, device=device)
@@ -795,14 +748,14 @@ class DaliTrainLoader(_LoaderBase):
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
-    def _prepare_one(self, key: Any, epoch: int) -> tuple[np.ndarray, SampleDraw, int, str]:
-        n = len(self.dataset.samples)
+    def _prepare_one(self, key: Any, epoch: int) -> tuple[np.ndarray, SampleDraw, int, int]:
+        n = len(self.dataset)
         index, seed = sample_seed(self.dataset, epoch, key)
         position, data, width, height, target = self._read(index % n, n)
         draw = self.planner.draw(seed, width, height)
-        return data, draw, target, self.dataset.samples[position][0]
+        return data, draw, target, position
 
-    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
+    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, Any], torch.Tensor, list[int]]:
         """The batch's feeds: the encoded files (a list), every per-sample draw as one array (batch first)."""
         rows = list(self._map(lambda key: self._prepare_one(key, epoch), keys))
         draws = [r[1] for r in rows]
@@ -829,17 +782,17 @@ class DaliTrainLoader(_LoaderBase):
         return [keys[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
 
     def _produce(self, prepared: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        feeds, targets, paths = prepared.result()
+        feeds, targets, positions = prepared.result()
         with self._run_lock:
             if self.resize_in_dali:
-                (images,) = self._run(feeds, paths)
+                (images,) = self._run(feeds, positions)
                 batch = _to_torch(images, self.device)
             else:
-                (windows,) = self._run({k: feeds[k] for k in _DECODE_INPUTS}, paths, "decode")
+                (windows,) = self._run({k: feeds[k] for k in _DECODE_INPUTS}, positions, "decode")
                 batch = self._resize_and_flip(windows, feeds["interp"], feeds["flip"])
                 augment = {k: v for k, v in feeds.items() if k not in _DECODE_INPUTS + _RESIZE_INPUTS}
                 if augment:  # RandAugment layers or colour jitter
-                    (images,) = self._run({"images": batch.numpy(), **augment}, paths, "augment")
+                    (images,) = self._run({"images": batch.numpy(), **augment}, positions, "augment")
                     batch = _to_torch(images, self.device)
             # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
             return batch.permute(0, 3, 1, 2), targets
@@ -912,7 +865,7 @@ class DaliTrainLoader(_LoaderBase):
 class DaliEvalLoader(_LoaderBase):
     """Evaluation batches (normalised float images, targets): rank r reads r, r + W, ...; keeps the last partial batch."""
 
-    def __init__(self, dataset: ImageFolderDataset, *, img_size: int, crop_pct: float, interpolation: str,
+    def __init__(self, dataset: ImageDataset, *, img_size: int, crop_pct: float, interpolation: str,
                  mean: Sequence[float], std: Sequence[float], batch_size: int, workers: int, num_replicas: int = 1,
                  rank: int = 0, device: torch.device = torch.device("cpu")) -> None:
         super().__init__(dataset, batch_size=batch_size, workers=workers, device=device)
@@ -928,8 +881,8 @@ class DaliEvalLoader(_LoaderBase):
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
-    def _prepare(self, keys: list[int]) -> tuple[dict[str, list], torch.Tensor, list[str]]:
-        n = len(self.dataset.samples)
+    def _prepare(self, keys: list[int]) -> tuple[dict[str, list], torch.Tensor, list[int]]:
+        n = len(self.dataset)
         rows = list(self.pool.map(lambda key: self._read(key, n), keys))
         targets = torch.tensor([r[4] for r in rows], dtype=torch.int64)
         size, crop_pct = self.settings["img_size"], self.settings["crop_pct"]
@@ -937,7 +890,7 @@ class DaliEvalLoader(_LoaderBase):
         feeds = {"encoded": [r[1] for r in rows],
                  "resized": [np.array(g[0], dtype=np.float32) for g in geometry],
                  "anchor": [np.array(g[1], dtype=np.float32) for g in geometry]}
-        return feeds, targets, [self.dataset.samples[r[0]][0] for r in rows]
+        return feeds, targets, [r[0] for r in rows]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         keys = list(iter(self.sampler))
@@ -947,10 +900,10 @@ class DaliEvalLoader(_LoaderBase):
         with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-read-ahead") as ahead:
             pending = ahead.submit(self._prepare, batches[0])
             for b in range(len(batches)):
-                feeds, targets, paths = pending.result()
+                feeds, targets, positions = pending.result()
                 if b + 1 < len(batches):
                     pending = ahead.submit(self._prepare, batches[b + 1])
-                (images,) = self._run(feeds, paths)
+                (images,) = self._run(feeds, positions)
                 yield _to_torch(images, self.device), targets
 
 
@@ -959,7 +912,7 @@ def fill_value(mean: Sequence[float]) -> float:
     return float(round(255 * sum(mean) / len(mean)))
 
 
-def build_dali_loaders(cfg: Any, train_ds: ImageFolderDataset, val_ds: ImageFolderDataset, sampler: TrainSampler, *,
+def build_dali_loaders(cfg: Any, train_ds: ImageDataset, val_ds: ImageDataset, sampler: TrainSampler, *,
                        img_size: int, batch_size: int, eval_batch_size: int, eval_crop_pct: float,
                        eval_interpolation: str, num_replicas: int, rank: int,
                        device: torch.device) -> tuple[DaliTrainLoader, DaliEvalLoader]:

@@ -124,10 +124,10 @@ def build_data(data_dir, label_dir, *overrides, batch_size=8):
     cfg = load_config(overrides=["model.img_size=64", "data.workers=0", "data.auto_augment=null", "data.reprob=0",
                                  "data.interpolation=bilinear", "data.scale=[0.2,1.0]", *overrides])
     cfg.token_label.dir = label_dir
-    data = data_setup.build_train_and_val(
-        cfg.data, data_dir, img_size=64, seed=3, batch_size=batch_size, global_batch_size=batch_size,
-        eval_batch_size=8, eval_crop_pct=0.9, eval_interpolation="bilinear", token_label=cfg.token_label,
-        label_smoothing=0.0)
+    cfg.train.seed, cfg.eval.batch_size, cfg.loss.label_smoothing = 3, 8, 0.0
+    spec = data_setup.DataSpec.from_config(cfg, batch_size=batch_size, global_batch_size=batch_size,
+                                           eval_crop_pct=0.9, eval_interpolation="bilinear")
+    data = data_setup.build_train_and_val(spec, data_dir)
     return cfg, data
 
 
@@ -140,7 +140,7 @@ def images_as_rgb(images: torch.Tensor) -> np.ndarray:
 def test_map_in_a_training_batch_is_the_map_of_the_crop_and_flip_the_image_got(quadrants):
     data_dir, label_dir = quadrants
     _, data = build_data(data_dir, label_dir)
-    to_device = data.batch_to_device(torch.device("cpu"))
+    to_device = data.feed.train
     checked = 0
     for epoch in range(3):
         images, targets = next(iter(data.train_batches(epoch)))
@@ -180,7 +180,7 @@ def test_mix_token_in_the_loader_path(quadrants):
     data_dir, label_dir = quadrants
     cfg, data = build_data(data_dir, label_dir, "mixup.mixup_alpha=0", "mixup.cutmix_alpha=0")
     mix = data_setup.build_mix_token_fn(cfg.token_label, cfg.mixup)
-    to_device = data.batch_to_device(torch.device("cpu"))
+    to_device = data.feed.train
     images, (cls, dense) = to_device(*next(iter(data.train_batches(0))))
     boxes = set()
     for step in range(10):
