@@ -114,6 +114,23 @@ def _split_member(name: str) -> tuple[str, str]:
     return posixpath.join(folder, stem) if folder else stem, ext if dot else ""
 
 
+def _members(tar: tarfile.TarFile, shard: str):
+    """The members of `tar`; a shard that ends inside a member (a copy cut short) ends there, with a warning:
+    the member's read fails later as an unreadable image (skipped with data.skip_bad_images)."""
+    member = None
+    while True:
+        try:
+            member = tar.next()
+        except tarfile.ReadError as e:
+            if member is None or "unexpected end of data" not in str(e):
+                raise
+            _logger.warning("shard %s ends inside its member %s: the shard was cut short", shard, member.name)
+            return
+        if member is None:
+            return
+        yield member
+
+
 def index_shard(shard: str) -> ShardIndex:
     """Read the headers of `shard` (and its .cls members) into a ShardIndex; DatasetError naming what is wrong."""
     st = os.stat(shard)
@@ -121,7 +138,7 @@ def index_shard(shard: str) -> ShardIndex:
     classes: dict[str, tuple[str, bytes]] = {}
     try:
         with tarfile.open(shard, "r:") as tar:
-            for member in tar:
+            for member in _members(tar, shard):
                 if not member.isfile():
                     continue
                 key, ext = _split_member(member.name)
