@@ -332,6 +332,8 @@ def build_train_sampler(cfg: DataConfig, train_ds: SeededDataset, epoch_samples:
     blocks = None
     if cfg.shuffle == "block":
         blocks = train_ds.reader.block_sizes
+        # Each rank meets the shards of one window at a time: each is read ahead whole when first met.
+        train_ds.reader.read_ahead_shards = 2 * cfg.block_shards
     # The epoch is a whole number of global batches of the global order, the same for any world size.
     return TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                         repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True, epoch_samples=epoch_samples,

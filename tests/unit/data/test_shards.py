@@ -313,3 +313,14 @@ def test_repeated_augmentation_on_shards_is_the_folders(folder_and_shards):
     _, blocked = _first_batches(shards, "data.shuffle=block", "data.block_shards=2")
     _, blocked_again = _first_batches(shards, "data.shuffle=block", "data.block_shards=2")
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(blocked, blocked_again))
+
+
+def test_shard_order_benchmark_reads_both_orders(folder_and_shards):
+    from t2t.tools.shard_bench import run_shard_order_benchmark
+
+    _, shards = folder_and_shards
+    results = run_shard_order_benchmark(shards, num_images=12, block_shards=2, drop_caches=False)
+    assert results["images_read"] == 12 and results["shards"] == 4 and not results["page_cache_dropped"]
+    assert results["global_images_per_sec"] > 0 and results["block_images_per_sec"] > 0
+    with pytest.raises(ValueError, match="shard order 'zigzag'"):
+        run_shard_order_benchmark(shards, orders=["zigzag"], drop_caches=False)

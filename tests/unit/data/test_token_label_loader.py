@@ -277,3 +277,18 @@ def test_token_label_recipes_load(name):
     cfg = load_config(os.path.join(root, "configs", name))
     assert cfg.model.token_label and cfg.token_label.dir
     assert cfg.mixup.mixup_alpha == 0 and cfg.mixup.cutmix_alpha == 0
+
+
+def test_token_labels_on_shards_are_the_folders(quadrants, tmp_path):
+    """Shards made from the folder find each image's map by its path in the folder: the same batches."""
+    from t2t.data.shards import make_shards
+
+    data_dir, label_dir = quadrants
+    shards = str(tmp_path / "shards")
+    make_shards(data_dir, shards, shard_size=3)
+    _, from_folder = build_data(data_dir, label_dir)
+    _, from_shards = build_data(shards, label_dir, "data.format=shards")
+    for epoch in range(2):
+        (a, ta), (b, tb) = next(iter(from_folder.train_batches(epoch))), next(iter(from_shards.train_batches(epoch)))
+        assert torch.equal(a, b) and ta.keys() == tb.keys()
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
