@@ -36,7 +36,7 @@ import t2t
 from t2t.cli import ArgumentParser, UsageError, run_main, split_overrides
 from t2t.config import Config
 from t2t.data.cifar import CIFARDataset, find_cifar_dir
-from t2t.data.dataset import ImageDataset, ImageFolderDataset, check_classes_match, resolve_eval_dir
+from t2t.data.dataset import ImageDataset, ImageFolderDataset, check_classes_match, class_indices, resolve_eval_dir
 from t2t.data.shards import find_shard_classes, open_shards
 from t2t.data.loader import build_eval_loader
 from t2t.engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
@@ -205,6 +205,18 @@ def check_classes(cfg: Config, info: CheckpointInfo, dataset: ImageDataset, chec
         source = f"checkpoint {checkpoint!r}" if info.num_classes is not None else "the config"
         raise ValidateError(
             f"{source} has {cfg.model.num_classes} classes but {dataset.root!r} has {num_folders} class folders")
+    indices = class_indices(dataset.classes)
+    if indices is not None and (info.classes is None or class_indices(info.classes) is None):
+        # ImageNet-V2's layout: folder 'k' holds images of class k (find_classes sorts such names by value);
+        # a checkpoint whose own classes are index names is checked name by name below.
+        if indices != list(range(num_folders)):
+            missing = next(i for i in range(num_folders) if i not in set(indices))
+            raise ValidateError(
+                f"the class folders of {dataset.root!r} are named by class index, but not 0 ... {num_folders - 1} "
+                f"(no folder {str(missing)!r}): the labels would be wrong; name folder k for class k")
+        _logger.info("The class folders of %s are named by class index: folder k is scored as class k%s",
+                     dataset.root, f" ({info.classes[0]!r} for '0')" if info.classes else "")
+        return
     if info.classes is not None and not allow_mismatch:
         check_classes_match(info.classes, dataset.classes, where=f"{dataset.root!r}",
                             fix=f" (checkpoint {checkpoint!r}); rename the folders, or pass --allow-class-mismatch")

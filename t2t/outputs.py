@@ -6,14 +6,18 @@ and symlinks count); an existing file is replaced only when the user asked for i
 every file is written under a temporary name in its own folder, flushed to disk and renamed onto its
 name only once it is complete and checked, so an interrupted or failed write (Ctrl-C, full disk,
 an exporter that fails half way) leaves the previous file or the complete new one, never a part.
-The outputs are checked before the work starts, so a bad path costs nothing.
+The outputs are checked before the work starts, so a bad path costs nothing. An output is a regular
+file or it is left alone: a stream (/dev/stdout, a FIFO, a character device such as /dev/null) is
+written into, never renamed over, and a socket or block device is refused.
 """
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import os
+import shutil
 import signal
+import stat
 import tempfile
 import threading
 from typing import Iterable, Iterator, Optional
@@ -58,6 +62,8 @@ def check_output_file(path: str, *, inputs: Iterable[tuple[str, str]] = (), over
                               f"destroy the input; choose another {flag}")
     if os.path.isdir(path):
         raise OutputError(f"{flag} {path!r} is a folder: give a file name")
+    if _written_through(path, flag):  # a stream (/dev/stdout, a FIFO): written to, never replaced
+        return
     if os.path.lexists(path) and not overwrite:
         raise OutputError(f"{flag} {path!r} already exists: choose another name, or pass --overwrite to replace it "
                           "(it is kept until the new file is complete)")
@@ -90,6 +96,35 @@ def check_output_folder_inputs(folder: str, *, data_dirs: Iterable[tuple[str, st
                               f"another {flag}")
 
 
+def _written_through(path: str, flag: str) -> bool:
+    """True if `path` is a stream that an output is written into rather than renamed onto: a FIFO, a character
+    device (/dev/null, a terminal) or any path under /dev or /proc (/dev/stdout is a link there, whatever
+    stdout is). Replacing one with a regular file would destroy it (as root, /dev/full became a JSON file).
+    OutputError for the other files that are not regular: a socket or a block device is never written."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there (or a dangling link): a new regular file
+        return False
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return True
+    if stat.S_ISSOCK(mode) or stat.S_ISBLK(mode):
+        kind = "socket" if stat.S_ISSOCK(mode) else "block device"
+        raise OutputError(f"{flag} {path!r} is a {kind}, not a regular file: give a file name (outputs are "
+                          f"regular files, or streams such as /dev/stdout or a FIFO, which are written through)")
+    return False
+
+
+def _write_through(tmp: str, path: str) -> None:
+    """Copy the finished temporary file into the stream `path`; a failed write names the path."""
+    try:
+        with open(tmp, "rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except OSError as e:
+        raise OutputError(f"could not write to {path!r}: {e.strerror or e}") from None
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (another thread may be creating files)."""
     try:
@@ -119,14 +154,20 @@ def _fsync_path(path: str, *, folder: bool = False) -> None:
 def atomic_output(path: str, *, suffix: Optional[str] = None) -> Iterator[str]:
     """Yield a temporary path in `path`'s folder; when the block ends without an error (the file written and
     checked there), fsync it and rename it onto `path`. On any error or Ctrl-C the temporary file is removed
-    and `path` is untouched. The temporary name ends like `path` (exporters and readers go by the suffix)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    and `path` is untouched. The temporary name ends like `path` (exporters and readers go by the suffix).
+    A stream (/dev/stdout, a FIFO, a character device) is never replaced: the finished file is written into it."""
+    stream = _written_through(path, "output")
+    folder = None if stream else os.path.dirname(os.path.abspath(path))  # None: the system's temporary folder
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix if suffix is not None else
                                "-" + os.path.basename(path), dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; outputs follow the umask like any other file
         os.close(fd)
         yield tmp
+        if stream:
+            _write_through(tmp, path)
+            os.remove(tmp)
+            return
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:

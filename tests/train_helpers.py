@@ -6,6 +6,7 @@ import os
 import pickle
 import socket
 import subprocess
+import threading
 import sys
 
 import numpy as np
@@ -217,3 +218,17 @@ def make_colour_dataset(root, *, per_class=6, sizes=((40, 30), (30, 44), (64, 48
                 ext = "png" if i % 3 == 2 else "jpg"
                 Image.fromarray(pixels).save(os.path.join(root, split, name, f"{i}.{ext}"))
     return root
+
+
+def read_fifo_in_background(path):
+    """Start a reader of the FIFO at `path` (a writer blocks until one opens it); returns a callable that
+    waits for the writer to close and gives what was written."""
+    received = []
+    thread = threading.Thread(target=lambda: received.append(open(path, "rb").read()), daemon=True)
+    thread.start()
+
+    def result():
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "nothing was written to the FIFO"
+        return received[0]
+    return result

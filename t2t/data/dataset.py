@@ -30,6 +30,7 @@ __all__ = [
     "RepeatedSample",
     "SampleKey",
     "check_classes_match",
+    "class_indices",
     "SeededDataset",
     "check_same_classes",
     "find_classes",
@@ -70,14 +71,30 @@ def _is_image_file(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def class_indices(classes: Sequence[str]) -> list[int] | None:
+    """The integer each class folder is named by, if every name is one (ImageNet-V2: '0' ... '999'), else None."""
+    if classes and all(name.isascii() and name.isdigit() for name in classes):
+        return [int(name) for name in classes]
+    return None
+
+
 def find_classes(root: str) -> list[str]:
-    """Class folder names under ``root``, sorted as torchvision's ImageFolder sorts them (hidden folders skipped)."""
+    """Class folder names under ``root`` (hidden folders skipped), sorted as torchvision's ImageFolder sorts
+    them; folders that are all named by integers (ImageNet-V2's '0' ... '999') are sorted by value, so that
+    folder 'k' is class k when the names are 0 ... N-1 (sorted as strings, '10' would come before '2')."""
     _check_dir(root, what="dataset folder")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DatasetError(
             f"no class folders in {root!r}: expected the ImageFolder layout {root}/<class_name>/<image files>"
         )
+    indices = class_indices(classes)
+    if indices is not None:
+        twice = sorted(c for c in classes if indices.count(int(c)) > 1)
+        if twice:
+            raise DatasetError(f"class folders of {root!r} are named by class index, but {twice[0]!r} and "
+                               f"{twice[1]!r} name the same index: rename one of them")
+        classes.sort(key=int)
     return classes
 
 

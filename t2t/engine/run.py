@@ -17,6 +17,7 @@ from ..data import setup as data_setup
 from ..models import T2TViTDistilled
 from ..models.factory import create_model, resolve_eval_preprocessing
 from ..models.weights import load_pretrained_weights
+from ..outputs import write_text
 from .background_save import BackgroundCheckpointWriter, writes_finished
 from .checkpoint import Checkpointer, CheckpointWriter, check_checkpoint_fits, load_training_checkpoint
 from .checkpoint_schema import TrainingCheckpoint
@@ -140,16 +141,14 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     _logger.info("Config:\n%s", dump_config(cfg))
     _logger.info("Run plan: %s", plan.describe(device))
     if dist.is_main:  # written whole or not at all: a full disk never leaves a truncated config.yaml
-        path = os.path.join(output, "config.yaml")
-        with open(path + ".tmp", "w") as f:
-            f.write(dump_config(cfg))
-        os.replace(path + ".tmp", path)
+        write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
     _wrap_for_training(trainer, cfg, dist, amp)
 
     # Rank 0 writes in the background: training waits only for the snapshot (and for a previous write).
     writer = BackgroundCheckpointWriter(CheckpointWriter(output, keep_epochs=cfg.checkpoint.keep_epochs),
                                         pin_memory=device.type == "cuda") if dist.is_main else None
-    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard)
+    logger = RunLogger(output if dist.is_main else None, tensorboard=cfg.log.tensorboard,
+                       resumed_step=found[1].global_step if found else None)
     trainer.on_log = logger.scalars if dist.is_main else None
 
     checkpointer = Checkpointer(writer, arch=cfg.model.name, config=cfg.to_dict(), run=plan.to_dict())

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +21,8 @@ from safetensors.torch import save_file
 
 from t2t.outputs import OutputError, atomic_output, check_output_file, same_file
 from test_predict import make_images, save_run_checkpoint
-from train_helpers import CIFAR10, CIFAR_CONFIG, ROOT, TINY_CONFIG, load_script, make_cifar, make_data, write_config
+from train_helpers import (CIFAR10, CIFAR_CONFIG, ROOT, TINY_CONFIG, load_script, make_cifar, make_data,
+                           read_fifo_in_background, write_config)
 
 sys.path.insert(0, ROOT)
 import predict  # noqa: E402
@@ -30,6 +32,7 @@ import validate  # noqa: E402
 benchmark = load_script("benchmark")
 export = load_script("export")
 model_info = load_script("model_info")
+plot_runs = load_script("plot_runs")
 
 
 def digest(path) -> str:
@@ -426,3 +429,48 @@ def test_probe_fixes(own_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         model_info.main(["t2t_vit_7", "--img-size", "100000"])
     assert stop.value.code == 2 and "use a smaller --img-size" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# An output is a regular file or it is left alone, in every tool: a FIFO receives the output and stays a
+# FIFO; a device that refuses the bytes (like /dev/full) is one line and stays a device.
+
+
+def _stream_tools(own_checkpoint, tmp_path):
+    images = make_images(str(tmp_path / "imgs"), n=2)
+    data = make_data(str(tmp_path / "data"), classes=3, train=1, val=1)
+    run = tmp_path / "curves_run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"epoch": 0, "train_loss": 1.0, "lr": 0.1, "val_top1": 5.0}) + "\n")
+    return {
+        "predict": (predict.main, "preds.csv", ["--checkpoint", own_checkpoint, "--images", *images,
+                                                "--workers", "0", "--output"], b"path,label_1"),
+        "validate": (validate.main, "r.json", ["--data-dir", data, "--checkpoint", own_checkpoint, "-m", "t2t_vit_7",
+                                               "--device", "cpu", "--workers", "0", "--allow-class-mismatch",
+                                               "--results-file"], b'{\n  "top1": '),
+        "export": (export.main, "m.safetensors", ["--checkpoint", own_checkpoint, "--format", "safetensors",
+                                                  "--output"], None),
+        "benchmark": (benchmark.main, "b.json", ["-m", "t2t_vit_7", "--smoke", "--device", "cpu", "--json"], b"{"),
+        "plot_runs": (plot_runs.main, "curves.png", [str(run), "--output"], b"\x89PNG"),
+    }
+
+
+@pytest.mark.parametrize("tool", ["predict", "validate", "export", "benchmark", "plot_runs"])
+def test_an_output_that_is_a_stream_is_written_through(own_checkpoint, tmp_path, capsys, tool):
+    main, name, args, starts = _stream_tools(own_checkpoint, tmp_path)[tool]
+    fifo = str(tmp_path / name)
+    os.mkfifo(fifo)
+    received = read_fifo_in_background(fifo)
+    assert main([*args, fifo]) == 0, capsys.readouterr().err
+    data = received()
+    assert data.startswith(starts) if starts else len(data) > 0, data[:80]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and no_temporaries(tmp_path)
+
+    full = str(tmp_path / ("full-" + name))
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # the device /dev/full is
+    except PermissionError:
+        return  # making a device node needs root
+    assert main([*args, full, "--overwrite"]) != 0
+    assert "No space left on device" in one_line_error(capsys, f"{tool}.py")
+    assert stat.S_ISCHR(os.stat(full).st_mode) and no_temporaries(tmp_path)

@@ -302,3 +302,30 @@ def test_error_class_names_differ_from_the_checkpoints(setup, tmp_path, capsys):
     assert "'c3'" in err and "'c3_renamed'" in err and "--allow-class-mismatch" in err
     assert validate.main(args + ["--allow-class-mismatch", "--batch-size", "9"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 9
+
+
+def test_folders_named_by_class_index_score_as_their_classes(tmp_path):
+    """ImageNet-V2's layout ('0' ... 'N-1', no class list in a weights-only file): folder k is class k, so the
+    numbers equal those of the same images under names that sort in class order ('10' sorted as a string
+    would come before '2' and every image past class 1 would be scored against another label)."""
+    num_classes = 12
+    samples = make_image_folder(str(tmp_path / "made"), counts=(1,) * num_classes, seed=3)
+    for path, label in samples:  # c0 ... c11 -> n00 ... n11 (class order) and 0 ... 11 (V2)
+        for layout, name in (("named", f"n{label:02d}"), ("v2", str(label))):
+            folder = tmp_path / layout / name
+            folder.mkdir(parents=True, exist_ok=True)
+            os.link(path, folder / os.path.basename(path))
+    model = tiny_model(4, num_classes=num_classes)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    common = ("-m", MODEL, "--checkpoint", tmp_path / "weights.pth", "--batch-size", 5, "--workers", 0)
+    named, _ = validate_ok(tmp_path / "named", "--data-dir", tmp_path / "named", *common)
+    v2, stdout = validate_ok(tmp_path / "v2", "--data-dir", tmp_path / "v2", *common)
+    assert_matches(v2, hand_metrics(model, samples))
+    assert (v2["top1"], v2["top5"], v2["loss"], v2["count"]) == (named["top1"], named["top5"], named["loss"],
+                                                                 named["count"])
+    assert "named by class index" in stdout
+    # Index names that are not 0 ... N-1 cannot be paired with the model's outputs: refused in one line.
+    os.rename(tmp_path / "v2" / "0", tmp_path / "v2" / str(num_classes))
+    proc = run_validate("--data-dir", tmp_path / "v2", *common)
+    assert proc.returncode == 2 and "named by class index, but not 0 ... 11 (no folder '0')" in proc.stderr
+    assert "Traceback" not in proc.stderr

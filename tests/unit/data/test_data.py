@@ -933,3 +933,21 @@ def test_loader_worker_drops_only_a_cut_transfer_of_the_resource_sharer(capsys):
     except ConnectionResetError:
         _drop_cut_fd_transfers(*sys.exc_info())
     assert "reset elsewhere" in capsys.readouterr().err
+
+
+def test_class_folders_named_by_index_sort_by_value(tmp_path):
+    """ImageNet-V2 names its class folders '0' ... '999': folder k is class k, not the k-th string in order."""
+    from t2t.data.dataset import find_classes
+    for name in ("0", "1", "2", "10", "11", "9"):
+        os.makedirs(tmp_path / "v2" / name)
+        Image.new("RGB", (8, 8), (int(name) * 20, 0, 0)).save(tmp_path / "v2" / name / "a.png")
+    assert find_classes(str(tmp_path / "v2")) == ["0", "1", "2", "9", "10", "11"]
+    ds = ImageFolderDataset(str(tmp_path / "v2"))
+    assert [(os.path.basename(os.path.dirname(p)), t) for p, t in ds.samples] == [
+        ("0", 0), ("1", 1), ("2", 2), ("9", 3), ("10", 4), ("11", 5)]
+    for name in ("b10", "b9", "b2"):  # any other name sorts as a string, as torchvision's ImageFolder does
+        os.makedirs(tmp_path / "named" / name)
+    assert find_classes(str(tmp_path / "named")) == ["b10", "b2", "b9"]
+    os.makedirs(tmp_path / "v2" / "09")
+    with pytest.raises(DatasetError, match=r"'09' and '9' name the same index"):
+        find_classes(str(tmp_path / "v2"))
