@@ -17,8 +17,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .filelist import SampleList
-
 __all__ = ["FolderReader", "Reader"]
 
 
@@ -69,14 +67,14 @@ class FolderReader(Reader):
     def __init__(self, root: str, classes: Sequence[str], samples: Sequence[tuple[str, int]]) -> None:
         self.root = root
         self.classes = list(classes)
-        self.samples = samples  # a SampleList, or (path, target) pairs
+        self.samples = samples  # a SampleList (t2t/data/filelist.py), or (path, target) pairs
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @property
     def targets(self) -> np.ndarray:
-        if isinstance(self.samples, SampleList):
+        if hasattr(self.samples, "relpath"):  # a SampleList (t2t/data/filelist.py): its int32 array
             return self.samples.targets
         return np.array([t for _, t in self.samples], dtype=np.int64)
 
@@ -94,11 +92,11 @@ class FolderReader(Reader):
         return self.samples[i][0]
 
     def relpath(self, i: int) -> str:
-        if isinstance(self.samples, SampleList):
+        if hasattr(self.samples, "relpath"):
             return self.samples.relpath(i % len(self.samples))
         return os.path.relpath(self.samples[i][0], self.root)
 
     def subset(self, keep: Sequence[int]) -> "FolderReader":
-        if isinstance(self.samples, SampleList):
+        if hasattr(self.samples, "subset"):
             return FolderReader(self.root, self.classes, self.samples.subset(keep))
         return FolderReader(self.root, self.classes, [self.samples[i] for i in keep])
