@@ -235,6 +235,9 @@ def test_block_order_reads_shards_in_windows_and_is_a_function_of_seed_and_epoch
     assert sorted(a) == list(range(sum(blocks)))  # a permutation
     assert a == order(0, 0) and a != order(0, 1) and a != order(1, 0)
     assert a != list(range(sum(blocks)))
+    global_order = TrainSampler(sum(blocks), seed=0)
+    global_order.set_epoch(0)
+    assert a != global_order.epoch_indices()  # the same generator, another order
     # Each window of two shards is read whole before the next: the samples up to the third shard met
     # are exactly those of the first two.
     position = 0
