@@ -146,8 +146,8 @@ def preprocessing(cfg: Config, resolution: Resolution | None = None) -> EvalPrep
 
 
 def build_dataset(data_dir: str, pre: EvalPreprocessing, fmt: str = "auto") -> ImageDataset | CIFARDataset:
-    """The test split of an extracted CIFAR folder, the shards of data_dir/val (or data_dir) with data.format
-    shards or auto, else the class folders of data_dir/val or data_dir."""
+    """The test split of an extracted CIFAR folder, the shards of data_dir/val (or data_dir), else the class
+    folders of data_dir/val or data_dir; found by what the folder holds (`fmt` auto), whatever the run trained on."""
     transform = pre.transform()
     if fmt in ("auto", "cifar") and find_cifar_dir(data_dir) is not None:
         return CIFARDataset(data_dir, train=False, transform=transform)
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
         cfg.train.amp = resolve_amp(cfg.train.amp, dist.device)
         entries.append((checkpoint, info, cfg, resolve_resolutions(args, cfg)))
     first = entries[0][2]  # loader settings (batch, workers, amp, transform) come from the first's config: shared
-    dataset = build_dataset(args.data_dir, preprocessing(first, entries[0][3][0]), first.data.format)
+    dataset = build_dataset(args.data_dir, preprocessing(first, entries[0][3][0]))
     for checkpoint, info, cfg, _ in entries:
         check_classes(cfg, info, dataset, checkpoint, allow_mismatch=args.allow_class_mismatch)
     real_labels = None
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace, dist: DistInfo) -> list[dict[str, Any]]:
 
     def build_loader(resolution):
         pre = preprocessing(first, resolution)
-        data = build_dataset(args.data_dir, pre, first.data.format)
+        data = build_dataset(args.data_dir, pre)
         if first.data.backend == "dali":
             loader = build_dali_eval_loader(data, pre, first, dist)
         else:
