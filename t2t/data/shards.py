@@ -248,8 +248,11 @@ class ShardReader(Reader):
 
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self.shards[shard], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if fd is None:  # threads (the DALI backend's readers) may race here: one descriptor is kept
+            opened = os.open(self.shards[shard], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = self._fds.setdefault(shard, opened)
+            if fd != opened:
+                os.close(opened)
         return fd
 
     def _read_ahead(self, shard: int, fd: int) -> None:
