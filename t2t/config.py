@@ -100,8 +100,9 @@ class DataConfig:
     # images shuffled within windows of data.block_shards shards, so each shard is read front to back
     shuffle: Literal["global", "block"] = "global"
     block_shards: int = checked(4, AT_LEAST_1)
-    # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
-    train_transform: Literal["imagenet", "cifar"] = "imagenet"
+    # imagenet: RandomResizedCrop + RandAugment + erasing (DeiT / T2T-ViT); cifar: resize, RandomCrop(padding=img_size // 8), flip;
+    # src: DeiT III's simple random crop (resize, RandomCrop(padding=4, reflect), flip) + auto_augment
+    train_transform: Literal["imagenet", "cifar", "src"] = "imagenet"
     # pil: decode and augment in loader worker processes (Pillow); dali: NVIDIA DALI (GPU decode and
     # augmentation on CUDA, its CPU operators elsewhere), needs the optional extra t2t[dali]
     backend: Literal["pil", "dali"] = "pil"
@@ -121,14 +122,21 @@ class MixupConfig:
 
 @dataclass
 class LossConfig:
-    """The training loss: soft-target cross-entropy (t2t.engine.losses)."""
+    """The training loss (t2t.engine.losses): soft-target cross-entropy, or binary cross-entropy (DeiT III)."""
 
+    type: Literal["ce", "bce"] = "ce"
     label_smoothing: float = checked(0.1, BELOW_1)  # also smooths the targets mixup / cutmix make
+    # bce: soft targets (mixup / cutmix) above this become 1, the rest 0 (DeiT III: none); null: kept soft
+    bce_target_threshold: Optional[float] = checked(None, Check(lambda v: v is None or 0 <= v < 1,
+                                                                "in [0, 1) or null"))
 
 
 @dataclass
 class OptimConfig:
-    name: str = checked("adamw", Check(lambda v: v in ("adamw", "sgd"), "'adamw' or 'sgd'"))
+    # adamw and sgd are torch's (sgd: plain momentum, nesterov below); any other name is built by timm's
+    # optimizer factory (lamb, lion, lars, adan, ...: timm.optim.list_optimizers()) over the same groups
+    name: str = checked("adamw", Check(lambda v: v in ("adamw", "sgd") or _timm_knows_optimizer(v),
+                                       "adamw, sgd or an optimizer timm knows (timm.optim.list_optimizers())"))
     lr: float = checked(5e-4, POSITIVE)
     # the global batch `lr` is meant for; other batches scale it linearly
     lr_base_batch_size: int = checked(512, POSITIVE)
@@ -144,6 +152,9 @@ class OptimConfig:
     backbone_lr_scale: float = checked(1.0, Check(POSITIVE.ok, "> 0 (to keep parts fixed, list them in model.freeze)"))
     # layer-wise lr decay (BEiT / timm): layer i of L gets decay ** (L - 1 - i)
     layer_decay: Optional[float] = checked(None, Check(lambda v: v is None or 0 < v <= 1, "in (0, 1] or null"))
+    # further keyword arguments of the optimizer's constructor, e.g. {trust_clip: true} for lamb;
+    # betas and eps above are AdamW's, momentum and nesterov SGD's (timm's optimizers get momentum too)
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -345,6 +356,10 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
         if not isinstance(value, str):
             fail("a string")
         return value
+    if tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            fail("a mapping of names to values, e.g. {trust_clip: true}")
+        return dict(value)
     raise TypeError(f"unsupported config annotation {tp} for {key}")
 
 
@@ -424,6 +439,9 @@ def validate(cfg: Config) -> None:
     if cfg.token_label.dir is not None and (cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0):
         raise ConfigError(f"token_label.dir with mixup.mixup_alpha={cfg.mixup.mixup_alpha} and mixup.cutmix_alpha="
                           f"{cfg.mixup.cutmix_alpha}: MixToken replaces mixup and CutMix; set both to 0")
+    if cfg.loss.bce_target_threshold is not None and cfg.loss.type != "bce":
+        raise ConfigError(f"loss.bce_target_threshold={cfg.loss.bce_target_threshold} is used by loss.type=bce only "
+                          f"(loss.type={cfg.loss.type!r}): set loss.type=bce or remove it")
 
 
 def _check_teacher_settings(cfg: Config) -> None:
@@ -473,6 +491,9 @@ def check_transform_settings(data: DataConfig) -> None:
         if data.interpolation == "random":
             raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
                               "choose bilinear or bicubic for the cifar resize")
+    if data.train_transform == "src" and data.interpolation == "random":
+        raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
+                          "choose bilinear or bicubic for the src resize")
 
 
 def check_data_settings(cfg: Config) -> None:
@@ -520,6 +541,12 @@ def _check_dali_config(data: DataConfig) -> None:
         parse_rand_policy(data.auto_augment)
     except ValueError as e:
         raise ConfigError(f"data.auto_augment={data.auto_augment!r} with data.backend=dali: {e}") from None
+
+
+def _timm_knows_optimizer(name: str) -> bool:
+    from timm.optim import list_optimizers
+
+    return name in list_optimizers()
 
 
 def _check_model_name(name: str, allow_any: bool) -> None:

@@ -22,7 +22,8 @@ from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup
 from .sampler import TrainSampler
 from .token_label import DenseTokenTargets, MixToken, TokenLabelDataset, TokenLabelTransform
-from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, build_train_transform
+from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, \
+    build_simple_crop_transform, build_train_transform
 
 _logger = logging.getLogger(__name__)
 
@@ -264,6 +265,11 @@ def build_train_tf(cfg: DataConfig, img_size: int, use_prefetcher: bool = False)
         return build_padded_crop_transform(
             img_size, padding=img_size // 8, hflip=cfg.hflip, interpolation=cfg.interpolation,
             re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    if cfg.train_transform == "src":
+        return build_simple_crop_transform(
+            img_size, hflip=cfg.hflip, auto_augment=cfg.auto_augment, color_jitter=cfg.color_jitter,
+            interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
+            mean=tuple(cfg.mean), std=tuple(cfg.std))
     return build_train_transform(
         img_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, auto_augment=cfg.auto_augment,
         color_jitter=cfg.color_jitter, interpolation=cfg.interpolation, re_prob=cfg.reprob, re_mode=cfg.remode,

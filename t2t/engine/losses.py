@@ -18,12 +18,12 @@ from typing import Any, Optional, Protocol
 import torch
 import torch.nn as nn
 from timm.data.mixup import mixup_target
-from timm.loss import SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 
 from ..config import ConfigError, DistillConfig, LossConfig, TokenLabelConfig
 from .distill import DistillationLoss, TeacherTimer, TokenLabelLoss
 
-__all__ = ["SoftTargetLoss", "TrainLoss", "build_loss", "soft_targets"]
+__all__ = ["BinaryTargetLoss", "SoftTargetLoss", "TrainLoss", "build_loss", "soft_targets"]
 
 
 class TrainLoss(Protocol):
@@ -54,22 +54,40 @@ class SoftTargetLoss(nn.Module):
         return self.cross_entropy(outputs, targets)
 
 
+class BinaryTargetLoss(nn.Module):
+    """Binary cross-entropy per class (DeiT III), timm's BinaryCrossEntropy: class indices become one-hot rows
+    smoothed as timm smooths them for BCE (off = s / C, on = 1 - s + s / C); soft targets from mixup / cutmix
+    (already smoothed there) are used as they are, or made 0/1 above `target_threshold`."""
+
+    def __init__(self, smoothing: float = 0.0, target_threshold: Optional[float] = None) -> None:
+        super().__init__()
+        self.bce = BinaryCrossEntropy(smoothing=smoothing, target_threshold=target_threshold)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bce(outputs, targets)
+
+
 def build_loss(cfg: LossConfig, num_classes: int, *, token_label: Optional[TokenLabelConfig] = None,
                distill: Optional[DistillConfig] = None, teacher: Any = None, two_heads: bool = False,
                device: Optional[torch.device] = None) -> TrainLoss:
-    """The training loss: soft-target cross-entropy with `cfg.label_smoothing`, alone or inside
+    """The training loss: soft-target cross-entropy (or, with `cfg.type` bce, binary cross-entropy) with
+    `cfg.label_smoothing`, alone or inside
 
     - token labeling (`token_label`: the section, given when the model has the aux head);
     - distillation (`distill`: the section) from `teacher` and/or a distilled model's two heads (`two_heads`).
     """
     distill = distill or DistillConfig()
     if token_label is not None:
+        if cfg.type != "ce":
+            raise ConfigError(f"loss.type={cfg.type!r} with model.token_label=true: token labeling's loss is "
+                              "cross-entropy on the class and dense targets; use loss.type=ce")
         if teacher is not None:
             raise ConfigError(f"model.token_label=true with distill.type={distill.type!r}: use token labels or a "
                               "teacher, not both")
         return TokenLabelLoss(cls_weight=token_label.cls_weight, dense_weight=token_label.dense_weight,
                               smoothing=cfg.label_smoothing)
-    base = SoftTargetLoss(num_classes, smoothing=cfg.label_smoothing)
+    base = BinaryTargetLoss(cfg.label_smoothing, cfg.bce_target_threshold) if cfg.type == "bce" else \
+        SoftTargetLoss(num_classes, smoothing=cfg.label_smoothing)
     if teacher is None and not two_heads:
         return base
     return DistillationLoss(base, teacher, kind=distill.type, alpha=distill.alpha, tau=distill.tau,

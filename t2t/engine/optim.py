@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 from timm.models import group_parameters
+from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from ..config import ConfigError, OptimConfig, SchedConfig
@@ -99,7 +100,8 @@ def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: fl
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW or SGD over ``param_groups`` (per-group lr factors, no decay on biases, norms, cls_token).
+    """AdamW, SGD or any optimizer of timm's factory over ``param_groups`` (per-group lr factors, no decay on
+    biases, norms, cls_token); ``optim.kwargs`` go to its constructor.
 
     ``fused`` (for CUDA) makes AdamW one kernel per parameter group and lets the fp16 GradScaler skip
     a step on the device, without reading its inf check back to the host. SGD stays unfused: torch's
@@ -113,17 +115,28 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, fused: bool =
         raise ConfigError("no trainable parameters: model.freeze leaves nothing to optimize")
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
-    if cfg.name == "sgd":
-        if cfg.nesterov and cfg.momentum == 0:
-            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                      weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    try:
+        optimizer = _create(cfg, groups, lr, fused)
+    except TypeError as e:  # an argument the constructor does not take
+        raise ConfigError(f"optim.kwargs={cfg.kwargs!r} (optim.name={cfg.name!r}): {e}") from None
     _logger.info("Optimizer %s, %d parameter groups: %s", cfg.name, len(groups), "; ".join(
         f"{g['name']} ({sum(p.numel() for p in g['params']):,} params, lr {g['lr']:.4g})" for g in groups))
     return optimizer
+
+
+def _create(cfg: OptimConfig, groups: list[dict[str, Any]], lr: float, fused: bool) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        if cfg.nesterov and cfg.momentum == 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, **cfg.kwargs)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 **({"fused": True} if fused else {}), **cfg.kwargs)
+    # timm's factory takes the groups as they are (its own no-decay filter and layer decay apply only to a
+    # model); each group's weight_decay and lr_scale stay ours, weight_decay here is only its default.
+    return create_optimizer_v2(groups, opt=cfg.name, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                               **cfg.kwargs)
 
 
 @dataclass(frozen=True)

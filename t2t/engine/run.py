@@ -222,6 +222,8 @@ def _wrap_for_training(trainer: Trainer, cfg: Config, dist: DistInfo, amp: str) 
 def _warn_config_changes(cfg: Config, saved: dict[str, Any]) -> None:
     now = cfg.to_dict()
     saved = rename_old_keys(saved, "the checkpoint", warn=False)  # a renamed key is not a change
+    # a key the checkpoint's version did not have yet holds its default there: not a change either
+    saved = {s: {**entries, **saved.get(s, {})} for s, entries in Config().to_dict().items()}
     changed = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}"
                for s, entries in now.items() for k, v in entries.items() if saved.get(s, {}).get(k) != v]
     if changed:
