@@ -62,12 +62,11 @@ class _Images(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        path = self.dataset.samples[index][0]
         try:
-            img = self.dataset._decode(path)
+            img = self.dataset._decode(index)
         except _DECODE_ERRORS as e:  # every image needs its labels: none is skipped
-            raise DatasetError(f"cannot read image {path!r}: {type(e).__name__}: {e}. Replace or delete the file "
-                               "(token labels are made for every training image)") from None
+            raise DatasetError(f"cannot read image {self.dataset.reader.path(index)!r}: {type(e).__name__}: {e}. "
+                               "Replace or delete the file (token labels are made for every training image)") from None
         return self.to_tensor(img.resize((self.img_size, self.img_size), self.bicubic)), index
 
 

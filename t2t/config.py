@@ -96,7 +96,13 @@ class DataConfig:
     fast_decode: bool = True
     # batches each loader worker prepares ahead (shared memory: see the README)
     prefetch_factor: int = checked(2, AT_LEAST_1)
-    format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
+    # auto: an extracted CIFAR folder is read as CIFAR, DATA_DIR/train/*.tar as shards, else the ImageFolder layout;
+    # shards: DATA_DIR/train/*.tar and DATA_DIR/val/*.tar in the webdataset layout (scripts/make_shards.py)
+    format: Literal["auto", "imagefolder", "cifar", "shards"] = "auto"
+    # global: one permutation of all images per epoch; block (shards): the shards permuted per epoch and the
+    # images shuffled within windows of data.block_shards shards, so each shard is read front to back
+    shuffle: Literal["global", "block"] = "global"
+    block_shards: int = checked(4, AT_LEAST_1)
     # imagenet: RandomResizedCrop + RandAugment + erasing (DeiT / T2T-ViT); cifar: resize, RandomCrop(padding=img_size // 8), flip;
     # src: DeiT III's simple random crop (resize, RandomCrop(padding=4, reflect), flip) + auto_augment
     train_transform: Literal["imagenet", "cifar", "src"] = "imagenet"
@@ -451,10 +457,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: mixup / cutmix need an even batch size "
                           "(or set mixup.mixup_alpha=0 mixup.cutmix_alpha=0)")
     _check_auto_augment(cfg.data.auto_augment)
-    if cfg.data.backend == "dali":
-        _check_dali_config(cfg.data)
+    check_data_settings(cfg)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
     _check_teacher_settings(cfg)
+    if cfg.token_label.dir is not None and (cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0):
+        raise ConfigError(f"token_label.dir with mixup.mixup_alpha={cfg.mixup.mixup_alpha} and mixup.cutmix_alpha="
+                          f"{cfg.mixup.cutmix_alpha}: MixToken replaces mixup and CutMix; set both to 0")
     if cfg.loss.bce_target_threshold is not None and cfg.loss.type != "bce":
         raise ConfigError(f"loss.bce_target_threshold={cfg.loss.bce_target_threshold} is used by loss.type=bce only "
                           f"(loss.type={cfg.loss.type!r}): set loss.type=bce or remove it")
@@ -497,9 +505,57 @@ def _check_auto_augment(policy: Optional[str]) -> None:
                           "'rand-m9-mstd0.5-inc1', 'augmix-m5-w3', 'v0' or null") from e
 
 
+# Pixels per token side of a T2T-ViT (soft splits of stride 4, 2, 2): the token grid is img_size / 16.
+TOKEN_STRIDE = 16
+
+
+def check_transform_settings(data: DataConfig) -> None:
+    """Settings the chosen training transform does not use are refused, naming them."""
+    if data.train_transform == "cifar":
+        if data.auto_augment:
+            raise ConfigError(f"data.auto_augment={data.auto_augment!r} is not used by data.train_transform=cifar: "
+                              "set it to null")
+        if data.interpolation == "random":
+            raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
+                              "choose bilinear or bicubic for the cifar resize")
+    if data.train_transform == "src" and data.interpolation == "random":
+        raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
+                          "choose bilinear or bicubic for the src resize")
+
+
+def check_data_settings(cfg: Config) -> None:
+    """The data settings that must agree with each other (and with the model size, for token labels).
+
+    Part of `validate`; the data layer's DataSpec runs it again for configs changed after loading.
+    """
+    check_transform_settings(cfg.data)
+    if cfg.data.backend == "dali":
+        _check_dali_config(cfg.data)
+    if cfg.data.shuffle == "block" and cfg.data.format in ("imagefolder", "cifar"):
+        raise ConfigError(f"data.shuffle=block with data.format={cfg.data.format}: block order reads shards; set "
+                          "data.format=shards (or auto) or data.shuffle=global")
+    _check_token_label_settings(cfg)
+
+
+def _check_token_label_settings(cfg: Config) -> None:
+    """Token labels follow the Pillow pipeline's RandomResizedCrop, on a token grid that divides the image."""
+    label_dir = cfg.token_label.dir
+    if label_dir is None:
+        return
+    if cfg.data.backend == "dali":
+        raise ConfigError(f"token_label.dir={label_dir!r} with data.backend=dali: the label maps follow the crops of "
+                          "the Pillow pipeline; set data.backend=pil")
+    if cfg.data.train_transform != "imagenet":
+        raise ConfigError(f"token_label.dir={label_dir!r} with data.train_transform={cfg.data.train_transform!r}: "
+                          "the label maps follow RandomResizedCrop; set data.train_transform=imagenet")
+    if cfg.model.img_size % TOKEN_STRIDE:
+        raise ConfigError(f"token_label.dir with model.img_size={cfg.model.img_size}: expected a multiple of "
+                          f"{TOKEN_STRIDE} (the token grid MixToken cuts along)")
+
+
 def _check_dali_config(data: DataConfig) -> None:
     """What data.backend=dali cannot express is refused here, naming the value (DALI itself is not imported)."""
-    from .data.dali import parse_rand_policy  # pure string parsing: DALI is imported only to run
+    from .data.rand_policy import parse_rand_policy  # pure string parsing: DALI is imported only to run
 
     if data.format == "cifar" or data.train_transform != "imagenet":
         raise ConfigError(f"data.backend='dali' reads ImageFolder JPEG/PNG folders with the imagenet transform, "

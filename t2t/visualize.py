@@ -234,7 +234,6 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     from . import rng
     from .data import setup as data_setup
     from .data.loader import build_train_loader, set_loader_epoch
-    from .data.sampler import TrainSampler
     from .data.transforms import BatchNormalizeErase
     from .models.factory import resolve_eval_preprocessing
     from .engine.losses import soft_targets
@@ -256,9 +255,8 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     if steps_per_epoch < 1:
         raise UsageError(f"the global batch of {global_batch} images is more than the {len(train_ds)} training "
                          f"images in {train_dir!r}")
-    sampler = TrainSampler(len(train_ds), num_replicas=world_size, rank=rank, seed=cfg.train.seed,
-                           repeats=cfg.data.repeats if cfg.data.repeated_aug else 1, drop_last=True,
-                           epoch_samples=steps_per_epoch * global_batch)
+    sampler = data_setup.build_train_sampler(cfg.data, train_ds, steps_per_epoch * global_batch, seed=cfg.train.seed,
+                                             num_replicas=world_size, rank=rank)
     loader = build_train_loader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, workers=0)
     set_loader_epoch(loader, 0)
     images, target = next(iter(loader))

@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import random
-import re
 import threading
 import weakref
 from collections import deque
@@ -59,8 +58,9 @@ from torchvision.transforms.v2 import functional as F2
 
 from ..config import ConfigError
 from ..rng import SEED_STREAM_SAMPLE, derive_seed
-from .dataset import _DECODE_ERRORS, DatasetError, ImageFolderDataset
+from .dataset import _DECODE_ERRORS, DatasetError, ImageDataset
 from .loader import build_batch_loader
+from .rand_policy import _LEVEL_DENOM, RAND_INC_OPS, RAND_OPS, RandPolicy, parse_rand_policy  # noqa: F401
 from .sampler import ShardSampler, TrainSampler
 from .transforms import eval_resize_size
 
@@ -90,60 +90,6 @@ def require_dali() -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # RandAugment policy strings (timm's grammar), and the ops the DALI backend implements
-
-
-@dataclass(frozen=True)
-class RandPolicy:
-    """timm's 'rand-m9-n2-mstd0.5-inc1' fields: ops per image, magnitude (of 10), its std, cap, op set, op prob."""
-    n: int = 2
-    m: float = 10.0
-    mstd: float = 0.0
-    mmax: float = 10.0
-    inc: bool = False
-    p: float = 0.5
-
-
-_LEVEL_DENOM = 10.0  # timm's magnitude scale
-# timm's two RandAugment op lists (rand_augment_transform: inc1 picks the "increasing" one).
-RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-RAND_INC_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-                "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-                "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-
-
-def parse_rand_policy(policy: Optional[str]) -> Optional[RandPolicy]:
-    """None for no policy, else the RandPolicy of a timm 'rand-...' string; ValueError naming what DALI cannot do."""
-    if not policy:
-        return None
-    parts = policy.split("-")
-    if parts[0] != "rand":
-        raise ValueError(f"the DALI backend implements timm's RandAugment ('rand-m9-mstd0.5-inc1', ...) only, "
-                         f"not {parts[0]!r} (AutoAugment / AugMix): set data.backend=pil or choose a 'rand-' policy")
-    fields: dict[str, Any] = {}
-    for part in parts[1:]:
-        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)([0-9.]+)", part)
-        if match is None:
-            raise ValueError(f"the DALI backend cannot express the section {part!r} of the policy (it supports m, n, "
-                             "mstd, mmax, inc and p; weights 'w' and others need data.backend=pil)")
-        key, raw = match.groups()
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"section {part!r}: {raw!r} is not a number") from None
-        if key == "n":
-            if value != int(value) or value < 0:
-                raise ValueError(f"section {part!r}: n must be a whole number >= 0")
-            fields["n"] = int(value)
-        elif key == "inc":
-            fields["inc"] = bool(int(value))
-        elif key == "mstd" and value > 100:
-            raise ValueError(f"section {part!r}: mstd above 100 (timm's uniform-magnitude mode) is not supported")
-        else:
-            fields[key] = value
-    if not 0 <= fields.get("p", 0.5) <= 1:
-        raise ValueError(f"p={fields['p']}: expected a probability in [0, 1]")
-    return RandPolicy(**fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +314,11 @@ def _looks_truncated(data: bytes) -> Optional[str]:
 def read_image(path: str) -> tuple[np.ndarray, int, int]:
     """(encoded bytes, width, height), or DatasetError-worthy OSError/ValueError if it is not a readable image."""
     with open(path, "rb") as f:
-        data = f.read()
+        return check_image_bytes(f.read())
+
+
+def check_image_bytes(data: bytes) -> tuple[np.ndarray, int, int]:
+    """read_image for bytes a reader gave (t2t/data/readers.py)."""
     with Image.open(io.BytesIO(data)) as img:  # the header only: format and size
         width, height = img.size
         fmt = img.format
@@ -381,14 +331,14 @@ def read_image(path: str) -> tuple[np.ndarray, int, int]:
     return np.frombuffer(data, dtype=np.uint8), width, height
 
 
-def _bad_image_error(dataset: ImageFolderDataset, path: str, exc: BaseException) -> DatasetError:
-    # The Pillow backend's message (ImageFolderDataset.__getitem__), so both backends read the same.
+def _bad_image_error(dataset: ImageDataset, path: str, exc: BaseException) -> DatasetError:
+    # The Pillow backend's message (ImageDataset.__getitem__), so both backends read the same.
     hint = getattr(dataset, "bad_image_hint", ", or set data.skip_bad_images=true to substitute the next "
                                               "readable image")
     return DatasetError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the file{hint}")
 
 
-def sample_seed(dataset: ImageFolderDataset, epoch: int, key: Any) -> tuple[int, int]:
+def sample_seed(dataset: ImageDataset, epoch: int, key: Any) -> tuple[int, int]:
     """(index, seed) of sampler item `key`: the seed SeededDataset.reseed sets for it (index, or RepeatedSample).
 
     Copy 0 of an image keeps the seed of (seed, epoch, index); copy slot > 0 adds the slot.
@@ -709,20 +659,21 @@ class BatchPlan(NamedTuple):
     bad_images: int  # unreadable files skipped for this batch (data.skip_bad_images)
 
 
-def read_sample(dataset: ImageFolderDataset, start: int) -> tuple[int, np.ndarray, int, int, int, int]:
+def read_sample(dataset: ImageDataset, start: int) -> tuple[int, np.ndarray, int, int, int, int]:
     """(sample position, bytes, width, height, label, files skipped) of the first readable image from `start` on.
 
     A file that cannot be read raises the Pillow backend's DatasetError, or with skip_bad_images is
     counted and replaced by the next readable image (the sample keeps its seed), as there.
     """
-    samples = dataset.samples
-    n = len(samples)
+    reader = dataset.reader
+    n = len(reader)
     for attempt in range(n):
-        path, target = samples[(start + attempt) % n]
+        position = (start + attempt) % n
         try:
-            data, width, height = read_image(path)
-            return (start + attempt) % n, data, width, height, target, attempt
+            data, width, height = check_image_bytes(reader.read(position))
+            return position, data, width, height, reader.target(position), attempt
         except _DECODE_ERRORS as exc:
+            path = reader.path(position)
             if not dataset.skip_bad_images:
                 raise _bad_image_error(dataset, path, exc) from None
             _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
@@ -739,7 +690,7 @@ def _pack_files(files: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
 class _TrainPlans(torch.utils.data.Dataset):
     """Item (epoch, sampler keys) -> the BatchPlan of those samples: read, header parsed, augmentation drawn."""
 
-    def __init__(self, dataset: ImageFolderDataset, planner: SamplePlanner) -> None:
+    def __init__(self, dataset: ImageDataset, planner: SamplePlanner) -> None:
         self.dataset = dataset
         self.planner = planner
 
@@ -775,7 +726,7 @@ class _TrainPlans(torch.utils.data.Dataset):
 class _EvalPlans(torch.utils.data.Dataset):
     """Item (sample indices) -> their BatchPlan: files, positions, targets, and the resize and crop geometry."""
 
-    def __init__(self, dataset: ImageFolderDataset, img_size: int, crop_pct: float) -> None:
+    def __init__(self, dataset: ImageDataset, img_size: int, crop_pct: float) -> None:
         self.dataset, self.img_size, self.crop_pct = dataset, int(img_size), float(crop_pct)
 
     def __len__(self) -> int:
@@ -823,7 +774,7 @@ def _file_views(plan: BatchPlan) -> list[Any]:
 
 
 class _LoaderBase:
-    def __init__(self, dataset: ImageFolderDataset, *, batch_size: int, workers: int, device: torch.device,
+    def __init__(self, dataset: ImageDataset, *, batch_size: int, workers: int, device: torch.device,
                  prefetch_factor: int = 2) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -873,8 +824,8 @@ class _LoaderBase:
     def _feeds(self, plan: BatchPlan) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _paths(self, plan: BatchPlan) -> list[str]:
-        return [self.dataset.samples[p][0] for p in plan.ints[:, _POSITION].tolist()]
+    def _positions(self, plan: BatchPlan) -> list[int]:
+        return plan.ints[:, _POSITION].tolist()
 
     def _batches(self, stage: str, produce: Any) -> Iterator[Any]:
         """produce(plan, DALI outputs) for each plan of the epoch, PIPELINE_DEPTH batches in flight in DALI.
@@ -924,9 +875,9 @@ class _LoaderBase:
             return list(pipe.outputs())
         except (RuntimeError, IndexError) as exc:
             self._pipes = {}  # a DALI pipeline is unusable after an error
-            raise self._decode_failure(exc, self._paths(plan)) from None
+            raise self._decode_failure(exc, self._positions(plan)) from None
 
-    def _run(self, feeds: dict[str, Any], paths: list[str], stage: str) -> list[Any]:
+    def _run(self, feeds: dict[str, Any], positions: list[int], stage: str) -> list[Any]:
         """Run the pipeline of `stage` on one batch, synchronously; a decoder failure is one line naming the file."""
         try:
             pipe = self._pipeline(stage)
@@ -935,20 +886,21 @@ class _LoaderBase:
             return list(pipe.run())
         except (RuntimeError, IndexError) as exc:
             self._pipes = {}
-            raise self._decode_failure(exc, paths) from None
+            raise self._decode_failure(exc, positions) from None
 
-    def _decode_failure(self, exc: BaseException, paths: list[str]) -> DatasetError:
-        """The error of a failed batch: the first file of `paths` Pillow cannot decode, else DALI's first line."""
-        for path in paths:
+    def _decode_failure(self, exc: BaseException, positions: list[int]) -> DatasetError:
+        """The error of a failed batch: the first image of `positions` Pillow cannot decode, else DALI's first line."""
+        reader = self.dataset.reader
+        for position in positions:
             try:
-                with Image.open(path) as img:
+                with reader.open(position) as img:
                     img.load()
             except _DECODE_ERRORS as bad:
-                return _bad_image_error(self.dataset, path, bad)
+                return _bad_image_error(self.dataset, reader.path(position), bad)
         first = next((line for line in str(exc).splitlines() if "encountered" not in line and line.strip()
                       and "Error in" not in line and "Critical error" not in line), str(exc))
-        return DatasetError(f"DALI failed on a batch of {len(paths)} images starting with {paths[0]!r}: "
-                            f"{first.strip()}")
+        return DatasetError(f"DALI failed on a batch of {len(positions)} images starting with "
+                            f"{reader.path(positions[0])!r}: {first.strip()}")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -984,7 +936,7 @@ class DaliTrainLoader(_LoaderBase):
     tests use it to check that graph).
     """
 
-    def __init__(self, dataset: ImageFolderDataset, sampler: TrainSampler, planner: SamplePlanner, *,
+    def __init__(self, dataset: ImageDataset, sampler: TrainSampler, planner: SamplePlanner, *,
                  batch_size: int, workers: int, device: torch.device = torch.device("cpu"),
                  fill: float = 128.0, resize_in_dali: Optional[bool] = None, prefetch_factor: int = 2) -> None:
         super().__init__(dataset, batch_size=batch_size, workers=workers, device=device,
@@ -1052,7 +1004,7 @@ class DaliTrainLoader(_LoaderBase):
             batch = self._resize_and_flip(outputs[0], ints[:, _INTERP], ints[:, _FLIP])
             augment = self._augment_feeds(plan)
             if augment:  # RandAugment layers or colour jitter
-                (images,) = self._run({"images": batch.numpy(), **augment}, self._paths(plan), "augment")
+                (images,) = self._run({"images": batch.numpy(), **augment}, self._positions(plan), "augment")
                 batch = _to_torch(images, self.device)
         # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
         return batch.permute(0, 3, 1, 2), targets
@@ -1106,7 +1058,7 @@ class DaliTrainLoader(_LoaderBase):
 class DaliEvalLoader(_LoaderBase):
     """Evaluation batches (normalised float images, targets): rank r reads r, r + W, ...; keeps the last partial batch."""
 
-    def __init__(self, dataset: ImageFolderDataset, *, img_size: int, crop_pct: float, interpolation: str,
+    def __init__(self, dataset: ImageDataset, *, img_size: int, crop_pct: float, interpolation: str,
                  mean: Sequence[float], std: Sequence[float], batch_size: int, workers: int, num_replicas: int = 1,
                  rank: int = 0, device: torch.device = torch.device("cpu"), prefetch_factor: int = 2) -> None:
         super().__init__(dataset, batch_size=batch_size, workers=workers, device=device,
@@ -1149,7 +1101,7 @@ def fill_value(mean: Sequence[float]) -> float:
     return float(round(255 * sum(mean) / len(mean)))
 
 
-def build_dali_loaders(cfg: Any, train_ds: ImageFolderDataset, val_ds: ImageFolderDataset, sampler: TrainSampler, *,
+def build_dali_loaders(cfg: Any, train_ds: ImageDataset, val_ds: ImageDataset, sampler: TrainSampler, *,
                        img_size: int, batch_size: int, eval_batch_size: int, eval_crop_pct: float,
                        eval_interpolation: str, num_replicas: int, rank: int,
                        device: torch.device) -> tuple[DaliTrainLoader, DaliEvalLoader]:

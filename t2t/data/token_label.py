@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from ..outputs import write_failed
-from .dataset import DatasetError, ImageFolderDataset
+from .dataset import DatasetError, ImageDataset
+from .readers import Reader
 
 __all__ = [
     "GEOMETRY_SIZE", "DenseTokenTargets", "LabelMapError", "MixToken", "TokenLabelDataset", "TokenLabelTransform",
@@ -373,29 +374,33 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
     return record
 
 
-class TokenLabelDataset(ImageFolderDataset):
+class TokenLabelDataset(ImageDataset):
     """Training images with their top-k label map and the geometry of their augmentation.
 
     Item: (image, {"label": class index, "values": (k, H, W) float16, "indices": (k, H, W) int,
     "geometry": (GEOMETRY_SIZE,)}); the transform must be a `TokenLabelTransform`. The map stays
-    top-k sparse until `DenseTokenTargets` spreads it on the device.
+    top-k sparse until `DenseTokenTargets` spreads it on the device. A sample's map is found by its
+    path relative to the split (``Reader.relpath``), so a label folder serves image folders and the
+    shards made from them alike.
     """
 
-    def __init__(self, root: str, transform: Optional[TokenLabelTransform] = None, *, label_dir: str,
+    def __init__(self, reader: Reader, transform: Optional[TokenLabelTransform] = None, *, label_dir: str,
                  **kwargs: Any) -> None:
-        super().__init__(root, transform, **kwargs)
+        super().__init__(reader, transform, **kwargs)
         self.label_dir = os.fspath(label_dir)
-        self.record = open_label_dir(self.label_dir, self.classes, self.root, [p for p, _ in self.samples])
+        relpaths = [reader.relpath(i) for i in range(len(reader))]
+        self.record = open_label_dir(self.label_dir, self.classes, self.root,
+                                     [os.path.join(self.root, rel) for rel in relpaths])
         self.index_dtype = torch.int16 if len(self.classes) <= 2 ** 15 else torch.int32
-        self._decoded: Optional[str] = None
+        self._decoded: Optional[int] = None
 
-    def _decode(self, path: str) -> Any:
-        self._decoded = path  # the file actually used (another one when a bad image is skipped)
-        return super()._decode(path)
+    def _decode(self, position: int) -> Any:
+        self._decoded = position  # the sample actually used (another one when a bad image is skipped)
+        return super()._decode(position)
 
     def __getitem__(self, key) -> tuple[Any, dict[str, Any]]:
         (image, geometry), target = super().__getitem__(key)
-        values, indices = self.label_map(self._decoded)
+        values, indices = self.label_map(os.path.join(self.root, self.reader.relpath(self._decoded)))
         return image, {"label": target, "values": values, "indices": indices, "geometry": geometry}
 
     def label_map(self, image_path: str) -> tuple[torch.Tensor, torch.Tensor]:

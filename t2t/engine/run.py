@@ -152,12 +152,10 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
     evaluation = resolve_eval_preprocessing(cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
                                             interpolation=cfg.eval.interpolation)
 
-    data = data_setup.build_train_and_val(
-        cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
-        global_batch_size=batch, eval_batch_size=cfg.eval.batch_size, eval_crop_pct=evaluation.crop_pct,
-        eval_interpolation=evaluation.interpolation, num_replicas=dist.world_size, rank=dist.rank,
-        pin_memory=device.type == "cuda", device=device, gather=gather_objects, broadcast=broadcast_object,
-        list_cache_dir=output, token_label=cfg.token_label, label_smoothing=cfg.loss.label_smoothing)
+    spec = data_setup.DataSpec.from_config(cfg, global_batch_size=batch, eval_crop_pct=evaluation.crop_pct,
+                                           eval_interpolation=evaluation.interpolation, device=device)
+    data = data_setup.build_train_and_val(spec, data_dir, num_replicas=dist.world_size, rank=dist.rank,
+                                          gather=gather_objects, broadcast=broadcast_object, list_cache_dir=output)
     plan = RunPlan.build(cfg, world_size=dist.world_size, steps_per_epoch=data.steps_per_epoch,
                          classes=data.classes, data_dir=data_dir)
     if found is not None and found[1].run is not None:
@@ -240,8 +238,6 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         frozen = freeze_parameters(model, cfg.model.freeze)
         _logger.info("Frozen (model.freeze %s): %d tensors", list(cfg.model.freeze), len(frozen))
     model.to(device)
-    # uint8 batches normalised and erased on the device, token-label maps made into targets there
-    to_device = data.batch_to_device(device)
     # MixToken replaces mixup / CutMix when the targets are token labels
     mixup = data_setup.build_mix_token_fn(cfg.token_label, cfg.mixup) if cfg.token_label.dir is not None else \
         data_setup.build_mixup_fn(cfg.mixup, plan.num_classes, label_smoothing=cfg.loss.label_smoothing)
@@ -256,7 +252,7 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         ema=build_ema(model, cfg.ema) if cfg.ema.enabled else None, amp=amp,
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
         mixup=mixup, mixup_off_epoch=cfg.mixup.off_epoch,
-        reseed=lambda i: rng.reseed_step(cfg.train.seed, i, dist.rank), to_device=to_device,
+        reseed=lambda i: rng.reseed_step(cfg.train.seed, i, dist.rank), to_device=data.feed.train,
         log_interval=cfg.train.log_interval, dist=dist)
 
 

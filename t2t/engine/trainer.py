@@ -335,8 +335,7 @@ class Trainer:
                 break  # stopped mid-epoch (the mid-epoch checkpoint is written)
             self.meters.flush(self.state)
             row = self.end_of_epoch_row(data.val_loader, last=self.state.epoch == total_epochs - 1,
-                                        eval_interval=eval_interval,
-                                        val_on_device=getattr(data, "val_on_device", None))
+                                        eval_interval=eval_interval, batch_to_device=data.feed.eval)
             row["images_per_sec"] = (self.state.step_in_epoch - steps_before) * global_batch_size / max(
                 time.perf_counter() - t_epoch, 1e-9)  # this session's share of the epoch, evaluation included
             score = self.score(row, eval_metric)
@@ -355,10 +354,11 @@ class Trainer:
                 break
 
     def end_of_epoch_row(self, val_loader: Iterable, *, last: bool, eval_interval: int,
-                         val_on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, Any]:
+                         batch_to_device: Optional[Callable[[Any, Any], Batch]] = None) -> dict[str, Any]:
         """Evaluate (model and EMA) if due and return the epoch's row for the logs.
 
-        `val_on_device` normalises uint8 validation batches on the device (the workers send a quarter of the bytes).
+        `batch_to_device` moves a validation batch to the device (`DeviceFeed.eval`: uint8 batches are
+        normalised there, the workers sending a quarter of the bytes); None: a plain copy.
         """
         loss_sum, loss_count = sum_over_ranks(self.state.loss_sum, self.state.loss_count)
         epoch = self.state.epoch
@@ -372,10 +372,6 @@ class Trainer:
         if (eval_interval > 0 and (epoch + 1) % eval_interval == 0) or last:
             nets = {"": self.model} if self.ema is None else {"": self.model, "ema_": self.ema.module}
             # One pass over the validation set: each decoded batch goes through the model and the EMA.
-            batch_to_device = None
-            if val_on_device is not None:
-                def batch_to_device(images, targets):
-                    return val_on_device(images), targets.to(self.device, non_blocking=True)
             results = evaluate_models(nets, val_loader, device=self.device, amp=self.amp, dist=self.dist,
                                       batch_to_device=batch_to_device)
             for prefix, metrics in results.items():
