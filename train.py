@@ -24,7 +24,7 @@ from t2t.runtime import keep_freed_memory
 
 # What a run writes in its folder: no input file may sit there under one of these names.
 RUN_FILES = ("config.yaml", "train.log", "summary.csv", "log.jsonl", "last.pth", "best.pth", "epoch-*.pth",
-             "step-*.pth", "filelist-*.npz", FAILURE_FILE)
+             "best-epoch-*.pth", "step-*.pth", "filelist-*.npz", FAILURE_FILE)
 
 # Exit statuses: t2t.cli's table (EXIT_USAGE 2, EXIT_NONFINITE 3, EXIT_IO 74, EXIT_FAILED 1 for a process group
 # that could not form), where any other OSError during a run is a failed write (EX_IOERR), not a bad input.

@@ -23,6 +23,7 @@ sets (--eval-set; ImageNet-A/-R scored on their 200 classes) in t2t/engine/eval_
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -40,8 +41,9 @@ import t2t
 from t2t.cli import ArgumentParser, UsageError, run_main, split_overrides
 from t2t.config import Config
 from t2t.data.cifar import CIFARDataset, find_cifar_dir
-from t2t.data.dataset import (ImageFolderDataset, check_classes_match, check_same_classes, class_indices,
-                              find_split_dirs, resolve_eval_dir)
+from t2t.data.dataset import (ImageDataset, ImageFolderDataset, check_classes_match, check_same_classes,
+                              class_indices, find_split_dirs, resolve_eval_dir)
+from t2t.data.shards import find_shard_classes, open_shards
 from t2t.data.loader import build_eval_loader
 from t2t.engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
 from t2t.engine.eval_sets import EvalSet, SubsetLogits, output_indices, parse_eval_sets
@@ -169,24 +171,31 @@ def preprocessing(cfg: Config, resolution: Resolution | None = None) -> EvalPrep
         mean=cfg.data.mean, std=cfg.data.std)
 
 
-def build_dataset(data_dir: str, pre: EvalPreprocessing) -> ImageFolderDataset | CIFARDataset:
-    """The test split of an extracted CIFAR folder, else the class folders of data_dir/val or data_dir."""
+def build_dataset(data_dir: str, pre: EvalPreprocessing, fmt: str = "auto") -> ImageDataset | CIFARDataset:
+    """The test split of an extracted CIFAR folder, the shards of data_dir/val (or data_dir), else the class
+    folders of data_dir/val or data_dir; found by what the folder holds (`fmt` auto), whatever the run trained on."""
     transform = pre.transform()
-    if find_cifar_dir(data_dir) is not None:
+    if fmt in ("auto", "cifar") and find_cifar_dir(data_dir) is not None:
         return CIFARDataset(data_dir, train=False, transform=transform)
-    dataset = ImageFolderDataset(resolve_eval_dir(data_dir), transform)
+    folder = resolve_eval_dir(data_dir)
+    if fmt == "shards" or (fmt == "auto" and glob.glob(os.path.join(glob.escape(folder), "*.tar"))):
+        names = find_shard_classes(data_dir) or find_shard_classes(os.path.dirname(os.path.abspath(folder)))
+        dataset: ImageDataset = ImageDataset(open_shards(folder, names), transform)
+    else:
+        dataset = ImageFolderDataset(folder, transform)
     dataset.bad_image_hint = ""  # training's data.skip_bad_images has no place here: every image must count
     return dataset
 
 
-def build_dali_eval_loader(dataset: ImageFolderDataset | CIFARDataset, pre: EvalPreprocessing, cfg: Config,
+def build_dali_eval_loader(dataset: ImageDataset | CIFARDataset, pre: EvalPreprocessing, cfg: Config,
                            dist: DistInfo):
     """--data-backend dali: decode, resize and centre-crop with NVIDIA DALI (t2t/data/dali.py)."""
     from t2t.data.dali import DaliEvalLoader, require_dali
 
     require_dali()
-    if not isinstance(dataset, ImageFolderDataset):
-        raise ValidateError("--data-backend dali reads image folders; this is a CIFAR folder: use --data-backend pil")
+    if not isinstance(dataset, ImageDataset):
+        raise ValidateError("--data-backend dali reads image folders and shards; this is a CIFAR folder: use "
+                            "--data-backend pil")
     return DaliEvalLoader(dataset, img_size=pre.img_size, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
                           mean=pre.mean, std=pre.std, batch_size=cfg.eval.batch_size, workers=cfg.data.workers,
                           num_replicas=dist.world_size, rank=dist.rank, device=dist.device)
@@ -210,7 +219,7 @@ def build_model(cfg: Config, checkpoint: str, info: CheckpointInfo, use_ema: boo
     return model, source
 
 
-def check_classes(cfg: Config, info: CheckpointInfo, dataset: ImageFolderDataset, checkpoint: str,
+def check_classes(cfg: Config, info: CheckpointInfo, dataset: ImageDataset, checkpoint: str,
                   allow_mismatch: bool = False) -> None:
     """One classifier output per class folder, named as in training (if recorded); settle cfg.model.num_classes."""
     num_folders = len(dataset.classes)
@@ -416,10 +425,13 @@ def evaluate_set(args: argparse.Namespace, dist: DistInfo, eval_set: EvalSet, en
                                                  info.classes)
     real_labels = None
     if args.real_labels and eval_set.name == DATA_DIR_SET:
-        if not hasattr(dataset, "samples"):
+        if not hasattr(dataset, "reader"):
             raise ValidateError(f"--real-labels {args.real_labels!r}: the evaluation set {args.data_dir!r} is not "
-                                "an image folder (ReaL labels ImageNet's validation images by file name)")
-        real_labels = load_real_labels(args.real_labels, [path for path, _ in dataset.samples])
+                                "an image folder or shards (ReaL labels ImageNet's validation images by file name)")
+        fewest = min(entries, key=lambda e: e[2].model.num_classes)  # every model must know every label
+        real_labels = load_real_labels(args.real_labels, [os.path.join(dataset.root, dataset.reader.relpath(i))
+                                                          for i in range(len(dataset))],
+                                       num_classes=fewest[2].model.num_classes, model=f"checkpoint {fewest[0]!r}")
     per_rank = -(-len(dataset) // dist.world_size)
     largest = max(r.img_size for *_, rs in entries for r in rs)
     check_batch_fits(min(first.eval.batch_size, per_rank), largest, dist.device)

@@ -8,6 +8,8 @@ import re
 import sys
 from typing import Callable, Mapping, NoReturn, Optional, Sequence, Union
 
+from .walk import walk_files
+
 __all__ = ["ArgumentParser", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_IO", "EXIT_NONFINITE", "EXIT_USAGE",
            "UsageError", "check_output_folder", "exit_status", "one_line", "run_main", "split_overrides"]
 
@@ -36,6 +38,7 @@ EXIT_STATUS: dict[str, int] = {
     "builtins.OSError": EXIT_USAGE,  # an input that cannot be read, an output folder that cannot be written
     "t2t.engine.trainer.NonFiniteLossError": EXIT_NONFINITE,
     "t2t.engine.checkpoint.CheckpointSaveError": EXIT_IO,
+    "t2t.outputs.WriteError": EXIT_IO,  # a full disk while writing an output
     "t2t.engine.distributed.DistributedSetupError": EXIT_FAILED,
 }
 
@@ -125,8 +128,8 @@ def list_images(inputs: Sequence[str]) -> list[str]:
     paths: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            for dirpath, _, names in sorted(os.walk(item, followlinks=True)):
-                paths.extend(os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
+            for dirpath, names in walk_files(item):  # regular files, each real folder once
+                paths.extend(os.path.join(dirpath, n) for n in names if n.lower().endswith(IMG_EXTENSIONS))
         elif os.path.isfile(item):
             paths.append(item)
         else:

@@ -15,13 +15,14 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..cli import UsageError
 from ..outputs import check_output_file, write_text
+from ..progress import Progress
 from .distributed import DistInfo
 from .eval_sets import builtin_real_labels
 from .evaluate import evaluate_models
@@ -108,11 +109,13 @@ class RealLabelsError(UsageError):
     """A ReaL label file that cannot be used with this dataset."""
 
 
-def load_real_labels(path: str, image_paths: Sequence[str]) -> torch.Tensor:
+def load_real_labels(path: str, image_paths: Sequence[str], num_classes: Optional[int] = None,
+                     model: str = "the model") -> torch.Tensor:
     """Read an ImageNet-ReaL real.json and return its labels in the dataset's order: (N, L) int64, -1 padded.
 
     real.json is a JSON list with one entry per validation image, in the order of the sorted file names
-    (ILSVRC2012_val_00000001.JPEG first), each a list of the correct class indices, possibly empty. The
+    (ILSVRC2012_val_00000001.JPEG first), each a list of the correct class indices (below `num_classes`, the
+    classes of `model`, when given), possibly empty. The
     dataset's images may sit in class folders: they are matched to the entries by sorting their file names.
     `path` 'builtin' reads the copy timm ships (t2t.engine.eval_sets.builtin_real_labels).
     """
@@ -137,6 +140,9 @@ def load_real_labels(path: str, image_paths: Sequence[str]) -> torch.Tensor:
                                                   for c in entry):
             raise RealLabelsError(f"--real-labels {path!r}: entry {i} is {entry!r}: expected a list of class "
                                   "indices (integers >= 0), possibly empty")
+        if num_classes is not None and any(c >= num_classes for c in entry):
+            raise RealLabelsError(f"--real-labels {path!r}: entry {i} names class {max(entry)}, but {model} has "
+                                  f"{num_classes} classes (0 to {num_classes - 1}): the file is for another label set")
     names = [os.path.basename(p) for p in image_paths]
     order = sorted(range(len(names)), key=lambda i: names[i])
     for a, b in zip(order, order[1:]):
@@ -244,7 +250,7 @@ def run_suite(
     by_resolution: dict[Resolution, list[int]] = {}
     for i, job in enumerate(jobs):
         by_resolution.setdefault(job.resolution, []).append(i)
-    for resolution, members in by_resolution.items():
+    for number, (resolution, members) in enumerate(by_resolution.items(), start=1):
         loader, sample_indices = build_loader(resolution)
         models: dict[str, nn.Module] = {}
         fields: dict[int, dict[str, Any]] = {}
@@ -253,8 +259,14 @@ def run_suite(
             for mode, variant in tta_models(model, tta).items():
                 models[f"{i}/{mode}"] = variant
         prefix = f"@{resolution.img_size} crop {resolution.crop_pct:g}: "
-        metrics = evaluate_models(models, loader, device=device, amp=amp, dist=dist, log_prefix=prefix,
-                                  real_labels=real_labels, sample_indices=sample_indices)
+        # Rank 0 shows its share of the images with a rate and an ETA (a redrawn line on a terminal).
+        label = f"[{number}/{len(by_resolution)}] @{resolution.img_size} crop {resolution.crop_pct:g}, " \
+                f"{len(models)} model(s)" + (f", rank 0 of {dist.world_size}" if dist is not None and
+                                             dist.is_distributed else "")
+        with Progress(len(sample_indices), label, enabled=dist is None or dist.is_main) as progress:
+            metrics = evaluate_models(models, loader, device=device, amp=amp, dist=dist, log_prefix=prefix,
+                                      log_every=0, real_labels=real_labels, sample_indices=sample_indices,
+                                      progress=progress)
         for i in members:
             for mode in tta:
                 rows[i, mode] = {**metrics[f"{i}/{mode}"], **fields[i], "img_size": resolution.img_size,

@@ -54,6 +54,7 @@ class RunPlan:
     teacher: Optional[dict[str, Any]] = None  # a distillation run's teacher file: path, size, sha256
     holdout_fraction: Optional[float] = None  # data.holdout_fraction (None: a checkpoint from before it, i.e. 0)
     minival_images: Optional[int] = None  # images it held out of the training folder
+    token_labels: Optional[dict[str, Any]] = None  # a token-label run's label folder: dir, teacher sha256, topk, size
 
     @classmethod
     def build(cls, cfg: Config, *, world_size: int, steps_per_epoch: int, classes: Sequence[str],
