@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from t2t.config import Config, ConfigError, DataConfig, validate
+from t2t.config import Config, ConfigError, load_config, validate
 from t2t.data.dataset import DatasetError, ImageFolderDataset
 from t2t.data.holdout import holdout_positions, is_held_out, split_minival
-from t2t.data.setup import build_train_and_val
+from t2t.data.setup import DataSpec, build_train_and_val
 from t2t.engine.plan import RunPlan
 from t2t.engine.run_folder import RunError
 from train_helpers import make_data
@@ -43,10 +43,10 @@ def test_split_minival_moves_the_held_out_images(tmp_path):
 
 def test_the_holdout_never_reaches_the_sampler_on_two_ranks(tmp_path):
     data = make_data(str(tmp_path / "d"), classes=3, train=12, val=2, size=16)
-    cfg = DataConfig(workers=0, auto_augment=None, holdout_fraction=0.25)
-    kwargs = dict(img_size=16, seed=3, batch_size=2, global_batch_size=4, eval_batch_size=4, eval_crop_pct=0.9,
-                  eval_interpolation="bicubic", num_replicas=2)
-    ranks = [build_train_and_val(cfg, data, rank=rank, **kwargs) for rank in (0, 1)]
+    cfg = load_config(None, ["data.workers=0", "data.auto_augment=null", "data.holdout_fraction=0.25",
+                             "model.img_size=16", "train.seed=3", "train.batch_size=2", "eval.batch_size=4"])
+    spec = DataSpec.from_config(cfg, global_batch_size=4, eval_crop_pct=0.9, eval_interpolation="bicubic")
+    ranks = [build_train_and_val(spec, data, num_replicas=2, rank=rank) for rank in (0, 1)]
     train_ds = ImageFolderDataset(os.path.join(data, "train"))
     held = {p for p, _ in train_ds.samples if is_held_out(os.path.relpath(p, train_ds.root), 0.25)}
     assert 0 < len(held) < len(train_ds)
