@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# GPU acceptance check: every CUDA-only path of t2t in one command, under 8 minutes on one GPU.
-#   scripts/gpu_check.sh            (PYTHON=... to choose the interpreter; T2T_CHECK_DIR=... for scratch space)
-# Needs python3 with torch (CUDA), torchvision, timm and pyyaml; downloads nothing. Prints a pass/fail
-# table, then the benchmark's images/s and MFU. Exits 0 at once on a machine without an NVIDIA GPU, and 2 on
+# GPU check for one GPU. The default part (issue 28: data at scale) takes under 8 minutes with DALI installed:
+#   driver / CUDA / DALI versions; the DALI GPU graph builds and runs 3 batches (read from tar shards);
+#   the DALI and Pillow loaders' images/s alone and beside a step-shaped GPU loop; the recompile count of
+#   train.compile=true data.backend=dali (TORCH_LOGS=recompiles); model-bound training images/s of
+#   t2t_vit_14 and t2t_vit_7 at batch 128 bf16, eager and compiled.
+#   scripts/gpu_check.sh           the default part
+#   scripts/gpu_check.sh --full    then every CUDA-only path of t2t (SIGTERM + resume in bf16/fp16/compile,
+#                                  validate.py, DALI training, NCCL helpers, host-sync audit, learning, ...)
+# PYTHON=... chooses the interpreter, T2T_CHECK_DIR=... the scratch space. T2T_CHECK_DEVICE=cpu runs the
+# default part on the CPU with tiny sizes (to check this script itself; its figures mean nothing). Needs
+# python3 with torch, torchvision, timm and pyyaml (DALI for its legs); downloads nothing. Prints a
+# pass/fail table. Exits 0 at once on a machine without an NVIDIA GPU unless T2T_CHECK_DEVICE=cpu, and 2 on
 # one whose GPU this torch cannot use (the driver is older than torch's CUDA needs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+FULL=0
+[ "${1:-}" = "--full" ] && FULL=1
+DEVICE=${T2T_CHECK_DEVICE:-cuda}
 if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "gpu_check: $PY cannot import torch; install the project first (pip install .), or set PYTHON=..." >&2
   exit 1
 fi
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   # An NVIDIA GPU that this torch cannot use (a driver older than torch's CUDA, a CPU-only torch) is a failure.
   if ! "$PY" -c "
 import sys
@@ -36,11 +47,86 @@ RESULTS=$WORK/results.txt
 : > "$RESULTS"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 record() {  # record NAME STATUS DETAIL
   printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$RESULTS"
   printf '[%4ds] %-34s %s  %s\n' $(($(date +%s) - START)) "$1" "$2" "$3"
 }
+
+check() {  # check NAME LOG COMMAND...: PASS with the log's last line, or FAIL naming the log
+  local name=$1 log=$2; shift 2
+  if "$@" > "$log" 2>&1; then
+    record "$name" PASS "$(tail -1 "$log" | cut -c1-400)"
+  else
+    record "$name" FAIL "see $log"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Data at scale (the default part)
+
+if [ "$DEVICE" = cpu ]; then  # tiny sizes: the script and its Python parts run, nothing is measured
+  PER_CLASS=16 BATCH=8 BATCHES=3 WORKERS=2 LAUNCHES=100 STEPS=4 IMG=64 COMPILED="" BENCH_BATCH=8
+  BENCH=(--smoke --device cpu)
+else
+  PER_CLASS=1024 BATCH=128 BATCHES=20 WORKERS=8 LAUNCHES=1000 STEPS=60 IMG=224 COMPILED=--compile BENCH_BATCH=128
+  BENCH=(--device cuda --amp bf16 --steps 20 --warmup 10)
+fi
+PHOTOS=$WORK/photos
+SHARDS=$WORK/shards
+check "versions" "$WORK/versions.log" "$PY" -m t2t.tools.gpu_check versions
+[ "$DEVICE" = cuda ] && command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+check "photo-like JPEGs" "$WORK/photos.log" "$PY" -m t2t.tools.gpu_check photos "$PHOTOS" --per-class "$PER_CLASS"
+check "make_shards.py" "$WORK/shards.log" "$PY" scripts/make_shards.py --data-dir "$PHOTOS" --output "$SHARDS" --shard-size 128
+if "$PY" -c "import nvidia.dali" 2>/dev/null; then
+  check "dali: GPU graph, 3 batches" "$WORK/dali-graph.log" \
+    "$PY" -m t2t.tools.gpu_check dali-graph "$SHARDS" --device "$DEVICE" --batch-size "$BATCH"
+  LOADERS=pil,dali
+else
+  record "dali" SKIP 'nvidia.dali not importable: pip install -e ".[dali]"'
+  LOADERS=pil
+fi
+check "loaders alone / beside a step loop" "$WORK/loaders.log" \
+  "$PY" -m t2t.tools.gpu_check loaders "$SHARDS" --device "$DEVICE" --backends "$LOADERS" --batch-size "$BATCH" \
+  --batches "$BATCHES" --workers "$WORKERS" --launches "$LAUNCHES"
+if [ "$LOADERS" = pil,dali ]; then
+  # torch.compile with DALI batches: every recompile after the first compile is logged; expect none.
+  if TORCH_LOGS=recompiles "$PY" train.py -c configs/demo.yaml --data-dir "$SHARDS" --output "$WORK/run-recompiles" \
+      data.backend=dali data.workers="$WORKERS" train.compile=true train.device="$DEVICE" train.batch_size="$BATCH" \
+      model.img_size="$IMG" train.max_steps="$STEPS" train.log_interval=10 > "$WORK/recompiles.log" 2>&1; then
+    record "recompiles: compile + dali" PASS "$(grep -c 'Recompiling function' "$WORK/recompiles.log") recompiles in $STEPS steps"
+  else
+    record "recompiles: compile + dali" FAIL "see $WORK/recompiles.log"
+  fi
+fi
+for model in t2t_vit_14 t2t_vit_7; do
+  for compiled in "" $COMPILED; do
+    name="model-bound $model b$BENCH_BATCH bf16${compiled:+ compiled}"
+    json=$WORK/bench-$model${compiled:+-compiled}.json
+    if "$PY" scripts/benchmark.py -m $model --mode train --batch-size "$BENCH_BATCH" "${BENCH[@]}" $compiled --json "$json" \
+        > "$json.log" 2>&1; then
+      record "$name" PASS "$("$PY" -c "import json; r = json.load(open('$json')); print(f\"{r['images_per_sec']:.0f} img/s at batch {r['batch_size']}\")")"
+    else
+      record "$name" FAIL "see $json.log"
+    fi
+  done
+done
+
+if [ "$FULL" = 0 ] || [ "$DEVICE" = cpu ]; then
+  echo
+  echo "| check | result | detail |"
+  echo "|---|---|---|"
+  awk -F'\t' '{printf "| %s | %s | %s |\n", $1, $2, $3}' "$RESULTS"
+  FAILED=$(grep -c $'\tFAIL\t' "$RESULTS")
+  echo
+  echo "$(grep -c $'\tPASS\t' "$RESULTS") passed, $FAILED failed in $(($(date +%s) - START)) s (logs in $WORK)"
+  [ "$FAILED" = 0 ]
+  exit
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# --full: every CUDA-only path
 
 "$PY" - <<'EOF'
 import torch
@@ -107,7 +193,7 @@ done
 # Nothing of it has run on a GPU before this check; its figures go to the README's DALI section.
 if "$PY" -c "import nvidia.dali" 2>/dev/null; then
   train_with_sigterm dali train.amp=bf16 data.backend=dali
-  PHOTOS=$WORK/photos
+  PHOTOS=$WORK/photos-full
   # ImageNet-sized photo-like JPEGs (smooth colour fields, shapes, grain; 375-500 px a side, quality 90),
   # written here so that this leg depends on nothing but t2t.data.dali, .dataset and .sampler.
   if "$PY" - "$PHOTOS" > "$WORK/photos.log" 2>&1 <<'EOF'
@@ -221,7 +307,7 @@ import torch
 from timm.loss import SoftTargetCrossEntropy
 import t2t  # noqa: F401
 import timm
-from t2t.config import DataConfig, OptimConfig
+from t2t.config import OptimConfig, load_config
 from t2t.data import setup as data_setup
 from t2t.data.mixup import build_mixup
 from t2t.rng import reseed_step
@@ -230,11 +316,13 @@ from t2t.engine.optim import build_optimizer
 
 device = torch.device(os.environ.get("T2T_CHECK_DEVICE", "cuda"))
 steps = int(os.environ.get("T2T_SYNC_STEPS", "12"))
-cfg = DataConfig(workers=2, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel")
-data = data_setup.build_train_and_val(cfg, sys.argv[1], img_size=64, seed=0, batch_size=32, global_batch_size=32,
-                                      eval_batch_size=32, eval_crop_pct=0.9, eval_interpolation="bicubic",
-                                      pin_memory=device.type == "cuda", device=device, normalize_on_device=True)
-assert data.on_device is not None  # uint8 batches, normalised and erased on the device
+cfg = load_config(None, ["data.workers=2", "data.auto_augment=rand-m9-mstd0.5-inc1", "data.reprob=0.25",
+                         "data.remode=pixel", "model.img_size=64", "train.seed=0", "train.batch_size=32",
+                         "eval.batch_size=32"])
+spec = data_setup.DataSpec.from_config(cfg, global_batch_size=32, eval_crop_pct=0.9, eval_interpolation="bicubic",
+                                       device=device, normalize_on_device=True)
+data = data_setup.build_train_and_val(spec, sys.argv[1])
+assert data.feed.train_images is not None  # uint8 batches, normalised and erased on the device
 model = timm.create_model("t2t_vit_7", img_size=64, num_classes=data.num_classes).to(device)
 optimizer = build_optimizer(model, OptimConfig(), lr=1e-3, fused=device.type == "cuda")
 mixup = build_mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=0.1,
@@ -244,7 +332,7 @@ batches = iter(data.train_batches(0))
 batch = [next(batches) for _ in range(steps + 1)]  # decoded before the audit: the loader is not audited
 def step(i, images, target):
     reseed_step(0, i, 0)
-    x, y = data.on_device(images), target.to(device, non_blocking=True)
+    x, y = data.feed.train(images, target)
     x, y = mixup(x, y)
     with torch.autocast(device.type, dtype=torch.bfloat16):
         loss = criterion(model(x), y)

@@ -416,6 +416,20 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
 def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
     from .tools.data_bench import run_data_benchmark
 
+    if args.feed:  # what each backend's feed costs the training process (t2t.tools.feed_bench)
+        from t2t.tools.feed_bench import run_feed_benchmark
+
+        results = run_feed_benchmark(args.data_dir, args.data_backend or ("pil", "dali"), augment=args.augment,
+                                     img_size=args.img_size, batch_size=args.batch_size, workers=args.workers,
+                                     rounds=args.rounds, steps=args.steps)
+        return {"mode": "data", "data_dir": args.data_dir, "uptime_load": list(os.getloadavg()), **results}
+    if args.shard_order:  # global against block order reading shards (t2t.tools.shard_bench)
+        from t2t.tools.shard_bench import run_shard_order_benchmark
+
+        results = run_shard_order_benchmark(args.data_dir, orders=args.shard_order, num_images=args.num_images,
+                                            block_shards=args.block_shards, drop_caches=not args.keep_page_cache,
+                                            rounds=args.rounds)
+        return {"mode": "data", "data_dir": args.data_dir, "shard_orders": ",".join(args.shard_order), **results}
     if args.data_backend:  # backends side by side (t2t.tools.data_bench.run_backend_benchmark)
         from .tools.data_bench import augmentation_statistics, run_backend_benchmark, summarise_statistics
 
@@ -496,6 +510,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--data-backend: the recipes' augmentation, or decode + random-resized crop + flip only")
     p.add_argument("--data-stats", action="store_true",
                    help="--data-backend: also compare pil and dali augmentation statistics on the images")
+    p.add_argument("--feed", action="store_true",
+                   help="--mode data: the training process's CPU time per sample and a step-shaped loop's slowdown "
+                        "beside each backend's training loader (--data-backend pil,dali, --workers, --batch-size, "
+                        "--steps: the loop's steps per round)")
+    p.add_argument("--workers", type=int, default=1, help="--feed: the loader's data.workers (default 1)")
+    p.add_argument("--shard-order", type=lambda v: v.split(","),
+                   help="--mode data on shards (DIR/train/*.tar): comma-separated orders read side by side, of "
+                        "global, block (one thread, reading and parsing headers; the page cache dropped before "
+                        "each when run as root)")
+    p.add_argument("--block-shards", type=int, default=4, help="--shard-order block: shards per window (default 4)")
+    p.add_argument("--keep-page-cache", action="store_true", help="--shard-order: do not drop the page cache")
     p.add_argument("--json", help="also write the results here as JSON (checked before the run; its folder must exist)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--teacher-model", help="--mode train: a distillation step with this timm model as the teacher "
@@ -508,6 +533,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.compare and (args.mode == "data" or not set(args.compare) <= set(VARIANTS) or args.compile):
         p.error(f"--compare {','.join(args.compare)}: expected variants among {', '.join(VARIANTS)}, "
                 "with --mode train or infer and without --compile")
+    if args.feed and (args.mode != "data" or not set(args.data_backend or ()) <= {"pil", "dali"}):
+        p.error("--feed: only with --mode data, and --data-backend among pil, dali")
+    if args.shard_order and (args.data_backend or not set(args.shard_order) <= {"global", "block"}):
+        p.error(f"--shard-order {','.join(args.shard_order)}: expected some of global, block (comma-separated), "
+                "without --data-backend")
     if args.data_backend and not set(args.data_backend) <= {"pil", "dali", "timm"}:
         p.error(f"--data-backend {','.join(args.data_backend)}: expected some of pil, dali, timm (comma-separated)")
     if args.data_backend and "dali" in args.data_backend:
@@ -522,7 +552,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--steps and --batch-size must be >= 1, --warmup >= 0")
     for flag, value, low in (("--rounds", args.rounds, 1), ("--threads", args.threads, 1),
                              ("--max-warmup", args.max_warmup, 0), ("--peak-size", args.peak_size, 1),
-                             ("--num-images", args.num_images, 1)):
+                             ("--num-images", args.num_images, 1), ("--workers", args.workers, 0)):
         if value is not None and value < low:
             p.error(f"{flag} {value}: expected >= {low}")
     if args.mode == "data":

@@ -14,6 +14,8 @@ with ``torch.load(weights_only=True)``:
     config          the run's config (Config.to_dict())
     run             the RunPlan (global batch, world size, classes, ...)
     versions        the libraries that wrote it (a resume warns when they differ)
+    trackers        {tracker: run id} of the experiment trackers (wandb, mlflow), so a resume continues
+                    their runs; optional (files written before it have none)
 
 The first six entries after ``arch`` are the Trainer's state (`Trainer.state_dict()`), the rest
 describe the run. Format 1 (written until the schema existed) also stored copies of the position
@@ -24,7 +26,7 @@ generator states; they are accepted and dropped. Tools that only need the weight
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -38,6 +40,7 @@ FORMAT = 2
 # The Trainer's entries (Trainer.state_dict()), then the run's.
 TRAINER_KEYS = ("model", "state_dict_ema", "optimizer", "scaler", "train_state", "rng")
 RUN_KEYS = ("arch", "config", "run", "versions")
+OPTIONAL_KEYS = ("trackers",)
 # Format 1 wrote these copies of the position and the CUDA generators: read as nothing.
 _FORMAT1_DROPPED = ("epoch", "step_in_epoch", "global_step", "samples_in_epoch", "samples_seen")
 
@@ -59,6 +62,7 @@ class TrainingCheckpoint:
     config: dict[str, Any]
     run: Optional[dict[str, Any]]  # RunPlan.to_dict(); None in format-1 files written before it was stored
     versions: dict[str, str]
+    trackers: dict[str, str] = field(default_factory=dict)  # tracker name -> its run id
     format: int = FORMAT  # the format the file was written in (from_dict); to_dict always writes FORMAT
 
     @property
@@ -79,7 +83,7 @@ class TrainingCheckpoint:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "arch": self.arch, **{k: self.trainer[k] for k in TRAINER_KEYS},
-                "config": self.config, "run": self.run, "versions": self.versions}
+                "config": self.config, "run": self.run, "versions": self.versions, "trackers": dict(self.trackers)}
 
     @classmethod
     def from_dict(cls, values: Any, *, path: str) -> "TrainingCheckpoint":
@@ -100,7 +104,7 @@ class TrainingCheckpoint:
         missing = [k for k in required if k not in values]
         if missing:
             raise CheckpointError(f"checkpoint {path!r} is incomplete: no {', '.join(map(repr, missing))} entry")
-        known = {"format", *TRAINER_KEYS, *RUN_KEYS, *(_FORMAT1_DROPPED if version == 1 else ())}
+        known = {"format", *TRAINER_KEYS, *RUN_KEYS, *OPTIONAL_KEYS, *(_FORMAT1_DROPPED if version == 1 else ())}
         unknown = sorted(set(map(str, values)) - known)
         if unknown:
             raise CheckpointError(f"checkpoint {path!r} (format {version}) has entries this version of t2t does not "
@@ -111,7 +115,7 @@ class TrainingCheckpoint:
         trainer["rng"] = {"torch": rng.get("torch")}
         return cls(trainer=trainer, arch=values.get("arch") or values["config"].get("model", {}).get("name"),
                    config=values["config"], run=values.get("run"), versions=values.get("versions") or {},
-                   format=version)
+                   trackers=dict(values.get("trackers") or {}), format=version)
 
     def warn_if_versions_differ(self, path: str) -> None:
         """Exact resume holds for the library versions that wrote the checkpoint: say when they differ."""

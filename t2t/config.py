@@ -52,6 +52,9 @@ POSITIVE = Check(lambda v: v > 0, "> 0")
 PROBABILITY = Check(lambda v: 0 <= v <= 1, "in [0, 1]")
 BELOW_1 = Check(lambda v: 0 <= v < 1, "in [0, 1)")
 AT_LEAST_1_OR_NULL = Check(lambda v: v is None or v >= 1, ">= 1 or null")
+MAX_BATCH = 2 ** 31 - 1  # data loaders take a batch size that fits a C ssize_t slice bound; far above any memory
+BATCH = Check(lambda v: 1 <= v <= MAX_BATCH, f">= 1 and <= {MAX_BATCH} images")
+BATCH_OR_NULL = Check(lambda v: v is None or 1 <= v <= MAX_BATCH, f">= 1 and <= {MAX_BATCH} images, or null")
 POSITIVE_MINUTES = Check(lambda v: 0 < v < float("inf"), "> 0 minutes")
 
 # Resampling filters the transforms know (t2t.data.transforms), by name.
@@ -98,12 +101,22 @@ class DataConfig:
     fast_decode: bool = True
     # batches each loader worker prepares ahead (shared memory: see docs/clusters.md)
     prefetch_factor: int = checked(2, AT_LEAST_1)
-    format: Literal["auto", "imagefolder", "cifar"] = "auto"  # auto: an extracted CIFAR folder is read as CIFAR
-    # imagenet: RandomResizedCrop + RandAugment + erasing; cifar: resize, RandomCrop(padding img_size // 8), flip
-    train_transform: Literal["imagenet", "cifar"] = "imagenet"
+    # auto: an extracted CIFAR folder is read as CIFAR, DATA_DIR/train/*.tar as shards, else the ImageFolder layout;
+    # shards: DATA_DIR/train/*.tar and DATA_DIR/val/*.tar in the webdataset layout (scripts/make_shards.py)
+    format: Literal["auto", "imagefolder", "cifar", "shards"] = "auto"
+    # global: one permutation of all images per epoch; block (shards): the shards permuted per epoch and the
+    # images shuffled within windows of data.block_shards shards, so each shard is read front to back
+    shuffle: Literal["global", "block"] = "global"
+    block_shards: int = checked(4, AT_LEAST_1)
+    # imagenet: RandomResizedCrop + RandAugment + erasing (DeiT / T2T-ViT); cifar: resize, RandomCrop(padding=img_size // 8), flip;
+    # src: DeiT III's simple random crop (resize, RandomCrop(padding=4, reflect), flip) + auto_augment
+    train_transform: Literal["imagenet", "cifar", "src"] = "imagenet"
     # pil: decode and augment in loader worker processes (Pillow); dali: NVIDIA DALI (GPU decode and
     # augmentation on CUDA, its CPU operators elsewhere), needs the optional extra t2t[dali]
     backend: Literal["pil", "dali"] = "pil"
+    # share of the training images held out as a minival (by a hash of each relative path; t2t/data/holdout.py):
+    # never trained on, evaluated every epoch as minival_top1 (eval.metric can choose best.pth by it)
+    holdout_fraction: float = checked(0.0, Check(lambda v: 0 <= v < 1, "in [0, 1) (0: no minival)"))
 
 
 @dataclass
@@ -168,12 +181,12 @@ class SchedConfig:
 @dataclass
 class TrainConfig:
     epochs: int = checked(300, AT_LEAST_1)
-    batch_size: int = checked(64, AT_LEAST_1)  # per process
+    batch_size: int = checked(64, BATCH)  # per process
     grad_accum_steps: int = checked(1, AT_LEAST_1)
     # Images per optimizer step over all processes. When set, grad_accum_steps is derived from it
     # (global_batch_size / (processes x batch_size)), so a run keeps its global batch, lr and data
     # position when it continues on another number of GPUs.
-    global_batch_size: Optional[int] = checked(None, AT_LEAST_1_OR_NULL)
+    global_batch_size: Optional[int] = checked(None, BATCH_OR_NULL)
     seed: int = checked(42, Check(lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"))
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
     compile: bool = False
@@ -187,8 +200,15 @@ class TrainConfig:
 
 @dataclass
 class EMAConfig:
+    """timm's ModelEmaV3: the decay, its optional warm-up, and how often the EMA is updated."""
+
     enabled: bool = True
-    decay: float = checked(0.99996, BELOW_1)
+    decay: float = checked(0.99996, BELOW_1)  # per update (the ceiling of the warm-up)
+    # timm's warm-up: decay = min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)
+    warmup: bool = False
+    warmup_gamma: float = checked(1.0, POSITIVE)
+    warmup_power: float = checked(2 / 3, POSITIVE)
+    interval: int = checked(1, AT_LEAST_1)  # update after every N-th optimizer step
 
 
 @dataclass
@@ -198,8 +218,11 @@ class EvalConfig:
     crop_pct: Optional[float] = checked(None, Check(lambda v: v is None or 0 < v <= 1, "in (0, 1] or null (the model's)"))
     interpolation: Optional[str] = checked(None, Check(lambda v: v is None or v in _INTERPOLATIONS,
                                                        "null (the model's) or one of " + ", ".join(_INTERPOLATIONS)))
-    batch_size: int = checked(100, AT_LEAST_1)
-    metric: Literal["top1", "ema_top1", "top5", "ema_top5"] = "ema_top1"
+    batch_size: int = checked(100, BATCH)
+    # the value best.pth is chosen by; minival_*: on data.holdout_fraction's held-out images, not on the val set
+    metric: Literal["top1", "ema_top1", "top5", "ema_top5", "minival_top1", "ema_minival_top1"] = "ema_top1"
+    # NAME=DIR evaluation sets (as validate.py --eval-set) scored after the last epoch, e.g. v2=/data/imagenetv2
+    extra_sets: tuple[str, ...] = ()
 
 
 @dataclass
@@ -208,6 +231,8 @@ class CheckpointConfig:
     every_minutes: float = checked(0.0, AT_LEAST_0)  # and/or every N minutes (0: off)
     # also keep the last K end-of-epoch checkpoints (0: only last.pth / best.pth)
     keep_epochs: int = checked(0, AT_LEAST_0)
+    # also keep the K best end-of-epoch checkpoints by eval.metric, as best-epoch-N-<metric>-<value>.pth (0: off)
+    keep_best: int = checked(0, AT_LEAST_0)
 
 
 @dataclass
@@ -220,7 +245,19 @@ class DistConfig:
 
 @dataclass
 class LogConfig:
+    """Where rank 0 sends the scalars besides log.jsonl / summary.csv (docs/trackers.md)."""
+
     tensorboard: bool = True
+    wandb: bool = False  # Weights & Biases (the optional extra t2t[wandb])
+    mlflow: bool = False  # MLflow (the optional extra t2t[mlflow])
+    # wandb project / MLflow experiment; None: WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else "t2t"
+    project: Optional[str] = None
+    run_name: Optional[str] = None  # None: WANDB_NAME for wandb, else the run folder's name
+    tags: tuple[str, ...] = ()
+    wandb_entity: Optional[str] = None  # None: WANDB_ENTITY, else the account's default entity
+    # None: WANDB_MODE, else online; offline writes under <run>/wandb/ for `wandb sync`
+    wandb_mode: Optional[Literal["online", "offline"]] = None
+    mlflow_tracking_uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else MLflow's default
 
 
 @dataclass
@@ -430,11 +467,19 @@ def validate(cfg: Config) -> None:
     if mixing and cfg.train.batch_size % 2:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: mixup / cutmix need an even batch size "
                           "(or set mixup.mixup_alpha=0 mixup.cutmix_alpha=0)")
+    if cfg.eval.metric.endswith("minival_top1") and cfg.data.holdout_fraction == 0:
+        raise ConfigError(f"eval.metric={cfg.eval.metric!r} needs a minival: set data.holdout_fraction (e.g. 0.01) "
+                          "or choose another metric")
+    for entry in cfg.eval.extra_sets:
+        if "=" not in entry:
+            raise ConfigError(f"eval.extra_sets entry {entry!r}: expected NAME=DIR, e.g. v2=/data/imagenetv2")
     _check_auto_augment(cfg.data.auto_augment)
-    if cfg.data.backend == "dali":
-        _check_dali_config(cfg.data)
+    check_data_settings(cfg)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
     _check_teacher_settings(cfg)
+    if cfg.token_label.dir is not None and (cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0):
+        raise ConfigError(f"token_label.dir with mixup.mixup_alpha={cfg.mixup.mixup_alpha} and mixup.cutmix_alpha="
+                          f"{cfg.mixup.cutmix_alpha}: MixToken replaces mixup and CutMix; set both to 0")
     if cfg.loss.bce_target_threshold is not None and cfg.loss.type != "bce":
         raise ConfigError(f"loss.bce_target_threshold={cfg.loss.bce_target_threshold} is used by loss.type=bce only "
                           f"(loss.type={cfg.loss.type!r}): set loss.type=bce or remove it")
@@ -445,6 +490,9 @@ def _check_teacher_settings(cfg: Config) -> None:
     if cfg.distill.type != "none" and not cfg.distill.teacher:
         raise ConfigError(f"distill.type={cfg.distill.type!r} needs distill.teacher: the teacher's checkpoint file "
                           "(or set distill.type=none)")
+    if cfg.distill.type == "none" and cfg.distill.teacher:
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher!r} with distill.type=none: the teacher would not be "
+                          "used; set distill.type=hard or soft to distil from it, or distill.teacher=null")
     if cfg.token_label.cls_weight + cfg.token_label.dense_weight <= 0:
         raise ConfigError("token_label.cls_weight and token_label.dense_weight are both 0: expected a positive sum")
     if cfg.token_label.dir is not None and not cfg.model.token_label:
@@ -474,9 +522,57 @@ def _check_auto_augment(policy: Optional[str]) -> None:
                           "'rand-m9-mstd0.5-inc1', 'augmix-m5-w3', 'v0' or null") from e
 
 
+# Pixels per token side of a T2T-ViT (soft splits of stride 4, 2, 2): the token grid is img_size / 16.
+TOKEN_STRIDE = 16
+
+
+def check_transform_settings(data: DataConfig) -> None:
+    """Settings the chosen training transform does not use are refused, naming them."""
+    if data.train_transform == "cifar":
+        if data.auto_augment:
+            raise ConfigError(f"data.auto_augment={data.auto_augment!r} is not used by data.train_transform=cifar: "
+                              "set it to null")
+        if data.interpolation == "random":
+            raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
+                              "choose bilinear or bicubic for the cifar resize")
+    if data.train_transform == "src" and data.interpolation == "random":
+        raise ConfigError("data.interpolation='random' is for data.train_transform=imagenet: "
+                          "choose bilinear or bicubic for the src resize")
+
+
+def check_data_settings(cfg: Config) -> None:
+    """The data settings that must agree with each other (and with the model size, for token labels).
+
+    Part of `validate`; the data layer's DataSpec runs it again for configs changed after loading.
+    """
+    check_transform_settings(cfg.data)
+    if cfg.data.backend == "dali":
+        _check_dali_config(cfg.data)
+    if cfg.data.shuffle == "block" and cfg.data.format in ("imagefolder", "cifar"):
+        raise ConfigError(f"data.shuffle=block with data.format={cfg.data.format}: block order reads shards; set "
+                          "data.format=shards (or auto) or data.shuffle=global")
+    _check_token_label_settings(cfg)
+
+
+def _check_token_label_settings(cfg: Config) -> None:
+    """Token labels follow the Pillow pipeline's RandomResizedCrop, on a token grid that divides the image."""
+    label_dir = cfg.token_label.dir
+    if label_dir is None:
+        return
+    if cfg.data.backend == "dali":
+        raise ConfigError(f"token_label.dir={label_dir!r} with data.backend=dali: the label maps follow the crops of "
+                          "the Pillow pipeline; set data.backend=pil")
+    if cfg.data.train_transform != "imagenet":
+        raise ConfigError(f"token_label.dir={label_dir!r} with data.train_transform={cfg.data.train_transform!r}: "
+                          "the label maps follow RandomResizedCrop; set data.train_transform=imagenet")
+    if cfg.model.img_size % TOKEN_STRIDE:
+        raise ConfigError(f"token_label.dir with model.img_size={cfg.model.img_size}: expected a multiple of "
+                          f"{TOKEN_STRIDE} (the token grid MixToken cuts along)")
+
+
 def _check_dali_config(data: DataConfig) -> None:
     """What data.backend=dali cannot express is refused here, naming the value (DALI itself is not imported)."""
-    from .data.dali import parse_rand_policy  # pure string parsing: DALI is imported only to run
+    from .data.rand_policy import parse_rand_policy  # pure string parsing: DALI is imported only to run
 
     if data.format == "cifar" or data.train_transform != "imagenet":
         raise ConfigError(f"data.backend='dali' reads ImageFolder JPEG/PNG folders with the imagenet transform, "

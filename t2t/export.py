@@ -36,6 +36,7 @@ from .cli import EXIT_USAGE, ArgumentParser, one_line, run_main
 from .errors import EXIT_FAILED, T2TError
 from .inference import check_batch_fits, inspect_checkpoint, load_model
 from .outputs import atomic_output, check_output_file
+from .progress import Progress
 
 FORMATS = ("onnx", "torchscript", "export", "safetensors")
 # torch's ONNX exporter (dynamo=True) builds opset 18 and converts to the opset asked for; older ones fail
@@ -172,6 +173,18 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_output_file(args.output, inputs=[("--checkpoint", args.checkpoint)], overwrite=args.overwrite)
 
 
+PARITY_CHUNK = 64  # images per call of the exported model in the parity check
+
+
+def _in_chunks(run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, progress: Progress) -> torch.Tensor:
+    """run(batch), as one call up to PARITY_CHUNK images, else in pieces of that size (the rows are independent)."""
+    outputs = []
+    for piece in batch.split(PARITY_CHUNK) if batch.shape[0] > PARITY_CHUNK else (batch,):
+        outputs.append(run(piece))
+        progress.update(piece.shape[0])
+    return torch.cat(outputs)
+
+
 def export(args: argparse.Namespace) -> float:
     """Write args.output in args.format once its parity check passes; return the largest |exported - eager|."""
     check_arguments(args)
@@ -184,7 +197,7 @@ def export(args: argparse.Namespace) -> float:
     example = torch.randn(args.batch_size, 3, loaded.img_size, loaded.img_size,
                           generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), atomic_output(args.output) as tmp:
-        expected = model(example)
+        expected = model(example)  # before the export: the traced batch, whole
         try:
             if args.format == "onnx":
                 run = export_onnx(model, example, tmp, args.opset)
@@ -200,9 +213,12 @@ def export(args: argparse.Namespace) -> float:
                 raise
             raise ExportError(f"{args.format} export of {loaded.model_name} failed: {type(e).__name__}: "
                               f"{one_line(e)}") from e
-        # Another batch size than the traced one, to check that the batch dimension stayed dynamic.
+        # Another batch size than the traced one, to check that the batch dimension stayed dynamic. Batches
+        # larger than PARITY_CHUNK run in pieces, with a rate and an ETA on a terminal.
         again = torch.cat([example, example[:1]])
-        got, got_again = run(example), run(again)
+        with Progress(2 * args.batch_size + 1, f"parity check ({args.format})",
+                      enabled=2 * args.batch_size + 1 > PARITY_CHUNK) as progress:
+            got, got_again = _in_chunks(run, example, progress), _in_chunks(run, again, progress)
         expected_again = torch.cat([expected, expected[:1]])
         diff = max((got - expected).abs().max().item(), (got_again - expected_again).abs().max().item())
         if not diff <= args.atol:

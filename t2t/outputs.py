@@ -13,6 +13,7 @@ written into, never renamed over, and a socket or block device is refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import shutil
@@ -22,10 +23,10 @@ import tempfile
 import threading
 from typing import Iterable, Iterator, Optional
 
-from .errors import UsageError
+from .errors import EXIT_IO, T2TError, UsageError
 
-__all__ = ["INTERRUPTED", "CtrlC", "OutputError", "atomic_output", "check_output_file", "check_output_folder_inputs",
-           "same_file"]
+__all__ = ["INTERRUPTED", "CtrlC", "OutputError", "WriteError", "atomic_output", "check_output_file",
+           "check_output_folder_inputs", "same_file", "workers_stopped", "write_failed"]
 
 INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command stopped by Ctrl-C
 TEMP_PREFIX = ".tmp-"
@@ -33,6 +34,29 @@ TEMP_PREFIX = ".tmp-"
 
 class OutputError(UsageError):
     """An output path that would overwrite an input or an existing file, or cannot be written."""
+
+
+class WriteError(T2TError, OSError):
+    """A write that failed for want of space or a working disk (exit status 74); the message names the file."""
+
+    exit_status = EXIT_IO
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
+
+# Errors of the disk, not of the path asked for: full, over quota, too large, read-only, failing.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
+def write_failed(path: str, error: BaseException) -> BaseException:
+    """`error` as a WriteError naming `path` if the disk failed it (full disk...); otherwise `error` itself."""
+    if isinstance(error, OSError) and not isinstance(error, WriteError) and error.errno in _DISK_ERRORS:
+        out = WriteError(f"writing {path!r} failed: {error.strerror or error}; nothing of it was kept (any previous "
+                         "file is unchanged): free space and run again")
+        out.errno, out.strerror = error.errno, error.strerror
+        return out
+    return error
 
 
 def same_file(a: str, b: str) -> bool:
@@ -170,10 +194,13 @@ def atomic_output(path: str, *, suffix: Optional[str] = None) -> Iterator[str]:
             return
         _fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        raise
+        failed = write_failed(path, e)
+        if failed is e:
+            raise
+        raise failed from e
     _fsync_path(folder, folder=True)  # make the rename itself durable
 
 
@@ -213,3 +240,29 @@ class CtrlC:
         """Raise KeyboardInterrupt if Ctrl-C was pressed since the start."""
         if self.requested:
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def workers_stopped(loader: Iterable) -> Iterator[Iterator]:
+    """Yield an iterator over `loader` whose worker processes start with Ctrl-C held back, and are shut down
+    at once on leaving.
+
+    A Ctrl-C that lands while the workers are forked interrupts Python's own at-fork handlers, where the
+    exception cannot propagate: Python prints its traceback and drops it. Held back (blocked) until the
+    workers run, it is raised in the main process right after. On leaving (Ctrl-C or an error), the workers
+    are stopped before the interpreter exits, where the thread that shares their tensors could print a
+    traceback after the one-line message.
+    """
+    held = threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if held else None
+    try:
+        batches = iter(loader)
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C held back is raised here
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

@@ -14,7 +14,6 @@ complete. Ctrl-C stops with exit status 130 and writes nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -33,7 +32,7 @@ from .data.decode import to_rgb
 from .data.loader import init_loader_worker
 from .engine.distributed import resolve_device
 from .inference import load_model
-from .outputs import CtrlC, atomic_output, check_output_file
+from .outputs import CtrlC, atomic_output, check_output_file, workers_stopped
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = ArgumentParser(prog="t2t-predict", description=__doc__.split("\n")[0], epilog=SETTINGS_HELP)
@@ -75,18 +74,6 @@ class ImageFiles(Dataset):
                 return self.transform(to_rgb(img)), index, ""
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             return None, index, f"{type(e).__name__}: {e}"
-
-
-class _Stoppable:
-    """close() shuts down a DataLoader iterator's worker processes now."""
-
-    def __init__(self, batches) -> None:
-        self.batches = batches
-
-    def close(self) -> None:
-        shutdown = getattr(self.batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
 
 
 def _collate(items: list) -> tuple[Optional[torch.Tensor], list[int], list[tuple[int, str]]]:
@@ -137,8 +124,7 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
     done = 0
-    batches = iter(loader)
-    with CtrlC() as ctrl_c, contextlib.closing(_Stoppable(batches)):
+    with CtrlC() as ctrl_c, workers_stopped(loader) as batches:
         # A Ctrl-C that Python swallows (at a worker's start) still stops at the next batch; workers are
         # stopped before the process exits (else the fd-sharing thread can print a traceback at exit).
         for images, indices, bad in batches:

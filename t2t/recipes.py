@@ -104,6 +104,32 @@ def _fine_tune_384() -> Recipe:
     return Recipe("t2t_vit_14_384", header, _merge(settings, _IMAGENET))
 
 
+def _deit3(model: str) -> Recipe:
+    settings = {
+        **({"model": {"name": model}} if model != Config().model.name else {}),
+        "data": {"train_transform": ("src", "simple random crop: resize, RandomCrop(padding=4, reflect), flip"),
+                 "auto_augment": ("3a", "3-Augment: one of greyscale, solarize, Gaussian blur"),
+                 "color_jitter": 0.3, "interpolation": "bicubic", "reprob": 0.0,
+                 "repeated_aug": True},
+        "loss": {"type": ("bce", "binary cross-entropy against the mixup / CutMix targets"),
+                 "label_smoothing": 0.0},
+        "optim": {"name": "lamb", "lr": (3e-3, "at global batch 2048; other global batches scale it linearly"),
+                  "lr_base_batch_size": 2048, "clip_grad": 1.0},
+        "sched": {"warmup_epochs": 5},
+        "train": {"epochs": 400},
+        "eval": {"crop_pct": (1.0, "DeiT III evaluates the whole resized image")},
+    }
+    header = (f"{model} with DeiT III's ImageNet-1k recipe (Touvron et al., 2022, 'DeiT III: Revenge of the ViT').",
+              "UNTESTED: neither paper reports T2T-ViT with this recipe, and it has not been run here; the settings",
+              "are DeiT III's published ones for its small ViTs: LAMB at lr 3e-3 for batch 2048, BCE loss, 3-Augment",
+              "with simple random crop and colour jitter 0.3, mixup 0.8 / CutMix 1.0, repeated augmentation, no",
+              "label smoothing or random erasing, weight decay 0.05, gradient clipping 1.0, 400 epochs with 5",
+              "warm-up epochs.",
+              "DeiT III's low-resolution phase is not part of it (T2T-ViT trains at one size here).",
+              f"Launch: torchrun --nproc_per_node=8 train.py -c configs/{model}_deit3.yaml --data-dir /data/imagenet")
+    return Recipe(f"{model}_deit3", header, _merge(settings, {"checkpoint": _IMAGENET["checkpoint"]}))
+
+
 def _cifar(model: str, dataset: str, top1: float, release: str) -> Recipe:
     title, folder, classes = _CIFAR_FOLDERS[dataset]
     name = f"{model}_{dataset}"
@@ -154,6 +180,7 @@ def _cifar(model: str, dataset: str, top1: float, release: str) -> Recipe:
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     *(_from_scratch(name, *row) for name, row in _FROM_SCRATCH.items()),
     _fine_tune_384(),
+    _deit3("t2t_vit_14"),
     *(_cifar(model, dataset, *row) for (model, dataset), row in _CIFAR.items()),
 )}
 

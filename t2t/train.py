@@ -24,7 +24,7 @@ from .runtime import keep_freed_memory
 
 # What a run writes in its folder: no input file may sit there under one of these names.
 RUN_FILES = ("config.yaml", "train.log", "summary.csv", "log.jsonl", "last.pth", "best.pth", "epoch-*.pth",
-             "step-*.pth", "filelist-*.npz", FAILURE_FILE)
+             "best-epoch-*.pth", "step-*.pth", "filelist-*.npz", FAILURE_FILE)
 
 PROG = "t2t-train"
 # Exit statuses: each error's own (t2t/errors.py: EXIT_USAGE 2, EXIT_NONFINITE 3, EXIT_IO 74, EXIT_FAILED 1 for a

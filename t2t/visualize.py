@@ -236,7 +236,6 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     from . import rng
     from .data import setup as data_setup
     from .data.loader import build_train_loader, set_loader_epoch
-    from .data.sampler import TrainSampler
     from .data.transforms import BatchNormalizeErase
     from .models.factory import resolve_eval_preprocessing
     from .engine.losses import soft_targets
@@ -258,9 +257,8 @@ def first_batch(cfg: Any, data_dir: str, *, rank: int = 0, world_size: int = 1, 
     if steps_per_epoch < 1:
         raise UsageError(f"the global batch of {global_batch} images is more than the {len(train_ds)} training "
                          f"images in {train_dir!r}")
-    sampler = TrainSampler(len(train_ds), num_replicas=world_size, rank=rank, seed=cfg.train.seed,
-                           repeats=cfg.data.repeats if cfg.data.repeated_aug else 1, drop_last=True,
-                           epoch_samples=steps_per_epoch * global_batch)
+    sampler = data_setup.build_train_sampler(cfg.data, train_ds, steps_per_epoch * global_batch, seed=cfg.train.seed,
+                                             num_replicas=world_size, rank=rank)
     loader = build_train_loader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, workers=0)
     set_loader_epoch(loader, 0)
     images, target = next(iter(loader))
@@ -330,11 +328,11 @@ def _normalize_stats(transform: Callable) -> tuple[tuple[float, ...], tuple[floa
 
 def _load(args: argparse.Namespace):
     """(model, transform, classes, description) from --checkpoint or --model [--weights]."""
-    import timm
-
     from .models.factory import create_model, named_model_config, resolve_eval_preprocessing
-    from .inference import load_model
+    from .inference import check_model_name, load_model
 
+    if args.model:  # maps are read from T2T-ViT blocks; another timm model has none of them
+        check_model_name(args.model, "--model")
     if args.checkpoint and args.weights:
         raise UsageError("--checkpoint and --weights: give one weights file")
     path = args.checkpoint or args.weights
@@ -345,8 +343,6 @@ def _load(args: argparse.Namespace):
         return loaded.model, loaded.transform, loaded.classes, f"{loaded.model_name}, {os.path.basename(path)}"
     if not args.model:
         raise UsageError("no model: give --checkpoint FILE, or --model NAME [--weights FILE]")
-    if not timm.is_model(args.model):
-        raise UsageError(f"--model {args.model!r}: not a registered model (e.g. t2t_vit_14)")
     _logger.warning("--model %s without --weights: the maps show untrained (seed 0) weights", args.model)
     torch.manual_seed(0)
     model = create_model(named_model_config(args.model), img_size=None).eval()  # its pretrained cfg's size
@@ -355,13 +351,18 @@ def _load(args: argparse.Namespace):
 
 
 def _stems(paths: list[str]) -> list[str]:
-    """Output name per image: its file name without extension, numbered when two images share one."""
-    seen: dict[str, int] = {}
+    """Output name per image: its file name without extension, numbered (x-2, x-3...) when the name is taken,
+    so that no two images of one run share a name (`b/x.jpg` and `c/x-2.jpg` give x-2 and x-2-2)."""
+    taken: set[str] = set()
     out = []
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        out.append(name)
     return out
 
 
@@ -424,6 +425,7 @@ def run(args: argparse.Namespace) -> list[str]:
 def _image_views(args: argparse.Namespace, views: list[str], paths: list[str], stems: list[str]) -> list[str]:
     from PIL import Image
 
+    from .data.decode import to_rgb
     from .models.attention_maps import attention_blocks, capture
 
     model, transform, classes, description = _load(args)
@@ -440,11 +442,16 @@ def _image_views(args: argparse.Namespace, views: list[str], paths: list[str], s
     num_heads = attention_blocks(model)[0][1].attn.num_heads
     heads = parse_list(args.heads, "--heads", num_heads)
     written = []
+    channels = int(model.embed_dim)  # each block's output tokens
+    if "features" in views and args.channels > channels:
+        raise UsageError(f"--channels {args.channels}: the blocks of {description} have {channels} channels; expected "
+                         f"1 to {channels}")
     for path, stem in zip(paths, stems):
-        try:
+        try:  # the decoder training, validate.py and predict.py share (16-bit images scaled, not clipped)
             with Image.open(path) as img:
-                x = transform(img.convert("RGB")).unsqueeze(0)
-        except (OSError, SyntaxError, ValueError) as e:
+                img.load()
+                x = transform(to_rgb(img)).unsqueeze(0)
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             raise UsageError(f"--images: {path!r} cannot be read as an image ({type(e).__name__}: {e})") from None
         maps = capture(model, x, attention=bool({"attention", "rollout"} & set(views)), t2t="t2t" in views,
                        feature_blocks=feature_blocks if "features" in views else None)
@@ -507,6 +514,10 @@ def _batch_view(args: argparse.Namespace) -> list[str]:
         raise UsageError(f"--world-size {args.world_size}: expected at least 1")
     if args.max_images < 1:
         raise UsageError(f"--max-images {args.max_images}: expected at least 1")
+    if cfg.data.backend != "pil":
+        _logger.warning("data.backend=%s: the batch shown is the Pillow pipeline's (same sampler, seed and augmentation "
+                        "settings); %s's own decoding and augmentation are not drawn", cfg.data.backend,
+                        cfg.data.backend.upper())
     batch = first_batch(cfg, data_dir, rank=args.rank, world_size=args.world_size,
                         uint8_pipeline=args.uint8_pipeline)
     pictures = [_to_display(img, batch.mean, batch.std) for img in batch.images]

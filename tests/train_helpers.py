@@ -220,6 +220,61 @@ def make_colour_dataset(root, *, per_class=6, sizes=((40, 30), (30, 44), (64, 48
     return root
 
 
+def wandb_offline_runs(folder: str, timeout: float = 60) -> list[dict]:
+    """The offline wandb runs under `folder`/wandb, oldest first: {"id", "branch_point" (run, step) or None,
+    "steps": {step: {key: value}}}, read from their .wandb files (LevelDB-log framed protobuf records).
+
+    wandb's service process writes the files after the run's process returns (or was killed): they are read
+    once their sizes stay the same for a second."""
+    import glob
+    import time
+
+    paths = sorted(glob.glob(os.path.join(folder, "wandb", "offline-run-*", "run-*.wandb")))
+    deadline, sizes = time.time() + timeout, None
+    while time.time() < deadline:
+        now = [os.path.getsize(p) for p in paths]
+        if now == sizes:
+            break
+        sizes = now
+        time.sleep(1.0)
+    return [_wandb_run_file(p) for p in paths]
+
+
+def _wandb_run_file(path: str) -> dict:
+    """One .wandb file: 32 KiB blocks of records, each a 7-byte header (crc, length, fragment kind) and bytes."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = open(path, "rb").read()
+    assert data[:4] == b":W&B", f"{path} is not a wandb run file"
+    pos, block, pending, run = 7, 32768, b"", {"id": None, "branch_point": None, "steps": {}}
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 or pos + 7 + length > len(data):  # padding, or a record cut short by a kill
+            break
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind not in (1, 4):  # first / middle fragments of a record
+            continue
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending)
+        pending = b""
+        if record.HasField("run"):
+            run["id"] = record.run.run_id
+            if record.run.branch_point.run:
+                run["branch_point"] = (record.run.branch_point.run, int(record.run.branch_point.value))
+        elif record.HasField("history"):
+            items = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+            run["steps"][int(record.history.step.num)] = items
+    return run
+
+
 def read_fifo_in_background(path):
     """Start a reader of the FIFO at `path` (a writer blocks until one opens it); returns a callable that
     waits for the writer to close and gives what was written."""

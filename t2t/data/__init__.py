@@ -1,6 +1,7 @@
 """Datasets, transforms, samplers, loaders and mixup for T2T-ViT training (timm's pieces, configured)."""
 from .dataset import (
     DatasetError,
+    ImageDataset,
     ImageFolderDataset,
     RepeatedSample,
     check_classes_match,
@@ -26,6 +27,7 @@ __all__ = [
     "BatchNormalizeErase",
     "DatasetError",
     "FastTrainTransform",
+    "ImageDataset",
     "ImageFolderDataset",
     "RepeatedSample",
     "ShardSampler",

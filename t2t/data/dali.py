@@ -19,6 +19,10 @@ Order and randomness stay with the project, so every promise of the Pillow backe
   reach DALI as per-sample argument inputs; no DALI random operator is used. A sample's augmentation therefore depends on nothing but (seed, epoch, key):
   not on the number of threads, on prefetching, on the world size or on where a run resumed.
 
+Per-sample work (reading a file, parsing its header, drawing its augmentation) runs in loader worker
+processes, which hand the training process each batch as a few arrays; the training process feeds
+DALI per batch and keeps two batches running in it (see the loaders below, and docs/data-feed.md).
+
 Per-sample seeds were chosen over DALI's checkpointing (``enable_checkpointing=True``) because a
 DALI checkpoint describes one pipeline on one rank: it cannot be carried to another world size,
 it would have to be stored in the training checkpoint of every rank, and it restores the state
@@ -33,15 +37,18 @@ without it.
 """
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import math
+import os
 import random
-import re
 import threading
+import weakref
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +58,9 @@ from torchvision.transforms.v2 import functional as F2
 
 from ..config import ConfigError
 from ..rng import SEED_STREAM_SAMPLE, derive_seed
-from .dataset import _DECODE_ERRORS, DatasetError, ImageFolderDataset
+from .dataset import _DECODE_ERRORS, DatasetError, ImageDataset
+from .loader import build_batch_loader
+from .rand_policy import _LEVEL_DENOM, RAND_INC_OPS, RAND_OPS, RandPolicy, parse_rand_policy  # noqa: F401
 from .sampler import ShardSampler, TrainSampler
 from .transforms import eval_resize_size
 
@@ -81,60 +90,6 @@ def require_dali() -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # RandAugment policy strings (timm's grammar), and the ops the DALI backend implements
-
-
-@dataclass(frozen=True)
-class RandPolicy:
-    """timm's 'rand-m9-n2-mstd0.5-inc1' fields: ops per image, magnitude (of 10), its std, cap, op set, op prob."""
-    n: int = 2
-    m: float = 10.0
-    mstd: float = 0.0
-    mmax: float = 10.0
-    inc: bool = False
-    p: float = 0.5
-
-
-_LEVEL_DENOM = 10.0  # timm's magnitude scale
-# timm's two RandAugment op lists (rand_augment_transform: inc1 picks the "increasing" one).
-RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-            "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-RAND_INC_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-                "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-                "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-
-
-def parse_rand_policy(policy: Optional[str]) -> Optional[RandPolicy]:
-    """None for no policy, else the RandPolicy of a timm 'rand-...' string; ValueError naming what DALI cannot do."""
-    if not policy:
-        return None
-    parts = policy.split("-")
-    if parts[0] != "rand":
-        raise ValueError(f"the DALI backend implements timm's RandAugment ('rand-m9-mstd0.5-inc1', ...) only, "
-                         f"not {parts[0]!r} (AutoAugment / AugMix): set data.backend=pil or choose a 'rand-' policy")
-    fields: dict[str, Any] = {}
-    for part in parts[1:]:
-        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)([0-9.]+)", part)
-        if match is None:
-            raise ValueError(f"the DALI backend cannot express the section {part!r} of the policy (it supports m, n, "
-                             "mstd, mmax, inc and p; weights 'w' and others need data.backend=pil)")
-        key, raw = match.groups()
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"section {part!r}: {raw!r} is not a number") from None
-        if key == "n":
-            if value != int(value) or value < 0:
-                raise ValueError(f"section {part!r}: n must be a whole number >= 0")
-            fields["n"] = int(value)
-        elif key == "inc":
-            fields["inc"] = bool(int(value))
-        elif key == "mstd" and value > 100:
-            raise ValueError(f"section {part!r}: mstd above 100 (timm's uniform-magnitude mode) is not supported")
-        else:
-            fields[key] = value
-    if not 0 <= fields.get("p", 0.5) <= 1:
-        raise ValueError(f"p={fields['p']}: expected a probability in [0, 1]")
-    return RandPolicy(**fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,26 +314,31 @@ def _looks_truncated(data: bytes) -> Optional[str]:
 def read_image(path: str) -> tuple[np.ndarray, int, int]:
     """(encoded bytes, width, height), or DatasetError-worthy OSError/ValueError if it is not a readable image."""
     with open(path, "rb") as f:
-        data = f.read()
+        return check_image_bytes(f.read())
+
+
+def check_image_bytes(data: bytes) -> tuple[np.ndarray, int, int]:
+    """read_image for bytes a reader gave (t2t/data/readers.py)."""
     with Image.open(io.BytesIO(data)) as img:  # the header only: format and size
         width, height = img.size
         fmt = img.format
-    if fmt not in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM"):
-        raise OSError(f"{fmt} images are not decoded by the DALI backend")
+    if fmt not in ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "PPM"):  # what DALI's image decoder reads (no GIF)
+        raise OSError(f"{fmt} images are not decoded by the DALI backend (data.backend=pil reads them): convert "
+                      "the file to JPEG or PNG")
     reason = _looks_truncated(data)
     if reason is not None:
         raise OSError(reason)
     return np.frombuffer(data, dtype=np.uint8), width, height
 
 
-def _bad_image_error(dataset: ImageFolderDataset, path: str, exc: BaseException) -> DatasetError:
-    # The Pillow backend's message (ImageFolderDataset.__getitem__), so both backends read the same.
+def _bad_image_error(dataset: ImageDataset, path: str, exc: BaseException) -> DatasetError:
+    # The Pillow backend's message (ImageDataset.__getitem__), so both backends read the same.
     hint = getattr(dataset, "bad_image_hint", ", or set data.skip_bad_images=true to substitute the next "
                                               "readable image")
     return DatasetError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the file{hint}")
 
 
-def sample_seed(dataset: ImageFolderDataset, epoch: int, key: Any) -> tuple[int, int]:
+def sample_seed(dataset: ImageDataset, epoch: int, key: Any) -> tuple[int, int]:
     """(index, seed) of sampler item `key`: the seed SeededDataset.reseed sets for it (index, or RepeatedSample).
 
     Copy 0 of an image keeps the seed of (seed, epoch, index); copy slot > 0 adds the slot.
@@ -399,6 +359,10 @@ def _pipeline_device(device: torch.device) -> Optional[int]:
 
 
 TRAIN_STAGES = ("all", "decode", "augment")
+# Batches a pipeline works on at once (fed and scheduled, outputs not yet taken): DALI runs them in its
+# own threads, asynchronously, while the consumer trains (see _LoaderBase._batches).
+PIPELINE_DEPTH = 2
+_INHERITED: list[Any] = []  # pipelines of loaders freed in a forked process (see _LoaderBase.__del__)
 _DECODE_INPUTS = ("encoded", "anchor", "shape")  # the inputs of stage "decode"
 _RESIZE_INPUTS = ("interp", "flip")  # used by the resize: in DALI (stage "all") or on the host
 
@@ -411,10 +375,11 @@ def _dali_api() -> tuple[Any, Any, Any]:
     return fn, types, dmath
 
 
-def _external(name: str, dtype: Any, ndim: int) -> Any:
-    """A per-sample input fed by the loader (``feed_input(name, ...)``)."""
+def _external(name: str, dtype: Any, ndim: int, no_copy: bool = False) -> Any:
+    """A per-sample input fed by the loader (``feed_input(name, ...)``); `no_copy`: read in place from the fed
+    buffers, which the loader keeps alive until the batch's outputs are taken."""
     fn, _, _ = _dali_api()
-    return fn.external_source(name=name, dtype=dtype, ndim=ndim)
+    return fn.external_source(name=name, dtype=dtype, ndim=ndim, no_copy=no_copy)
 
 
 def _on_data_device(node: Any, gpu: bool) -> Any:
@@ -548,7 +513,7 @@ def _augment(images: Any, layers: int, jitter: bool, *, gpu: bool, fill: float) 
 def _decode_windows(gpu: bool) -> Any:
     """Each sample's crop window (inputs anchor (x, y), shape (w, h)) decoded from its file (input encoded)."""
     fn, types, _ = _dali_api()
-    encoded = _external("encoded", types.UINT8, 1)
+    encoded = _external("encoded", types.UINT8, 1, no_copy=True)
     anchor, shape = _external("anchor", types.FLOAT, 1), _external("shape", types.FLOAT, 1)
     return fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
                                    output_type=types.RGB, axis_names="WH", normalized_anchor=False,
@@ -593,7 +558,7 @@ def build_train_pipeline(planner: SamplePlanner, *, batch_size: int, num_threads
     augment = dict(layers=planner.layers, jitter=planner.color_jitter > 0, gpu=gpu, fill=fill)
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False,
+                  prefetch_queue_depth=PIPELINE_DEPTH, exec_async=True, exec_pipelined=False,
                   enable_conditionals=True)
     def pipeline():
         if stage == "augment":
@@ -622,10 +587,10 @@ def build_eval_pipeline(img_size: int, crop_pct: float, interpolation: str, mean
                           "nearest or lanczos")
     gpu = device_id is not None
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1,
-                  exec_async=False, exec_pipelined=False)
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=PIPELINE_DEPTH, exec_async=True, exec_pipelined=False)
     def pipeline():
-        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=True)
         # Resized size and crop window from the host (eval_geometry), so that the rounding is torchvision's.
         resized = fn.external_source(name="resized", dtype=types.FLOAT, ndim=1)  # (w, h)
         anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)  # (x, y)
@@ -667,33 +632,171 @@ def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Loaders with the DataLoader interface the engine uses
+#
+# Per-sample work (reading a file, parsing its header, drawing its augmentation) runs in loader
+# worker processes (``build_batch_loader``): each returns one batch as a few arrays (a "plan": the
+# files back to back, a table of per-sample integers and one of floats). The training process does
+# per-batch work only: it slices the plan into the pipeline's inputs, feeds DALI and keeps
+# PIPELINE_DEPTH batches in flight inside DALI (asynchronous execution), so that Python in the
+# training process never contends, sample by sample, with the step's kernel launches for the
+# interpreter lock.
+
+# The columns of a training plan's integer table, then its RandAugment op codes (one per layer).
+_END, _POSITION, _TARGET, _INTERP, _FLIP = range(5)
+_FIRST_OP = 5
+# The float table: crop anchor (x, y), crop shape (w, h), then per layer its scalar, affine matrix
+# (2 x 3) and sharpness kernel (3 x 3), then the colour-jitter factors (when jitter is on).
+_ANCHOR, _SHAPE = slice(0, 2), slice(2, 4)
+_LAYER_FLOATS = 1 + 6 + 9
+
+
+class BatchPlan(NamedTuple):
+    """One batch's pipeline inputs, made in a loader worker (tensors travel in shared memory)."""
+
+    encoded: torch.Tensor  # uint8: the batch's files back to back
+    ints: torch.Tensor  # int64 (B, columns): end offset in `encoded`, sample position, target, then per loader
+    floats: torch.Tensor  # float32 (B, columns): per loader (empty for evaluation)
+    bad_images: int  # unreadable files skipped for this batch (data.skip_bad_images)
+
+
+def read_sample(dataset: ImageDataset, start: int) -> tuple[int, np.ndarray, int, int, int, int]:
+    """(sample position, bytes, width, height, label, files skipped) of the first readable image from `start` on.
+
+    A file that cannot be read raises the Pillow backend's DatasetError, or with skip_bad_images is
+    counted and replaced by the next readable image (the sample keeps its seed), as there.
+    """
+    reader = dataset.reader
+    n = len(reader)
+    for attempt in range(n):
+        position = (start + attempt) % n
+        try:
+            data, width, height = check_image_bytes(reader.read(position))
+            return position, data, width, height, reader.target(position), attempt
+        except _DECODE_ERRORS as exc:
+            path = reader.path(position)
+            if not dataset.skip_bad_images:
+                raise _bad_image_error(dataset, path, exc) from None
+            _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+    raise DatasetError(f"no readable image in {dataset.root!r}: every one of the {n} files failed to decode")
+
+
+def _pack_files(files: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+    """The files back to back in one uint8 tensor, and each one's end offset."""
+    ends = np.cumsum([len(f) for f in files]).tolist()
+    encoded = torch.from_numpy(np.concatenate(files)) if files else torch.empty(0, dtype=torch.uint8)
+    return encoded, ends
+
+
+class _TrainPlans(torch.utils.data.Dataset):
+    """Item (epoch, sampler keys) -> the BatchPlan of those samples: read, header parsed, augmentation drawn."""
+
+    def __init__(self, dataset: ImageDataset, planner: SamplePlanner) -> None:
+        self.dataset = dataset
+        self.planner = planner
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, tuple[Any, ...]]) -> BatchPlan:
+        epoch, keys = item
+        layers, jitter = self.planner.layers, self.planner.color_jitter > 0
+        files, skipped = [], 0
+        ints = np.zeros((len(keys), _FIRST_OP + layers), dtype=np.int64)
+        floats = np.zeros((len(keys), 4 + _LAYER_FLOATS * layers + 3 * jitter), dtype=np.float32)
+        for row, key in enumerate(keys):
+            index, seed = sample_seed(self.dataset, epoch, key)
+            position, data, width, height, target, bad = read_sample(self.dataset, index)
+            draw = self.planner.draw(seed, width, height)
+            files.append(data)
+            skipped += bad
+            ints[row, _POSITION:_FIRST_OP] = (position, target, draw.interp, draw.flip)
+            floats[row, :4] = draw.box
+            for layer, (code, param, matrix, kernel) in enumerate(draw.ops):
+                base = 4 + _LAYER_FLOATS * layer
+                ints[row, _FIRST_OP + layer] = code
+                floats[row, base] = param
+                floats[row, base + 1:base + 7] = matrix.reshape(-1)
+                floats[row, base + 7:base + _LAYER_FLOATS] = kernel.reshape(-1)
+            if jitter:
+                floats[row, -3:] = draw.jitter
+        encoded, ints[:, _END] = _pack_files(files)
+        return BatchPlan(encoded, torch.from_numpy(ints), torch.from_numpy(floats), skipped)
+
+
+class _EvalPlans(torch.utils.data.Dataset):
+    """Item (sample indices) -> their BatchPlan: files, positions, targets, and the resize and crop geometry."""
+
+    def __init__(self, dataset: ImageDataset, img_size: int, crop_pct: float) -> None:
+        self.dataset, self.img_size, self.crop_pct = dataset, int(img_size), float(crop_pct)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, keys: tuple[int, ...]) -> BatchPlan:
+        files, skipped = [], 0
+        ints = np.zeros((len(keys), 3), dtype=np.int64)
+        floats = np.zeros((len(keys), 4), dtype=np.float32)  # resized (w, h), crop anchor (x, y)
+        for row, key in enumerate(keys):
+            position, data, width, height, target, bad = read_sample(self.dataset, key)
+            files.append(data)
+            skipped += bad
+            ints[row, _POSITION:_TARGET + 1] = (position, target)
+            size, anchor = eval_geometry(width, height, self.img_size, self.crop_pct)
+            floats[row] = (*size, *anchor)
+        encoded, ints[:, _END] = _pack_files(files)
+        return BatchPlan(encoded, torch.from_numpy(ints), torch.from_numpy(floats), skipped)
+
+
+class _BatchOrder(torch.utils.data.Sampler):
+    """The plan loader's items: the loader's ``_plan_items()`` when an iteration starts (the sampler's state then).
+
+    It refers to the loader weakly: a cycle would leave a dropped loader, DALI pipelines included, to
+    the garbage collector, which could then run it in a forked worker, where DALI's threads do not exist.
+    """
+
+    def __init__(self, loader: "_LoaderBase") -> None:
+        self.loader = weakref.ref(loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loader()._plan_items())
+
+    def __len__(self) -> int:
+        return len(self.loader())
+
+
+def _file_views(plan: BatchPlan) -> list[Any]:
+    """The plan's files as DALI tensors viewing its shared buffer (the pipeline reads them in place: no_copy)."""
+    from nvidia.dali.tensors import TensorCPU
+
+    encoded = plan.encoded.numpy()
+    ends = plan.ints[:, _END].tolist()
+    return [TensorCPU(encoded[start:end]) for start, end in zip([0] + ends[:-1], ends)]
 
 
 class _LoaderBase:
-    def __init__(self, dataset: ImageFolderDataset, *, batch_size: int, workers: int, device: torch.device) -> None:
+    def __init__(self, dataset: ImageDataset, *, batch_size: int, workers: int, device: torch.device,
+                 prefetch_factor: int = 2) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
-        self.workers = max(1, int(workers))
+        self.plan_workers = max(0, int(workers))  # processes making plans (0: this process)
+        self.workers = max(1, int(workers))  # DALI's CPU threads, and the host resize's
+        self.prefetch_factor = int(prefetch_factor)
         self.device = torch.device(device)
         self.device_id = _pipeline_device(self.device)
         self._pipes: dict[str, Any] = {}  # by stage
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._lock = threading.Lock()
-        self._run_lock = threading.RLock()  # also held while a batch is copied out of DALI's buffers
+        self._plan_loader: Optional[torch.utils.data.DataLoader] = None
+        self._iteration = 0  # which iteration owns the pipelines
+        self._in_flight = False  # whether batches of an unfinished iteration may be queued in DALI
+        self._pid = os.getpid()
 
     @property
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2t-dali-read")
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2t-dali-resize")
         return self._pool
-
-    def _map(self, function: Any, items: Sequence[Any]) -> Iterator[Any]:
-        """function over items on the loader's threads; in the calling thread with one worker (no hop per item)."""
-        if self.workers == 1:
-            return map(function, items)
-        return self.pool.map(function, items)
 
     def _pipeline(self, stage: str) -> Any:
         if stage not in self._pipes:
@@ -703,46 +806,101 @@ class _LoaderBase:
     def _build(self, stage: str) -> Any:
         raise NotImplementedError
 
-    def _read(self, start: int, n: int) -> tuple[int, np.ndarray, int, int, int]:
-        """(sample position, bytes, width, height, label) of the first readable image from `start` on.
+    def _plans_dataset(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
 
-        A file that cannot be read raises the Pillow backend's DatasetError, or with skip_bad_images is
-        counted and replaced by the next readable image (the sample keeps its seed), as there.
+    def _plan_items(self) -> list[Any]:
+        raise NotImplementedError
+
+    def batch_plans(self) -> Iterator[BatchPlan]:
+        """This epoch's batch plans in order, made ahead by the loader's worker processes."""
+        if self._plan_loader is None:
+            gc.collect()  # no garbage (DALI pipelines of dropped loaders) inherited by the workers forked next
+            order = _BatchOrder(self)
+            self._plan_loader = build_batch_loader(self._plans_dataset(), order, workers=self.plan_workers,
+                                                   prefetch_factor=self.prefetch_factor)
+        return iter(self._plan_loader)
+
+    def _feeds(self, plan: BatchPlan) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _positions(self, plan: BatchPlan) -> list[int]:
+        return plan.ints[:, _POSITION].tolist()
+
+    def _batches(self, stage: str, produce: Any) -> Iterator[Any]:
+        """produce(plan, DALI outputs) for each plan of the epoch, PIPELINE_DEPTH batches in flight in DALI.
+
+        While the caller works on batch b, DALI runs b + 1 and b + 2 in its own threads and the worker
+        processes make the plans after them. A batch in flight when the caller stops is dropped with
+        the pipelines (the next iteration builds them anew), so a resume gives exactly the batches
+        the model has not seen; an iteration overtaken by a newer one of the same loader cannot go on.
         """
-        samples = self.dataset.samples
-        for attempt in range(n):
-            path, target = samples[(start + attempt) % n]
-            try:
-                data, width, height = read_image(path)
-                return (start + attempt) % n, data, width, height, target
-            except _DECODE_ERRORS as exc:
-                if not self.dataset.skip_bad_images:
-                    raise _bad_image_error(self.dataset, path, exc) from None
-                with self._lock:
-                    self.dataset.bad_images += 1
-                _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
-        raise DatasetError(f"no readable image in {self.dataset.root!r}: every one of the {n} files failed to decode")
+        if self._in_flight:
+            self._pipes = {}  # batches of an abandoned iteration are queued there
+        self._iteration += 1
+        iteration = self._iteration
+        plans = self.batch_plans()
+        pipe = self._pipeline(stage)
+        queued: deque[BatchPlan] = deque()  # fed to DALI, outputs not taken yet (it reads their buffers)
 
-    def _run(self, feeds: dict[str, Any], paths: list[str], stage: str = "all") -> list[Any]:
-        """Run the pipeline of `stage` on one batch; a decoder failure names the file (found with Pillow) in one line."""
-        try:
-            with self._run_lock:  # one batch at a time, even from an abandoned iteration's thread
-                pipe = self._pipeline(stage)
-                for name, values in feeds.items():
+        def schedule() -> None:
+            plan = next(plans, None)
+            if plan is not None:
+                for name, values in self._feeds(plan).items():
                     pipe.feed_input(name, values)
-                return list(pipe.run())
-        except RuntimeError as exc:
+                pipe.schedule_run()
+                queued.append(plan)
+                self._in_flight = True
+
+        try:
+            for _ in range(PIPELINE_DEPTH):
+                schedule()
+            while queued:
+                if iteration != self._iteration:
+                    raise RuntimeError("this DALI loader was iterated again: an earlier iteration cannot go on")
+                plan = queued[0]
+                outputs = self._outputs(pipe, plan)
+                schedule()
+                self.dataset.bad_images += plan.bad_images
+                yield produce(plan, outputs)
+                queued.popleft()
+            self._in_flight = False
+        finally:
+            if queued and iteration == self._iteration:
+                self._pipes = {}  # stopped early: drop what DALI still holds
+                self._in_flight = False
+
+    def _outputs(self, pipe: Any, plan: BatchPlan) -> list[Any]:
+        try:
+            return list(pipe.outputs())
+        except (RuntimeError, IndexError) as exc:
             self._pipes = {}  # a DALI pipeline is unusable after an error
-            for path in paths:
-                try:
-                    with Image.open(path) as img:
-                        img.load()
-                except _DECODE_ERRORS as bad:
-                    raise _bad_image_error(self.dataset, path, bad) from None
-            first = next((line for line in str(exc).splitlines() if "encountered" not in line and line.strip()
-                          and "Error in" not in line and "Critical error" not in line), str(exc))
-            raise DatasetError(f"DALI failed on a batch of {len(paths)} images starting with {paths[0]!r}: "
-                               f"{first.strip()}") from None
+            raise self._decode_failure(exc, self._positions(plan)) from None
+
+    def _run(self, feeds: dict[str, Any], positions: list[int], stage: str) -> list[Any]:
+        """Run the pipeline of `stage` on one batch, synchronously; a decoder failure is one line naming the file."""
+        try:
+            pipe = self._pipeline(stage)
+            for name, values in feeds.items():
+                pipe.feed_input(name, values)
+            return list(pipe.run())
+        except (RuntimeError, IndexError) as exc:
+            self._pipes = {}
+            raise self._decode_failure(exc, positions) from None
+
+    def _decode_failure(self, exc: BaseException, positions: list[int]) -> DatasetError:
+        """The error of a failed batch: the first image of `positions` Pillow cannot decode, else DALI's first line."""
+        reader = self.dataset.reader
+        for position in positions:
+            try:
+                with reader.open(position) as img:
+                    img.load()
+            except _DECODE_ERRORS as bad:
+                return _bad_image_error(self.dataset, reader.path(position), bad)
+        first = next((line for line in str(exc).splitlines() if "encountered" not in line and line.strip()
+                      and "Error in" not in line and "Critical error" not in line), str(exc))
+        return DatasetError(f"DALI failed on a batch of {len(positions)} images starting with "
+                            f"{reader.path(positions[0])!r}: {first.strip()}")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -751,6 +909,9 @@ class _LoaderBase:
         self._pipes = {}
 
     def __del__(self) -> None:
+        if os.getpid() != self._pid:  # a copy inherited by a forked worker: DALI's threads are not there
+            _INHERITED.append(self._pipes)  # never destroyed in this process
+            return
         try:
             self.close()
         except Exception:
@@ -761,8 +922,9 @@ class DaliTrainLoader(_LoaderBase):
     """Training batches (uint8 images, int64 targets) in the TrainSampler's order, augmented by DALI.
 
     Quacks like the project's training DataLoader: ``sampler`` and ``dataset`` for
-    ``set_loader_epoch``, ``len()`` (batches left), full batches only (``drop_last``). Batches are
-    produced two stages ahead of the consumer (see ``__iter__``).
+    ``set_loader_epoch``, ``len()`` (batches left), full batches only (``drop_last``). Each batch is
+    planned in a worker process (``data.workers`` of them; 0: in this process) and run by DALI
+    PIPELINE_DEPTH batches ahead of the consumer (see ``_LoaderBase._batches``).
 
     Who resizes (``resize_in_dali``, by default: DALI on a GPU, torch on the CPU): on a GPU the whole
     graph runs in DALI (``build_train_pipeline(stage="all")``), where the resize is cheap. On the CPU
@@ -774,10 +936,11 @@ class DaliTrainLoader(_LoaderBase):
     tests use it to check that graph).
     """
 
-    def __init__(self, dataset: ImageFolderDataset, sampler: TrainSampler, planner: SamplePlanner, *,
+    def __init__(self, dataset: ImageDataset, sampler: TrainSampler, planner: SamplePlanner, *,
                  batch_size: int, workers: int, device: torch.device = torch.device("cpu"),
-                 fill: float = 128.0, resize_in_dali: Optional[bool] = None) -> None:
-        super().__init__(dataset, batch_size=batch_size, workers=workers, device=device)
+                 fill: float = 128.0, resize_in_dali: Optional[bool] = None, prefetch_factor: int = 2) -> None:
+        super().__init__(dataset, batch_size=batch_size, workers=workers, device=device,
+                         prefetch_factor=prefetch_factor)
         self.sampler = sampler
         self.planner = planner
         self.fill = float(fill)
@@ -795,54 +958,56 @@ class DaliTrainLoader(_LoaderBase):
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
-    def _prepare_one(self, key: Any, epoch: int) -> tuple[np.ndarray, SampleDraw, int, str]:
-        n = len(self.dataset.samples)
-        index, seed = sample_seed(self.dataset, epoch, key)
-        position, data, width, height, target = self._read(index % n, n)
-        draw = self.planner.draw(seed, width, height)
-        return data, draw, target, self.dataset.samples[position][0]
+    def _plans_dataset(self) -> torch.utils.data.Dataset:
+        return _TrainPlans(self.dataset, self.planner)
 
-    def _prepare(self, keys: list[Any], epoch: int) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
-        """The batch's feeds: the encoded files (a list), every per-sample draw as one array (batch first)."""
-        rows = list(self._map(lambda key: self._prepare_one(key, epoch), keys))
-        draws = [r[1] for r in rows]
-        feeds: dict[str, Any] = {
-            "encoded": [r[0] for r in rows],
-            "anchor": np.array([d.box[:2] for d in draws], dtype=np.float32),
-            "shape": np.array([d.box[2:] for d in draws], dtype=np.float32),
-            "interp": np.array([d.interp for d in draws], dtype=np.int32),
-            "flip": np.array([d.flip for d in draws], dtype=np.int32),
-        }
-        for layer in range(self.planner.layers):
-            feeds[f"op{layer}"] = np.array([d.ops[layer][0] for d in draws], dtype=np.int32)
-            feeds[f"param{layer}"] = np.array([d.ops[layer][1] for d in draws], dtype=np.float32)
-            feeds[f"matrix{layer}"] = np.stack([d.ops[layer][2] for d in draws])
-            feeds[f"kernel{layer}"] = np.stack([d.ops[layer][3] for d in draws])
-        if self.planner.color_jitter > 0:
-            feeds["jitter"] = np.array([d.jitter for d in draws], dtype=np.float32)
-        targets = torch.tensor([r[2] for r in rows], dtype=torch.int64)
-        return feeds, targets, [r[3] for r in rows]
-
-    def _key_batches(self) -> list[list[Any]]:
+    def _plan_items(self) -> list[tuple[int, tuple[Any, ...]]]:
+        """(epoch, keys) of each full batch left in the sampler's epoch."""
         keys = list(iter(self.sampler))
-        count = len(keys) // self.batch_size
-        return [keys[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
+        epoch = self.dataset.epoch
+        return [(epoch, tuple(keys[i * self.batch_size:(i + 1) * self.batch_size]))
+                for i in range(len(keys) // self.batch_size)]
 
-    def _produce(self, prepared: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        feeds, targets, paths = prepared.result()
-        with self._run_lock:
-            if self.resize_in_dali:
-                (images,) = self._run(feeds, paths)
+    def _feeds(self, plan: BatchPlan, stage: Optional[str] = None) -> dict[str, Any]:
+        """The pipeline's inputs from the plan's tables: per-batch slicing, nothing done per sample but the file views."""
+        stage = stage or ("all" if self.resize_in_dali else "decode")
+        ints, floats = plan.ints.numpy(), plan.floats.numpy()
+        feeds: dict[str, Any] = {"encoded": _file_views(plan), "anchor": np.ascontiguousarray(floats[:, _ANCHOR]),
+                                 "shape": np.ascontiguousarray(floats[:, _SHAPE])}
+        if stage == "decode":
+            return feeds
+        feeds["interp"] = ints[:, _INTERP].astype(np.int32)
+        feeds["flip"] = ints[:, _FLIP].astype(np.int32)
+        feeds.update(self._augment_feeds(plan))
+        return feeds
+
+    def _augment_feeds(self, plan: BatchPlan) -> dict[str, Any]:
+        """The RandAugment layers' and colour jitter's inputs."""
+        ints, floats = plan.ints.numpy(), plan.floats.numpy()
+        feeds: dict[str, Any] = {}
+        for layer in range(self.planner.layers):
+            base = 4 + _LAYER_FLOATS * layer
+            feeds[f"op{layer}"] = ints[:, _FIRST_OP + layer].astype(np.int32)
+            feeds[f"param{layer}"] = np.ascontiguousarray(floats[:, base])
+            feeds[f"matrix{layer}"] = floats[:, base + 1:base + 7].reshape(-1, 2, 3).copy()
+            feeds[f"kernel{layer}"] = floats[:, base + 7:base + _LAYER_FLOATS].reshape(-1, 3, 3).copy()
+        if self.planner.color_jitter > 0:
+            feeds["jitter"] = np.ascontiguousarray(floats[:, -3:])
+        return feeds
+
+    def _produce(self, plan: BatchPlan, outputs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = plan.ints[:, _TARGET].clone()
+        if self.resize_in_dali:
+            batch = _to_torch(outputs[0], self.device)
+        else:
+            ints = plan.ints.numpy()
+            batch = self._resize_and_flip(outputs[0], ints[:, _INTERP], ints[:, _FLIP])
+            augment = self._augment_feeds(plan)
+            if augment:  # RandAugment layers or colour jitter
+                (images,) = self._run({"images": batch.numpy(), **augment}, self._positions(plan), "augment")
                 batch = _to_torch(images, self.device)
-            else:
-                (windows,) = self._run({k: feeds[k] for k in _DECODE_INPUTS}, paths, "decode")
-                batch = self._resize_and_flip(windows, feeds["interp"], feeds["flip"])
-                augment = {k: v for k, v in feeds.items() if k not in _DECODE_INPUTS + _RESIZE_INPUTS}
-                if augment:  # RandAugment layers or colour jitter
-                    (images,) = self._run({"images": batch.numpy(), **augment}, paths, "augment")
-                    batch = _to_torch(images, self.device)
-            # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
-            return batch.permute(0, 3, 1, 2), targets
+        # (B, H, W, 3) -> a (B, 3, H, W) view in channels-last memory: no transposing copy
+        return batch.permute(0, 3, 1, 2), targets
 
     def _resize_and_flip(self, windows: Any, interps: np.ndarray, flips: np.ndarray) -> torch.Tensor:
         """The decoded windows resized to (B, S, S, 3) uint8 by torch's antialiased kernels, then flipped.
@@ -854,10 +1019,10 @@ class DaliTrainLoader(_LoaderBase):
         the GIL).
 
         The windows are read in place, through zero-copy views of DALI's output buffers (copying a
-        window out cost as much as half its resize): the caller holds ``_run_lock`` until this returns,
-        and every task has finished before it returns, even when one fails, so no view outlives the
-        batch or sees the next ``run`` write into its buffer. A window is copied only into ``out``
-        (resized, flipped or not), never in between.
+        window out cost as much as half its resize): `windows` (the TensorList) is held until this
+        returns, and every task has finished before it returns, even when one fails, so no view
+        outlives the batch. A window is copied only into ``out`` (resized, flipped or not), never in
+        between.
         """
         size = self.planner.img_size
         out = torch.empty((len(interps), size, size, 3), dtype=torch.uint8)
@@ -879,43 +1044,25 @@ class DaliTrainLoader(_LoaderBase):
         return out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in the sampler's order, two stages ahead of the consumer.
+        """Batches in the sampler's order, planned by the workers and run by DALI ahead of the consumer.
 
-        While the caller trains on batch b, one thread runs the DALI pipeline on batch b + 1 (DALI
-        releases the GIL) and another reads and draws batch b + 2. Nothing of it touches the
-        sampler: its progress is set by the engine from the steps trained (``set_epoch(epoch,
-        start_sample)``), and a batch produced ahead but not consumed when the caller stops is
-        dropped, so resuming gives exactly the batches the model has not seen. The pipeline itself
-        runs synchronously (one batch per ``run``), so no batch is left queued inside DALI.
+        Nothing of it touches the sampler: its progress is set by the engine from the steps trained
+        (``set_epoch(epoch, start_sample)``), and a batch planned or run ahead but not consumed when
+        the caller stops is dropped, so resuming gives exactly the batches the model has not seen.
         """
-        epoch = self.dataset.epoch
-        batches = self._key_batches()
-        if not batches:
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-plan") as planner, \
-                ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-run") as runner:
-            prepared = {i: planner.submit(self._prepare, batches[i], epoch) for i in range(min(2, len(batches)))}
-            produced = runner.submit(self._produce, prepared.pop(0))
-            try:
-                for b in range(len(batches)):
-                    current = produced
-                    if b + 1 < len(batches):
-                        produced = runner.submit(self._produce, prepared.pop(b + 1))
-                    if b + 2 < len(batches):
-                        prepared[b + 2] = planner.submit(self._prepare, batches[b + 2], epoch)
-                    yield current.result()
-            finally:  # the caller stopped early: drop what was read or produced ahead
-                for future in (*prepared.values(), produced):
-                    future.cancel()
+        if len(self) == 0:
+            return iter(())
+        return self._batches("all" if self.resize_in_dali else "decode", self._produce)
 
 
 class DaliEvalLoader(_LoaderBase):
     """Evaluation batches (normalised float images, targets): rank r reads r, r + W, ...; keeps the last partial batch."""
 
-    def __init__(self, dataset: ImageFolderDataset, *, img_size: int, crop_pct: float, interpolation: str,
+    def __init__(self, dataset: ImageDataset, *, img_size: int, crop_pct: float, interpolation: str,
                  mean: Sequence[float], std: Sequence[float], batch_size: int, workers: int, num_replicas: int = 1,
-                 rank: int = 0, device: torch.device = torch.device("cpu")) -> None:
-        super().__init__(dataset, batch_size=batch_size, workers=workers, device=device)
+                 rank: int = 0, device: torch.device = torch.device("cpu"), prefetch_factor: int = 2) -> None:
+        super().__init__(dataset, batch_size=batch_size, workers=workers, device=device,
+                         prefetch_factor=prefetch_factor)
         self.sampler = ShardSampler(len(dataset), num_replicas=num_replicas, rank=rank)
         self.settings = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=tuple(mean),
                              std=tuple(std))
@@ -928,30 +1075,25 @@ class DaliEvalLoader(_LoaderBase):
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
-    def _prepare(self, keys: list[int]) -> tuple[dict[str, list], torch.Tensor, list[str]]:
-        n = len(self.dataset.samples)
-        rows = list(self.pool.map(lambda key: self._read(key, n), keys))
-        targets = torch.tensor([r[4] for r in rows], dtype=torch.int64)
-        size, crop_pct = self.settings["img_size"], self.settings["crop_pct"]
-        geometry = [eval_geometry(r[2], r[3], size, crop_pct) for r in rows]
-        feeds = {"encoded": [r[1] for r in rows],
-                 "resized": [np.array(g[0], dtype=np.float32) for g in geometry],
-                 "anchor": [np.array(g[1], dtype=np.float32) for g in geometry]}
-        return feeds, targets, [self.dataset.samples[r[0]][0] for r in rows]
+    def _plans_dataset(self) -> torch.utils.data.Dataset:
+        return _EvalPlans(self.dataset, self.settings["img_size"], self.settings["crop_pct"])
+
+    def _plan_items(self) -> list[tuple[int, ...]]:
+        keys = list(iter(self.sampler))
+        return [tuple(keys[i:i + self.batch_size]) for i in range(0, len(keys), self.batch_size)]
+
+    def _feeds(self, plan: BatchPlan) -> dict[str, Any]:
+        floats = plan.floats.numpy()
+        return {"encoded": _file_views(plan), "resized": np.ascontiguousarray(floats[:, :2]),
+                "anchor": np.ascontiguousarray(floats[:, 2:])}
+
+    def _produce(self, plan: BatchPlan, outputs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _to_torch(outputs[0], self.device), plan.ints[:, _TARGET].clone()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        keys = list(iter(self.sampler))
-        batches = [keys[i:i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
-        if not batches:
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="t2t-dali-read-ahead") as ahead:
-            pending = ahead.submit(self._prepare, batches[0])
-            for b in range(len(batches)):
-                feeds, targets, paths = pending.result()
-                if b + 1 < len(batches):
-                    pending = ahead.submit(self._prepare, batches[b + 1])
-                (images,) = self._run(feeds, paths)
-                yield _to_torch(images, self.device), targets
+        if len(self) == 0:
+            return iter(())
+        return self._batches("all", self._produce)
 
 
 def fill_value(mean: Sequence[float]) -> float:
@@ -959,7 +1101,7 @@ def fill_value(mean: Sequence[float]) -> float:
     return float(round(255 * sum(mean) / len(mean)))
 
 
-def build_dali_loaders(cfg: Any, train_ds: ImageFolderDataset, val_ds: ImageFolderDataset, sampler: TrainSampler, *,
+def build_dali_loaders(cfg: Any, train_ds: ImageDataset, val_ds: ImageDataset, sampler: TrainSampler, *,
                        img_size: int, batch_size: int, eval_batch_size: int, eval_crop_pct: float,
                        eval_interpolation: str, num_replicas: int, rank: int,
                        device: torch.device) -> tuple[DaliTrainLoader, DaliEvalLoader]:
@@ -969,8 +1111,8 @@ def build_dali_loaders(cfg: Any, train_ds: ImageFolderDataset, val_ds: ImageFold
                             interpolation=cfg.interpolation, policy=parse_rand_policy(cfg.auto_augment),
                             color_jitter=cfg.color_jitter)
     train = DaliTrainLoader(train_ds, sampler, planner, batch_size=batch_size, workers=cfg.workers, device=device,
-                            fill=fill_value(cfg.mean))
+                            fill=fill_value(cfg.mean), prefetch_factor=cfg.prefetch_factor)
     val = DaliEvalLoader(val_ds, img_size=img_size, crop_pct=eval_crop_pct, interpolation=eval_interpolation,
                          mean=cfg.mean, std=cfg.std, batch_size=eval_batch_size, workers=cfg.workers,
-                         num_replicas=num_replicas, rank=rank, device=device)
+                         num_replicas=num_replicas, rank=rank, device=device, prefetch_factor=cfg.prefetch_factor)
     return train, val

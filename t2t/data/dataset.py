@@ -21,9 +21,12 @@ from ..errors import T2TError, UsageError
 from ..rng import reseed_sample
 from .decode import to_rgb
 from .filelist import SampleList, cached_listing
+from ..walk import walk_files
+from .readers import FolderReader, Reader
 
 __all__ = [
     "DatasetError",
+    "ImageDataset",
     "ImageFolderDataset",
     "IMG_EXTENSIONS",
     "RepeatedSample",
@@ -176,28 +179,34 @@ def check_classes_match(expected: Sequence[str], found: Sequence[str], where: st
 
 def find_unreadable_images(paths: Sequence[str], workers: int = 0) -> list[tuple[str, str]]:
     """(path, reason) for every file PIL cannot decode; JPEGs are decoded at 1/8 scale, so a check costs little."""
+    reader = FolderReader("", [], [(path, 0) for path in paths])
+    return [(paths[i], reason) for i, reason in find_unreadable_samples(reader, range(len(paths)), workers=workers)]
+
+
+def find_unreadable_samples(reader: Reader, positions: Sequence[int], workers: int = 0) -> list[tuple[int, str]]:
+    """(position, reason) for every sample of `reader` at `positions` that PIL cannot decode (cheaply, as above)."""
     loader = torch.utils.data.DataLoader(
-        _DecodeCheck(list(paths)), batch_size=64, num_workers=workers, collate_fn=lambda rows: rows)
+        _DecodeCheck(reader, list(positions)), batch_size=64, num_workers=workers, collate_fn=lambda rows: rows)
     return [row for batch in loader for row in batch if row is not None]
 
 
 class _DecodeCheck(torch.utils.data.Dataset):
-    """Item i: None if ``paths[i]`` decodes, else (path, reason)."""
+    """Item i: None if sample ``positions[i]`` of the reader decodes, else (position, reason)."""
 
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
+    def __init__(self, reader: Reader, positions: list[int]) -> None:
+        self.reader, self.positions = reader, positions
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.positions)
 
-    def __getitem__(self, index: int) -> tuple[str, str] | None:
-        path = self.paths[index]
+    def __getitem__(self, index: int) -> tuple[int, str] | None:
+        position = self.positions[index]
         try:
-            with Image.open(path) as img:
+            with self.reader.open(position) as img:
                 img.draft("RGB", (1, 1))  # JPEG: decode in the DCT domain at the smallest scale
                 img.load()
         except _DECODE_ERRORS as exc:
-            return path, f"{type(exc).__name__}: {exc}"
+            return position, f"{type(exc).__name__}: {exc}"
         return None
 
 
@@ -242,13 +251,90 @@ class SeededDataset(torch.utils.data.Dataset):
         reseed_sample(self.seed, self.epoch, index, slot)
 
 
-class ImageFolderDataset(SeededDataset):
-    """ImageFolder-layout dataset (``root/<class>/<image>``) with per-sample seeded augmentation.
+class ImageDataset(SeededDataset):
+    """Images and classes from a reader (t2t/data/readers.py), with per-sample seeded augmentation.
 
-    If the transform has a ``decode_and_crop(image)`` method (see ``FastTrainTransform``), the dataset
-    hands it the opened, not yet decoded, image so it can decode at reduced size; otherwise the image
-    is decoded and converted to RGB here.
+    The dataset never learns where the bytes came from: it asks its reader for position i. If the
+    transform has a ``decode_and_crop(image)`` method (see ``FastTrainTransform``), the dataset hands
+    it the opened, not yet decoded, image so it can decode at reduced size; otherwise the image is
+    decoded and converted to RGB here.
     """
+
+    def __init__(self, reader: Reader, transform: Callable | None = None, *, seed: int = 0,
+                 skip_bad_images: bool = False) -> None:
+        super().__init__(seed=seed)
+        self.reader = reader
+        self.root = reader.root
+        self.classes: list[str] = list(reader.classes)
+        self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
+        self.transform = transform
+        self.skip_bad_images = bool(skip_bad_images)
+        self.bad_images = 0  # unreadable images met in this process (with skip_bad_images=True)
+        # How else a user can go on past an unreadable image; tools without that setting clear it.
+        self.bad_image_hint = ", or set data.skip_bad_images=true to substitute the next readable image"
+
+    @property
+    def samples(self) -> Sequence[tuple[str, int]]:
+        """(path, class index) of every image, in order: image folders only (shards have no file per image)."""
+        if not isinstance(self.reader, FolderReader):
+            raise AttributeError(f"{self.root!r} is read as {self.reader.layout}: its samples have no paths; use "
+                                 ".reader")
+        return self.reader.samples
+
+    @samples.setter
+    def samples(self, samples: Sequence[tuple[str, int]]) -> None:
+        self.reader = FolderReader(self.root, self.classes, samples)
+
+    @property
+    def targets(self) -> list[int]:
+        """The class index of every sample, in order."""
+        return [int(t) for t in self.reader.targets]
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def _decode(self, position: int) -> Any:
+        decode_and_crop = getattr(self.transform, "decode_and_crop", None)
+        with self.reader.open(position) as img:
+            if decode_and_crop is not None:
+                return decode_and_crop(img)
+            img.load()
+            return to_rgb(img)
+
+    def __getitem__(self, key: SampleKey) -> tuple[Any, int]:
+        index, slot = self.check_index(key)
+        n = len(self.reader)
+        for attempt in range(n):
+            # Reseed before every attempt, so the result depends only on (seed, epoch, index, slot).
+            self.reseed(index, slot)
+            position = (index + attempt) % n
+            try:
+                image = self._decode(position)
+                break
+            except _DECODE_ERRORS as exc:
+                path = self.reader.path(position)
+                if not self.skip_bad_images:
+                    raise DatasetError(
+                        f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the "
+                        f"file{self.bad_image_hint}"
+                    ) from exc
+                self.bad_images += 1
+                _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+        else:
+            raise DatasetError(f"no readable image in {self.root!r}: every one of the {n} files failed to decode")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.reader.target(position)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={self.root!r}, images={len(self)}, classes={len(self.classes)}, "
+            f"seed={self.seed}, transform={self.transform!r})"
+        )
+
+
+class ImageFolderDataset(ImageDataset):
+    """ImageFolder-layout dataset (``root/<class>/<image>``): an ImageDataset over a FolderReader."""
 
     def __init__(
         self,
@@ -263,85 +349,35 @@ class ImageFolderDataset(SeededDataset):
     ) -> None:
         """`samples`: the folder's listing made elsewhere (rank 0's, broadcast); `list_cache`: a file
         where the listing is kept between starts (see t2t/data/filelist.py)."""
-        super().__init__(seed=seed)
-        self.root = os.fspath(root)
-        _check_dir(self.root, what="dataset folder")
-        if classes is None:
-            classes = find_classes(self.root)
-        else:
-            classes = list(classes)
-            for name in classes:
-                _check_dir(os.path.join(self.root, name), what=f"class folder for class {name!r}")
-        self.classes: list[str] = list(classes)
-        self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
-        if samples is None:
-            samples = cached_listing(self.root, self.classes, list_cache, is_image=_is_image_file,
-                                     is_hidden=_is_hidden)
-        counts = np.bincount(samples.targets, minlength=len(self.classes)) if len(samples) else \
-            np.zeros(len(self.classes), dtype=np.int64)
-        if len(counts) != len(self.classes):
-            raise ValueError(f"samples of {len(counts)} classes given for the {len(self.classes)} classes of {self.root!r}")
-        if not counts.all():
-            class_dir = os.path.join(self.root, self.classes[int(np.argmin(counts))])
-            raise DatasetError(
-                f"class folder {class_dir!r} holds no images (looked for {', '.join(IMG_EXTENSIONS)}); "
-                f"add images or remove the folder"
-            )
-        # Compact: three arrays instead of a tuple and a string per image (see t2t/data/filelist.py).
-        self.samples: Sequence[tuple[str, int]] = samples
-        self.transform = transform
-        self.skip_bad_images = bool(skip_bad_images)
-        self.bad_images = 0  # unreadable images met in this process (with skip_bad_images=True)
-        # How else a user can go on past an unreadable image; tools without that setting clear it.
-        self.bad_image_hint = ", or set data.skip_bad_images=true to substitute the next readable image"
+        super().__init__(open_folder(root, classes=classes, samples=samples, list_cache=list_cache), transform,
+                         seed=seed, skip_bad_images=skip_bad_images)
 
-    @property
-    def targets(self) -> list[int]:
-        """The class index of every sample, in order."""
-        if isinstance(self.samples, SampleList):
-            return self.samples.targets.tolist()
-        return [t for _, t in self.samples]
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _decode(self, path: str) -> Any:
-        decode_and_crop = getattr(self.transform, "decode_and_crop", None)
-        with Image.open(path) as img:
-            if decode_and_crop is not None:
-                return decode_and_crop(img)
-            img.load()
-            return to_rgb(img)
-
-    def __getitem__(self, key: SampleKey) -> tuple[Any, int]:
-        index, slot = self.check_index(key)
-        n = len(self.samples)
-        for attempt in range(n):
-            # Reseed before every attempt, so the result depends only on (seed, epoch, index, slot).
-            self.reseed(index, slot)
-            path, target = self.samples[(index + attempt) % n]
-            try:
-                image = self._decode(path)
-                break
-            except _DECODE_ERRORS as exc:
-                if not self.skip_bad_images:
-                    raise DatasetError(
-                        f"cannot read image {path!r}: {type(exc).__name__}: {exc}. Replace or delete the "
-                        f"file{self.bad_image_hint}"
-                    ) from exc
-                self.bad_images += 1
-                _logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
-        else:
-            raise DatasetError(f"no readable image in {self.root!r}: every one of the {n} files failed to decode")
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, target
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(root={self.root!r}, images={len(self)}, classes={len(self.classes)}, "
-            f"seed={self.seed}, transform={self.transform!r})"
+def open_folder(root: str, *, classes: Sequence[str] | None = None, samples: SampleList | None = None,
+                list_cache: str | None = None) -> FolderReader:
+    """The FolderReader of an ImageFolder split: its classes and images, listed here unless given."""
+    root = os.fspath(root)
+    _check_dir(root, what="dataset folder")
+    if classes is None:
+        classes = find_classes(root)
+    else:
+        classes = list(classes)
+        for name in classes:
+            _check_dir(os.path.join(root, name), what=f"class folder for class {name!r}")
+    if samples is None:
+        samples = cached_listing(root, classes, list_cache, is_image=_is_image_file, is_hidden=_is_hidden)
+    counts = np.bincount(samples.targets, minlength=len(classes)) if len(samples) else \
+        np.zeros(len(classes), dtype=np.int64)
+    if len(counts) != len(classes):
+        raise ValueError(f"samples of {len(counts)} classes given for the {len(classes)} classes of {root!r}")
+    if not counts.all():
+        class_dir = os.path.join(root, classes[int(np.argmin(counts))])
+        raise DatasetError(
+            f"class folder {class_dir!r} holds no images (looked for {', '.join(IMG_EXTENSIONS)}); "
+            f"add images or remove the folder"
         )
+    # Compact: three arrays instead of a tuple and a string per image (see t2t/data/filelist.py).
+    return FolderReader(root, classes, samples)
 
 
 def list_images(inputs: Sequence[str]) -> list[str]:
@@ -349,8 +385,8 @@ def list_images(inputs: Sequence[str]) -> list[str]:
     paths: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            for dirpath, _, names in sorted(os.walk(item, followlinks=True)):
-                paths.extend(os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMG_EXTENSIONS))
+            for dirpath, names in walk_files(item):  # regular files, each real folder once
+                paths.extend(os.path.join(dirpath, n) for n in names if n.lower().endswith(IMG_EXTENSIONS))
         elif os.path.isfile(item):
             paths.append(item)
         else:

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from ..outputs import atomic_output
+from ..walk import walk_files
 
 _logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class SampleList(Sequence):
 
 def list_image_folder(root: str, classes: Sequence[str], is_image: Callable[[str], bool],
                       is_hidden: Callable[[str], bool]) -> tuple[SampleList, dict[str, int]]:
-    """Walk root/<class>/ for each class (recursively, following links, torchvision's order).
+    """Walk root/<class>/ for each class (recursively, following links, torchvision's order); regular files only,
+    each real folder once (t2t.walk.walk_files).
 
     Returns the samples and the mtime (ns) of every folder walked, the key of a cached listing.
     Class folders without images are left empty: the caller names them.
@@ -101,10 +103,10 @@ def list_image_folder(root: str, classes: Sequence[str], is_image: Callable[[str
     mtimes = {".": os.stat(root).st_mtime_ns}
     for target, name in enumerate(classes):
         class_dir = os.path.join(root, name)
-        for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True)):
+        for dirpath, fnames in walk_files(class_dir):
             rel_dir = os.path.relpath(dirpath, root)
             mtimes[rel_dir] = os.stat(dirpath).st_mtime_ns
-            for fname in sorted(fnames):
+            for fname in fnames:
                 rel = os.path.join(rel_dir, fname)
                 if is_image(fname) and not is_hidden(os.path.relpath(rel, name)):
                     pairs.append((rel, target))

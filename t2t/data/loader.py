@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .sampler import ShardSampler, TrainSampler
 
-__all__ = ["build_eval_loader", "build_train_loader", "set_loader_epoch"]
+__all__ = ["build_batch_loader", "build_eval_loader", "build_train_loader", "set_loader_epoch"]
 
 
 def init_loader_worker(worker_id: int = 0) -> None:
@@ -130,6 +130,28 @@ def build_eval_loader(
         persistent_workers=persistent_workers and workers > 0,
         worker_init_fn=init_loader_worker,
         generator=torch.Generator().manual_seed(0),
+    )
+
+
+def build_batch_loader(batches: Dataset, order: Sampler, *, workers: int,
+                       prefetch_factor: int | None = None) -> DataLoader:
+    """DataLoader whose items are whole batches: ``batches[item]`` for each item of ``order``, made in worker processes.
+
+    For loaders that do their per-sample work in workers and hand the training process batch-level
+    arrays (the DALI backend's plans). Workers persist across epochs; with ``workers=0`` the batches are
+    made in the calling process.
+    """
+    _check_loader_args(1, workers)
+    _register_exit_hook()
+    return DataLoader(
+        batches,
+        batch_size=None,
+        sampler=order,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        worker_init_fn=init_loader_worker,
+        generator=torch.Generator().manual_seed(0),  # as build_train_loader: the global RNG is left alone
     )
 
 

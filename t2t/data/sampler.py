@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
@@ -34,6 +34,11 @@ class TrainSampler(Sampler[SampleKey]):
     (global) cuts the epoch to a whole number of global batches; a run stopped on W processes
     continues on W' with ``set_epoch(epoch, start_sample)``, ``start_sample`` being the samples all
     ranks consumed so far in the epoch. ``len()`` is what remains for this rank.
+
+    ``blocks`` (samples per shard, in position order) replaces the epoch's permutation by
+    ``block_order``: shards permuted, samples shuffled within windows of ``block_window`` shards, so
+    that the ranks together read a few shards at a time, each front to back. Everything else (repeats,
+    rank slicing, progress in samples, elastic resume) is unchanged.
     """
 
     def __init__(
@@ -47,6 +52,8 @@ class TrainSampler(Sampler[SampleKey]):
         repeats: int = 1,
         drop_last: bool = True,
         epoch_samples: int | None = None,
+        blocks: Sequence[int] | None = None,
+        block_window: int = 4,
     ) -> None:
         if dataset_len <= 0:
             raise ValueError(f"dataset_len must be positive, got {dataset_len}")
@@ -56,6 +63,13 @@ class TrainSampler(Sampler[SampleKey]):
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if blocks is not None and (sum(blocks) != dataset_len or min(blocks) < 0):
+            raise ValueError(f"blocks must be counts that sum to dataset_len={dataset_len}, got {len(blocks)} blocks "
+                             f"of {sum(blocks)} samples")
+        if block_window < 1:
+            raise ValueError(f"block_window must be >= 1, got {block_window}")
+        self.blocks = None if blocks is None else [int(b) for b in blocks]
+        self.block_window = int(block_window)
         self.dataset_len = int(dataset_len)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
@@ -105,7 +119,10 @@ class TrainSampler(Sampler[SampleKey]):
         if self.shuffle:
             generator = torch.Generator()
             generator.manual_seed(shuffle_seed(self.seed, self.epoch))
-            order = torch.randperm(self.dataset_len, generator=generator)
+            if self.blocks is None:
+                order = torch.randperm(self.dataset_len, generator=generator)
+            else:
+                order = block_order(self.blocks, self.block_window, generator)
         else:
             order = torch.arange(self.dataset_len)
         slots = None
@@ -126,6 +143,24 @@ class TrainSampler(Sampler[SampleKey]):
 
     def __len__(self) -> int:
         return self.samples_per_epoch - self.start_sample // self.num_replicas
+
+
+def block_order(blocks: Sequence[int], window: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of range(sum(blocks)) that reads blocks (shards) whole: the blocks in a random order,
+    then the samples of each run of `window` consecutive blocks of that order shuffled among themselves.
+
+    Block b holds samples starts[b] .. starts[b] + blocks[b] - 1. Everything is drawn from `generator`
+    (seeded from (seed, epoch)), so the order is as much a function of (seed, epoch) as the global one.
+    """
+    starts = [0]
+    for size in blocks[:-1]:
+        starts.append(starts[-1] + size)
+    permuted = torch.randperm(len(blocks), generator=generator).tolist()
+    parts = []
+    for w in range(0, len(permuted), window):
+        members = torch.cat([torch.arange(starts[b], starts[b] + blocks[b]) for b in permuted[w:w + window]])
+        parts.append(members[torch.randperm(len(members), generator=generator)])
+    return torch.cat(parts)
 
 
 class ShardSampler(Sampler[int]):

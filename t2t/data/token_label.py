@@ -15,6 +15,7 @@ nearest sampling and zero scores outside the image (TokenLabeling's rule), and t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .dataset import DatasetError, ImageFolderDataset
+from ..outputs import write_failed
+from .dataset import DatasetError, ImageDataset
+from .readers import Reader
 
 __all__ = [
     "GEOMETRY_SIZE", "DenseTokenTargets", "LabelMapError", "MixToken", "TokenLabelDataset", "TokenLabelTransform",
@@ -58,8 +61,17 @@ def save_label_map(path: str, values: torch.Tensor, indices: torch.Tensor, teach
                            "indices": indices.detach().to("cpu", index_dtype).contiguous()}
     if teacher is not None:
         obj["teacher"] = str(teacher)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: a full disk is an OSError naming its errno
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk or Ctrl-C: no partial file stays behind
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        failed = write_failed(path, e)
+        if failed is e:
+            raise
+        raise failed from e
 
 
 def read_label_record(path: str) -> tuple[torch.Tensor, torch.Tensor, Optional[str]]:
@@ -330,6 +342,9 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
     except (OSError, ValueError) as e:
         raise LabelMapError(f"{where}: {meta!r} cannot be read ({type(e).__name__}): a label folder written by "
                             "scripts/generate_token_labels.py has it") from None
+    if not isinstance(record, dict):
+        raise LabelMapError(f"{where}: {meta!r} holds a JSON {type(record).__name__}, not the record "
+                            "scripts/generate_token_labels.py writes")
     if list(record.get("classes", [])) != list(classes):
         theirs = list(record.get("classes", []))
         first = next((k for k, (a, b) in enumerate(zip(theirs, classes)) if a != b), min(len(theirs), len(classes)))
@@ -359,29 +374,33 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
     return record
 
 
-class TokenLabelDataset(ImageFolderDataset):
+class TokenLabelDataset(ImageDataset):
     """Training images with their top-k label map and the geometry of their augmentation.
 
     Item: (image, {"label": class index, "values": (k, H, W) float16, "indices": (k, H, W) int,
     "geometry": (GEOMETRY_SIZE,)}); the transform must be a `TokenLabelTransform`. The map stays
-    top-k sparse until `DenseTokenTargets` spreads it on the device.
+    top-k sparse until `DenseTokenTargets` spreads it on the device. A sample's map is found by its
+    path relative to the split (``Reader.relpath``), so a label folder serves image folders and the
+    shards made from them alike.
     """
 
-    def __init__(self, root: str, transform: Optional[TokenLabelTransform] = None, *, label_dir: str,
+    def __init__(self, reader: Reader, transform: Optional[TokenLabelTransform] = None, *, label_dir: str,
                  **kwargs: Any) -> None:
-        super().__init__(root, transform, **kwargs)
+        super().__init__(reader, transform, **kwargs)
         self.label_dir = os.fspath(label_dir)
-        self.record = open_label_dir(self.label_dir, self.classes, self.root, [p for p, _ in self.samples])
+        relpaths = [reader.relpath(i) for i in range(len(reader))]
+        self.record = open_label_dir(self.label_dir, self.classes, self.root,
+                                     [os.path.join(self.root, rel) for rel in relpaths])
         self.index_dtype = torch.int16 if len(self.classes) <= 2 ** 15 else torch.int32
-        self._decoded: Optional[str] = None
+        self._decoded: Optional[int] = None
 
-    def _decode(self, path: str) -> Any:
-        self._decoded = path  # the file actually used (another one when a bad image is skipped)
-        return super()._decode(path)
+    def _decode(self, position: int) -> Any:
+        self._decoded = position  # the sample actually used (another one when a bad image is skipped)
+        return super()._decode(position)
 
     def __getitem__(self, key) -> tuple[Any, dict[str, Any]]:
         (image, geometry), target = super().__getitem__(key)
-        values, indices = self.label_map(self._decoded)
+        values, indices = self.label_map(os.path.join(self.root, self.reader.relpath(self._decoded)))
         return image, {"label": target, "values": values, "indices": indices, "geometry": geometry}
 
     def label_map(self, image_path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,6 +420,8 @@ class TokenLabelDataset(ImageFolderDataset):
             problem = f"is a {tuple(values.shape)} map, the others are {shape}"
         elif int(indices.min()) < 0 or int(indices.max()) >= len(self.classes):
             problem = f"names class {int(indices.max())}, outside the {len(self.classes)} classes of labels.json"
+        elif not bool(torch.isfinite(values).all()):
+            problem = "holds scores that are NaN or infinite"
         if problem:
             raise LabelMapError(f"token label {path!r} of image {image_path!r} {problem}: generate the labels again "
                                 "with scripts/generate_token_labels.py")

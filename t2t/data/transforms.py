@@ -45,6 +45,7 @@ __all__ = [
     "ToNormalizedTensor",
     "build_eval_transform",
     "build_padded_crop_transform",
+    "build_simple_crop_transform",
     "build_train_transform",
     "eval_resize_size",
     "guard_posterize",
@@ -253,6 +254,40 @@ def build_padded_crop_transform(
         T.Resize(img_size, interpolation=_interpolation_mode(interpolation)),
         T.RandomCrop(img_size, padding=padding),
         T.RandomHorizontalFlip(hflip),
+        ToNormalizedTensor(mean, std),
+    ]
+    if re_prob > 0:
+        steps.append(RandomErasing(re_prob, mode=re_mode, max_count=re_count, device="cpu"))
+    return T.Compose(steps)
+
+
+def build_simple_crop_transform(
+    img_size: int,
+    *,
+    hflip: float = 0.5,
+    auto_augment: str | None = "3a",
+    color_jitter: float | None = 0.3,
+    interpolation: str = "bicubic",
+    re_prob: float = 0.0,
+    re_mode: str = "pixel",
+    re_count: int = 1,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> Callable:
+    """DeiT III's simple random crop (SRC): shorter side to img_size, RandomCrop(img_size, padding=4, reflect),
+    flip; then timm's colour stage for `auto_augment` (3-Augment: '3a', one of greyscale, solarize and blur)
+    with colour jitter (kept with 3a, as in timm), normalise and random erasing."""
+    if interpolation == "random":
+        raise ValueError("interpolation='random' is for the imagenet transform: choose bilinear or bicubic")
+    _, secondary, _ = create_transform(img_size, is_training=True, separate=True, hflip=0.0,
+                                       auto_augment=auto_augment or None, color_jitter=color_jitter,
+                                       interpolation=interpolation, mean=tuple(mean), std=tuple(std))
+    guard_posterize(secondary)
+    steps: list[Callable] = [
+        T.Resize(img_size, interpolation=_interpolation_mode(interpolation)),
+        T.RandomCrop(img_size, padding=4, padding_mode="reflect"),
+        T.RandomHorizontalFlip(hflip),
+        secondary,
         ToNormalizedTensor(mean, std),
     ]
     if re_prob > 0:

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -30,9 +30,11 @@ _logger = logging.getLogger(__name__)
 class BackgroundCheckpointWriter:
     """CheckpointWriter.save in a background thread, one write at a time, on a snapshot of the state."""
 
-    def __init__(self, writer: CheckpointWriter, *, pin_memory: bool = False) -> None:
+    def __init__(self, writer: CheckpointWriter, *, pin_memory: bool = False,
+                 on_written: Optional[Callable[[int], None]] = None) -> None:
         self.writer = writer
         self.pin_memory = pin_memory
+        self.on_written = on_written  # called (in the writer thread) with the step of each checkpoint on disk
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._buffers: dict[tuple, torch.Tensor] = {}  # reused host copies, by position in the state
@@ -68,7 +70,8 @@ class BackgroundCheckpointWriter:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> float:
+    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool,
+             score: Optional[tuple[str, float]] = None) -> float:
         """Snapshot `state` (at `epoch`, `step`) and start writing it; returns the seconds training was held
         (wait + snapshot)."""
         start = time.perf_counter()
@@ -77,20 +80,24 @@ class BackgroundCheckpointWriter:
         if self.pin_memory and torch.cuda.is_available():
             torch.cuda.synchronize()  # the non-blocking copies have landed before the thread reads them
         held = time.perf_counter() - start
-        self._thread = threading.Thread(target=self._write, args=(snap, epoch, step, end_of_epoch, is_best),
+        self._thread = threading.Thread(target=self._write, args=(snap, epoch, step, end_of_epoch, is_best, score),
                                         name="checkpoint-writer", daemon=False)
         self._thread.start()
         return held
 
-    def _write(self, snap: dict[str, Any], epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> None:
+    def _write(self, snap: dict[str, Any], epoch: int, step: int, end_of_epoch: bool, is_best: bool,
+               score: Optional[tuple[str, float]]) -> None:
         start = time.perf_counter()
         try:
-            path = self.writer.save(snap, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
+            path = self.writer.save(snap, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best,
+                                    score=score)
         except BaseException as e:  # kept for the training thread: raised at the next save or at close
             self._error = e
             return
         _logger.info("Saved %s (epoch %d, step %d) in %.1f s, in the background", path, epoch, step,
                      time.perf_counter() - start)
+        if self.on_written is not None:
+            self.on_written(step)
 
     @property
     def busy(self) -> bool:

@@ -23,6 +23,23 @@ LAST = "last.pth"
 BEST = "best.pth"
 _EPOCH_PATTERN = re.compile(r"epoch-(\d+)\.pth$")
 _STEP_PATTERN = re.compile(r"step-(\d+)\.pth$")
+# best-epoch-0012-ema_val_top1-81.532.pth: one of the K best end-of-epoch checkpoints (checkpoint.keep_best)
+_BEST_PATTERN = re.compile(r"^best-epoch-(\d+)-([a-z0-9_]+)-(-?\d+(?:\.\d+)?)\.pth$")
+
+
+def best_checkpoint_name(epoch: int, metric: str, value: float) -> str:
+    """The name of a kept-best checkpoint: its epoch, the metric and the metric's value."""
+    return f"best-epoch-{epoch:04d}-{metric}-{value:.3f}.pth"
+
+
+def kept_best_checkpoints(folder: str, metric: str) -> list[tuple[float, int, str]]:
+    """(value, epoch, path) of the kept-best checkpoints of `metric` in `folder`, best first (earlier epoch on ties)."""
+    found = []
+    for name in os.listdir(folder):
+        m = _BEST_PATTERN.match(name)
+        if m and m.group(2) == metric:
+            found.append((float(m.group(3)), int(m.group(1)), os.path.join(folder, name)))
+    return sorted(found, key=lambda f: (-f[0], f[1]))
 
 
 def clean_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -87,9 +104,15 @@ def _num_classes(state_dict: dict[str, Any]) -> Optional[int]:
     return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else None
 
 
+def is_run_checkpoint(name: str) -> bool:
+    """Whether a file name is one a run writes (last.pth, best.pth, epoch-N.pth, step-N.pth): other .pth files
+    in a run folder (a teacher, a copied release file) are inputs, never resumed from."""
+    return name in (LAST, BEST) or bool(_EPOCH_PATTERN.fullmatch(name) or _STEP_PATTERN.fullmatch(name))
+
+
 def _candidates(folder: str) -> list[str]:
     """Checkpoint files of a run, newest first; best.pth last among equals (it may be older than last)."""
-    files = [p for p in glob.glob(os.path.join(folder, "*.pth")) if not os.path.basename(p).startswith(".tmp-")]
+    files = [p for p in glob.glob(os.path.join(folder, "*.pth")) if is_run_checkpoint(os.path.basename(p))]
     return sorted(files, key=lambda p: (os.path.getmtime(p), os.path.basename(p) != BEST), reverse=True)
 
 
@@ -151,13 +174,18 @@ def _link_or_copy(src: str, dst: str) -> None:
 class CheckpointWriter:
     """Writes last / best / per-epoch / per-step checkpoints of a run; only rank 0 should call it."""
 
-    def __init__(self, folder: str, keep_epochs: int = 0, keep_steps: int = 1) -> None:
+    def __init__(self, folder: str, keep_epochs: int = 0, keep_steps: int = 1, keep_best: int = 0) -> None:
         self.folder = folder
         self.keep_epochs = keep_epochs
         self.keep_steps = keep_steps
+        self.keep_best = keep_best
 
-    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool) -> str:
-        """Save `state` (at `epoch`, `step`) as last.pth (and best / epoch-N / step-N as asked); return the main path."""
+    def save(self, state: dict[str, Any], *, epoch: int, step: int, end_of_epoch: bool, is_best: bool,
+             score: Optional[tuple[str, float]] = None) -> str:
+        """Save `state` (at `epoch`, `step`) as last.pth (and best / epoch-N / step-N as asked); return the main path.
+
+        `score` (metric name, value) of an evaluated epoch ranks it among the `keep_best` best checkpoints.
+        """
         # Serialised once; best / epoch-N are hard links to the same bytes (rank 0's write stalls
         # every other rank in its next collective, so a 1 GB checkpoint must not be written thrice).
         if end_of_epoch:
@@ -174,7 +202,22 @@ class CheckpointWriter:
             self._prune(_STEP_PATTERN, self.keep_steps)
         if is_best:
             _link_or_copy(path, os.path.join(self.folder, BEST))
+        if end_of_epoch and score is not None and self.keep_best:
+            self._keep_best(path, epoch, *score)
         return path
+
+    def _keep_best(self, path: str, epoch: int, metric: str, value: float) -> None:
+        """Link this epoch in as best-epoch-N-metric-value.pth if it ranks among the K best found in the
+        folder (so the ranking carries over a resume), and remove the ones pushed out."""
+        new = os.path.join(self.folder, best_checkpoint_name(epoch, metric, value))
+        ranked = sorted([f for f in kept_best_checkpoints(self.folder, metric) if f[1] != epoch] +
+                        [(float(f"{value:.3f}"), epoch, new)], key=lambda f: (-f[0], f[1]))
+        kept = ranked[:self.keep_best]
+        if any(f[2] == new for f in kept):
+            _link_or_copy(path, new)
+        for _, _, old in ranked[self.keep_best:]:
+            if old != new:
+                os.remove(old)
 
     def _prune(self, pattern: re.Pattern, keep: int) -> None:
         found = sorted(
@@ -191,19 +234,22 @@ class Checkpointer:
     """
 
     def __init__(self, writer: Optional[CheckpointWriter], *, arch: str, config: dict[str, Any],
-                 run: dict[str, Any]) -> None:
+                 run: dict[str, Any], trackers: Optional[dict[str, str]] = None) -> None:
         self.writer = writer
         self.arch, self.config, self.run = arch, config, run
+        self.trackers = trackers or {}  # the trackers' run ids, so a resume continues their runs
 
-    def save(self, trainer: Any, *, end_of_epoch: bool, is_best: bool = False) -> None:
+    def save(self, trainer: Any, *, end_of_epoch: bool, is_best: bool = False,
+             score: Optional[tuple[str, float]] = None) -> None:
         state = trainer.state_dict()  # collective: every rank takes part
         if self.writer is None:
             return
         ckpt = TrainingCheckpoint(trainer=state, arch=self.arch, config=self.config, run=self.run,
-                                  versions=library_versions())
+                                  versions=library_versions(), trackers=self.trackers)
         epoch, step = trainer.state.epoch, trainer.state.global_step
         t0 = time.perf_counter()
-        saved = self.writer.save(ckpt.to_dict(), epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
+        saved = self.writer.save(ckpt.to_dict(), epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best,
+                                 score=score)
         if isinstance(saved, str):  # a CheckpointWriter: the file is written
             _logger.info("Saved %s (epoch %d, step %d) in %.1f s", saved, epoch, step, time.perf_counter() - t0)
         else:  # a BackgroundCheckpointWriter: the seconds training was held; the file follows

@@ -6,6 +6,10 @@ subclass collects the tensors once (the same ones state_dict() returns, which sh
 the parameters and buffers) and then updates with one `torch._foreach_lerp_` for the floating-point
 tensors and one `torch._foreach_copy_` for the others. The EMA's module, its state dict keys and
 the decay schedule are timm's, so checkpoints are unchanged.
+
+`interval` updates the EMA after every N-th optimizer step only (step + 1 a multiple of N); with
+timm's warm-up (`use_warmup`, `warmup_gamma`, `warmup_power`) the decay of an update is
+`get_decay(step)` of the optimizer step, so both are functions of the step and exact on resume.
 """
 from __future__ import annotations
 
@@ -15,12 +19,17 @@ import torch
 import torch.nn as nn
 from timm.utils import ModelEmaV3
 
+from ..config import EMAConfig
+
 
 class CachedModelEma(ModelEmaV3):
     """ModelEmaV3 with the update's tensor lists built once per model object."""
 
-    def __init__(self, model: nn.Module, **kwargs) -> None:
+    def __init__(self, model: nn.Module, *, interval: int = 1, **kwargs) -> None:
         super().__init__(model, **kwargs)
+        if interval < 1:
+            raise ValueError(f"EMA interval={interval!r}: expected an integer >= 1 (optimizer steps between updates)")
+        self.interval = interval
         self._cache_key: Optional[tuple[int, int]] = None
         self._lists: tuple[list[torch.Tensor], ...] = ([], [], [], [])
 
@@ -44,6 +53,9 @@ class CachedModelEma(ModelEmaV3):
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: Optional[int] = None) -> None:
+        """Average `model` in after optimizer step `step` (0-based) if it is due (every `interval` steps)."""
+        if step is not None and (step + 1) % self.interval:
+            return
         cacheable = self.foreach and not self.exclude_buffers and self.device is None and self.dtype is None
         if not cacheable:
             return super().update(model, step=step)
@@ -60,3 +72,9 @@ class CachedModelEma(ModelEmaV3):
     def load_state_dict(self, *args, **kwargs):
         self._cache_key = None
         return super().load_state_dict(*args, **kwargs)
+
+
+def build_ema(model: nn.Module, cfg: EMAConfig) -> CachedModelEma:
+    """The run's EMA of `model` as `cfg` (the ema: section) says: decay, timm's warm-up, update interval."""
+    return CachedModelEma(model, decay=cfg.decay, use_warmup=cfg.warmup, warmup_gamma=cfg.warmup_gamma,
+                          warmup_power=cfg.warmup_power, interval=cfg.interval)

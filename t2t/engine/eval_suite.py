@@ -1,7 +1,8 @@
 """The evaluation suite behind validate.py: resolution sweeps, flip test-time augmentation, ImageNet-ReaL
 labels, several checkpoints in one call, and the result rows as a table, JSON and CSV.
 
-One row per (checkpoint, resolution, TTA mode). All the models that share a resolution (the
+One row per (checkpoint, resolution, TTA mode); validate.py adds one set of rows per evaluation set
+(t2t.engine.eval_sets). All the models that share a resolution (the
 checkpoints, and each one's TTA variants) are evaluated on the same decoded batches, so the data is
 read and decoded once per resolution; each row is still exact under data-parallel sharding
 (t2t.engine.evaluate).
@@ -14,21 +15,24 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..errors import UsageError
 from ..outputs import check_output_file, write_text
+from ..progress import Progress
 from .distributed import DistInfo
+from .eval_sets import builtin_real_labels
 from .evaluate import evaluate_models
 
-__all__ = ["TTA_MODES", "FlipTTA", "RealLabelsError", "Resolution", "SuiteJob", "check_output_files", "format_table",
+__all__ = ["BUILTIN_REAL_LABELS", "TTA_MODES", "FlipTTA", "RealLabelsError", "Resolution", "SuiteJob", "check_output_files", "format_table",
            "load_real_labels", "parse_list", "parse_tta", "resolutions", "rows_to_csv", "rows_to_json", "run_suite",
            "tta_models", "write_rows"]
 
 TTA_MODES = ("none", "flip")
+BUILTIN_REAL_LABELS = "builtin"  # --real-labels builtin: timm's bundled ImageNet-ReaL labels
 
 
 @dataclass(frozen=True)
@@ -105,16 +109,22 @@ class RealLabelsError(UsageError):
     """A ReaL label file that cannot be used with this dataset."""
 
 
-def load_real_labels(path: str, image_paths: Sequence[str]) -> torch.Tensor:
+def load_real_labels(path: str, image_paths: Sequence[str], num_classes: Optional[int] = None,
+                     model: str = "the model") -> torch.Tensor:
     """Read an ImageNet-ReaL real.json and return its labels in the dataset's order: (N, L) int64, -1 padded.
 
     real.json is a JSON list with one entry per validation image, in the order of the sorted file names
-    (ILSVRC2012_val_00000001.JPEG first), each a list of the correct class indices, possibly empty. The
+    (ILSVRC2012_val_00000001.JPEG first), each a list of the correct class indices (below `num_classes`, the
+    classes of `model`, when given), possibly empty. The
     dataset's images may sit in class folders: they are matched to the entries by sorting their file names.
+    `path` 'builtin' reads the copy timm ships (t2t.engine.eval_sets.builtin_real_labels).
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
+        if path == BUILTIN_REAL_LABELS:
+            entries = builtin_real_labels()
+        else:
+            with open(path, encoding="utf-8") as f:
+                entries = json.load(f)
     except OSError as e:
         raise RealLabelsError(f"--real-labels {path!r} cannot be read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -130,6 +140,9 @@ def load_real_labels(path: str, image_paths: Sequence[str]) -> torch.Tensor:
                                                   for c in entry):
             raise RealLabelsError(f"--real-labels {path!r}: entry {i} is {entry!r}: expected a list of class "
                                   "indices (integers >= 0), possibly empty")
+        if num_classes is not None and any(c >= num_classes for c in entry):
+            raise RealLabelsError(f"--real-labels {path!r}: entry {i} names class {max(entry)}, but {model} has "
+                                  f"{num_classes} classes (0 to {num_classes - 1}): the file is for another label set")
     names = [os.path.basename(p) for p in image_paths]
     order = sorted(range(len(names)), key=lambda i: names[i])
     for a, b in zip(order, order[1:]):
@@ -186,7 +199,8 @@ def _cell(value: Any, digits: int = 3) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as an aligned text table: one line per row."""
-    columns = [("checkpoint", "checkpoint", None), ("model", "model", None), ("weights", "weights", None),
+    columns = [("set", "eval_set", None)] if any("eval_set" in row for row in rows) else []
+    columns += [("checkpoint", "checkpoint", None), ("model", "model", None), ("weights", "weights", None),
                ("size", "img_size", None), ("crop", "crop_pct", 3), ("tta", "tta", None), ("top1", "top1", 3),
                ("top5", "top5", 3)]
     if any("real_top1" in row for row in rows):
@@ -198,7 +212,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     cells = [[names[row[key]] if key == "checkpoint" else _cell(row.get(key), digits if digits else 3)
               for _, key, digits in columns] for row in rows]
     widths = [max(len(title), *(len(line[i]) for line in cells)) for i, (title, _, _) in enumerate(columns)]
-    left = {"checkpoint", "model", "weights", "tta"}
+    left = {"eval_set", "checkpoint", "model", "weights", "tta"}
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.ljust(w) if columns[i][1] in left else v.rjust(w)
@@ -236,7 +250,7 @@ def run_suite(
     by_resolution: dict[Resolution, list[int]] = {}
     for i, job in enumerate(jobs):
         by_resolution.setdefault(job.resolution, []).append(i)
-    for resolution, members in by_resolution.items():
+    for number, (resolution, members) in enumerate(by_resolution.items(), start=1):
         loader, sample_indices = build_loader(resolution)
         models: dict[str, nn.Module] = {}
         fields: dict[int, dict[str, Any]] = {}
@@ -245,8 +259,14 @@ def run_suite(
             for mode, variant in tta_models(model, tta).items():
                 models[f"{i}/{mode}"] = variant
         prefix = f"@{resolution.img_size} crop {resolution.crop_pct:g}: "
-        metrics = evaluate_models(models, loader, device=device, amp=amp, dist=dist, log_prefix=prefix,
-                                  real_labels=real_labels, sample_indices=sample_indices)
+        # Rank 0 shows its share of the images with a rate and an ETA (a redrawn line on a terminal).
+        label = f"[{number}/{len(by_resolution)}] @{resolution.img_size} crop {resolution.crop_pct:g}, " \
+                f"{len(models)} model(s)" + (f", rank 0 of {dist.world_size}" if dist is not None and
+                                             dist.is_distributed else "")
+        with Progress(len(sample_indices), label, enabled=dist is None or dist.is_main) as progress:
+            metrics = evaluate_models(models, loader, device=device, amp=amp, dist=dist, log_prefix=prefix,
+                                      log_every=0, real_labels=real_labels, sample_indices=sample_indices,
+                                      progress=progress)
         for i in members:
             for mode in tta:
                 rows[i, mode] = {**metrics[f"{i}/{mode}"], **fields[i], "img_size": resolution.img_size,

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..progress import Progress
 from .collectives import all_reduce_sum
 from .distributed import DistInfo
 from .precision import amp_context
@@ -32,6 +33,7 @@ def evaluate_models(
         batch_to_device: Callable | None = None,
         real_labels: torch.Tensor | None = None,
         sample_indices: Sequence[int] | None = None,
+        progress: Progress | None = None,
 ) -> dict[str, dict]:
     """Evaluate several models (e.g. the model and its EMA) on each decoded batch in turn.
 
@@ -42,6 +44,7 @@ def evaluate_models(
     `sample_indices` (the dataset index of each image the loader yields on this rank, in order), each result
     also has real_top1: the top-1 over the images with labels, counting a hit when the prediction is among
     them. Hits are kept per dataset image and summed over ranks, and each image must arrive exactly once.
+    `progress` (t2t.progress.Progress) counts this rank's images as the batches arrive.
     """
     device = torch.device(device)
     for model in models.values():
@@ -58,6 +61,8 @@ def evaluate_models(
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
         count += targets.shape[0]
+        if progress is not None:
+            progress.update(targets.shape[0])
         for i, model in enumerate(models.values()):
             with amp_context(device, amp):
                 logits = model(images)

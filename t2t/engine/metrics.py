@@ -1,36 +1,35 @@
-"""What the user sees: rank-0 progress lines, TensorBoard scalars, summary.csv and log.jsonl."""
+"""What the user sees: rank-0 progress lines, TensorBoard scalars, summary.csv, log.jsonl and the trackers."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import logging
-import math
 import os
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from ..outputs import write_text
 
 _logger = logging.getLogger("t2t.train")
 
 
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
 class RunLogger:
-    """Per-step scalars to TensorBoard; one row per epoch to summary.csv and log.jsonl (rank 0 only)."""
+    """Per-step scalars to TensorBoard and the trackers; one row per epoch to summary.csv and log.jsonl (rank 0 only).
 
-    def __init__(self, folder: Optional[str], tensorboard: bool = True, *, resumed_step: Optional[int] = None) -> None:
+    `trackers` (t2t.engine.trackers.Trackers) get the same scalars; `checkpointed(step)`, which the
+    checkpoint writer may call from its thread, tells them that a checkpoint at `step` is on disk.
+    """
+
+    def __init__(self, folder: Optional[str], tensorboard: bool = True, *, resumed_step: Optional[int] = None,
+                 trackers: Any = None) -> None:
         """`resumed_step`: the global step of the checkpoint a resumed run starts from. Steps after it may have
         been logged by the process that was stopped; TensorBoard drops every event from the step after it on
-        (a purge marker at that step), so each step appears once, with the resumed run's values."""
+        (a purge marker at that step), so each step appears once, with the resumed run's values (the trackers
+        were started with the same step: t2t.engine.trackers)."""
         self.folder = folder
+        self.trackers = trackers
+        self._checkpointed: Optional[int] = None  # set by the writer thread, passed on by the training thread
+        self._passed: Optional[int] = None
         self.writer = None
         if folder is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -42,9 +41,25 @@ class RunLogger:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self._pass_checkpointed()
+            self.trackers.log(values, step)
 
-    def write_epochs(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite log.jsonl and summary.csv from the run's history (so a resumed run never repeats a row)."""
+    def checkpointed(self, step: int) -> None:
+        """A checkpoint at global step `step` is on disk (any thread: only a number is stored here)."""
+        self._checkpointed = step
+
+    def _pass_checkpointed(self) -> None:
+        step = self._checkpointed  # only the writer thread sets it, only this thread reads it: nothing is lost
+        if step is not None and step != self._passed:
+            self._passed = step
+            self.trackers.checkpointed(step)
+
+    def write_epochs(self, history: list[dict[str, Any]], *, scalar_keys: Optional[Iterable[str]] = None) -> None:
+        """Rewrite log.jsonl and summary.csv from the run's history (so a resumed run never repeats a row).
+
+        The last row's numbers go to TensorBoard, or only those of `scalar_keys` (columns added to a row
+        already logged)."""
         if self.folder is None or not history:
             return
         write_text(os.path.join(self.folder, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
@@ -55,13 +70,21 @@ class RunLogger:
         writer.writerows(history)
         write_text(os.path.join(self.folder, "summary.csv"), buf.getvalue())
         last = history[-1]
-        self.scalars({f"epoch/{k}": v for k, v in last.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}, last["epoch"])
+        keys = set(last) if scalar_keys is None else set(scalar_keys)
+        values = {f"epoch/{k}": v for k, v in last.items() if k in keys
+                  and isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
         if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, last["epoch"])
             self.writer.flush()
+        if self.trackers is not None:  # one step axis in a tracker: the epoch's row at its last global step
+            self._pass_checkpointed()
+            self.trackers.log({**values, "epoch/epoch": last["epoch"]}, last["global_step"])
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close TensorBoard and the trackers (`failed`: the run ended by an error, without a final checkpoint)."""
         if self.writer is not None:
             self.writer.close()
-
-
+        if self.trackers is not None:
+            self._pass_checkpointed()
+            self.trackers.close(failed=failed)

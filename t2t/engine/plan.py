@@ -52,17 +52,21 @@ class RunPlan:
     lr_base_batch_size: Optional[int] = None
     cooldown_epochs: Optional[int] = None
     teacher: Optional[dict[str, Any]] = None  # a distillation run's teacher file: path, size, sha256
+    holdout_fraction: Optional[float] = None  # data.holdout_fraction (None: a checkpoint from before it, i.e. 0)
+    minival_images: Optional[int] = None  # images it held out of the training folder
+    token_labels: Optional[dict[str, Any]] = None  # a token-label run's label folder: dir, teacher sha256, topk, size
 
     @classmethod
     def build(cls, cfg: Config, *, world_size: int, steps_per_epoch: int, classes: Sequence[str],
-              data_dir: str) -> "RunPlan":
+              data_dir: str, minival_images: int = 0) -> "RunPlan":
         batch, accum = global_batch(cfg.train, world_size)
         return cls(world_size=world_size, global_batch_size=batch, batch_size=cfg.train.batch_size,
                    grad_accum_steps=accum, lr=scaled_lr(cfg.optim.lr, batch, cfg.optim.lr_base_batch_size),
                    steps_per_epoch=steps_per_epoch, total_epochs=cfg.train.epochs + cfg.sched.cooldown_epochs,
                    num_classes=len(classes), classes=list(classes), data_dir=os.path.abspath(data_dir),
                    base_lr=cfg.optim.lr, lr_base_batch_size=cfg.optim.lr_base_batch_size,
-                   cooldown_epochs=cfg.sched.cooldown_epochs)
+                   cooldown_epochs=cfg.sched.cooldown_epochs, holdout_fraction=cfg.data.holdout_fraction,
+                   minival_images=minival_images)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,8 +94,9 @@ class RunPlan:
     def check_resume(self, saved: "RunPlan", *, path: str, train_dir: str) -> None:
         """Refuse a resume that cannot continue the saved run; warn about derived values that changed.
 
-        The classes and the global batch must stay (labels; lr and data position are counted in
-        steps of the global batch); the world size may change (gradient accumulation follows).
+        The classes, the global batch and the held-out fraction must stay (labels; lr and data position are
+        counted in steps of the global batch; the minival split is a function of the fraction and each image's
+        path, so the same fraction keeps it); the world size may change (gradient accumulation follows).
         """
         check_classes_match(saved.classes, self.classes, where=f"training folder {train_dir!r}",
                             fix=f" (checkpoint {path!r}); resume with the data the run was trained on")
@@ -101,8 +106,14 @@ class RunPlan:
                 f"({saved.world_size} processes); this launch makes {self.global_batch_size} with {self.world_size}. "
                 f"Set train.global_batch_size={saved.global_batch_size} to continue with the same batch, lr "
                 "schedule and data position (gradient accumulation is derived from it)")
+        held_before, held_now = saved.holdout_fraction or 0.0, self.holdout_fraction or 0.0
+        if held_before != held_now:
+            raise RunError(
+                f"{path} was trained with data.holdout_fraction={held_before:g}; this launch asks for {held_now:g}, "
+                "which would train on images the minival held out (or evaluate on images trained on): resume with "
+                f"data.holdout_fraction={held_before:g}, or start a new run")
         changed = [f"{name} {getattr(saved, name)!r} -> {getattr(self, name)!r}"
-                   for name in ("lr", "steps_per_epoch", "total_epochs")
-                   if getattr(saved, name) != getattr(self, name)]
+                   for name in ("lr", "steps_per_epoch", "total_epochs", "minival_images")
+                   if getattr(saved, name) not in (None, getattr(self, name))]
         if changed:
             _logger.warning("Resuming %s with a different plan: %s", path, "; ".join(changed))

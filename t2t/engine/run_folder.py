@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional
 
 from ..config import Config, ConfigError, config_from_dict
 from ..errors import T2TError
-from .checkpoint import find_resume_checkpoint, load_training_checkpoint, remove_stale_temporaries
+from .checkpoint import find_resume_checkpoint, is_run_checkpoint, load_training_checkpoint, \
+    remove_stale_temporaries
 from .collectives import broadcast_object
 from .distributed import DistInfo, env_int
 
@@ -26,13 +27,11 @@ class RunError(T2TError, RuntimeError):
 
 def _folder_holds_run(folder: str) -> bool:
     return os.path.isdir(folder) and any(
-        name == "config.yaml" or (name.endswith(".pth") and not name.startswith(".tmp-"))
-        for name in os.listdir(folder))
+        name == "config.yaml" or is_run_checkpoint(name) for name in os.listdir(folder))
 
 
 def _folder_has_checkpoints(folder: str) -> bool:
-    return os.path.isdir(folder) and any(
-        name.endswith(".pth") and not name.startswith(".tmp-") for name in os.listdir(folder))
+    return os.path.isdir(folder) and any(is_run_checkpoint(name) for name in os.listdir(folder))
 
 
 def _same_folder(a: str, b: str) -> bool:

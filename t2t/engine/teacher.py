@@ -8,9 +8,10 @@ the run's checkpoints, and a resume with another file is refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import timm
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..errors import T2TError
+from ..data.dataset import _class_difference as class_difference
 from ..models import DISTILLED_ARCHS, MODEL_ARCHS, VARIANTS
 from ..models.factory import create_model
 from ..models.weights import CheckpointError, checkpoint_filter_fn, describe_mismatch, extract_state_dict, \
@@ -26,7 +28,7 @@ from ..models.weights import CheckpointError, checkpoint_filter_fn, describe_mis
 
 _logger = logging.getLogger("t2t.train")
 
-__all__ = ["Teacher", "TeacherError", "check_same_teacher", "file_identity", "load_teacher"]
+__all__ = ["Teacher", "TeacherError", "check_same_teacher", "check_teacher_classes", "file_identity", "load_teacher"]
 
 
 class TeacherError(T2TError, ValueError):
@@ -75,6 +77,32 @@ def _name_from_checkpoint(checkpoint: Any) -> Optional[str]:
     return None
 
 
+def _recorded_classes(path: str, checkpoint: Any) -> Optional[list[str]]:
+    """The class names a t2t checkpoint (its run) or an exported .safetensors file (its metadata) records."""
+    names = None
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                names = json.loads((f.metadata() or {}).get("classes", "null"))
+        except ValueError:  # metadata that is not JSON: names unknown (the weights were read already)
+            names = None
+    elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("run"), Mapping):
+        names = checkpoint["run"].get("classes")
+    return [str(c) for c in names] if isinstance(names, list) else None
+
+
+def check_teacher_classes(recorded: Optional[Sequence[str]], classes: Sequence[str], source: str) -> None:
+    """Refuse a teacher whose recorded class names differ from the data's (same count, other names or order)."""
+    if recorded is None or list(recorded) == list(classes):
+        return
+    detail = class_difference(list(recorded), list(classes), "the teacher", "the data")
+    raise TeacherError(f"{source} was trained on other classes than the data's ({len(recorded)} named in the "
+                       f"teacher, {len(classes)} in the data): {detail}; its class i would be taken for the data's "
+                       "class i. Use a teacher trained on these class folders")
+
+
 class Teacher:
     """A frozen classifier called on the student's batch: resized to its input size, under no_grad.
 
@@ -110,8 +138,14 @@ def load_teacher(
         img_size: int,
         device: torch.device = torch.device("cpu"),
         source: str = "distill.teacher",
+        classes: Optional[Sequence[str]] = None,
+        model_source: str = "distill.teacher_model",
 ) -> Teacher:
-    """Build `model_name` (default: the name the checkpoint records) and load `path` into it, strictly."""
+    """Build `model_name` (default: the name the checkpoint records) and load `path` into it, strictly.
+
+    With `classes` (the data's class names), a teacher file that records its own class names must list
+    the same ones in the same order.
+    """
     if not os.path.isfile(path):
         raise TeacherError(f"{source}={path!r}: no such file (expected a t2t checkpoint, an official release "
                            "file, a timm/torchvision state dict or a .safetensors file)")
@@ -122,10 +156,12 @@ def load_teacher(
         raise TeacherError(str(e)) from None
     name = model_name or _name_from_checkpoint(checkpoint)
     if name is None:
-        raise TeacherError(f"{source}={path!r} records no model name timm knows: set distill.teacher_model "
+        raise TeacherError(f"{source}={path!r} records no model name timm knows: set {model_source} "
                            "(e.g. t2t_vit_14, resnet50)")
     if not timm.is_model(name.partition(".")[0]):
-        raise TeacherError(f"distill.teacher_model={name!r}: not a model timm knows")
+        raise TeacherError(f"{model_source}={name!r}: not a model timm knows")
+    if classes is not None:
+        check_teacher_classes(_recorded_classes(path, checkpoint), classes, f"{source}={path!r}")
     state_dict = strip_prefixes(state_dict)
     head = state_dict.get("head.weight", state_dict.get("fc.weight"))
     if head is not None and head.ndim == 2 and head.shape[0] != num_classes:
@@ -135,7 +171,7 @@ def load_teacher(
         model = create_model(ModelConfig(name=name, allow_any_timm_model=True), num_classes,
                              img_size=img_size if _is_t2t(name) else None, drop_rate=None, drop_path_rate=None)
     except Exception as e:  # timm raises several types for bad kwargs
-        raise TeacherError(f"distill.teacher_model={name!r} cannot be built: {e}") from None
+        raise TeacherError(f"{model_source}={name!r} cannot be built: {e}") from None
     state_dict = checkpoint_filter_fn(state_dict, model)
     target = model.state_dict()
     for key in [k for k in state_dict if k.startswith(("aux_head.", "head_dist.", "dist_token")) and k not in target]:
@@ -143,7 +179,7 @@ def load_teacher(
     mismatch = describe_mismatch(state_dict, target)
     if mismatch:
         raise TeacherError(f"{source}={path!r} ({where}) does not fit the teacher model {name}: {mismatch}; "
-                           "set distill.teacher_model to the model the file was trained as")
+                           f"set {model_source} to the model the file was trained as")
     model.load_state_dict(state_dict, strict=True)
     identity = file_identity(path)
     teacher = Teacher(model, name=name, img_size=img_size, identity=identity).to(device)

@@ -17,13 +17,13 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn as nn
 
+from ..progress import format_duration
 from .checkpoint import clean_state_dict
 from .collectives import all_reduce_sum, sum_over_ranks
 from .distributed import DistInfo
 from .evaluate import evaluate_models
 from .losses import TrainLoss
 from ..errors import EXIT_NONFINITE, T2TError
-from .metrics import format_duration
 from .optim import LRSchedule, set_lr
 from .precision import amp_context
 from .stopping import StopPolicy
@@ -338,17 +338,18 @@ class Trainer:
                 break  # stopped mid-epoch (the mid-epoch checkpoint is written)
             self.meters.flush(self.state)
             row = self.end_of_epoch_row(data.val_loader, last=self.state.epoch == total_epochs - 1,
-                                        eval_interval=eval_interval,
-                                        val_on_device=getattr(data, "val_on_device", None))
+                                        eval_interval=eval_interval, batch_to_device=data.feed.eval,
+                                        minival_loader=getattr(data, "minival_loader", None))
             row["images_per_sec"] = (self.state.step_in_epoch - steps_before) * global_batch_size / max(
                 time.perf_counter() - t_epoch, 1e-9)  # this session's share of the epoch, evaluation included
-            is_best = self._update_best(row, eval_metric)
+            score = self.score(row, eval_metric)
+            is_best = self._update_best(score)
             self.state.history.append(row)
             self.state.epoch += 1
             self.state.step_in_epoch = 0
             self.state.loss_sum, self.state.loss_count = 0.0, 0
             if checkpointer is not None:
-                checkpointer.save(self, end_of_epoch=True, is_best=is_best)
+                checkpointer.save(self, end_of_epoch=True, is_best=is_best, score=score)
             if write_epochs is not None:
                 write_epochs(self.state.history)
             if stop is not None:
@@ -357,10 +358,13 @@ class Trainer:
                 break
 
     def end_of_epoch_row(self, val_loader: Iterable, *, last: bool, eval_interval: int,
-                         val_on_device: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, Any]:
+                         batch_to_device: Optional[Callable[[Any, Any], Batch]] = None,
+                         minival_loader: Optional[Iterable] = None) -> dict[str, Any]:
         """Evaluate (model and EMA) if due and return the epoch's row for the logs.
 
-        `val_on_device` normalises uint8 validation batches on the device (the workers send a quarter of the bytes).
+        `batch_to_device` moves a validation batch to the device (`DeviceFeed.eval`: uint8 batches are
+        normalised there, the workers sending a quarter of the bytes); None: a plain copy.
+        `minival_loader` (data.holdout_fraction's held-out training images) adds minival_* columns.
         """
         loss_sum, loss_count = sum_over_ranks(self.state.loss_sum, self.state.loss_count)
         epoch = self.state.epoch
@@ -374,29 +378,37 @@ class Trainer:
         if (eval_interval > 0 and (epoch + 1) % eval_interval == 0) or last:
             nets = {"": self.model} if self.ema is None else {"": self.model, "ema_": self.ema.module}
             # One pass over the validation set: each decoded batch goes through the model and the EMA.
-            batch_to_device = None
-            if val_on_device is not None:
-                def batch_to_device(images, targets):
-                    return val_on_device(images), targets.to(self.device, non_blocking=True)
-            results = evaluate_models(nets, val_loader, device=self.device, amp=self.amp, dist=self.dist,
-                                      batch_to_device=batch_to_device)
-            for prefix, metrics in results.items():
-                row.update({f"{prefix}val_loss": metrics["loss"], f"{prefix}val_top1": metrics["top1"],
-                            f"{prefix}val_top5": metrics["top5"]})
+            for split, loader in (("val", val_loader), ("minival", minival_loader)):
+                if loader is None:
+                    continue
+                results = evaluate_models(nets, loader, device=self.device, amp=self.amp, dist=self.dist,
+                                          batch_to_device=batch_to_device)
+                for prefix, metrics in results.items():
+                    row.update({f"{prefix}{split}_loss": metrics["loss"], f"{prefix}{split}_top1": metrics["top1"],
+                                f"{prefix}{split}_top5": metrics["top5"]})
             _logger.info("epoch %d: val top-1 %.2f top-5 %.2f%s", epoch, row["val_top1"], row["val_top5"],
                          f", EMA top-1 {row['ema_val_top1']:.2f} top-5 {row['ema_val_top5']:.2f}"
                          if "ema_val_top1" in row else "")
+            if "minival_top1" in row:
+                _logger.info("epoch %d: minival top-1 %.2f%s", epoch, row["minival_top1"],
+                             f", EMA top-1 {row['ema_minival_top1']:.2f}" if "ema_minival_top1" in row else "")
         return row
 
-    def _update_best(self, row: dict[str, Any], metric: str) -> bool:
-        key = {"top1": "val_top1", "top5": "val_top5", "ema_top1": "ema_val_top1", "ema_top5": "ema_val_top5"}[metric]
-        if key not in row and key.startswith("ema_") and "val_top1" in row:
+    @staticmethod
+    def score(row: dict[str, Any], metric: str) -> Optional[tuple[str, float]]:
+        """(row key, value) of `metric` (eval.metric) in an epoch's row; None for an epoch without evaluation."""
+        key = {"top1": "val_top1", "top5": "val_top5", "ema_top1": "ema_val_top1", "ema_top5": "ema_val_top5",
+               "minival_top1": "minival_top1", "ema_minival_top1": "ema_minival_top1"}[metric]
+        if key not in row and key.startswith("ema_") and key[len("ema_"):] in row:
             key = key[len("ema_"):]  # EMA switched off: follow the model's own metric
         value = row.get(key)
-        if value is None:
+        return None if value is None else (key, float(value))
+
+    def _update_best(self, score: Optional[tuple[str, float]]) -> bool:
+        if score is None:
             return False
-        if self.state.best_metric is None or value > self.state.best_metric:
-            self.state.best_metric, self.state.best_epoch = value, row["epoch"]
+        if self.state.best_metric is None or score[1] > self.state.best_metric:
+            self.state.best_metric, self.state.best_epoch = score[1], self.state.epoch
             return True
         return False
 

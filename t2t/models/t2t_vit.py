@@ -101,6 +101,7 @@ class T2TViT(nn.Module):
         if global_pool not in ("token", ""):
             raise ValueError(f"global_pool={global_pool!r}: expected 'token' or ''")
         self.img_size = img_size
+        self.in_chans = in_chans  # timm's tasks (LogitDistillationTask, ...) read it
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim

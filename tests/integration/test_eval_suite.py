@@ -100,7 +100,7 @@ def test_sweep_rows_equal_separate_invocations(data, tmp_path, capsys):
         expected = counts_of(hand_logits(model, data["samples"], size, crop), data["samples"])
         assert rows[i]["top1"] == expected["top1"] and rows[i]["top5"] == expected["top5"]
         assert rows[i]["loss"] == pytest.approx(expected["loss"], rel=1e-4)
-    header = [line for line in stdout.splitlines() if line.startswith("checkpoint")]
+    header = [line for line in stdout.splitlines() if line.split()[:2] == ["set", "checkpoint"]]
     assert len(header) == 1 and "size" in header[0] and "top1" in header[0]  # the table, once
 
 

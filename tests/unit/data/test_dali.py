@@ -16,7 +16,7 @@ from t2t.config import ConfigError, load_config
 from t2t.data import dali as dali_backend
 from t2t.data.dataset import DatasetError, ImageFolderDataset
 from t2t.data.sampler import TrainSampler
-from t2t.data.setup import build_train_and_val
+from t2t.data.setup import DataSpec, build_train_and_val
 from t2t.models.factory import resolve_eval_preprocessing
 from t2t.rng import SEED_STREAM_SAMPLE, derive_seed, seed_global_rngs
 from train_helpers import make_colour_dataset, make_data
@@ -28,10 +28,10 @@ needs_dali = pytest.mark.skipif(not HAVE_DALI, reason='NVIDIA DALI is not instal
 def _build(cfg, data_dir, *, batch_size=8, eval_batch_size=4, num_replicas=1, rank=0):
     pre = resolve_eval_preprocessing(cfg.model.name, img_size=cfg.model.img_size, crop_pct=cfg.eval.crop_pct,
                                      interpolation=cfg.eval.interpolation)
-    return build_train_and_val(cfg.data, data_dir, img_size=cfg.model.img_size, seed=cfg.train.seed,
-                               batch_size=batch_size, global_batch_size=batch_size * num_replicas,
-                               eval_batch_size=eval_batch_size, eval_crop_pct=pre.crop_pct,
-                               eval_interpolation=pre.interpolation, num_replicas=num_replicas, rank=rank)
+    cfg.eval.batch_size = eval_batch_size
+    spec = DataSpec.from_config(cfg, batch_size=batch_size, global_batch_size=batch_size * num_replicas,
+                                eval_crop_pct=pre.crop_pct, eval_interpolation=pre.interpolation)
+    return build_train_and_val(spec, data_dir, num_replicas=num_replicas, rank=rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_label_alignment_repeats_and_partial_eval_batch(tmp_path):
     cfg = load_config(None, ["data.backend=dali", "model.img_size=32", "data.auto_augment=null", "data.workers=2",
                              "data.color_jitter=0", "data.repeated_aug=true", "data.scale=[0.3, 1.0]"])
     data = _build(cfg, data_dir, batch_size=4)
-    assert data.on_device is not None
+    assert data.feed.train_images is not None
     seen = 0
     for epoch in range(2):
         for images, targets in data.train_batches(epoch):

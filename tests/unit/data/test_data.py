@@ -1,6 +1,7 @@
 """Tests for t2t.data: folders and errors, per-sample seeding, samplers, loaders, transforms, mixup, demo data."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
@@ -951,3 +952,34 @@ def test_class_folders_named_by_index_sort_by_value(tmp_path):
     os.makedirs(tmp_path / "v2" / "09")
     with pytest.raises(DatasetError, match=r"'09' and '9' name the same index"):
         find_classes(str(tmp_path / "v2"))
+
+
+def test_simple_random_crop_with_3_augment(tmp_path):
+    """data.train_transform=src with data.auto_augment=3a (DeiT III): the whole picture resized, padded by
+    reflection and cropped (at most 4 px off), flipped; then one of greyscale, solarize and blur, colour jitter."""
+    from t2t.config import load_config
+    from t2t.data.setup import build_train_tf
+    from timm.data.auto_augment import AutoAugment
+    cfg = load_config(None, ["data.train_transform=src", "data.auto_augment=3a", "data.color_jitter=0.3",
+                             "data.interpolation=bicubic", "data.reprob=0"]).data
+    tf = build_train_tf(cfg, 32)
+    names = [type(t).__name__ for t in tf.transforms]
+    assert names[:3] == ["Resize", "RandomCrop", "RandomHorizontalFlip"] and tf.transforms[1].padding_mode == "reflect"
+    colour = [type(t).__name__ for t in tf.transforms[3].transforms]
+    assert any(isinstance(t, AutoAugment) for t in tf.transforms[3].transforms) and "ColorJitter" in colour
+    ops = {op.name for policy in next(t for t in tf.transforms[3].transforms if isinstance(t, AutoAugment)).policy
+           for op in policy}
+    assert ops == {"Desaturate", "Solarize", "GaussianBlurRand"}  # timm's 3-Augment
+    # A picture whose left half is black and right half white: the crop moves it by at most 4 px.
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[:, 32:] = 255
+    plain = build_train_tf(dataclasses.replace(cfg, auto_augment=None, color_jitter=0.0, hflip=0.0), 32)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        out = plain(Image.fromarray(pixels))
+        assert out.shape == (3, 32, 32)
+        edge = int((out[0, 16] > 0).float().argmax())  # first white column
+        assert 12 <= edge <= 20
+    with pytest.raises(Exception, match="interpolation='random' is for data.train_transform=imagenet"):
+        build_train_tf(dataclasses.replace(cfg, interpolation="random"), 32)

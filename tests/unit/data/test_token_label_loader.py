@@ -124,10 +124,10 @@ def build_data(data_dir, label_dir, *overrides, batch_size=8):
     cfg = load_config(overrides=["model.img_size=64", "data.workers=0", "data.auto_augment=null", "data.reprob=0",
                                  "data.interpolation=bilinear", "data.scale=[0.2,1.0]", *overrides])
     cfg.token_label.dir = label_dir
-    data = data_setup.build_train_and_val(
-        cfg.data, data_dir, img_size=64, seed=3, batch_size=batch_size, global_batch_size=batch_size,
-        eval_batch_size=8, eval_crop_pct=0.9, eval_interpolation="bilinear", token_label=cfg.token_label,
-        label_smoothing=0.0)
+    cfg.train.seed, cfg.eval.batch_size, cfg.loss.label_smoothing = 3, 8, 0.0
+    spec = data_setup.DataSpec.from_config(cfg, batch_size=batch_size, global_batch_size=batch_size,
+                                           eval_crop_pct=0.9, eval_interpolation="bilinear")
+    data = data_setup.build_train_and_val(spec, data_dir)
     return cfg, data
 
 
@@ -140,7 +140,7 @@ def images_as_rgb(images: torch.Tensor) -> np.ndarray:
 def test_map_in_a_training_batch_is_the_map_of_the_crop_and_flip_the_image_got(quadrants):
     data_dir, label_dir = quadrants
     _, data = build_data(data_dir, label_dir)
-    to_device = data.batch_to_device(torch.device("cpu"))
+    to_device = data.feed.train
     checked = 0
     for epoch in range(3):
         images, targets = next(iter(data.train_batches(epoch)))
@@ -180,7 +180,7 @@ def test_mix_token_in_the_loader_path(quadrants):
     data_dir, label_dir = quadrants
     cfg, data = build_data(data_dir, label_dir, "mixup.mixup_alpha=0", "mixup.cutmix_alpha=0")
     mix = data_setup.build_mix_token_fn(cfg.token_label, cfg.mixup)
-    to_device = data.batch_to_device(torch.device("cpu"))
+    to_device = data.feed.train
     images, (cls, dense) = to_device(*next(iter(data.train_batches(0))))
     boxes = set()
     for step in range(10):
@@ -277,3 +277,18 @@ def test_token_label_recipes_load(name):
     cfg = load_config(os.path.join(RECIPE_DIR, name))
     assert cfg.model.token_label and cfg.token_label.dir
     assert cfg.mixup.mixup_alpha == 0 and cfg.mixup.cutmix_alpha == 0
+
+
+def test_token_labels_on_shards_are_the_folders(quadrants, tmp_path):
+    """Shards made from the folder find each image's map by its path in the folder: the same batches."""
+    from t2t.data.shards import make_shards
+
+    data_dir, label_dir = quadrants
+    shards = str(tmp_path / "shards")
+    make_shards(data_dir, shards, shard_size=3)
+    _, from_folder = build_data(data_dir, label_dir)
+    _, from_shards = build_data(shards, label_dir, "data.format=shards")
+    for epoch in range(2):
+        (a, ta), (b, tb) = next(iter(from_folder.train_batches(epoch))), next(iter(from_shards.train_batches(epoch)))
+        assert torch.equal(a, b) and ta.keys() == tb.keys()
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)

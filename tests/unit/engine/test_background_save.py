@@ -24,12 +24,12 @@ class SlowWriter(CheckpointWriter):
         super().__init__(folder)
         self.seconds, self.fail, self.spans = seconds, fail, []
 
-    def save(self, state, *, epoch, step, end_of_epoch, is_best):
+    def save(self, state, *, epoch, step, end_of_epoch, is_best, score=None):
         start = time.monotonic()
         time.sleep(self.seconds)
         if self.fail:
             raise CheckpointSaveError(f"could not save checkpoint in {self.folder!r}: No space left on device")
-        path = super().save(state, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best)
+        path = super().save(state, epoch=epoch, step=step, end_of_epoch=end_of_epoch, is_best=is_best, score=score)
         self.spans.append((start, time.monotonic()))
         return path
 
@@ -68,3 +68,16 @@ def test_an_error_of_the_writer_thread_is_raised_at_the_next_save_and_at_close(t
     with pytest.raises(CheckpointSaveError):  # a failed last write is raised at the exit
         writer.close()
     assert not os.listdir(tmp_path)
+
+
+def test_on_written_hears_each_step_once_its_file_is_on_disk(tmp_path):
+    heard = []
+
+    def on_written(step):
+        heard.append((step, os.path.exists(tmp_path / f"step-{step:08d}.pth")))
+
+    writer = BackgroundCheckpointWriter(SlowWriter(str(tmp_path), seconds=0.2), on_written=on_written)
+    writer.save(_state(3, torch.zeros(4)), epoch=0, step=3, end_of_epoch=False, is_best=False)
+    assert heard == []  # still writing
+    writer.close()
+    assert heard == [(3, True)]

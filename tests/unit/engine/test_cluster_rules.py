@@ -227,24 +227,26 @@ def test_model_and_ema_are_evaluated_on_one_pass(monkeypatch):
 
 def test_uint8_batches_normalised_on_the_device(data_dir):
     """The CUDA path: workers send uint8 images; BatchNormalizeErase makes the float batch on the device."""
-    from t2t.config import DataConfig
+    from t2t.config import load_config
     from t2t.data import setup as data_setup
 
-    cfg = DataConfig(workers=0, auto_augment=None, reprob=0.0, color_jitter=0.0, hflip=0.0, scale=(1.0, 1.0),
-                     ratio=(1.0, 1.0))
-    kwargs = dict(img_size=32, seed=0, batch_size=4, global_batch_size=4, eval_batch_size=8, eval_crop_pct=0.9,
-                  eval_interpolation="bicubic")
-    as_uint8 = data_setup.build_train_and_val(cfg, data_dir, normalize_on_device=True, **kwargs)
-    as_float = data_setup.build_train_and_val(cfg, data_dir, normalize_on_device=False, **kwargs)
-    assert as_float.on_device is None
+    cfg = load_config(None, ["data.workers=0", "data.auto_augment=null", "data.reprob=0.0", "data.color_jitter=0.0",
+                             "data.hflip=0.0", "data.scale=[1.0,1.0]", "data.ratio=[1.0,1.0]", "model.img_size=32",
+                             "train.seed=0", "train.batch_size=4", "eval.batch_size=8"])
+    kwargs = dict(global_batch_size=4, eval_crop_pct=0.9, eval_interpolation="bicubic")
+    as_uint8 = data_setup.build_train_and_val(
+        data_setup.DataSpec.from_config(cfg, normalize_on_device=True, **kwargs), data_dir)
+    as_float = data_setup.build_train_and_val(
+        data_setup.DataSpec.from_config(cfg, normalize_on_device=False, **kwargs), data_dir)
+    assert as_float.feed.train_images is None
     raw, _ = next(iter(as_uint8.train_batches(0)))
     ref, _ = next(iter(as_float.train_batches(0)))
     assert raw.dtype == torch.uint8 and ref.dtype == torch.float32
-    torch.testing.assert_close(as_uint8.on_device(raw), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(as_uint8.feed.train_images(raw), ref, rtol=0, atol=1e-5)
     assert raw.element_size() * raw.nelement() * 4 == ref.element_size() * ref.nelement()
     # Validation batches too: uint8 from the workers, the same float batch once normalised on the device.
-    assert as_float.val_on_device is None
+    assert as_float.feed.eval_images is None
     val_raw, val_targets = next(iter(as_uint8.val_loader))
     val_ref, ref_targets = next(iter(as_float.val_loader))
     assert val_raw.dtype == torch.uint8 and torch.equal(val_targets, ref_targets)
-    assert torch.equal(as_uint8.val_on_device(val_raw), val_ref)
+    assert torch.equal(as_uint8.feed.eval_images(val_raw), val_ref)

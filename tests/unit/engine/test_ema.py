@@ -64,3 +64,60 @@ def test_cached_ema_update_is_one_fused_lerp():
     with Calls() as calls:
         ModelEmaV3(model, decay=0.9).update(model, step=2)
     assert calls.names.count("aten.detach") > 100  # timm's walks both state dicts at every update
+
+
+def _ema_steps(ema, model, steps):
+    """Move the model's weights at each optimizer step and update the EMA; the EMA weight after each step."""
+    seen = []
+    for step in range(steps):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        ema.update(model, step=step)
+        seen.append(ema.module.weight.detach().clone())
+    return seen
+
+
+def test_warmup_decay_and_interval_follow_timms_formula_step_by_step():
+    from t2t.config import load_config
+    from t2t.engine.ema import build_ema
+
+    cfg = load_config(overrides=["ema.decay=0.999", "ema.warmup=true", "ema.warmup_gamma=2.0",
+                                 "ema.warmup_power=0.75", "ema.interval=3"]).ema
+    timms = ModelEmaV3(torch.nn.Linear(4, 2), decay=0.999, use_warmup=True, warmup_gamma=2.0, warmup_power=0.75)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    ema = build_ema(model, cfg)
+    # timm's decay table: 0 for the first update, then the warm-up up to ema.decay
+    table = [timms.get_decay(step) for step in range(40)]
+    assert table[0] == 0.0 and 0.0 < table[5] < table[20] < 0.999
+    assert [ema.get_decay(step) for step in range(40)] == table
+    expected = ema.module.weight.detach().clone()
+    weights = _ema_steps(ema, model, 12)
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(4, 2)
+    for step, weight in enumerate(weights):
+        with torch.no_grad():
+            reference.weight.add_(torch.randn_like(reference.weight))
+        if (step + 1) % 3 == 0:  # updated after steps 2, 5, 8, 11 only, with the decay of that step
+            expected = expected.lerp(reference.weight.detach(), 1.0 - table[step])
+        assert torch.equal(weight, expected), step
+
+
+def test_ema_interval_is_a_function_of_the_step_so_a_resume_continues_it():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    straight = CachedModelEma(model, decay=0.9, use_warmup=True, interval=2)
+    straight_weights = _ema_steps(straight, model, 7)
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 2)  # the same weights and the same draws after them
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    first = CachedModelEma(model, decay=0.9, use_warmup=True, interval=2)
+    _ema_steps(first, model, 3)
+    resumed = CachedModelEma(model, decay=0.9, use_warmup=True, interval=2)  # a new process, loaded from a save
+    resumed.module.load_state_dict(first.module.state_dict())
+    for step in range(3, 7):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        resumed.update(model, step=step)
+    assert torch.equal(resumed.module.weight, straight_weights[-1])

@@ -8,12 +8,12 @@ import timm
 import torch
 
 from t2t.config import load_config
-from t2t.engine.checkpoint import CheckpointWriter, atomic_save, find_resume_checkpoint
+from t2t.engine.checkpoint import CheckpointWriter, atomic_save, find_resume_checkpoint, kept_best_checkpoints
 from t2t.engine.losses import SoftTargetLoss
 from t2t.engine.optim import LRSchedule
 from t2t.engine.run import run
 from t2t.engine.trainer import NonFiniteLossError, Trainer, TrainState
-from train_helpers import load, make_data, save_fake, write_config
+from train_helpers import fake_checkpoint, load, make_data, save_fake, write_config
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,24 @@ def test_best_and_epoch_copies_are_links_to_one_write(tmp_path, monkeypatch):
     save_fake(writer, 18, 1, end_of_epoch=True, is_best=False)
     assert load(tmp_path / "best.pth")["train_state"]["global_step"] == 9  # replacing last.pth leaves best.pth as it was
     assert load(tmp_path / "last.pth")["train_state"]["global_step"] == 18
+
+
+def test_keep_best_keeps_the_k_best_epochs_across_a_resume(tmp_path):
+    scores = [70.0, 72.5, 71.0, 69.0, 74.25, 72.5]  # epochs 0..5 (epoch 5 ties epoch 1: the earlier one stays)
+    first = CheckpointWriter(str(tmp_path), keep_best=2)
+    for epoch in range(3):
+        first.save(fake_checkpoint(9 * (epoch + 1), epoch), epoch=epoch, step=9 * (epoch + 1), end_of_epoch=True,
+                   is_best=False, score=("ema_val_top1", scores[epoch]))
+    assert sorted(os.listdir(tmp_path)) == ["best-epoch-0001-ema_val_top1-72.500.pth",
+                                            "best-epoch-0002-ema_val_top1-71.000.pth", "last.pth"]
+    resumed = CheckpointWriter(str(tmp_path), keep_best=2)  # a new process: the ranking comes from the folder
+    for epoch in range(3, 6):
+        resumed.save(fake_checkpoint(9 * (epoch + 1), epoch), epoch=epoch, step=9 * (epoch + 1), end_of_epoch=True,
+                     is_best=False, score=("ema_val_top1", scores[epoch]))
+        resumed.save(fake_checkpoint(9 * (epoch + 1) + 3, epoch + 1), epoch=epoch + 1, step=9 * (epoch + 1) + 3,
+                     end_of_epoch=False, is_best=False)  # mid-epoch files never count
+    kept = [(value, epoch) for value, epoch, _ in kept_best_checkpoints(str(tmp_path), "ema_val_top1")]
+    assert kept == [(74.25, 4), (72.5, 1)]
+    for value, epoch, path in kept_best_checkpoints(str(tmp_path), "ema_val_top1"):
+        assert load(path)["train_state"]["epoch"] == epoch  # each file is that epoch's checkpoint
+    assert kept_best_checkpoints(str(tmp_path), "val_top1") == []  # another metric's ranking is separate

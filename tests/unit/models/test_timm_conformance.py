@@ -53,6 +53,21 @@ def test_forward_and_backward_reach_every_parameter(name):
 
 
 @pytest.mark.parametrize("name", slow_except(ALL, *TINY))
+def test_timms_distillation_tasks_accept_the_model(name):
+    """timm's tasks read `in_chans` (and num_classes) from the student: every model and its distilled twin."""
+    from timm.task import LogitDistillationTask, TokenDistillationTask
+    model = _create(name, num_classes=4)
+    assert model.in_chans == 3 and _create(name, num_classes=4, in_chans=1).in_chans == 1
+    teacher = _create("t2t_vit_7", num_classes=4).eval()
+    out = LogitDistillationTask(model, teacher, criterion=torch.nn.CrossEntropyLoss())(_input(), torch.tensor([0, 3]))
+    assert out["loss"].isfinite()
+    if timm.is_model(name + "_distilled"):
+        student = timm.create_model(name + "_distilled", **SMALL[name][0], img_size=SIZE, num_classes=4)
+        task = TokenDistillationTask(student, teacher, criterion=torch.nn.CrossEntropyLoss())
+        assert student.in_chans == 3 and task(_input(), torch.tensor([0, 3]))["loss"].isfinite()
+
+
+@pytest.mark.parametrize("name", slow_except(ALL, *TINY))
 def test_default_cfg(name):
     model = _create(name).eval()
     cfg, state_dict = model.pretrained_cfg, model.state_dict()
