@@ -1,17 +1,14 @@
 """validate.py --eval-set: several named sets in one call, each equal to its own call and to a hand count."""
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from test_validate import MODEL, ROOT, hand_metrics, tiny_model
-
-sys.path.insert(0, ROOT)
-import validate  # noqa: E402
+from t2t import validate
+from test_validate import MODEL, hand_metrics, tiny_model
 
 CLASSES = sorted(f"c{i}" for i in range(12))  # as training records them: c0, c1, c10, c11, c2, ...
 COUNTS = (1,) * 11 + (2,)  # 13 images: odd, so the second of two ranks gets one fewer
