@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..cli import ArgumentParser, UsageError, run_main
-from ..engine.checkpoint_schema import TrainingCheckpoint
+from ..checkpoint_schema import TrainingCheckpoint
 from ..models.weights import CheckpointError, read_checkpoint, strip_prefixes
 from ..outputs import atomic_output, check_output_file
 

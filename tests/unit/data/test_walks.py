@@ -8,7 +8,7 @@ import socket
 import pytest
 from PIL import Image
 
-from t2t.cli import list_images
+from t2t.data.dataset import list_images
 from t2t.data.dataset import ImageFolderDataset
 from t2t.walk import walk_files
 
@@ -51,7 +51,7 @@ def test_training_listing_skips_fifos_and_symlink_loops(tricky):
 
 
 def test_predict_and_visualize_inputs_skip_fifos_and_symlink_loops(tricky):
-    # predict.py and visualize.py take --images through t2t.cli.list_images
+    # predict.py and visualize.py take --images through t2t.data.dataset.list_images
     import predict
     import t2t.visualize
 
