@@ -52,7 +52,7 @@ def test_training_listing_skips_fifos_and_symlink_loops(tricky):
 
 def test_predict_and_visualize_inputs_skip_fifos_and_symlink_loops(tricky):
     # predict.py and visualize.py take --images through t2t.data.dataset.list_images
-    import predict
+    from t2t import predict
     import t2t.visualize
 
     assert predict.list_images is list_images and t2t.visualize.list_images is list_images
