@@ -20,9 +20,10 @@ from PIL import Image
 
 import t2t  # noqa: F401
 import t2t.outputs
-from t2t import visualize
+from t2t import predict, validate, visualize
 from t2t.cli import EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, exit_status
 from t2t.config import ConfigError, load_config
+from t2t.data.dataset import open_folder
 from t2t.data.token_label import LabelMapError, TokenLabelDataset, open_label_dir, read_label_map, save_label_map
 from t2t.engine.run import RunError, _check_labels_on_resume, run
 from t2t.engine.run_folder import choose_resume
@@ -34,20 +35,10 @@ CLASSES = ["disc", "square", "triangle"]  # make_data's class folders, sorted
 
 
 def _validate_main(argv):
-    sys.path.insert(0, ROOT)
-    try:
-        import validate
-    finally:
-        sys.path.remove(ROOT)
     return validate.main(argv)
 
 
 def _predict_main(argv):
-    sys.path.insert(0, ROOT)
-    try:
-        import predict
-    finally:
-        sys.path.remove(ROOT)
     return predict.main(argv)
 
 
@@ -166,11 +157,6 @@ def test_rule4_visualize_reads_a_16_bit_png_as_predict_does(setup, tmp_path, mon
     monkeypatch.setattr(attention_maps, "capture", lambda model, x, **kw: (seen.append(x), capture(model, x, **kw))[1])
     assert visualize.main(["--checkpoint", str(root / "teacher.pth"), "--images", path, "--output",
                            str(tmp_path / "vis"), "--what", "rollout"]) == 0
-    sys.path.insert(0, ROOT)
-    try:
-        import predict
-    finally:
-        sys.path.remove(ROOT)
     from t2t.inference import load_model
     expected = predict.ImageFiles([path], load_model(str(root / "teacher.pth")).transform)[0][0]
     assert torch.equal(seen[0][0], expected)
@@ -282,7 +268,6 @@ def test_rule6_a_full_disk_names_the_file_and_leaves_no_temporary(setup, tmp_pat
         assert os.listdir(out) == []
     else:
         from t2t.engine.metrics import RunLogger
-        from train import TRAIN_EXIT_STATUS  # noqa: F401  (train.py's table: any OSError of a run is a failed write)
         os.makedirs(out)
         monkeypatch.setattr(t2t.outputs, "_fsync_path", _enospc)
         with pytest.raises(OSError) as e:
@@ -386,8 +371,9 @@ def test_rule7_nan_label_maps_name_the_file(setup, tmp_path):
     target = sorted(f for f in _files(out) if f.endswith(".pt"))[0]
     values, indices = read_label_map(str(out / target))
     save_label_map(str(out / target), values * float("nan"), indices)
-    dataset = TokenLabelDataset(os.path.join(data, "train"), label_dir=str(out))
-    image = next(p for p, _ in dataset.samples if p.endswith(os.path.splitext(target)[0] + ".jpg"))
+    dataset = TokenLabelDataset(open_folder(os.path.join(data, "train")), label_dir=str(out))
+    paths = [os.path.join(dataset.root, dataset.reader.relpath(i)) for i in range(len(dataset))]
+    image = next(p for p in paths if p.endswith(os.path.splitext(target)[0] + ".jpg"))
     with pytest.raises(LabelMapError, match="NaN") as e:
         dataset.label_map(image)
     assert target in str(e.value)
