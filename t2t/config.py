@@ -102,10 +102,13 @@ class DataConfig:
     # batches each loader worker prepares ahead (shared memory: see docs/clusters.md)
     prefetch_factor: int = checked(2, AT_LEAST_1)
     # auto: an extracted CIFAR folder is read as CIFAR, DATA_DIR/train/*.tar as shards, else the ImageFolder layout;
-    # shards: DATA_DIR/train/*.tar and DATA_DIR/val/*.tar in the webdataset layout (scripts/make_shards.py)
-    format: Literal["auto", "imagefolder", "cifar", "shards"] = "auto"
-    # global: one permutation of all images per epoch; block (shards): the shards permuted per epoch and the
-    # images shuffled within windows of data.block_shards shards, so each shard is read front to back
+    # DATA_DIR/train/*.parquet (or a Hugging Face download's DATA_DIR/data/train-*.parquet) as parquet;
+    # shards: DATA_DIR/train/*.tar and DATA_DIR/val/*.tar in the webdataset layout (scripts/make_shards.py);
+    # parquet: image bytes + label columns, the Hugging Face ImageNet layout (needs the extra t2t-vit[parquet])
+    format: Literal["auto", "imagefolder", "cifar", "shards", "parquet"] = "auto"
+    # global: one permutation of all images per epoch; block (shards, parquet): the shards (parquet row groups)
+    # permuted per epoch and the images shuffled within windows of data.block_shards of them, so each is read
+    # front to back
     shuffle: Literal["global", "block"] = "global"
     block_shards: int = checked(4, AT_LEAST_1)
     # imagenet: RandomResizedCrop + RandAugment + erasing (DeiT / T2T-ViT); cifar: resize, RandomCrop(padding=img_size // 8), flip;
@@ -549,8 +552,8 @@ def check_data_settings(cfg: Config) -> None:
     if cfg.data.backend == "dali":
         _check_dali_config(cfg.data)
     if cfg.data.shuffle == "block" and cfg.data.format in ("imagefolder", "cifar"):
-        raise ConfigError(f"data.shuffle=block with data.format={cfg.data.format}: block order reads shards; set "
-                          "data.format=shards (or auto) or data.shuffle=global")
+        raise ConfigError(f"data.shuffle=block with data.format={cfg.data.format}: block order reads shards or parquet row "
+                          "groups; set data.format=shards, parquet (or auto) or data.shuffle=global")
     _check_token_label_settings(cfg)
 
 
