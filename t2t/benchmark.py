@@ -80,7 +80,7 @@ from .engine.precision import amp_context, amp_dtype
 from .engine.optim import build_optimizer
 from .models import cpu
 from .models.factory import create_model, named_model_config
-from .outputs import atomic_output, check_output_file
+from .outputs import check_output_file, write_text
 from .runtime import keep_freed_memory
 
 # Problems with the arguments or the data folder: one line on stderr, exit status 2, nothing written.
@@ -600,10 +600,7 @@ def _benchmark_and_report(args: argparse.Namespace) -> int:
         results = benchmark_compare(args) if args.compare else benchmark_model(args)
     print_table(results)
     if args.json:
-        with atomic_output(args.json) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=2)
-                f.write("\n")
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -56,7 +56,7 @@ from .inference import CheckpointInfo, check_batch_fits, inspect_checkpoint, res
 from .models import CheckpointError
 from .models.factory import EvalPreprocessing, create_model, resolve_eval_preprocessing
 from .models.weights import EMA_KEYS
-from .outputs import atomic_output
+from .outputs import write_text
 from .runtime import keep_freed_memory
 
 _logger = logging.getLogger("validate")
@@ -275,10 +275,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for results in rows:
         print(json.dumps(results), flush=True)
     if args.results_file:
-        with atomic_output(args.results_file) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(rows[0], f, indent=2)
-                f.write("\n")
+        write_text(args.results_file, json.dumps(rows[0], indent=2) + "\n")
     write_rows(rows, json_path=args.json, csv_path=args.csv)
 
 

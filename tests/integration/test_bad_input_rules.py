@@ -108,6 +108,25 @@ def test_rule2_real_labels_outside_the_models_classes_are_refused(setup, tmp_pat
     _one_line(capsys, "real.json", "entry 2 names class 7", "3 classes")
 
 
+@pytest.mark.parametrize("teacher", ["a run folder", "a model name"])
+def test_rule2_a_teacher_that_is_not_a_file_says_what_it_is(setup, tmp_path, capsys, teacher):
+    root, data, _ = setup
+    args = _label_args(root, data, tmp_path / "out")
+    if teacher == "a run folder":
+        run = tmp_path / "run"
+        os.makedirs(run)
+        for name in ("step-00000003.pth", "last.pth", "config.yaml"):
+            (run / name).write_bytes(b"")
+        args[1] = str(run)
+        needles = [f"--teacher={str(run)!r} is a folder", "it holds last.pth, step-00000003.pth: name one"]
+    else:
+        args[1] = "t2t_vit_7"
+        needles = ["--teacher='t2t_vit_7' is a model name and no such file exists", "--teacher-model"]
+    assert labels_main(args) == EXIT_USAGE
+    _one_line(capsys, *needles)
+    assert not os.path.exists(tmp_path / "out")
+
+
 # ---------------------------------------------------------------------------------------------
 # Rule 3: a resumable tool re-checks what it skips
 
@@ -199,6 +218,32 @@ def test_rule5_a_huge_batch_size_is_one_line(setup, tmp_path, capsys, tool):
         status = labels_main(_label_args(root, data, tmp_path / "out")[:-4] + ["--batch-size", huge])
     assert status == EXIT_USAGE
     _one_line(capsys, huge)
+
+
+def test_rule5_validate_json_and_csv_on_one_file_is_one_line(setup, tmp_path, capsys):
+    root, data, _ = setup
+    argv = ["--checkpoint", str(root / "teacher.pth"), "--data-dir", data, "--img-size", "32", "--workers", "0",
+            "--json", str(tmp_path / "rows"), "--csv", os.path.join(str(tmp_path), ".", "rows")]
+    assert _validate_main(argv) == EXIT_USAGE
+    _one_line(capsys, "--csv", "is also the file of --json", "each output needs its own file; choose another --csv")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("topk", ["0", "-3", "7"])
+def test_rule5_predict_topk_is_bounded_by_one_and_said_above_the_classes(setup, tmp_path, capsys, topk):
+    root, data, _ = setup
+    out = tmp_path / "preds.json"
+    status = _predict_main(["--checkpoint", str(root / "teacher.pth"), "--images", os.path.join(data, "val"),
+                            "--img-size", "32", "--workers", "0", "--topk", topk, "--output", str(out)])
+    if topk == "7":  # every class, ranked, and a line that says so
+        assert status == 0
+        assert f"--topk 7 is more than the 3 classes of {root / 'teacher.pth'}: 3 predictions per image" in \
+            capsys.readouterr().err
+        assert {len(row["predictions"]) for row in json.loads(out.read_text())} == {3}
+    else:
+        assert status == EXIT_USAGE
+        _one_line(capsys, f"--topk {topk}: expected a number of predictions per image >= 1")
+        assert not out.exists()
 
 
 def test_rule5_visualize_channels_beyond_the_model_are_refused_before_drawing(setup, tmp_path, capsys):
