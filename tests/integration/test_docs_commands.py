@@ -47,8 +47,6 @@ LARGE_MODELS = re.compile(r"\bt2t_vit_(?:t_)?(?:10|12|14|19|24)\b")
 # Placeholders of the pages and what they stand for here; each (pattern, replacement, why).
 REWRITES = [
     (re.compile(r"(?<![\w.])/data/"), "data/", "ImageNet-layout roots: the fixtures under data/"),
-    (re.compile(r"--data-dir OUT\b"), "--data-dir data/imagenet-shards", "OUT: the shards folder written before"),
-    (re.compile(r"--data-dir DIR\b"), "--data-dir data/demo", "DIR: any class-folder data"),
     (re.compile(r"\bepoch-029\*\.pth"), "epoch-000*.pth", "the tiny run has epochs 0 and 1, not 290-299"),
     (re.compile(r"data\.holdout_fraction=0\.01\b"), "data.holdout_fraction=0.25", "1% of a tiny set is no image"),
     (re.compile(r"--data-dir data(?=\s)"), "--data-dir data/demo", "docs/validate.md: data/ is the demo set there"),

@@ -67,8 +67,7 @@ def commands():
                     continue
                 for name, value in variables.items():  # an `export C="..."` earlier in the block, unquoted use
                     stripped = stripped.replace(f"${name}", value)
-                words = [w.strip("[]") if w.startswith("[") or w.endswith("]") else w  # [--optional flags]
-                         for w in shlex.split(stripped, comments=True)]
+                words = shlex.split(stripped, comments=True)
                 if words[0] == "export":
                     variables.update(w.split("=", 1) for w in words[1:] if "=" in w)
                     continue
