@@ -77,7 +77,7 @@ def page_commands(path: str) -> list[Command]:
                 line = line[2:]
             while line.rstrip().endswith("\\") and i + 1 < len(lines):
                 i += 1
-                line = line.rstrip()[:-1] + " " + lines[i].strip()
+                line = line.rstrip()[:-1].rstrip() + " " + lines[i].strip()
             i += 1
             stripped = line.strip()
             if not stripped:

@@ -127,3 +127,21 @@ def test_mkdocs_build_strict(tmp_path):
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "config" / "index.html").is_file()
+
+
+def test_page_parser_tells_commands_output_and_marks_apart(tmp_path):
+    """bash lines and continuations are commands, console blocks only their `$ ` lines, text blocks none; a
+    `# needs:` line marks the command after it, a `needs:` in a command's comment marks that command."""
+    from docs_commands import page_commands
+
+    page = tmp_path / "page.md"
+    page.write_text("```bash\n# needs: gpu\nt2t-train -c t2t_vit_14 \\\n    --data-dir /data/imagenet\n"
+                    "t2t-validate --help   # plain\npip install .   # from a checkout; needs: network\n```\n\n"
+                    "```console\n$ t2t-predict --help\nusage: t2t-predict ...\n$ echo $?\n0\n```\n\n"
+                    "```text\nt2t-export --help\n```\n")
+    found = [(c.line, c.text, c.needs, c.output) for c in page_commands(str(page))]
+    assert found == [(3, "t2t-train -c t2t_vit_14 --data-dir /data/imagenet", "gpu", []),
+                     (5, "t2t-validate --help   # plain", None, []),
+                     (6, "pip install .   # from a checkout; needs: network", "network", []),
+                     (10, "t2t-predict --help", None, ["usage: t2t-predict ..."]),
+                     (12, "echo $?", None, ["0"])]
