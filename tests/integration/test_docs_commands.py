@@ -31,6 +31,7 @@ import pytest
 import torch
 
 from docs_commands import NEEDS, PAGES, ROOT, Command, page_commands
+from parquet_helpers import write_parquet
 from train_helpers import CIFAR100, make_cifar
 
 pytestmark = pytest.mark.slow
@@ -161,13 +162,14 @@ def world(tmp_path_factory, _imported):
     real = os.path.join(root, "real.json")
     with open(real, "w") as f:
         json.dump([[i % CLASSES] if i % 3 else [] for i in range(val_images)], f)
+    parquet = write_parquet(data, os.path.join(root, "parquet"), rows_per_file=50, rows_per_group=10, hf_layout=True)
     cifar10 = make_cifar(os.path.join(root, "cifar10"), classes=4, per_file=8)  # 5 training files
     cifar100 = make_cifar(os.path.join(root, "cifar100"), CIFAR100, classes=4, per_file=40)
     files = {"81.5_T2T_ViT_14.pth.tar": release, "83.3_T2T_ViT_14.pth.tar": release,
              "81.9_T2T_ViT_19.pth.tar": release, "teacher.pth": run + "/best.pth", "photos": photos,
              "a.jpg": image, "img.jpg": image, "extra.jpg": image, "notes.jpg": notes, "eval.yaml": eval_yaml,
              "real.json": real, "data/demo": data, "data/imagenet": data, "data/flowers102": data,
-             "data/imagenet-shards": shards,
+             "data/imagenet-shards": shards, "data/imagenet-1k": parquet,
              "data/cifar-10-batches-py": cifar10, "data/cifar-100-python": cifar100,
              "sets/v2": os.path.join(data, "val"), "sets/five": five}
     runs = {name: run for name in ("runs/demo", "runs/x", "runs/a", "runs/b", "runs/t2t14", "runs/t2t_vit_7",
