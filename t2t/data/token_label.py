@@ -28,12 +28,13 @@ from torchvision.ops import roi_align
 
 from ..outputs import write_failed
 from .dataset import DatasetError, ImageDataset
+from .label_blocks import BLOCK_FORMAT, BlockLabels, check_record
 from .readers import Reader
 
 __all__ = [
     "GEOMETRY_SIZE", "DenseTokenTargets", "LabelMapError", "MixToken", "TokenLabelDataset", "TokenLabelTransform",
     "crop_label_map", "dense_scores", "label_path", "label_targets", "mix_token", "open_label_dir", "read_label_map",
-    "read_label_record", "save_label_map", "token_box",
+    "read_label_record", "read_labels_json", "save_label_map", "token_box",
 ]
 
 # A sample's geometry: crop box (top, left, bottom, right) as fractions of the image, flip (0/1), and the
@@ -326,12 +327,8 @@ class TokenLabelTransform:
         return f"{type(self).__name__}({self.base!r})"
 
 
-def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
-                   image_paths: Sequence[str]) -> dict[str, Any]:
-    """labels.json of `label_dir`, checked against the training classes and images; adds the maps' 'shape'.
-
-    Every image must have its map (one directory listing per class, not one stat per image).
-    """
+def read_labels_json(label_dir: str, classes: Sequence[str], image_root: str) -> dict[str, Any]:
+    """labels.json of `label_dir`, checked against the training classes (either layout)."""
     where = f"token_label.dir={label_dir!r}"
     if not os.path.isdir(label_dir):
         raise LabelMapError(f"{where} is not a folder: write the labels there with scripts/generate_token_labels.py")
@@ -353,6 +350,17 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
                             "were made for another data set")
     if not isinstance(record.get("topk"), int) or record["topk"] < 1:
         raise LabelMapError(f"{where}: labels.json has topk={record.get('topk')!r}; expected a positive integer")
+    return record
+
+
+def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
+                   image_paths: Sequence[str]) -> dict[str, Any]:
+    """labels.json of a per-image `label_dir`, checked against the training classes and images; adds 'shape'.
+
+    Every image must have its map (one directory listing per class, not one stat per image).
+    """
+    where = f"token_label.dir={label_dir!r}"
+    record = read_labels_json(label_dir, classes, image_root)
     listed: dict[str, set[str]] = {}
     missing, first_missing = 0, None
     for image in image_paths:
@@ -388,9 +396,16 @@ class TokenLabelDataset(ImageDataset):
                  **kwargs: Any) -> None:
         super().__init__(reader, transform, **kwargs)
         self.label_dir = os.fspath(label_dir)
-        relpaths = [reader.relpath(i) for i in range(len(reader))]
-        self.record = open_label_dir(self.label_dir, self.classes, self.root,
-                                     [os.path.join(self.root, rel) for rel in relpaths])
+        record = read_labels_json(self.label_dir, self.classes, self.root)
+        self.blocks: Optional[BlockLabels] = None
+        if record.get("format") == BLOCK_FORMAT:  # a few block files, by position: nothing listed per image
+            where = f"token_label.dir={self.label_dir!r}"
+            check_record(record, where)
+            self.record, self.blocks = record, BlockLabels(self.label_dir, record, reader, where=where)
+        else:  # one file per image (older label folders): every image's file is looked for at start
+            relpaths = [reader.relpath(i) for i in range(len(reader))]
+            self.record = open_label_dir(self.label_dir, self.classes, self.root,
+                                         [os.path.join(self.root, rel) for rel in relpaths])
         self.index_dtype = torch.int16 if len(self.classes) <= 2 ** 15 else torch.int32
         self._decoded: Optional[int] = None
 
@@ -400,8 +415,27 @@ class TokenLabelDataset(ImageDataset):
 
     def __getitem__(self, key) -> tuple[Any, dict[str, Any]]:
         (image, geometry), target = super().__getitem__(key)
-        values, indices = self.label_map(os.path.join(self.root, self.reader.relpath(self._decoded)))
+        if self.blocks is not None:
+            values, indices = self.block_map(self._decoded)
+        else:
+            values, indices = self.label_map(os.path.join(self.root, self.reader.relpath(self._decoded)))
         return image, {"label": target, "values": values, "indices": indices, "geometry": geometry}
+
+    def block_map(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k map of the sample at `position` from its block; a one-line LabelMapError naming it if unsound."""
+        if len(self.reader) != len(self.blocks):
+            raise LabelMapError(f"token_label.dir={self.label_dir!r} holds {len(self.blocks)} maps by position, the "
+                                f"training set now has {len(self.reader)} images: the positions no longer match")
+        values, indices, where = self.blocks.lookup(position)
+        problem = None
+        if int(indices.min()) < 0 or int(indices.max()) >= len(self.classes):
+            problem = f"names class {int(indices.max())}, outside the {len(self.classes)} classes of labels.json"
+        elif not bool(torch.isfinite(values).all()):
+            problem = "holds scores that are NaN or infinite"
+        if problem:
+            raise LabelMapError(f"token label {where} of image {self.reader.path(position)!r} {problem}: generate the "
+                                "labels again with scripts/generate_token_labels.py")
+        return values, indices.to(self.index_dtype)
 
     def label_map(self, image_path: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The image's top-k map, checked against labels.json; a one-line LabelMapError naming the image if not."""
