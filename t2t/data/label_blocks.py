@@ -140,14 +140,21 @@ def read_block(path: str, *, mmap: bool = True) -> tuple[dict[str, Any], np.ndar
     if shape[0] == 0:
         return header, np.zeros(shape, values_dtype), np.zeros(shape, index_dtype)
     if mmap:
-        values = np.memmap(path, dtype=values_dtype, mode="r", offset=offset, shape=shape)
-        indices = np.memmap(path, dtype=index_dtype, mode="r", offset=offset + values.nbytes, shape=shape)
-        return header, values, indices
+        return header, *_map_block(path, offset, header)
     with open(path, "rb") as f:
         f.seek(offset)
         values = np.frombuffer(f.read(int(np.prod(shape)) * values_dtype.itemsize), values_dtype).reshape(shape)
         indices = np.frombuffer(f.read(int(np.prod(shape)) * index_dtype.itemsize), index_dtype).reshape(shape)
     return header, values, indices
+
+
+def _map_block(path: str, offset: int, header: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(values, indices) of a block whose header was read: one read-only mapping of its data."""
+    shape = (int(header["rows"]), *header["shape"])
+    values_dtype, index_dtype = np.dtype(header["values"]), np.dtype(header["indices"])
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=offset)
+    split = int(np.prod(shape)) * values_dtype.itemsize
+    return data[:split].view(values_dtype).reshape(shape), data[split:].view(index_dtype).reshape(shape)
 
 
 def _header_problem(header: dict[str, Any], record: dict[str, Any], block: int, start: int, stop: int) -> Optional[str]:
@@ -199,14 +206,14 @@ class BlockLabels:
                 f"(relpaths sha256 {ours['relpaths_sha256'][:12]}): the labels were made for other data; generate "
                 "or import them for this data")
         self.ranges = block_ranges(ours["samples"], self.block_size)
-        self.offsets: list[int] = []
+        self.headers: list[tuple[dict[str, Any], int]] = []  # (header, data offset) per block
         for block, (start, stop) in enumerate(self.ranges):  # one header read per block, none per image
             path = block_path(label_dir, block)
             header, offset = read_block_header(path)
             problem = _header_problem(header, record, block, start, stop)
             if problem:
                 raise LabelBlockError(f"{where}: label block {path!r} {problem}: generate the labels again")
-            self.offsets.append(offset)
+            self.headers.append((header, offset))
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._pid = os.getpid()
 
@@ -223,8 +230,8 @@ class BlockLabels:
             self._maps, self._pid = {}, os.getpid()
         found = self._maps.get(block)
         if found is None:
-            _, values, indices = read_block(block_path(self.label_dir, block))
-            found = self._maps.setdefault(block, (values, indices))
+            header, offset = self.headers[block]
+            found = self._maps.setdefault(block, _map_block(block_path(self.label_dir, block), offset, header))
         return found
 
     def lookup(self, position: int) -> tuple[torch.Tensor, torch.Tensor, str]:
