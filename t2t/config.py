@@ -555,13 +555,10 @@ def check_data_settings(cfg: Config) -> None:
 
 
 def _check_token_label_settings(cfg: Config) -> None:
-    """Token labels follow the Pillow pipeline's RandomResizedCrop, on a token grid that divides the image."""
+    """Token labels follow RandomResizedCrop (drawn on the host by both backends), on a token grid that divides the image."""
     label_dir = cfg.token_label.dir
     if label_dir is None:
         return
-    if cfg.data.backend == "dali":
-        raise ConfigError(f"token_label.dir={label_dir!r} with data.backend=dali: the label maps follow the crops of "
-                          "the Pillow pipeline; set data.backend=pil")
     if cfg.data.train_transform != "imagenet":
         raise ConfigError(f"token_label.dir={label_dir!r} with data.train_transform={cfg.data.train_transform!r}: "
                           "the label maps follow RandomResizedCrop; set data.train_transform=imagenet")

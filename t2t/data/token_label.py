@@ -415,11 +415,14 @@ class TokenLabelDataset(ImageDataset):
 
     def __getitem__(self, key) -> tuple[Any, dict[str, Any]]:
         (image, geometry), target = super().__getitem__(key)
-        if self.blocks is not None:
-            values, indices = self.block_map(self._decoded)
-        else:
-            values, indices = self.label_map(os.path.join(self.root, self.reader.relpath(self._decoded)))
+        values, indices = self.labels_at(self._decoded)
         return image, {"label": target, "values": values, "indices": indices, "geometry": geometry}
+
+    def labels_at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values (k, H, W) float16, indices (k, H, W)) of the sample at `position`, from either layout."""
+        if self.blocks is not None:
+            return self.block_map(position)
+        return self.label_map(os.path.join(self.root, self.reader.relpath(position)))
 
     def block_map(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-k map of the sample at `position` from its block; a one-line LabelMapError naming it if unsound."""

@@ -1,5 +1,6 @@
 """Token labels stored per block: the batches equal the per-image layout's; a block from other data, a missing
 block and a truncated block stop the start in one line; workers map the blocks themselves."""
+import importlib.util
 import json
 import os
 import pickle
@@ -153,3 +154,21 @@ def test_block_reader_opens_no_file_per_sample(labelled, monkeypatch):
     for position in list(range(9)) * 2:
         labels.lookup(position)
     assert len(opened) == 6 and len(set(opened)) == 3 and len(labels._maps) == 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="NVIDIA DALI is not installed")
+def test_dali_batches_carry_the_pillow_backends_label_rows_and_geometry(labelled):
+    """data.backend=dali: each sample's map comes from its block in the plan workers, with the geometry of the
+    crop, flip and RandAugment ops drawn on the host: what the Pillow backend's workers hand over."""
+    data, _, blocks = labelled
+    common = ("data.auto_augment=rand-m9-mstd0.5-inc1", "data.interpolation=bilinear")
+    pil, dali = _build(data, blocks, *common), _build(data, blocks, *common, "data.backend=dali", "data.workers=1")
+    moved = 0
+    for epoch in range(2):
+        for (_, ta), (_, tb) in zip(pil.train_batches(epoch), dali.train_batches(epoch)):
+            assert ta.keys() == tb.keys()
+            for key in ("label", "values", "indices"):
+                assert ta[key].dtype == tb[key].dtype and torch.equal(ta[key], tb[key]), key
+            torch.testing.assert_close(tb["geometry"], ta["geometry"], rtol=0, atol=1e-6)
+            moved += int((ta["geometry"][:, 5:] != torch.tensor([1.0, 0, 0, 0, 1, 0])).any(1).sum())
+    assert moved > 0  # RandAugment moved some images: the affine part is compared, not only identities
