@@ -275,7 +275,7 @@ class DistillConfig:
 
 @dataclass
 class TokenLabelConfig:
-    dir: Optional[str] = None  # LABELDIR written by scripts/generate_token_labels.py
+    dir: Optional[str] = None  # LABELDIR (labels.json, blocks/) of scripts/generate_token_labels.py or its import
     cls_weight: float = checked(1.0, AT_LEAST_0)  # TokenLabeling's defaults
     dense_weight: float = checked(1.0, AT_LEAST_0)
     mix_token_alpha: float = checked(1.0, AT_LEAST_0)  # MixToken's Beta(alpha, alpha); 0: off

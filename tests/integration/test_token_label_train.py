@@ -60,7 +60,7 @@ def test_block_labels_train_as_per_image_labels_of_the_same_values(labelled, blo
     common = ["--data-dir", data_dir, "train.max_steps=5", *OVERRIDES]
     run_train("-c", config, "--output", str(tmp_path / "blocks"), f"token_label.dir={blocks}", *common)
     run_train("-c", config, "--output", str(tmp_path / "per-image"), f"token_label.dir={label_dir}", *common)
-    assert_same_run(str(tmp_path / "blocks" / "last.pth"), str(tmp_path / "per-image" / "last.pth"))
+    assert_same_run(str(tmp_path / "blocks" / "step-00000005.pth"), str(tmp_path / "per-image" / "step-00000005.pth"))
 
 
 def test_killed_token_label_run_on_blocks_resumes_exactly(labelled, blocks, tmp_path):
