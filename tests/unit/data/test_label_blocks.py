@@ -156,6 +156,7 @@ def test_block_reader_opens_no_file_per_sample(labelled, monkeypatch):
     assert len(opened) == 6 and len(set(opened)) == 3 and len(labels._maps) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="NVIDIA DALI is not installed")
 def test_dali_batches_carry_the_pillow_backends_label_rows_and_geometry(labelled):
     """data.backend=dali: each sample's map comes from its block in the plan workers, with the geometry of the
