@@ -773,10 +773,7 @@ class _EvalPlans(torch.utils.data.Dataset):
             size, anchor = eval_geometry(width, height, self.img_size, self.crop_pct)
             floats[row] = (*size, *anchor)
         encoded, ints[:, _END] = _pack_files(files)
-        labels = None
-        if token_labels:
-            labels = (torch.stack([v for v, _ in maps]), torch.stack([i for _, i in maps]), torch.from_numpy(geometry))
-        return BatchPlan(encoded, torch.from_numpy(ints), torch.from_numpy(floats), skipped, labels)
+        return BatchPlan(encoded, torch.from_numpy(ints), torch.from_numpy(floats), skipped)
 
 
 class _BatchOrder(torch.utils.data.Sampler):

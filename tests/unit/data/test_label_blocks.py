@@ -173,3 +173,5 @@ def test_dali_batches_carry_the_pillow_backends_label_rows_and_geometry(labelled
             torch.testing.assert_close(tb["geometry"], ta["geometry"], rtol=0, atol=1e-6)
             moved += int((ta["geometry"][:, 5:] != torch.tensor([1.0, 0, 0, 0, 1, 0])).any(1).sum())
     assert moved > 0  # RandAugment moved some images: the affine part is compared, not only identities
+    (_, la), (_, lb) = next(iter(pil.val_loader)), next(iter(dali.val_loader))  # evaluation: plain labels
+    assert torch.equal(la, lb)
