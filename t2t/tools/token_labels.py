@@ -257,8 +257,8 @@ def _generate(args: argparse.Namespace) -> int:
         write_text(os.path.join(args.output, "labels.json"), json.dumps(record, indent=1))
     todo = _todo_blocks(args.output, record, mine, ranges, len(classes))
     positions = [p for block in todo for p in range(*ranges[block])]
-    _logger.info("rank %d of %d: %d blocks (%d images) to label, %d blocks already done (in %s, %s)", rank, world,
-                 len(todo), len(positions), len(mine) - len(todo), args.output, precision)
+    _logger.info("rank %d of %d: %d images to label (%d blocks), %d blocks already done (in %s, %s)", rank, world,
+                 len(positions), len(todo), len(mine) - len(todo), args.output, precision)
     check_batch_fits(min(args.batch_size, max(len(positions), 1)), args.img_size, device)
     mean = model.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
     std = model.pretrained_cfg.get("std", (0.229, 0.224, 0.225))

@@ -84,7 +84,7 @@ def test_interrupted_generation_rewrites_only_missing_or_bad_blocks(setup, tmp_p
     kept = os.stat(block_path(str(out), 1)).st_mtime_ns
     with caplog.at_level(logging.INFO):
         assert main(_args(root, data, out)) == 0
-    assert "2 blocks (5 images) to label, 1 blocks already done" in caplog.text
+    assert "5 images to label (2 blocks), 1 blocks already done" in caplog.text
     assert "1 existing label blocks are written again" in caplog.text and "cut short" in caplog.text
     assert os.stat(block_path(str(out), 1)).st_mtime_ns == kept
     after = _rows(out)
@@ -141,7 +141,8 @@ def test_two_processes_label_their_blocks_as_one_does(setup, tmp_path):
         *_args(root, data, double)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "rank 0 of 2: 2 blocks (5 images)" in proc.stderr and "rank 1 of 2: 1 blocks (4 images)" in proc.stderr
+    assert "rank 0 of 2: 5 images to label (2 blocks)" in proc.stderr and "rank 1 of 2: 4 images to label (1 blocks)" \
+        in proc.stderr
     assert _blocks(single) == _blocks(double)
     (v1, i1), (v2, i2) = _rows(single), _rows(double)
     assert np.array_equal(i1, i2)
