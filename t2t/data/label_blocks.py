@@ -35,7 +35,7 @@ from .filelist import SampleList
 from .readers import Reader
 
 __all__ = ["BLOCK_FORMAT", "BlockLabels", "LabelBlockError", "block_path", "block_problem", "block_ranges",
-           "data_identity", "read_block", "read_block_header", "write_block"]
+           "check_record", "data_identity", "read_block", "read_block_header", "relpaths_list", "write_block"]
 
 BLOCK_FORMAT = "blocks"
 BLOCK_VERSION = 1
@@ -197,7 +197,6 @@ class BlockLabels:
     def __init__(self, label_dir: str, record: dict[str, Any], reader: Reader, *, where: str) -> None:
         self.label_dir, self.record, self.where = label_dir, record, where
         self.block_size = int(record["block_size"])
-        self.num_classes = len(record["classes"])
         ours = data_identity(reader)
         if ours["samples"] != record.get("samples") or ours["relpaths_sha256"] != record.get("relpaths_sha256"):
             raise LabelBlockError(
@@ -240,12 +239,6 @@ class BlockLabels:
         values, indices = self._block(block)
         where = f"{block_path(self.label_dir, block)}[{row}]"
         return torch.from_numpy(np.array(values[row])), torch.from_numpy(np.array(indices[row])), where
-
-
-def describe(record: dict[str, Any]) -> str:
-    """One line naming what a block-layout label folder holds."""
-    return (f"{record.get('samples')} maps {record.get('shape')} in blocks of {record.get('block_size')}, teacher "
-            f"{record.get('path')!r}")
 
 
 def check_record(record: dict[str, Any], where: str, keys: Sequence[str] = ("samples", "relpaths_sha256",

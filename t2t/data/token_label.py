@@ -1,9 +1,11 @@
 """Token labels: dense score maps from a teacher, following their image's crop, flip and RandAugment, and MixToken.
 
-A label file holds a teacher's top-k class scores at every location of its token grid: `values`
-(k, H, W) float16 and `indices` (k, H, W) int16/int32 (and the teacher's sha256), written by
-scripts/generate_token_labels.py as LABELDIR/<class>/<image stem>.pt next to LABELDIR/labels.json.
-TokenLabeling's own files (one (2, k, H, W) tensor, indices stored as floats) are read too.
+A label map is a teacher's top-k class scores at every location of its token grid: `values`
+(k, H, W) float16 and `indices` (k, H, W) int16/int32. scripts/generate_token_labels.py stores them
+per block of images (t2t/data/label_blocks.py: LABELDIR/blocks/*.tlb next to LABELDIR/labels.json),
+read by sample position from memory-mapped files. The older layout, one file per image
+(LABELDIR/<class>/<image stem>.pt with the teacher's sha256), is still read, and TokenLabeling's
+own files (one (2, k, H, W) tensor, indices stored as floats) are read by its import.
 
 Training (`token_label.dir`): the loader workers send each image's top-k map unchanged (a few KB)
 with the geometry its transform drew (`TokenLabelTransform`: the crop box, the flip and the affine
