@@ -18,7 +18,8 @@ interrupted run continues: every existing block is read and checked (its header,
 indices in range, finite scores) and only missing or unsound blocks are written again.
 
 import: a folder of one label file per image, LABELDIR/<class>/<image stem>.pt (TokenLabeling's
-published labels, a (2, k, H, W) tensor each, or this project's older per-image layout), into the block
+published labels, a (2, k, H, W) tensor each, named by the image's name up to its first dot; or this
+project's older per-image layout, named by the name without its extension), into the block
 layout for the images of DIR, matched by relative path. Images without a label file are listed in
 one line and nothing is written.
 
@@ -308,11 +309,14 @@ def _import(args: argparse.Namespace) -> int:
     files = [label_path(source, rel) for rel in listed]
     present: dict[str, set[str]] = {}  # one listing per class folder of --from, not one stat per image
     missing = []
-    for rel, path in zip(listed, files):
+    for k, (rel, path) in enumerate(zip(listed, files)):
         folder, name = os.path.split(path)
         if folder not in present:
             present[folder] = {e.name for e in os.scandir(folder)} if os.path.isdir(folder) else set()
-        if name not in present[folder]:
+        first_dot = os.path.basename(rel).split(".")[0] + ".pt"  # TokenLabeling cuts the name at its first dot
+        if name not in present[folder] and first_dot in present[folder]:
+            files[k] = os.path.join(folder, first_dot)
+        elif name not in present[folder]:
             missing.append(rel)
     if missing:
         raise LabelMapError(f"--from {source!r} has no label file for {len(missing)} of the {len(listed)} images of "

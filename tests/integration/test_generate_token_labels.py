@@ -112,12 +112,12 @@ def test_import_of_a_tokenlabeling_folder(setup, tmp_path, capsys):
     source = tmp_path / "tl"
     g = torch.Generator().manual_seed(0)
     want = []
-    for i in range(len(reader)):  # TokenLabeling's layout: <class>/<stem>.pt, one (2, k, H, W) tensor, float indices
+    for i in range(len(reader)):  # TokenLabeling's layout: <class>/<stem>.pt, one (2, k, H, W) float16 tensor
         values, indices = torch.randn(3, 3, 3, generator=g).topk(2, dim=0)
         want.append((values.half(), indices))
         path = source / (os.path.splitext(reader.relpath(i))[0] + ".pt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(torch.stack([values, indices.float()]), path)
+        torch.save(torch.stack([values.half(), indices.half()]), path)
     out = tmp_path / "blocks"
     cmd = ["import", "--from", str(source), "--data-dir", data, "--output", str(out), "--block-size", "4"]
     assert main(cmd) == 0
