@@ -19,7 +19,6 @@ See docs/teacher.md, "Fidelity to TokenLabeling", for each rule and its test.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from ..outputs import write_failed
+from ..outputs import atomic_output
 from .dataset import DatasetError, ImageDataset
 from .label_blocks import BLOCK_FORMAT, BlockLabels, check_record
 from .readers import Reader
@@ -58,25 +57,15 @@ def label_path(label_dir: str, image_relpath: str) -> str:
 
 
 def save_label_map(path: str, values: torch.Tensor, indices: torch.Tensor, teacher: Optional[str] = None) -> None:
-    """Write one image's top-k map (and the teacher's sha256) whole or not at all (temporary file, then rename)."""
+    """Write one image's top-k map (and the teacher's sha256) in the per-image layout, whole or not at all."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     index_dtype = torch.int16 if int(indices.max()) < 2 ** 15 else torch.int32
-    tmp = f"{path}.tmp-{os.getpid()}"
     obj: dict[str, Any] = {"values": values.detach().to("cpu", torch.float16).contiguous(),
                            "indices": indices.detach().to("cpu", index_dtype).contiguous()}
     if teacher is not None:
         obj["teacher"] = str(teacher)
-    try:
-        with open(tmp, "wb") as f:  # a Python file: a full disk is an OSError naming its errno
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException as e:  # a full disk or Ctrl-C: no partial file stays behind
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        failed = write_failed(path, e)
-        if failed is e:
-            raise
-        raise failed from e
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def read_label_record(path: str) -> tuple[torch.Tensor, torch.Tensor, Optional[str]]:
