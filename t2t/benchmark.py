@@ -447,12 +447,13 @@ def benchmark_sizes(args: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[int, list[float]] = {size: [] for size in sizes}
     for _ in range(args.rounds):
         for size, step in steps.items():
-            times, _ = time_steps(step, device, args.steps)
+            times, _ = time_steps(step, device, args.steps, clock=time.process_time if args.cpu_time else time.perf_counter)
             rounds[size].append(args.batch_size / statistics.median(times))
     results: dict[str, Any] = {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(amp_dtype(args.amp)).replace("torch.", ""),
         "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        "img_sizes": sizes, "rounds": args.rounds, "steps": args.steps, "uptime_load": list(os.getloadavg())}
+        "img_sizes": sizes, "rounds": args.rounds, "steps": args.steps,
+        "clock": "process CPU time" if args.cpu_time else "wall", "uptime_load": list(os.getloadavg())}
     for size in sizes:
         ratios = [rate / base for rate, base in zip(rounds[size], rounds[full])]
         results.update({f"{size}_warmup_steps": warmups[size], f"{size}_images_per_sec_rounds": rounds[size],
@@ -515,7 +516,8 @@ def print_table(results: dict[str, Any]) -> None:
         ratios = results[f"{size}_vs_{full}_rounds"]
         print(f"{results['model']} {results['mode']} at {size} px: {results[f'{size}_images_per_sec']:.2f} images/s, "
               f"{results[f'{size}_vs_{full}']:.2f}x its {results[f'{full}_images_per_sec']:.2f} images/s at {full} px "
-              f"(median of {len(ratios)} rounds of {results['steps']} steps, batch {results['batch_size']}; "
+              f"(median of {len(ratios)} rounds of {results['steps']} steps, batch {results['batch_size']}, "
+              f"{results['threads']} thread(s), {results['clock']} clock; "
               f"rounds {min(ratios):.2f}-{max(ratios):.2f}x)")
     if "mfu" in results:
         print(f"\n{results['images_per_sec']:.1f} images/s ({results['images_per_sec_min']:.1f}-"
@@ -545,7 +547,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", type=lambda s: s.split(","),
                    help=f"comma-separated variants timed side by side in alternating rounds: {', '.join(VARIANTS)}")
     p.add_argument("--cpu-time", action="store_true",
-                   help="--compare on the CPU: time steps in process CPU seconds instead of wall seconds (with "
+                   help="--compare or --img-sizes on the CPU: time steps in process CPU seconds instead of wall seconds (with "
                         "--threads 1, what a step costs whatever else shares the cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="timed steps (default 20)")
