@@ -87,7 +87,7 @@ from .engine.optim import build_optimizer
 from .models import cpu
 from .models.factory import create_model, named_model_config
 from .models.positions import PositionTables
-from .outputs import atomic_output, check_output_file
+from .outputs import check_output_file, write_text
 from .runtime import keep_freed_memory
 
 # Problems with the arguments or the data folder: one line on stderr, exit status 2, nothing written.
@@ -470,14 +470,14 @@ def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
 
         results = run_feed_benchmark(args.data_dir, args.data_backend or ("pil", "dali"), augment=args.augment,
                                      img_size=args.img_size, batch_size=args.batch_size, workers=args.workers,
-                                     rounds=args.rounds, steps=args.steps)
+                                     rounds=args.rounds, steps=args.steps, pin=args.pin)
         return {"mode": "data", "data_dir": args.data_dir, "uptime_load": list(os.getloadavg()), **results}
     if args.shard_order:  # global against block order reading shards (t2t.tools.shard_bench)
         from t2t.tools.shard_bench import run_shard_order_benchmark
 
         results = run_shard_order_benchmark(args.data_dir, orders=args.shard_order, num_images=args.num_images,
                                             block_shards=args.block_shards, drop_caches=not args.keep_page_cache,
-                                            rounds=args.rounds)
+                                            rounds=args.rounds, folder=args.folder)
         return {"mode": "data", "data_dir": args.data_dir, "shard_orders": ",".join(args.shard_order), **results}
     if args.data_backend:  # backends side by side (t2t.tools.data_bench.run_backend_benchmark)
         from .tools.data_bench import augmentation_statistics, run_backend_benchmark, summarise_statistics
@@ -575,10 +575,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "beside each backend's training loader (--data-backend pil,dali, --workers, --batch-size, "
                         "--steps: the loop's steps per round)")
     p.add_argument("--workers", type=int, default=1, help="--feed: the loader's data.workers (default 1)")
+    p.add_argument("--pin", action="store_true",
+                   help="--feed: the training process on the first core, the loader's workers on the others "
+                        "(as on a GPU node, where they do not share the loop's core)")
     p.add_argument("--shard-order", type=lambda v: v.split(","),
                    help="--mode data on shards (DIR/train/*.tar): comma-separated orders read side by side, of "
-                        "global, block (one thread, reading and parsing headers; the page cache dropped before "
-                        "each when run as root)")
+                        "global, block, folder (one thread, reading and parsing headers; the page cache dropped "
+                        "before each when run as root; folder: the same samples from --folder's loose files)")
+    p.add_argument("--folder", help="--shard-order folder: the ImageFolder root the shards were made from")
     p.add_argument("--block-shards", type=int, default=4, help="--shard-order block: shards per window (default 4)")
     p.add_argument("--keep-page-cache", action="store_true", help="--shard-order: do not drop the page cache")
     p.add_argument("--json", help="also write the results here as JSON (checked before the run; its folder must exist)")
@@ -595,9 +599,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "with --mode train or infer and without --compile")
     if args.feed and (args.mode != "data" or not set(args.data_backend or ()) <= {"pil", "dali"}):
         p.error("--feed: only with --mode data, and --data-backend among pil, dali")
-    if args.shard_order and (args.data_backend or not set(args.shard_order) <= {"global", "block"}):
-        p.error(f"--shard-order {','.join(args.shard_order)}: expected some of global, block (comma-separated), "
-                "without --data-backend")
+    if args.shard_order and (args.data_backend or not set(args.shard_order) <= {"global", "block", "folder"}):
+        p.error(f"--shard-order {','.join(args.shard_order)}: expected some of global, block, folder "
+                "(comma-separated), without --data-backend")
+    if args.shard_order and ("folder" in args.shard_order) != (args.folder is not None):
+        p.error("--shard-order folder and --folder DIR (the ImageFolder root the shards were made from) go together")
     if args.data_backend and not set(args.data_backend) <= {"pil", "dali", "timm"}:
         p.error(f"--data-backend {','.join(args.data_backend)}: expected some of pil, dali, timm (comma-separated)")
     if args.data_backend and "dali" in args.data_backend:
@@ -662,10 +668,7 @@ def _benchmark_and_report(args: argparse.Namespace) -> int:
             else benchmark_model(args)
     print_table(results)
     if args.json:
-        with atomic_output(args.json) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=2)
-                f.write("\n")
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

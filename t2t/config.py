@@ -102,10 +102,13 @@ class DataConfig:
     # batches each loader worker prepares ahead (shared memory: see docs/clusters.md)
     prefetch_factor: int = checked(2, AT_LEAST_1)
     # auto: an extracted CIFAR folder is read as CIFAR, DATA_DIR/train/*.tar as shards, else the ImageFolder layout;
-    # shards: DATA_DIR/train/*.tar and DATA_DIR/val/*.tar in the webdataset layout (scripts/make_shards.py)
-    format: Literal["auto", "imagefolder", "cifar", "shards"] = "auto"
-    # global: one permutation of all images per epoch; block (shards): the shards permuted per epoch and the
-    # images shuffled within windows of data.block_shards shards, so each shard is read front to back
+    # DATA_DIR/train/*.parquet (or a Hugging Face download's DATA_DIR/data/train-*.parquet) as parquet;
+    # shards: DATA_DIR/train/*.tar and DATA_DIR/val/*.tar in the webdataset layout (scripts/make_shards.py);
+    # parquet: image bytes + label columns, the Hugging Face ImageNet layout (needs the extra t2t-vit[parquet])
+    format: Literal["auto", "imagefolder", "cifar", "shards", "parquet"] = "auto"
+    # global: one permutation of all images per epoch; block (shards, parquet): the shards (parquet row groups)
+    # permuted per epoch and the images shuffled within windows of data.block_shards of them, so each is read
+    # front to back
     shuffle: Literal["global", "block"] = "global"
     block_shards: int = checked(4, AT_LEAST_1)
     # imagenet: RandomResizedCrop + RandAugment + erasing (DeiT / T2T-ViT); cifar: resize, RandomCrop(padding=img_size // 8), flip;
@@ -280,7 +283,7 @@ class DistillConfig:
 
 @dataclass
 class TokenLabelConfig:
-    dir: Optional[str] = None  # LABELDIR written by scripts/generate_token_labels.py
+    dir: Optional[str] = None  # LABELDIR (labels.json, blocks/) of scripts/generate_token_labels.py or its import
     cls_weight: float = checked(1.0, AT_LEAST_0)  # TokenLabeling's defaults
     dense_weight: float = checked(1.0, AT_LEAST_0)
     mix_token_alpha: float = checked(1.0, AT_LEAST_0)  # MixToken's Beta(alpha, alpha); 0: off
@@ -555,19 +558,16 @@ def check_data_settings(cfg: Config) -> None:
     if cfg.data.backend == "dali":
         _check_dali_config(cfg.data)
     if cfg.data.shuffle == "block" and cfg.data.format in ("imagefolder", "cifar"):
-        raise ConfigError(f"data.shuffle=block with data.format={cfg.data.format}: block order reads shards; set "
-                          "data.format=shards (or auto) or data.shuffle=global")
+        raise ConfigError(f"data.shuffle=block with data.format={cfg.data.format}: block order reads shards or parquet row "
+                          "groups; set data.format=shards, parquet (or auto) or data.shuffle=global")
     _check_token_label_settings(cfg)
 
 
 def _check_token_label_settings(cfg: Config) -> None:
-    """Token labels follow the Pillow pipeline's RandomResizedCrop, on a token grid that divides the image."""
+    """Token labels follow RandomResizedCrop (drawn on the host by both backends), on a token grid that divides the image."""
     label_dir = cfg.token_label.dir
     if label_dir is None:
         return
-    if cfg.data.backend == "dali":
-        raise ConfigError(f"token_label.dir={label_dir!r} with data.backend=dali: the label maps follow the crops of "
-                          "the Pillow pipeline; set data.backend=pil")
     if cfg.data.train_transform != "imagenet":
         raise ConfigError(f"token_label.dir={label_dir!r} with data.train_transform={cfg.data.train_transform!r}: "
                           "the label maps follow RandomResizedCrop; set data.train_transform=imagenet")

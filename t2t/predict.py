@@ -41,7 +41,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("-c", "--config", help="a config.yaml whose keys override the checkpoint's stored config")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. eval.crop_pct=1.0 model.img_size=384")
-    p.add_argument("--topk", type=int, default=5, help="predictions per image (default 5)")
+    p.add_help_config()
+    p.add_argument("--topk", type=int, default=5, help="predictions per image (default 5; at most the class count)")
     p.add_argument("--output", help="CSV file, or JSON when the name ends in .json (default: CSV on stdout)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output (kept until the new file is complete)")
@@ -102,10 +103,11 @@ SETTINGS_HELP = ("Settings, in increasing priority: the checkpoint's stored conf
 @torch.no_grad()
 def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """(rows of {path, labels, probs}, skipped (path, reason)) for every image, in input order."""
-    if args.topk < 1 or (args.batch_size is not None and args.batch_size < 1) or \
-            (args.workers is not None and args.workers < 0):
-        raise ValueError(f"--topk {args.topk} / --batch-size {args.batch_size} / --workers {args.workers}: "
-                         "expected >= 1 / >= 1 / >= 0")
+    for flag, value, least, what in (("--topk", args.topk, 1, "predictions per image"),
+                                     ("--batch-size", args.batch_size, 1, "images per batch"),
+                                     ("--workers", args.workers, 0, "image-decoding processes")):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} {value}: expected a number of {what} >= {least}")
     paths = list_images(args.images)
     check_output(args, paths)
     device = resolve_device(args.device)
@@ -116,6 +118,9 @@ def predict(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[tuple[
     batch_size, workers = loaded.config.eval.batch_size, loaded.config.data.workers
     model = loaded.model.to(device)
     k = min(args.topk, len(loaded.classes))
+    if k < args.topk:  # the default 5 with a model of fewer classes, or a larger --topk: all classes, ranked
+        print(f"t2t-predict: --topk {args.topk} is more than the {len(loaded.classes)} classes of "
+              f"{args.checkpoint}: {k} predictions per image", file=sys.stderr)
     print(f"{loaded.model_name} @{loaded.img_size}, {loaded.weights} weights of {args.checkpoint}, "
           f"{len(loaded.classes)} classes, {len(paths)} images on {device}", file=sys.stderr)
     # Workers ignore Ctrl-C: the main process stops them, so the interruption is one line, not their tracebacks.

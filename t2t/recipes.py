@@ -20,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from .config import RECIPE_DIR, Config
+from .outputs import write_text
 
 __all__ = ["RECIPES", "Recipe", "generated_files", "render"]
 
@@ -253,9 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         stale.append(path)
         if args.write:
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+            write_text(path, text)
     for path in stale:
         print(f"{'wrote' if args.write else 'differs from the table'}: {path}", file=sys.stdout if args.write
               else sys.stderr)

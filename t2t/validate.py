@@ -41,9 +41,10 @@ import t2t
 from .cli import ArgumentParser, UsageError, run_main, split_overrides
 from .config import Config
 from .data.cifar import CIFARDataset, find_cifar_dir
-from .data.dataset import (ImageDataset, ImageFolderDataset, check_classes_match, check_same_classes, class_indices,
-                           find_split_dirs, resolve_eval_dir)
+from .data.dataset import (DatasetError, ImageDataset, ImageFolderDataset, check_classes_match, check_same_classes,
+                           class_indices, find_split_dirs, resolve_eval_dir)
 from .data.loader import build_eval_loader
+from .data.parquet import find_parquet_split, open_parquet
 from .data.shards import find_shard_classes, open_shards
 from .engine.distributed import DistInfo, cleanup_distributed, init_distributed, setup_logging
 from .engine.eval_sets import EvalSet, SubsetLogits, output_indices, parse_eval_sets
@@ -55,7 +56,7 @@ from .inference import CheckpointInfo, check_batch_fits, inspect_checkpoint, res
 from .models import CheckpointError
 from .models.factory import EvalPreprocessing, create_model, resolve_eval_preprocessing
 from .models.weights import EMA_KEYS
-from .outputs import atomic_output
+from .outputs import write_text
 from .runtime import keep_freed_memory
 
 _logger = logging.getLogger("validate")
@@ -98,6 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("-c", "--config", help="a config.yaml (e.g. a run's): its keys override the checkpoint's stored config")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. eval.crop_pct=1.0 eval.interpolation=bilinear")
+    p.add_help_config()
     p.add_argument("-m", "--model", help="model.name: registered model name, e.g. t2t_vit_14")
     p.add_argument("--img-size", help="model.img_size: eval resolution, or a comma-separated sweep such as 224,288,384: "
                    "one row per size, position table interpolated from the checkpoint's (default: the config's, "
@@ -172,19 +174,30 @@ def preprocessing(cfg: Config, resolution: Resolution | None = None) -> EvalPrep
 
 
 def build_dataset(data_dir: str, pre: EvalPreprocessing, fmt: str = "auto") -> ImageDataset | CIFARDataset:
-    """The test split of an extracted CIFAR folder, the shards of data_dir/val (or data_dir), else the class
-    folders of data_dir/val or data_dir; found by what the folder holds (`fmt` auto), whatever the run trained on."""
+    """The test split of an extracted CIFAR folder, the shards or parquet files of data_dir/val (or data_dir, or a
+    Hugging Face download's validation files), else the class folders of data_dir/val or data_dir; found by what
+    the folder holds (`fmt` auto), whatever the run trained on."""
     transform = pre.transform()
     if fmt in ("auto", "cifar") and find_cifar_dir(data_dir) is not None:
         return CIFARDataset(data_dir, train=False, transform=transform)
     folder = resolve_eval_dir(data_dir)
-    if fmt == "shards" or (fmt == "auto" and glob.glob(os.path.join(glob.escape(folder), "*.tar"))):
+    if fmt == "parquet" or (fmt == "auto" and _has_parquet_val(data_dir)):
+        names = find_shard_classes(data_dir) or find_shard_classes(os.path.dirname(os.path.abspath(data_dir)))
+        dataset: ImageDataset = ImageDataset(open_parquet(data_dir, "val", names, loose=True), transform)
+    elif fmt == "shards" or (fmt == "auto" and glob.glob(os.path.join(glob.escape(folder), "*.tar"))):
         names = find_shard_classes(data_dir) or find_shard_classes(os.path.dirname(os.path.abspath(folder)))
-        dataset: ImageDataset = ImageDataset(open_shards(folder, names), transform)
+        dataset = ImageDataset(open_shards(folder, names), transform)
     else:
         dataset = ImageFolderDataset(folder, transform)
     dataset.bad_image_hint = ""  # training's data.skip_bad_images has no place here: every image must count
     return dataset
+
+
+def _has_parquet_val(data_dir: str) -> bool:
+    try:
+        return bool(find_parquet_split(data_dir, "val", loose=True))
+    except DatasetError:
+        return False
 
 
 def build_dali_eval_loader(dataset: ImageDataset | CIFARDataset, pre: EvalPreprocessing, cfg: Config,
@@ -263,10 +276,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for results in rows:
         print(json.dumps(results), flush=True)
     if args.results_file:
-        with atomic_output(args.results_file) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(rows[0], f, indent=2)
-                f.write("\n")
+        write_text(args.results_file, json.dumps(rows[0], indent=2) + "\n")
     write_rows(rows, json_path=args.json, csv_path=args.csv)
 
 

@@ -19,6 +19,7 @@ from .dataset import DatasetError, ImageDataset, ImageFolderDataset, SeededDatas
     find_split_dirs, find_unreadable_images, find_unreadable_samples, open_folder
 from .holdout import split_minival
 from .readers import FolderReader, Reader
+from .parquet import ParquetReader, has_parquet, open_parquet
 from .shards import find_shard_classes, open_shards
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup
@@ -184,8 +185,9 @@ def check_shared_memory(per_process: int, processes: int, free: Optional[int]) -
 
 
 def resolve_format(data_dir: str, fmt: str) -> str:
-    """'cifar', 'shards' or 'imagefolder' for `data_dir`; 'auto' picks cifar for an extracted CIFAR folder and
-    shards for a data_dir/train holding *.tar files."""
+    """'cifar', 'shards', 'parquet' or 'imagefolder' for `data_dir`; 'auto' picks cifar for an extracted CIFAR
+    folder, shards for a data_dir/train holding *.tar files, parquet for *.parquet files there (or a Hugging
+    Face download's data_dir/data)."""
     if fmt != "auto":
         return fmt
     if find_cifar_dir(data_dir) is not None:
@@ -193,6 +195,8 @@ def resolve_format(data_dir: str, fmt: str) -> str:
     train = os.path.join(data_dir, "train")
     if os.path.isdir(train) and any(name.endswith(".tar") for name in os.listdir(train)):
         return "shards"
+    if has_parquet(train) or has_parquet(os.path.join(data_dir, "data")):
+        return "parquet"
     return "imagefolder"
 
 
@@ -212,6 +216,9 @@ def _open_split_readers(fmt: str, data_dir: str, *, rank: int, broadcast: Option
                 classes = find_shard_classes(data_dir)
                 train = open_shards(os.path.join(data_dir, "train"), classes)
                 readers = (train, open_shards(os.path.join(data_dir, "val"), train.classes))
+            elif fmt == "parquet":
+                train = open_parquet(data_dir, "train", find_shard_classes(data_dir))
+                readers = (train, open_parquet(data_dir, "val", train.classes))
             else:
                 found = []
                 for split, folder in zip(("train", "val"), find_split_dirs(data_dir)):
@@ -239,9 +246,9 @@ def build_datasets(cfg: DataConfig, data_dir: str, train_tf: Callable, eval_tf: 
     `train_dataset` builds the training set from its reader (e.g. `TokenLabelDataset` with its label folder).
     """
     fmt = resolve_format(data_dir, cfg.format)
-    if fmt != "shards" and cfg.shuffle == "block":
-        raise DatasetError(f"data.shuffle=block reads shards in blocks; {data_dir!r} is read as {fmt}: set "
-                           "data.shuffle=global, or point --data-dir at shards (scripts/make_shards.py)")
+    if fmt not in ("shards", "parquet") and cfg.shuffle == "block":
+        raise DatasetError(f"data.shuffle=block reads shards or parquet row groups in blocks; {data_dir!r} is read "
+                           f"as {fmt}: set data.shuffle=global, or point --data-dir at shards (scripts/make_shards.py)")
     if fmt == "cifar":
         if train_dataset is not ImageDataset:
             raise DatasetError(f"{data_dir!r} is a CIFAR folder; token labels (token_label.dir) are read for "
@@ -381,8 +388,15 @@ def build_train_sampler(cfg: DataConfig, train_ds: SeededDataset, epoch_samples:
     blocks = None
     if cfg.shuffle == "block":
         blocks = train_ds.reader.block_sizes
-        # Each rank meets the shards of one window at a time: each is read ahead whole when first met.
+        # Each rank meets the shards of one window at a time: each is read ahead whole when first met
+        # (a parquet reader keeps the window's row groups decoded instead).
         train_ds.reader.read_ahead_shards = 2 * cfg.block_shards
+        if isinstance(train_ds.reader, ParquetReader):
+            train_ds.reader.cache_groups = cfg.block_shards
+    elif isinstance(train_ds.reader, ParquetReader):
+        _logger.warning("data.format=parquet with data.shuffle=global: nearly every sample reads its whole row group "
+                        "(%d row groups of %d images on average); data.shuffle=block reads each once per epoch",
+                        len(train_ds.reader.block_file), len(train_ds) // max(1, len(train_ds.reader.block_file)))
     # The epoch is a whole number of global batches of the global order, the same for any world size.
     return TrainSampler(len(train_ds), num_replicas=num_replicas, rank=rank, seed=seed,
                         repeats=cfg.repeats if cfg.repeated_aug else 1, drop_last=True, epoch_samples=epoch_samples,

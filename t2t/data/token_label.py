@@ -1,21 +1,24 @@
 """Token labels: dense score maps from a teacher, following their image's crop, flip and RandAugment, and MixToken.
 
-A label file holds a teacher's top-k class scores at every location of its token grid: `values`
-(k, H, W) float16 and `indices` (k, H, W) int16/int32 (and the teacher's sha256), written by
-scripts/generate_token_labels.py as LABELDIR/<class>/<image stem>.pt next to LABELDIR/labels.json.
-TokenLabeling's own files (one (2, k, H, W) tensor, indices stored as floats) are read too.
+A label map is a teacher's top-k class scores at every location of its token grid: `values`
+(k, H, W) float16 and `indices` (k, H, W) int16/int32. scripts/generate_token_labels.py stores them
+per block of images (t2t/data/label_blocks.py: LABELDIR/blocks/*.tlb next to LABELDIR/labels.json),
+read by sample position from memory-mapped files. The older layout, one file per image
+(LABELDIR/<class>/<image stem>.pt with the teacher's sha256), is still read, and TokenLabeling's
+own files (one (2, k, H, W) tensor, indices stored as floats) are read by its import.
 
 Training (`token_label.dir`): the loader workers send each image's top-k map unchanged (a few KB)
 with the geometry its transform drew (`TokenLabelTransform`: the crop box, the flip and the affine
 map of RandAugment's geometric ops); on the device, `DenseTokenTargets` spreads the top-k scores into
 (B, C, H, W) maps (zeros elsewhere, as TokenLabeling does), cuts the crop out with RoIAlign onto the
-student's token grid (and to one cell for the class token), flips it, applies the geometric ops with
-nearest sampling and zero scores outside the image (TokenLabeling's rule), and takes the softmax.
-`MixToken` then replaces CutMix.
+student's token grid (and to one cell for the class token) sampled as TokenLabeling samples it (its
+transposed box corrected), flips it, applies the geometric ops with nearest sampling and zero scores
+outside the image (TokenLabeling's rule), takes the softmax and smooths it as TokenLabeling does (rows
+sum to 1 + s / C). `MixToken` then replaces CutMix, its box drawn by TokenLabeling's rule.
+See docs/teacher.md, "Fidelity to TokenLabeling", for each rule and its test.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -26,14 +29,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from ..outputs import write_failed
+from ..outputs import atomic_output
 from .dataset import DatasetError, ImageDataset
+from .label_blocks import BLOCK_FORMAT, BlockLabels, check_record
 from .readers import Reader
 
 __all__ = [
     "GEOMETRY_SIZE", "DenseTokenTargets", "LabelMapError", "MixToken", "TokenLabelDataset", "TokenLabelTransform",
     "crop_label_map", "dense_scores", "label_path", "label_targets", "mix_token", "open_label_dir", "read_label_map",
-    "read_label_record", "save_label_map", "token_box",
+    "read_label_record", "read_labels_json", "save_label_map", "token_box",
 ]
 
 # A sample's geometry: crop box (top, left, bottom, right) as fractions of the image, flip (0/1), and the
@@ -53,25 +57,15 @@ def label_path(label_dir: str, image_relpath: str) -> str:
 
 
 def save_label_map(path: str, values: torch.Tensor, indices: torch.Tensor, teacher: Optional[str] = None) -> None:
-    """Write one image's top-k map (and the teacher's sha256) whole or not at all (temporary file, then rename)."""
+    """Write one image's top-k map (and the teacher's sha256) in the per-image layout, whole or not at all."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     index_dtype = torch.int16 if int(indices.max()) < 2 ** 15 else torch.int32
-    tmp = f"{path}.tmp-{os.getpid()}"
     obj: dict[str, Any] = {"values": values.detach().to("cpu", torch.float16).contiguous(),
                            "indices": indices.detach().to("cpu", index_dtype).contiguous()}
     if teacher is not None:
         obj["teacher"] = str(teacher)
-    try:
-        with open(tmp, "wb") as f:  # a Python file: a full disk is an OSError naming its errno
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException as e:  # a full disk or Ctrl-C: no partial file stays behind
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        failed = write_failed(path, e)
-        if failed is e:
-            raise
-        raise failed from e
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def read_label_record(path: str) -> tuple[torch.Tensor, torch.Tensor, Optional[str]]:
@@ -115,21 +109,33 @@ def label_targets(scores: torch.Tensor, geometry: torch.Tensor, grid: int, *,
     """Class and dense targets of a batch of (B, C, H, W) score maps seen through each sample's geometry.
 
     geometry (B, GEOMETRY_SIZE) as `TokenLabelTransform` records it. Returns (class target (B, C),
-    dense target (B, grid * grid, C)), softmax over classes then label smoothing; rows of the dense
-    target run over the token grid row by row. The crop is RoIAlign of the box onto grid x grid cells
-    (and onto one cell for the class token); where RandAugment moved the image, the grid is resampled
-    nearest-neighbour through the op's affine map, with zero scores outside the image, and the class
-    token's scores are the mean of that grid.
+    dense target (B, grid * grid, C)); rows of the dense target run over the token grid row by row.
+
+    The crop is TokenLabeling's RoIAlign (torchvision, `sampling_ratio=-1`, `aligned=False`, the box
+    moved by -0.5 map cells): each of the grid x grid cells averages ceil(box side in map cells / grid)
+    bilinear samples per side, evenly spaced inside the cell, which is one sample at the cell centre
+    whenever the crop spans no more map cells than the grid has (a 14 x 14 map on a 14 x 14 grid, or any
+    crop of it), so a full-image crop with grid == map size gives the map itself; the class token is the
+    same RoIAlign onto one cell (ceil(box side) samples per side over the crop). TokenLabeling hands
+    RoIAlign the box (top, left, bottom, right) where RoIAlign reads (x1, y1, x2, y2), so its crop is
+    the transposed box (the map's columns cut where the image's rows were); here the box is the
+    image's (x = left..right, y = top..bottom), everything else as TokenLabeling samples it.
+
+    Where RandAugment moved the image, the grid is resampled nearest-neighbour through the op's affine
+    map, with zero scores outside the image, and the class token's scores are the mean of that grid.
+
+    Then the softmax over classes and TokenLabeling's label smoothing: p * (1 - s + s / C) + s / C, the
+    on / off values of its one-hot rows applied to the soft target, so a row sums to 1 + s / C (not 1).
     """
     B, C, H, W = scores.shape
     geometry = geometry.to(scores.device, torch.float32)
     top, left, bottom, right = geometry[:, 0], geometry[:, 1], geometry[:, 2], geometry[:, 3]
     rois = torch.stack([torch.arange(B, device=scores.device, dtype=torch.float32),
-                        left * W, top * H, right * W, bottom * H], dim=1)
-    dense = roi_align(scores, rois, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=2,
-                      aligned=True)  # (B, C, S, S)
+                        left * W - 0.5, top * H - 0.5, right * W - 0.5, bottom * H - 0.5], dim=1)
+    dense = roi_align(scores, rois, output_size=(grid, grid), spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=False)  # (B, C, S, S)
     pooled = roi_align(scores, rois, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1,
-                       aligned=True)[:, :, 0, 0]  # (B, C)
+                       aligned=False)[:, :, 0, 0]  # (B, C)
     flip = geometry[:, 4] > 0.5
     dense = torch.where(flip[:, None, None, None], dense.flip(-1), dense)
     affine = geometry[:, 5:].reshape(B, 2, 3)
@@ -145,8 +151,9 @@ def label_targets(scores: torch.Tensor, geometry: torch.Tensor, grid: int, *,
     dense = dense.flatten(2).transpose(1, 2).softmax(dim=-1)  # (B, S*S, C)
     cls = pooled.softmax(dim=-1)
     if smoothing > 0:
-        dense = dense * (1 - smoothing) + smoothing / C
-        cls = cls * (1 - smoothing) + smoothing / C
+        off = smoothing / C
+        dense = dense * (1 - smoothing + off) + off
+        cls = cls * (1 - smoothing + off) + off
     return cls, dense
 
 
@@ -168,16 +175,20 @@ def crop_label_map(
 
 
 def token_box(grid: int, lam: float, rng: np.random.Generator | None = None) -> tuple[int, int, int, int]:
-    """A CutMix box on a grid x grid token grid covering about 1 - lam of it: (top, left, bottom, right) in tokens.
+    """MixToken's box on a grid x grid token grid for Beta draw `lam`: (top, left, bottom, right) in tokens.
 
-    Drawn as timm's rand_bbox draws (centre uniform, sides sqrt(1 - lam) of the grid, clipped),
-    from NumPy's global RNG (reseeded every step) unless `rng` is given.
+    TokenLabeling's rule: half-side h = int(grid * sqrt(1 - lam)) // 2 (truncated, so the side 2h is
+    even and at most grid * sqrt(1 - lam)); the centre row, then the centre column, each uniform in
+    [0, grid); the box [centre - h, centre + h) clipped to the grid on each axis. Its share of the grid
+    is therefore below 1 - lam (mean 0.271 on 14 x 14 with lam ~ Beta(1, 1)); `mix_token` weighs the
+    class target by the clipped box's actual share. Draws come from NumPy's global RNG (which the
+    Trainer reseeds every micro-step) unless `rng` is given.
     """
     draw = rng.integers if rng is not None else np.random.randint
-    cut = int(round(grid * np.sqrt(1.0 - lam)))
+    half = int(grid * np.sqrt(1.0 - lam)) // 2
     cy, cx = int(draw(0, grid)), int(draw(0, grid))
-    top, bottom = np.clip(cy - cut // 2, 0, grid), np.clip(cy + cut - cut // 2, 0, grid)
-    left, right = np.clip(cx - cut // 2, 0, grid), np.clip(cx + cut - cut // 2, 0, grid)
+    top, bottom = np.clip(cy - half, 0, grid), np.clip(cy + half, 0, grid)
+    left, right = np.clip(cx - half, 0, grid), np.clip(cx + half, 0, grid)
     return int(top), int(left), int(bottom), int(right)
 
 
@@ -193,9 +204,15 @@ def mix_token(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int, int]]:
     """MixToken: CutMix on the token grid, pasting each image's box from the batch reversed.
 
-    images (B, 3, G*patch, G*patch); cls_target (B, C); dense_target (B, G*G, C). The box is whole
-    patches (pixel edges at multiples of `patch`), the tokens inside take the other image's dense
-    targets, and the class target is mixed by the share of tokens kept, lam = 1 - box / G^2.
+    images (B, 3, G*patch, G*patch); cls_target (B, C); dense_target (B, G*G, C). Draws, in order:
+    one uniform for `prob` (only when prob < 1), lam ~ Beta(alpha, alpha), then `token_box`'s centre
+    row and column: with alpha = prob = 1, TokenLabeling's draws (its model draws Beta(1, 1) and its
+    box from the same global RNG). The box is whole patches (pixel edges at multiples of `patch`), the
+    tokens inside take the other image's dense targets, and the class target is mixed by the share of
+    tokens kept, lam = 1 - box area / G^2 (TokenLabeling's corrected lam). TokenLabeling swaps the
+    patch embeddings inside the box and swaps the token predictions back before its loss; swapping the
+    pixels and the targets instead gives the same loss (the mean over the batch is the same sum), and
+    suits T2T-ViT, whose soft split makes its tokens from overlapping pixel windows.
     Returns (images, cls_target, dense_target, box in tokens); the inputs are not modified.
     """
     B, _, H, W = images.shape
@@ -205,7 +222,7 @@ def mix_token(
     if dense_target.shape[1] != grid * grid:
         raise ValueError(f"dense target has {dense_target.shape[1]} rows, the {grid}x{grid} token grid {grid * grid}")
     uniform = rng.random if rng is not None else np.random.rand
-    if alpha <= 0 or uniform() >= prob:
+    if alpha <= 0 or (prob < 1 and uniform() >= prob):
         return images, cls_target, dense_target, (0, 0, 0, 0)
     lam = float(rng.beta(alpha, alpha) if rng is not None else np.random.beta(alpha, alpha))
     top, left, bottom, right = token_box(grid, lam, rng)
@@ -326,12 +343,8 @@ class TokenLabelTransform:
         return f"{type(self).__name__}({self.base!r})"
 
 
-def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
-                   image_paths: Sequence[str]) -> dict[str, Any]:
-    """labels.json of `label_dir`, checked against the training classes and images; adds the maps' 'shape'.
-
-    Every image must have its map (one directory listing per class, not one stat per image).
-    """
+def read_labels_json(label_dir: str, classes: Sequence[str], image_root: str) -> dict[str, Any]:
+    """labels.json of `label_dir`, checked against the training classes (either layout)."""
     where = f"token_label.dir={label_dir!r}"
     if not os.path.isdir(label_dir):
         raise LabelMapError(f"{where} is not a folder: write the labels there with scripts/generate_token_labels.py")
@@ -353,6 +366,17 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
                             "were made for another data set")
     if not isinstance(record.get("topk"), int) or record["topk"] < 1:
         raise LabelMapError(f"{where}: labels.json has topk={record.get('topk')!r}; expected a positive integer")
+    return record
+
+
+def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
+                   image_paths: Sequence[str]) -> dict[str, Any]:
+    """labels.json of a per-image `label_dir`, checked against the training classes and images; adds 'shape'.
+
+    Every image must have its map (one directory listing per class, not one stat per image).
+    """
+    where = f"token_label.dir={label_dir!r}"
+    record = read_labels_json(label_dir, classes, image_root)
     listed: dict[str, set[str]] = {}
     missing, first_missing = 0, None
     for image in image_paths:
@@ -388,9 +412,16 @@ class TokenLabelDataset(ImageDataset):
                  **kwargs: Any) -> None:
         super().__init__(reader, transform, **kwargs)
         self.label_dir = os.fspath(label_dir)
-        relpaths = [reader.relpath(i) for i in range(len(reader))]
-        self.record = open_label_dir(self.label_dir, self.classes, self.root,
-                                     [os.path.join(self.root, rel) for rel in relpaths])
+        record = read_labels_json(self.label_dir, self.classes, self.root)
+        self.blocks: Optional[BlockLabels] = None
+        if record.get("format") == BLOCK_FORMAT:  # a few block files, by position: nothing listed per image
+            where = f"token_label.dir={self.label_dir!r}"
+            check_record(record, where)
+            self.record, self.blocks = record, BlockLabels(self.label_dir, record, reader, where=where)
+        else:  # one file per image (older label folders): every image's file is looked for at start
+            relpaths = [reader.relpath(i) for i in range(len(reader))]
+            self.record = open_label_dir(self.label_dir, self.classes, self.root,
+                                         [os.path.join(self.root, rel) for rel in relpaths])
         self.index_dtype = torch.int16 if len(self.classes) <= 2 ** 15 else torch.int32
         self._decoded: Optional[int] = None
 
@@ -400,8 +431,30 @@ class TokenLabelDataset(ImageDataset):
 
     def __getitem__(self, key) -> tuple[Any, dict[str, Any]]:
         (image, geometry), target = super().__getitem__(key)
-        values, indices = self.label_map(os.path.join(self.root, self.reader.relpath(self._decoded)))
+        values, indices = self.labels_at(self._decoded)
         return image, {"label": target, "values": values, "indices": indices, "geometry": geometry}
+
+    def labels_at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values (k, H, W) float16, indices (k, H, W)) of the sample at `position`, from either layout."""
+        if self.blocks is not None:
+            return self.block_map(position)
+        return self.label_map(os.path.join(self.root, self.reader.relpath(position)))
+
+    def block_map(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k map of the sample at `position` from its block; a one-line LabelMapError naming it if unsound."""
+        if len(self.reader) != len(self.blocks):
+            raise LabelMapError(f"token_label.dir={self.label_dir!r} holds {len(self.blocks)} maps by position, the "
+                                f"training set now has {len(self.reader)} images: the positions no longer match")
+        values, indices, where = self.blocks.lookup(position)
+        problem = None
+        if int(indices.min()) < 0 or int(indices.max()) >= len(self.classes):
+            problem = f"names class {int(indices.max())}, outside the {len(self.classes)} classes of labels.json"
+        elif not bool(torch.isfinite(values).all()):
+            problem = "holds scores that are NaN or infinite"
+        if problem:
+            raise LabelMapError(f"token label {where} of image {self.reader.path(position)!r} {problem}: generate the "
+                                "labels again with scripts/generate_token_labels.py")
+        return values, indices.to(self.index_dtype)
 
     def label_map(self, image_path: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The image's top-k map, checked against labels.json; a one-line LabelMapError naming the image if not."""
@@ -431,7 +484,8 @@ class TokenLabelDataset(ImageDataset):
 class DenseTokenTargets:
     """A worker batch's label structure -> (class target (B, C), dense target (B, grid^2, C)) on `device`.
 
-    The (B, C, H, W) score maps exist only here, on the device, for the length of one step.
+    The (B, C, H, W) score maps exist only here, on the device, for the length of one step; the
+    targets are `label_targets` (TokenLabeling's sampling and smoothing).
     """
 
     def __init__(self, num_classes: int, grid: int, *, smoothing: float = 0.0,
@@ -450,7 +504,8 @@ class DenseTokenTargets:
 class MixToken:
     """`mix_token` in the Trainer's mixup slot: (images, (cls, dense)) -> mixed images and targets.
 
-    Draws from NumPy's global RNG, which the Trainer reseeds every micro-step (exact resume).
+    Draws from NumPy's global RNG, which the Trainer reseeds every micro-step (exact resume); with
+    alpha = prob = 1 (the defaults) the draws and the box are TokenLabeling's.
     """
 
     def __init__(self, alpha: float = 1.0, *, patch: int = 16, prob: float = 1.0) -> None:

@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from typing import Any, Optional
 
@@ -154,21 +153,14 @@ def remove_stale_temporaries(folder: str) -> list[str]:
 
 
 def _link_or_copy(src: str, dst: str) -> None:
-    """Make `dst` a copy of the finished file `src`: a hard link where the filesystem allows, atomically."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    os.close(fd)
-    try:
-        os.remove(tmp)
+    """Make `dst` a copy of the finished file `src`: a hard link where the filesystem allows, atomically
+    (t2t.outputs.atomic_output: a copy reaches the disk before the rename, and the rename is made durable)."""
+    with atomic_output(dst, suffix=".pth") as tmp:
+        os.remove(tmp)  # the name is reserved; a link needs it free
         try:
             os.link(src, tmp)
         except OSError:  # no hard links here (some network or FUSE filesystems): copy the bytes
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class CheckpointWriter:

@@ -5,7 +5,9 @@ DeiT (Touvron et al., 2021): the teacher term is either
   hard: cross-entropy against the teacher's argmax
 and the loss is (1 - alpha) * base + alpha * teacher term. A distilled model (a second token and
 head) trains its class head on the labels and its distillation head on the teacher; a plain model
-trains its one head on both.
+trains its one head on both (DeiT asks for two heads there; timm's logit distillation does this).
+Without a teacher term (type 'none' or alpha 0) the loss is the class head's base loss alone, as in
+DeiT's losses.py: the distillation head of a two-head model learns nothing then.
 
 Token labeling (Jiang et al., "All Tokens Matter", 2021): cls_weight * soft cross-entropy of the
 class token against the image's target + dense_weight * the mean soft cross-entropy of every patch
@@ -79,8 +81,12 @@ class TeacherTimer:
 class DistillationLoss(nn.Module):
     """(1 - alpha) * base(class logits, target) + alpha * DeiT term(distillation logits, teacher(images)).
 
-    `outputs` is the student's logits, or (class logits, distillation logits) from a distilled
-    model. alpha = 0 or type 'none' is the base loss alone and the teacher is never run.
+    `outputs` is the student's logits (both terms then read the same logits), or (class logits,
+    distillation logits) from a distilled model. With alpha = 0 or type 'none' the loss is
+    base(class logits, target) alone, DeiT's rule: the distillation logits enter only as 0 x their
+    sum, which gives their head zero gradients and keeps it in the graph (DDP without
+    find_unused_parameters waits for every parameter's gradient), and the teacher is never run (DeiT
+    runs it and multiplies its term by 0; the value is the same).
     """
 
     def __init__(
@@ -120,8 +126,8 @@ class DistillationLoss(nn.Module):
             cls_logits, dist_logits = outputs
         base = self.base(cls_logits, target)
         if not self.uses_teacher:
-            if dist_logits is not cls_logits:  # a distilled model without a teacher: both heads learn the labels
-                return (base + self.base(dist_logits, target)) / 2
+            if dist_logits is not cls_logits:  # DeiT: the class head alone; the other head stays in the graph
+                return base + 0.0 * dist_logits.float().sum()
             return base
         with torch.no_grad():
             teacher_logits = self.timer.run(lambda: self.teacher(images)) if self.timer else self.teacher(images)

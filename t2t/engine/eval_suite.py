@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..outputs import check_output_file, write_text
+from ..outputs import OutputError, check_output_file, same_file, write_text
 from ..progress import Progress
 from .distributed import DistInfo
 from .eval_sets import builtin_real_labels
@@ -164,7 +164,11 @@ def check_output_files(outputs: Iterable[tuple[str, str | None]], inputs: Sequen
     seen: list[tuple[str, str]] = []
     for flag, path in outputs:
         if path:
-            check_output_file(path, inputs=[*inputs, *seen], overwrite=overwrite, flag=flag)
+            for other_flag, other in seen:
+                if same_file(path, other):  # the second write would replace the first output
+                    raise OutputError(f"{flag} {path!r} is also the file of {other_flag} {other!r}: each output "
+                                      f"needs its own file; choose another {flag}")
+            check_output_file(path, inputs=inputs, overwrite=overwrite, flag=flag)
             seen.append((flag, path))
 
 

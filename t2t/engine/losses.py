@@ -13,6 +13,7 @@ never a new parameter of the training step.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Protocol
 
 import torch
@@ -24,6 +25,8 @@ from ..config import ConfigError, DistillConfig, LossConfig, TokenLabelConfig
 from .distill import DistillationLoss, TeacherTimer, TokenLabelLoss
 
 __all__ = ["BinaryTargetLoss", "SoftTargetLoss", "TrainLoss", "build_loss", "soft_targets"]
+
+_logger = logging.getLogger(__name__)
 
 
 class TrainLoss(Protocol):
@@ -90,5 +93,10 @@ def build_loss(cfg: LossConfig, num_classes: int, *, token_label: Optional[Token
         SoftTargetLoss(num_classes, smoothing=cfg.label_smoothing)
     if teacher is None and not two_heads:
         return base
+    if two_heads and (teacher is None or distill.type == "none" or distill.alpha == 0):
+        _logger.warning("A distilled model without a teacher term (distill.type=%r, alpha=%s, teacher %s): as in "
+                        "DeiT, only the class head learns; the distillation head keeps its initial weights and is "
+                        "still averaged in at evaluation", distill.type, distill.alpha,
+                        "given" if teacher is not None else "none")
     return DistillationLoss(base, teacher, kind=distill.type, alpha=distill.alpha, tau=distill.tau,
                             timer=TeacherTimer(device) if teacher is not None else None)

@@ -17,7 +17,7 @@ class RunLogger:
     """Per-step scalars to TensorBoard and the trackers; one row per epoch to summary.csv and log.jsonl (rank 0 only).
 
     `trackers` (t2t.engine.trackers.Trackers) get the same scalars; `checkpointed(step)`, which the
-    checkpoint writer may call from its thread, tells them that a checkpoint at `step` is on disk.
+    checkpoint writer calls from its thread, tells them that a checkpoint at `step` is on disk.
     """
 
     def __init__(self, folder: Optional[str], tensorboard: bool = True, *, resumed_step: Optional[int] = None,
@@ -28,8 +28,6 @@ class RunLogger:
         were started with the same step: t2t.engine.trackers)."""
         self.folder = folder
         self.trackers = trackers
-        self._checkpointed: Optional[int] = None  # set by the writer thread, passed on by the training thread
-        self._passed: Optional[int] = None
         self.writer = None
         if folder is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -42,17 +40,13 @@ class RunLogger:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
         if self.trackers is not None:
-            self._pass_checkpointed()
             self.trackers.log(values, step)
 
     def checkpointed(self, step: int) -> None:
-        """A checkpoint at global step `step` is on disk (any thread: only a number is stored here)."""
-        self._checkpointed = step
-
-    def _pass_checkpointed(self) -> None:
-        step = self._checkpointed  # only the writer thread sets it, only this thread reads it: nothing is lost
-        if step is not None and step != self._passed:
-            self._passed = step
+        """A checkpoint at global step `step` is on disk (the writer's thread). The trackers send what they held
+        back up to it now, not at the next log: a kill right after the write loses no step that the resumed
+        run, which starts after `step`, does not log again."""
+        if self.trackers is not None:
             self.trackers.checkpointed(step)
 
     def write_epochs(self, history: list[dict[str, Any]], *, scalar_keys: Optional[Iterable[str]] = None) -> None:
@@ -78,7 +72,6 @@ class RunLogger:
                 self.writer.add_scalar(key, value, last["epoch"])
             self.writer.flush()
         if self.trackers is not None:  # one step axis in a tracker: the epoch's row at its last global step
-            self._pass_checkpointed()
             self.trackers.log({**values, "epoch/epoch": last["epoch"]}, last["global_step"])
 
     def close(self, failed: bool = False) -> None:
@@ -86,5 +79,4 @@ class RunLogger:
         if self.writer is not None:
             self.writer.close()
         if self.trackers is not None:
-            self._pass_checkpointed()
             self.trackers.close(failed=failed)

@@ -130,6 +130,27 @@ class Teacher:
         return self
 
 
+_TEACHER_FILES = "a t2t checkpoint, an official release file, a timm/torchvision state dict or a .safetensors file"
+
+
+def _not_a_teacher_file(path: str, source: str, model_source: str) -> str:
+    """Why `path` cannot be read as the teacher's weights: a folder (naming the files in it that could be), a
+    model name, or nothing."""
+    if os.path.isdir(path):
+        try:
+            names = os.listdir(path)
+        except OSError:
+            names = []
+        found = sorted((n for n in names if n.endswith((".pth", ".pt", ".bin", ".safetensors"))),
+                       key=lambda n: (n not in ("best.pth", "last.pth"), n))  # a run folder's usual choices first
+        inside = f"; it holds {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}: name one" if found else ""
+        return f"{source}={path!r} is a folder; expected a file ({_TEACHER_FILES}){inside}"
+    if timm.is_model(path.partition(".")[0]):
+        return (f"{source}={path!r} is a model name and no such file exists; expected the teacher's weights as a "
+                f"file ({_TEACHER_FILES}), its model in {model_source} (nothing is downloaded)")
+    return f"{source}={path!r}: no such file (expected {_TEACHER_FILES})"
+
+
 def load_teacher(
         path: str,
         *,
@@ -147,8 +168,7 @@ def load_teacher(
     the same ones in the same order.
     """
     if not os.path.isfile(path):
-        raise TeacherError(f"{source}={path!r}: no such file (expected a t2t checkpoint, an official release "
-                           "file, a timm/torchvision state dict or a .safetensors file)")
+        raise TeacherError(_not_a_teacher_file(path, source, model_source))
     try:
         checkpoint = read_checkpoint(path)
         state_dict, where = extract_state_dict(checkpoint, use_ema=True, source=f"{source}={path!r}")

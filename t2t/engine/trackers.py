@@ -7,8 +7,9 @@ tracker run, and what the killed process logged after that checkpoint never appe
 - wandb: the resumed process starts with `resume_from="<id>?_step=<checkpoint step>"`, wandb's
   rewind: the run's history after that step is dropped and the resumed run's values take its place.
 - MLflow cannot delete logged values, so its metrics are held back until a checkpoint that covers
-  their step is on disk (`checkpointed`), and sent then; a kill loses only steps that the resumed
-  process logs again. The run's MLflow curves lag by at most one checkpoint interval.
+  their step is on disk (`checkpointed`, called by the checkpoint writer's thread as soon as the file
+  is in place), and sent then; a kill loses only steps that the resumed process logs again. The run's
+  MLflow curves lag by at most one checkpoint interval.
 
 A tracker that cannot start (bad credentials, unreachable server) is one warning line at the start and
 the run goes on without it; a failure once it runs is logged once and the tracker is switched off for
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -149,10 +151,14 @@ TRACKERS: dict[str, Callable[[LogConfig, TrackerStart], Any]] = {"wandb": WandbT
 
 
 class Trackers:
-    """The trackers of a run behind one guard: a failure is logged once and switches that tracker off."""
+    """The trackers of a run behind one guard: a failure is logged once and switches that tracker off.
+
+    The training thread logs and the checkpoint writer's thread reports checkpoints: one lock keeps their
+    calls apart (a log waits only while a checkpoint's held-back metrics are being sent)."""
 
     def __init__(self, log: LogConfig, start: TrackerStart, run_ids: Optional[dict[str, str]] = None) -> None:
         self.active: dict[str, Any] = {}
+        self._lock = threading.Lock()
         run_ids = run_ids or {}
         for name, build in TRACKERS.items():
             if not getattr(log, name):
@@ -176,13 +182,14 @@ class Trackers:
         return {name: tracker.run_id for name, tracker in self.active.items()}
 
     def _each(self, call: Callable[[Any], None]) -> None:
-        for name, tracker in list(self.active.items()):
-            try:
-                call(tracker)
-            except Exception as e:
-                _logger.warning("log.%s failed (%s); it is off for the rest of this run, the local logs go on",
-                                name, one_line(e))
-                del self.active[name]
+        with self._lock:
+            for name, tracker in list(self.active.items()):
+                try:
+                    call(tracker)
+                except Exception as e:
+                    _logger.warning("log.%s failed (%s); it is off for the rest of this run, the local logs go on",
+                                    name, one_line(e))
+                    del self.active[name]
 
     def log(self, values: dict[str, float], step: int) -> None:
         self._each(lambda t: t.log(values, step))
@@ -194,4 +201,5 @@ class Trackers:
         if not failed:  # the run ended with its last checkpoint written: everything is covered
             self._each(lambda t: t.checkpointed(2 ** 62))
         self._each(lambda t: t.close(failed))
-        self.active.clear()
+        with self._lock:
+            self.active.clear()

@@ -13,10 +13,15 @@ Two figures per backend (``data.backend: pil | dali``), from the training loader
   in a thread beside it; the ratio of its wall times (median over rounds that alternate the two).
 
 Wall-clock ratios move with other load on the machine: run it on idle cores, with workers <= the
-cores left free beside the loop, and quote ``uptime``.
+cores left free beside the loop, and quote ``uptime``. With ``pin`` the training process's threads
+are held to the first allowed core and the loader's worker processes to the others (as a GPU node
+gives the training process its own cores): the slowdown then shows what the feed costs the loop
+through the training process itself (the interpreter lock, its own threads), not a core shared with
+the workers' decoding.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -80,10 +85,16 @@ def _dali_feed(root: str, img_size: int, aug: dict[str, Any], *, batch_size: int
     return plans, len(loader) * loader.batch_size
 
 
-def _feed_alone(batches: Callable[[int], Iterator[Any]], samples: int, rounds: int) -> dict[str, float]:
-    """Main-process CPU microseconds per sample and samples per wall second, over `rounds` epochs."""
+def _feed_alone(batches: Callable[[int], Iterator[Any]], samples: int, rounds: int,
+                main_cores: set[int] | None = None) -> dict[str, float]:
+    """Main-process CPU microseconds per sample and samples per wall second, over `rounds` epochs.
+
+    `main_cores`: after the warm-up has started the (persistent) workers on the cores this thread had, this
+    thread, and the threads it starts from then on, run on these cores only."""
     for _ in batches(0):  # warm-up: workers started, pipelines built, files in the page cache
         pass
+    if main_cores:
+        os.sched_setaffinity(0, main_cores)  # this thread only (Linux): the workers keep the other cores
     cpu = wall = 0.0
     for epoch in range(1, rounds + 1):
         c, w = time.process_time(), time.perf_counter()
@@ -163,8 +174,10 @@ def _step_loop_slowdown(batches: Callable[[int], Iterator[Any]], step: Callable[
 
 def run_feed_benchmark(data_dir: str, backends: Sequence[str] = FEED_BACKENDS, *, augment: str = "full",
                        img_size: int = 224, batch_size: int = 64, workers: int = 1, rounds: int = 3,
-                       steps: int = 300, auto_augment: str = "rand-m9-mstd0.5-inc1", seed: int = 0) -> dict[str, Any]:
-    """Per backend: the training process's CPU time per sample, and the step loop's slowdown beside the feed."""
+                       steps: int = 300, auto_augment: str = "rand-m9-mstd0.5-inc1", seed: int = 0,
+                       pin: bool = False) -> dict[str, Any]:
+    """Per backend: the training process's CPU time per sample, and the step loop's slowdown beside the feed
+    (with `pin`, the loop's process on one core and the loader's workers on the others)."""
     unknown = [b for b in backends if b not in FEED_BACKENDS]
     if unknown:
         raise ValueError(f"unknown data backend {unknown[0]!r} for the feed benchmark; expected some of "
@@ -172,16 +185,24 @@ def run_feed_benchmark(data_dir: str, backends: Sequence[str] = FEED_BACKENDS, *
     root = _train_root(data_dir)
     aug = _augment_kwargs(augment, auto_augment)
     results: dict[str, Any] = {"feed_workers": workers, "batch_size": batch_size, "augment": augment,
-                               "img_size": img_size, "step_loop_steps": steps}
+                               "img_size": img_size, "step_loop_steps": steps, "pinned": pin}
+    allowed = sorted(os.sched_getaffinity(0))
+    if pin and (len(allowed) < 2 or not workers):
+        raise ValueError(f"pinning needs workers > 0 and 2 or more cores; this process may use {len(allowed)}")
+    main_cores, worker_cores = ({allowed[0]}, set(allowed[1:])) if pin else (None, None)
     with _one_torch_thread():
         step = make_step_loop()
         _time_steps(step, max(1, steps // 10))  # warm-up
         for backend in backends:
             make = _pil_feed if backend == "pil" else _dali_feed
+            if worker_cores:
+                os.sched_setaffinity(0, worker_cores)  # the workers the warm-up starts inherit these
             batches, samples = make(root, img_size, aug, batch_size=batch_size, workers=workers, seed=seed)
             results[f"{backend}_samples_per_epoch"] = samples
-            for key, value in _feed_alone(batches, samples, rounds).items():
+            for key, value in _feed_alone(batches, samples, rounds, main_cores).items():
                 results[f"{backend}_{key}"] = value
             for key, value in _step_loop_slowdown(batches, step, steps=steps, rounds=rounds).items():
                 results[f"{backend}_{key}"] = value
+    if pin:
+        os.sched_setaffinity(0, set(allowed))
     return results

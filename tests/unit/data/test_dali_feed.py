@@ -98,3 +98,16 @@ def test_feed_benchmark_reports_both_backends(photos):
         assert results[f"{backend}_main_cpu_us_per_sample"] > 0 and results[f"{backend}_step_loop_slowdown"] > 0
     with pytest.raises(ValueError, match="unknown data backend 'timm'"):
         run_feed_benchmark(photos, ("timm",))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two cores")
+def test_the_pinned_feed_benchmark_gives_the_loop_its_own_core_and_restores_the_affinity(photos):
+    from t2t.tools.feed_bench import run_feed_benchmark
+
+    before = os.sched_getaffinity(0)
+    results = run_feed_benchmark(photos, ("pil",), img_size=32, batch_size=4, workers=1, rounds=1, steps=20, pin=True)
+    assert results["pinned"] and results["pil_step_loop_slowdown"] > 0
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(ValueError, match="pinning needs workers > 0"):
+        run_feed_benchmark(photos, ("pil",), workers=0, pin=True)

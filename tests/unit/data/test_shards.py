@@ -327,3 +327,15 @@ def test_shard_order_benchmark_reads_both_orders(folder_and_shards):
     assert results["global_images_per_sec"] > 0 and results["block_images_per_sec"] > 0
     with pytest.raises(ValueError, match="shard order 'zigzag'"):
         run_shard_order_benchmark(shards, orders=["zigzag"], drop_caches=False)
+
+
+def test_shard_order_benchmark_reads_the_same_samples_from_the_folder(folder_and_shards, tmp_path):
+    from t2t.tools.shard_bench import run_shard_order_benchmark
+
+    folder, shards = folder_and_shards
+    results = run_shard_order_benchmark(shards, orders=["folder", "global"], num_images=12, drop_caches=False,
+                                        folder=folder)
+    assert results["folder_images_per_cpu_sec"] > 0 and results["global_vs_folder_images_per_cpu_sec"] > 0
+    other = make_data(str(tmp_path / "other"), train=4, val=1)  # 12 images: not the shards' 15
+    with pytest.raises(ValueError, match="is not the folder the shards"):
+        run_shard_order_benchmark(shards, orders=["folder"], drop_caches=False, folder=other)

@@ -40,10 +40,11 @@ def test_crop_of_the_map_is_the_map_of_the_crop(box, flip):
     torch.testing.assert_close(cls, mid.softmax(-1), atol=2e-3, rtol=0)  # the pooled crop of a linear map
 
 
-def test_smoothing_keeps_distributions():
+def test_smoothing_rows_sum_to_one_plus_s_over_c():
+    """TokenLabeling's smoothing (p * (1 - s + s / C) + s / C): rows sum to 1 + s / C, every entry >= s / C."""
     cls, dense = crop_label_map(torch.randn(5, 4, 4), (0, 0, 1, 1), 2, smoothing=0.1)
-    torch.testing.assert_close(dense.sum(-1), torch.ones(4))
-    assert float(cls.sum()) == pytest.approx(1.0) and float(dense.min()) >= 0.1 / 5 - 1e-7
+    torch.testing.assert_close(dense.sum(-1), torch.full((4,), 1 + 0.1 / 5))
+    assert float(cls.sum()) == pytest.approx(1 + 0.1 / 5) and float(dense.min()) >= 0.1 / 5 - 1e-7
 
 
 def test_label_file_round_trip_and_tokenlabeling_layout(tmp_path):
@@ -69,7 +70,7 @@ def test_token_box_is_on_the_grid_and_sized_by_lambda():
         for _ in range(20):
             top, left, bottom, right = token_box(14, lam, rng)
             assert 0 <= top <= bottom <= 14 and 0 <= left <= right <= 14
-            assert bottom - top <= round(14 * np.sqrt(1 - lam)) and right - left <= round(14 * np.sqrt(1 - lam))
+            assert bottom - top <= 14 * np.sqrt(1 - lam) and right - left <= 14 * np.sqrt(1 - lam)
 
 
 def test_mix_token_boxes_align_with_patches_and_targets_sum_to_one():

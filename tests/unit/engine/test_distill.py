@@ -88,6 +88,22 @@ def test_distilled_model_heads_learn_labels_and_teacher():
     assert got == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("kind, alpha", [("none", 0.5), ("soft", 0.0), ("hard", 0.0)])
+def test_two_heads_without_a_teacher_term_train_the_class_head_alone_as_deit(kind, alpha):
+    """DeiT's losses.py: base(class logits) alone; the distillation head gets zero gradients, but gets them."""
+    g = torch.Generator().manual_seed(6)
+    feats = torch.randn(4, 8, generator=g)
+    head, head_dist = torch.nn.Linear(8, 5), torch.nn.Linear(8, 5)
+    labels = [1, 4, 0, 2]
+    loss_fn = DistillationLoss(soft_cross_entropy, lambda x: 1 / 0, kind=kind, alpha=alpha)
+    loss = loss_fn((head(feats), head_dist(feats)), _onehot(labels, 5), torch.zeros(4))
+    assert torch.equal(loss, soft_cross_entropy(head(feats), _onehot(labels, 5)))
+    assert loss.item() == pytest.approx(_ce_by_hand(head(feats).detach(), labels), rel=1e-5)
+    loss.backward()
+    assert head.weight.grad.abs().sum() > 0
+    assert head_dist.weight.grad is not None and torch.equal(head_dist.weight.grad, torch.zeros(5, 8))
+
+
 def test_alpha_zero_is_exactly_the_base_loss():
     s = torch.randn(4, 6)
     target = torch.softmax(torch.randn(4, 6), 1)

@@ -60,3 +60,13 @@ def test_bce_is_refused_where_it_does_nothing_or_cannot_apply():
     wrapped = build_loss(LossConfig(type="bce"), 5, distill=DistillConfig(type="soft", alpha=0.5), teacher=teacher,
                          device=torch.device("cpu"))
     assert isinstance(wrapped, DistillationLoss)  # the label part of distillation may be BCE
+
+
+def test_a_distilled_model_without_a_teacher_term_is_told_its_second_head_learns_nothing(caplog):
+    caplog.set_level("WARNING", logger="t2t.engine.losses")
+    build_loss(LossConfig(), 5, distill=DistillConfig(), two_heads=True)
+    assert "only the class head learns" in caplog.text
+    caplog.clear()
+    build_loss(LossConfig(), 5, distill=DistillConfig(type="hard", alpha=0.5), two_heads=True,
+               teacher=lambda images: torch.zeros(len(images), 5), device=torch.device("cpu"))
+    assert "only the class head learns" not in caplog.text

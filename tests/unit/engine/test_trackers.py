@@ -29,6 +29,8 @@ def test_mlflow_sends_steps_once_a_checkpoint_covers_them_and_a_resume_continues
         first.scalars({"train/loss": 10.0 + step}, step)
         if step == 3:
             first.checkpointed(3)  # what the checkpoint writer's thread calls once step 3 is on disk
+            # sent at once: a kill before the next log must not lose steps the resume from step 3 skips
+            assert _mlflow_history(uri, run_id, "train/loss") == [(1, 11.0), (2, 12.0), (3, 13.0)]
     assert _mlflow_history(uri, run_id, "train/loss") == [(1, 11.0), (2, 12.0), (3, 13.0)]
     # killed here: steps 4 and 5 were never sent; the resume from step 3 logs them again
     resumed = RunLogger(str(tmp_path), tensorboard=False, trackers=Trackers(
