@@ -5,6 +5,7 @@
     python scripts/benchmark.py -m t2t_vit_14 --mode train --amp bf16 --device cuda --json out.json
     python scripts/benchmark.py --mode data --data-dir /data/imagenet
     python scripts/benchmark.py -m t2t_vit_14 --mode train --compare plain,official,backend --rounds 3
+    python scripts/benchmark.py -m t2t_vit_14 --mode train --img-sizes 160 224 --rounds 3
 
 Modes: `infer` times a forward pass under torch.inference_mode; `train` times the real training
 step on a synthetic uint8 batch (make_train_step): normalisation and random erasing on the device,
@@ -31,6 +32,9 @@ On the CPU in float32 a second peak is sampled the same way with oneDNN's inner 
 weights), the library under torch's CPU convolutions, which the T2T module uses; it can beat torch.mm
 (MKL) by a wide margin on some CPUs. `mfu` keeps the torch.mm peak; `mfu_best_peak` divides by the
 better of the two, the stricter figure.
+`--img-sizes 160 224` times the step at each size on one model built at the largest, a smaller size
+with the position table resampled as train.img_sizes trains (progressive resolution), in alternating
+rounds as `--compare` does; it prints each smaller size's images/s and its ratio to the largest's.
 `--cpu-backend on` times the model converted by t2t.models.cpu.accelerate (float32 CPU only).
 `--compare plain,official,backend` times those variants side by side in one process on the same
 weights: each warmed up as above, then --rounds rounds in which every variant runs --steps timed steps
@@ -55,6 +59,7 @@ go on transparent huge pages (t2t/runtime.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -73,6 +78,7 @@ import torch.nn.functional as F
 import t2t  # registers the models
 from .cli import ArgumentParser, run_main
 from .config import ConfigError, OptimConfig
+from .engine.collectives import unwrap_model
 from .engine.distributed import init_distributed
 from .inference import check_batch_fits, check_model_name
 from .engine.distill import DistillationLoss
@@ -80,6 +86,7 @@ from .engine.precision import amp_context, amp_dtype
 from .engine.optim import build_optimizer
 from .models import cpu
 from .models.factory import create_model, named_model_config
+from .models.positions import PositionTables
 from .outputs import check_output_file, write_text
 from .runtime import keep_freed_memory
 
@@ -187,14 +194,16 @@ def onednn_matmul_probe(size: int, repeats: int = 3) -> Callable[[], float] | No
 
 
 def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, device: torch.device,
-              amp: str, teacher: nn.Module | None = None) -> Callable[[], None]:
+              amp: str, teacher: nn.Module | None = None,
+              positions: Callable[[], contextlib.AbstractContextManager] | None = None) -> Callable[[], None]:
     """One inference forward, or one real training step: forward + loss + backward + AdamW step.
 
     With a `teacher` the training step is a distillation step (DeiT hard, alpha 0.5): the frozen
-    teacher runs on the same batch inside the loss, as in train.py.
+    teacher runs on the same batch inside the loss, as in train.py. `positions()` is entered around the
+    forward (and backward), as the Trainer enters PositionTables.at for a size other than the model's.
     """
     if mode != "infer":
-        return make_train_step(model, batch_size, img_size, device, amp, teacher=teacher)
+        return make_train_step(model, batch_size, img_size, device, amp, teacher=teacher, positions=positions)
     amp_dtype(amp)  # an unknown precision is refused here, before the first step
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
     autocast = lambda: amp_context(device, amp)  # noqa: E731
@@ -202,7 +211,7 @@ def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, devic
 
     @torch.inference_mode()
     def step() -> None:
-        with autocast():
+        with autocast(), positions() if positions is not None else contextlib.nullcontext():
             model(images)
     return step
 
@@ -211,7 +220,8 @@ def make_step(model: nn.Module, mode: str, batch_size: int, img_size: int, devic
 # Train mode: the step the training loop runs, and the aten operations it dispatches
 
 def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: torch.device,
-                    amp: str, teacher: nn.Module | None = None) -> Callable[[], None]:
+                    amp: str, teacher: nn.Module | None = None,
+                    positions: Callable[[], contextlib.AbstractContextManager] | None = None) -> Callable[[], None]:
     """One real training step on a synthetic uint8 batch, as t2t/engine/train_loop.py runs it.
 
     Per-step reseeding, uint8 images to the device, normalisation and random erasing there
@@ -252,9 +262,10 @@ def make_train_step(model: nn.Module, batch_size: int, img_size: int, device: to
             x, y = mixup(x, y)
         else:
             y = F.one_hot(y, model.num_classes).float()
-        with amp_context(device, amp):
-            loss = criterion(model(x), y, x)
-        scaler.scale(loss).backward()
+        with positions() if positions is not None else contextlib.nullcontext():
+            with amp_context(device, amp):
+                loss = criterion(model(x), y, x)
+            scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -413,6 +424,44 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def benchmark_sizes(args: argparse.Namespace) -> dict[str, Any]:
+    """images/s of the step at each of --img-sizes (progressive resolution), in alternating rounds in one process.
+
+    One model at the largest size, as train.img_sizes trains it: at a smaller size the step runs with the
+    position table PositionTables lends (t2t/models/positions.py), as in the Trainer. Each round times
+    --steps steps at every size in turn, so a shared machine's drift hits the sizes alike; the ratio of
+    each size's median images/s to the largest size's in the same round, and its median over the rounds,
+    is the speed-up a low-resolution phase buys.
+    """
+    device = init_distributed(args.device).device
+    sizes = sorted(set(args.img_sizes))
+    full = sizes[-1]
+    check_batch_fits(args.batch_size, full, device, copies=len(sizes) * (8 if args.mode == "train" else 1))
+    model = create_model(named_model_config(args.model, full)).to(device)
+    if args.compile:
+        model = torch.compile(model)  # one compilation per size
+    tables = PositionTables(unwrap_model(model))
+    steps = {size: make_step(model, args.mode, args.batch_size, size, device, args.amp,
+                             positions=lambda size=size: tables.at(size)) for size in sizes}
+    warmups = {size: warm_up(step, device, args.warmup, args.max_warmup) for size, step in steps.items()}
+    rounds: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(args.rounds):
+        for size, step in steps.items():
+            times, _ = time_steps(step, device, args.steps, clock=time.process_time if args.cpu_time else time.perf_counter)
+            rounds[size].append(args.batch_size / statistics.median(times))
+    results: dict[str, Any] = {
+        "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(amp_dtype(args.amp)).replace("torch.", ""),
+        "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+        "img_sizes": sizes, "rounds": args.rounds, "steps": args.steps,
+        "clock": "process CPU time" if args.cpu_time else "wall", "uptime_load": list(os.getloadavg())}
+    for size in sizes:
+        ratios = [rate / base for rate, base in zip(rounds[size], rounds[full])]
+        results.update({f"{size}_warmup_steps": warmups[size], f"{size}_images_per_sec_rounds": rounds[size],
+                        f"{size}_images_per_sec": statistics.median(rounds[size]),
+                        f"{size}_vs_{full}_rounds": ratios, f"{size}_vs_{full}": statistics.median(ratios)})
+    return results
+
+
 def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
     from .tools.data_bench import run_data_benchmark
 
@@ -462,6 +511,14 @@ def print_table(results: dict[str, Any]) -> None:
     if "speedup" in results:
         ours, stock = results["ours_images_per_sec_per_core"], results["timm_images_per_sec_per_core"]
         print(f"\nours {ours:.1f} vs timm {stock:.1f} images/s per core: {results['speedup']:.2f}x")
+    for size in results.get("img_sizes", [])[:-1]:
+        full = results["img_sizes"][-1]
+        ratios = results[f"{size}_vs_{full}_rounds"]
+        print(f"{results['model']} {results['mode']} at {size} px: {results[f'{size}_images_per_sec']:.2f} images/s, "
+              f"{results[f'{size}_vs_{full}']:.2f}x its {results[f'{full}_images_per_sec']:.2f} images/s at {full} px "
+              f"(median of {len(ratios)} rounds of {results['steps']} steps, batch {results['batch_size']}, "
+              f"{results['threads']} thread(s), {results['clock']} clock; "
+              f"rounds {min(ratios):.2f}-{max(ratios):.2f}x)")
     if "mfu" in results:
         print(f"\n{results['images_per_sec']:.1f} images/s ({results['images_per_sec_min']:.1f}-"
               f"{results['images_per_sec_max']:.1f}), {results['achieved_gflops_per_sec']:.1f} GFLOP/s of a "
@@ -480,6 +537,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["train", "infer", "data"], default="infer")
     p.add_argument("--batch-size", type=int, help="images per step (default 16)")
     p.add_argument("--img-size", type=int, help="input resolution (default 224)")
+    p.add_argument("--img-sizes", type=int, nargs="+", metavar="SIZE",
+                   help="--mode train or infer: the step's images/s at each size, the model built at the largest "
+                        "(progressive resolution, train.img_sizes), e.g. --img-sizes 160 224")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--cpu-backend", choices=["on", "off"], default="off",
@@ -487,7 +547,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", type=lambda s: s.split(","),
                    help=f"comma-separated variants timed side by side in alternating rounds: {', '.join(VARIANTS)}")
     p.add_argument("--cpu-time", action="store_true",
-                   help="--compare on the CPU: time steps in process CPU seconds instead of wall seconds (with "
+                   help="--compare or --img-sizes on the CPU: time steps in process CPU seconds instead of wall seconds (with "
                         "--threads 1, what a step costs whatever else shares the cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="timed steps (default 20)")
@@ -568,6 +628,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--img-size {args.img_size}: expected >= 1")
     elif args.img_size < 16 or args.img_size % 16:
         p.error(f"--img-size {args.img_size}: expected a positive multiple of 16 (T2T-ViT's token grid)")
+    if args.img_sizes is not None:
+        odd = [s for s in args.img_sizes if s < 16 or s % 16]
+        if args.mode == "data" or args.compare or args.teacher_model or args.cpu_backend == "on":
+            p.error("--img-sizes: only with --mode train or infer, without --compare, --teacher-model or --cpu-backend")
+        if odd or len(set(args.img_sizes)) < 2:
+            p.error(f"--img-sizes {' '.join(map(str, args.img_sizes))}: expected two or more positive multiples of 16 "
+                    "(T2T-ViT's token grid)")
     args.max_warmup = max(args.max_warmup, args.warmup)
     return args
 
@@ -597,7 +664,8 @@ def _benchmark_and_report(args: argparse.Namespace) -> int:
     if args.mode == "data":
         results = benchmark_data(args)
     else:
-        results = benchmark_compare(args) if args.compare else benchmark_model(args)
+        results = benchmark_compare(args) if args.compare else benchmark_sizes(args) if args.img_sizes \
+            else benchmark_model(args)
     print_table(results)
     if args.json:
         write_text(args.json, json.dumps(results, indent=2) + "\n")

@@ -199,6 +199,11 @@ class TrainConfig:
     log_interval: int = checked(50, AT_LEAST_1)
     # stop after this many optimizer steps (smoke runs, tests)
     max_steps: Optional[int] = checked(None, AT_LEAST_1_OR_NULL)
+    # Progressive resolution (docs/recipes.md): train at each of these sizes in turn, ascending, the last
+    # model.img_size (evaluation and checkpoints stay at model.img_size); empty: model.img_size throughout.
+    img_sizes: tuple[int, ...] = ()
+    # The epoch at which each size of img_sizes starts (the first 0); empty: equal phases of the epochs.
+    img_size_epochs: tuple[int, ...] = ()
 
 
 @dataclass
@@ -479,6 +484,7 @@ def validate(cfg: Config) -> None:
     _check_auto_augment(cfg.data.auto_augment)
     check_data_settings(cfg)
     _check_model_name(cfg.model.name, cfg.model.allow_any_timm_model)
+    check_progressive_settings(cfg)
     _check_teacher_settings(cfg)
     if cfg.token_label.dir is not None and (cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0):
         raise ConfigError(f"token_label.dir with mixup.mixup_alpha={cfg.mixup.mixup_alpha} and mixup.cutmix_alpha="
@@ -568,6 +574,53 @@ def _check_token_label_settings(cfg: Config) -> None:
     if cfg.model.img_size % TOKEN_STRIDE:
         raise ConfigError(f"token_label.dir with model.img_size={cfg.model.img_size}: expected a multiple of "
                           f"{TOKEN_STRIDE} (the token grid MixToken cuts along)")
+
+
+def img_size_phase_starts(train: TrainConfig) -> tuple[int, ...]:
+    """The epoch at which each size of train.img_sizes starts: train.img_size_epochs, else equal phases."""
+    if train.img_size_epochs:
+        return tuple(train.img_size_epochs)
+    n = len(train.img_sizes)
+    return tuple(i * train.epochs // n for i in range(n))
+
+
+def check_progressive_settings(cfg: Config) -> None:
+    """train.img_sizes / train.img_size_epochs: T2T-ViT token grids, ascending to model.img_size, phases in the run."""
+    sizes, starts, train = cfg.train.img_sizes, cfg.train.img_size_epochs, cfg.train
+    if not sizes:
+        if starts:
+            raise ConfigError(f"train.img_size_epochs={list(starts)} without train.img_sizes: set the sizes too, "
+                              "or leave both empty")
+        return
+    odd = [s for s in sizes if s <= 0 or s % TOKEN_STRIDE]
+    if odd:
+        raise ConfigError(f"train.img_sizes={list(sizes)}: {odd[0]} is not a positive multiple of {TOKEN_STRIDE} "
+                          f"(the T2T module's soft splits have strides 4, 2, 2)")
+    if any(a >= b for a, b in zip(sizes, sizes[1:])):
+        raise ConfigError(f"train.img_sizes={list(sizes)}: expected strictly ascending sizes")
+    if sizes[-1] != cfg.model.img_size:
+        raise ConfigError(f"train.img_sizes={list(sizes)}: the last size must be model.img_size={cfg.model.img_size} "
+                          "(the size the model is evaluated and saved at)")
+    if starts and len(starts) != len(sizes):
+        raise ConfigError(f"train.img_size_epochs={list(starts)}: expected one start epoch per size of "
+                          f"train.img_sizes={list(sizes)} ({len(sizes)})")
+    if starts and (starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:]))):
+        raise ConfigError(f"train.img_size_epochs={list(starts)}: expected strictly ascending epochs starting at 0")
+    phase_starts = img_size_phase_starts(train)
+    if phase_starts[-1] >= train.epochs or len(set(phase_starts)) != len(phase_starts):
+        raise ConfigError(f"train.img_sizes={list(sizes)} starting at epochs {list(phase_starts)}: every size needs "
+                          f"at least one of the train.epochs={train.epochs} epochs")
+    from .models import DISTILLED_ARCHS, MODEL_ARCHS, VARIANTS
+
+    if cfg.model.name.partition(".")[0] not in (*MODEL_ARCHS, *VARIANTS, *DISTILLED_ARCHS):
+        raise ConfigError(f"train.img_sizes with model.name={cfg.model.name!r}: progressive resolution resamples a "
+                          "T2T-ViT's position table; expected a T2T-ViT model")
+    if cfg.data.backend == "dali":
+        raise ConfigError(f"train.img_sizes={list(sizes)} with data.backend=dali: the DALI pipeline is built for one "
+                          "size; set data.backend=pil")
+    if cfg.token_label.dir is not None:
+        raise ConfigError(f"train.img_sizes={list(sizes)} with token_label.dir: the label maps are cut on the "
+                          "model.img_size token grid; leave train.img_sizes empty")
 
 
 def _check_dali_config(data: DataConfig) -> None:

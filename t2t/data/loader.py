@@ -170,3 +170,5 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_sample: int = 0) -> N
         sampler.set_epoch(epoch)
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)
+    if hasattr(getattr(loader.dataset, "transform", None), "set_epoch"):  # train.img_sizes: the epoch's image size
+        loader.dataset.transform.set_epoch(epoch)

@@ -23,6 +23,7 @@ from .parquet import ParquetReader, has_parquet, open_parquet
 from .shards import find_shard_classes, open_shards
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup
+from .progressive import ResolutionSchedule, SizeScheduledTransform
 from .sampler import TrainSampler
 from .token_label import DenseTokenTargets, MixToken, TokenLabelDataset, TokenLabelTransform
 from .transforms import BatchNormalize, BatchNormalizeErase, build_eval_transform, build_padded_crop_transform, \
@@ -57,6 +58,7 @@ class DataSpec:
     uint8_eval: bool = False  # the evaluation loader hands uint8 batches, normalised on the device
     device: torch.device = torch.device("cpu")
     pin_memory: bool = False
+    resolution: Optional[ResolutionSchedule] = None  # train.img_sizes: the training image size of each epoch
 
     @classmethod
     def from_config(cls, cfg: Config, *, global_batch_size: int, eval_crop_pct: float, eval_interpolation: str,
@@ -75,7 +77,8 @@ class DataSpec:
                    global_batch_size=global_batch_size, eval_batch_size=cfg.eval.batch_size,
                    eval_crop_pct=eval_crop_pct, eval_interpolation=eval_interpolation,
                    token_label_dir=cfg.token_label.dir, label_smoothing=cfg.loss.label_smoothing,
-                   uint8_train=uint8_train, uint8_eval=uint8_eval, device=device, pin_memory=device.type == "cuda")
+                   uint8_train=uint8_train, uint8_eval=uint8_eval, device=device, pin_memory=device.type == "cuda",
+                   resolution=ResolutionSchedule.from_config(cfg.train))
 
 
 @dataclass
@@ -327,6 +330,9 @@ def _build_split_datasets(spec: DataSpec, data_dir: str, *, rank: int, broadcast
     if spec.token_label_dir is not None:
         train_tf, train_dataset = _token_label_pieces(cfg, spec.img_size, spec.token_label_dir,
                                                       use_prefetcher=spec.uint8_train)
+    elif spec.resolution is not None:  # one transform per size; the epoch picks one (set_loader_epoch)
+        train_tf = SizeScheduledTransform({size: build_train_tf(cfg, size, use_prefetcher=spec.uint8_train)
+                                           for size in spec.resolution.sizes}, spec.resolution)
     else:
         train_tf = build_train_tf(cfg, spec.img_size, use_prefetcher=spec.uint8_train)
     eval_tf = build_eval_transform(spec.img_size, spec.eval_crop_pct, spec.eval_interpolation, mean=tuple(cfg.mean),

@@ -19,6 +19,7 @@ from ..data.dataset import DatasetError
 from ..data.transforms import build_eval_transform
 from ..models import T2TViTDistilled
 from ..models.factory import create_model, resolve_eval_preprocessing
+from ..models.positions import PositionTables
 from ..models.weights import load_pretrained_weights
 from ..outputs import write_text
 from .background_save import BackgroundCheckpointWriter, writes_finished
@@ -184,6 +185,9 @@ def _run(cfg: Config, dist: DistInfo, *, data_dir: str, output: Optional[str], r
         trainer.load_state_dict(found[1].trainer)
     _logger.info("Config:\n%s", dump_config(cfg))
     _logger.info("Run plan: %s", plan.describe(device))
+    if spec.resolution is not None:
+        _logger.info("Progressive resolution: %s; the same batch and lr at every size; evaluation and checkpoints at "
+                     "%d px", spec.resolution.describe(), cfg.model.img_size)
     if dist.is_main:  # written whole or not at all: a full disk never leaves a truncated config.yaml
         write_text(os.path.join(output, "config.yaml"), dump_config(cfg))
     _wrap_for_training(trainer, cfg, dist, amp)
@@ -291,7 +295,8 @@ def _build_trainer(cfg: Config, dist: DistInfo, plan: RunPlan, data: Any, amp: s
         accum_steps=plan.grad_accum_steps, clip_grad=cfg.optim.clip_grad,
         mixup=mixup, mixup_off_epoch=cfg.mixup.off_epoch,
         reseed=lambda i: rng.reseed_step(cfg.train.seed, i, dist.rank), to_device=data.feed.train,
-        log_interval=cfg.train.log_interval, dist=dist)
+        log_interval=cfg.train.log_interval, dist=dist,
+        positions=PositionTables(model).at if cfg.train.img_sizes else None)
 
 
 def _wrap_for_training(trainer: Trainer, cfg: Config, dist: DistInfo, amp: str) -> None:

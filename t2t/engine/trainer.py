@@ -147,6 +147,8 @@ class Trainer:
     `train_model` is what runs the step (`model` wrapped by DDP and/or torch.compile; `model` itself
     when None); `model` is what is saved, evaluated and averaged into `ema`. `reseed(micro_index)`
     makes mixup, dropout and drop-path a function of the position in the run (exact resume).
+    `positions(img_size)` (progressive resolution) is a context in which `model` takes images of that
+    size: `PositionTables.at`, which lends it the resampled position table for the forward and backward.
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class Trainer:
             log_interval: int = 50,
             on_log: Optional[Callable[[dict[str, float], int], None]] = None,
             dist: Optional[DistInfo] = None,
+            positions: Optional[Callable[[int], contextlib.AbstractContextManager]] = None,
     ) -> None:
         self.model = model
         self.train_model = train_model if train_model is not None else model
@@ -189,6 +192,7 @@ class Trainer:
         self.log_interval = log_interval
         self.on_log = on_log
         self.dist = dist
+        self.positions = positions
         self.state = TrainState()
         self.meters = DeviceMeters(device)
         self._data_wait = 0.0  # seconds spent waiting for batches since the last log
@@ -210,7 +214,9 @@ class Trainer:
                 images, targets = mixup(images, targets)  # targets become soft: (B, num_classes)
             # DDP all-reduces the gradients once per step, in the last micro-batch's backward.
             last = micro == accum - 1
-            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            # train.img_sizes: the model adds the position table of the batch's size (stored one restored after)
+            positions = self.positions(images.shape[-1]) if self.positions is not None else contextlib.nullcontext()
+            with contextlib.nullcontext() if last or no_sync is None else no_sync(), positions:
                 with amp_context(self.device, self.amp):
                     loss = self.loss_fn(self.train_model(images), targets, images)
                 self.scaler.scale(loss / accum).backward()  # the step's gradient: the mean of its micro-batches

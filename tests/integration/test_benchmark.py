@@ -142,3 +142,23 @@ def test_official_model_code_computes_the_same_function(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(official(x), ours(x), rtol=1e-4, atol=1e-5)
+
+
+def test_benchmark_img_sizes_smoke(tmp_path):
+    """--img-sizes times the training step at each size on one model; each ratio is to the largest size's rate."""
+    out = tmp_path / "sizes.json"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "-m", "t2t_vit_7", "--mode", "train", "--smoke", "--device", "cpu", "--threads", "1",
+         "--img-sizes", "32", "48", "--rounds", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["img_sizes"] == [32, 48]
+    for size in (32, 48):
+        rounds = results[f"{size}_images_per_sec_rounds"]
+        assert len(rounds) == 2 and all(r > 0 for r in rounds)
+        assert results[f"{size}_vs_48_rounds"] == pytest.approx([r / b for r, b in zip(rounds, results["48_images_per_sec_rounds"])])
+    assert "t2t_vit_7 train at 32 px:" in proc.stdout and "at 48 px" in proc.stdout
+    bad = subprocess.run([sys.executable, SCRIPT, "--img-sizes", "40", "48"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "--img-sizes 40 48" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
