@@ -8,9 +8,10 @@ import re
 import sys
 from typing import Callable, Mapping, NoReturn, Optional, Sequence, Union
 
+from .config_help import HelpConfigAction
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_NONFINITE, EXIT_USAGE, UsageError
 
-__all__ = ["ArgumentParser", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_IO", "EXIT_NONFINITE", "EXIT_USAGE",
+__all__ = ["ArgumentParser", "HELP_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_IO", "EXIT_NONFINITE", "EXIT_USAGE",
            "UsageError", "check_output_folder", "exit_status", "one_line", "run_main", "split_overrides"]
 
 
@@ -73,8 +74,19 @@ def one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+HELP_CONFIG = "list every config key (section.key) with its type, default and allowed values, and exit"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with usage errors on one line of stderr (exit status 2), like every other error of the scripts."""
+    """argparse with usage errors on one line of stderr (exit status 2), like every other error of the scripts.
+
+    A tool that reads a config and takes section.key=value overrides calls `add_help_config()`, so each of
+    them answers `--help-config` with the same reference (t2t/config_help.py).
+    """
+
+    def add_help_config(self) -> None:
+        """`--help-config`: print every config key with its type, default and allowed values, and exit."""
+        self.add_argument("--help-config", action=HelpConfigAction, help=HELP_CONFIG)
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)

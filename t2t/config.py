@@ -278,7 +278,7 @@ class DistillConfig:
 
 @dataclass
 class TokenLabelConfig:
-    dir: Optional[str] = None  # LABELDIR written by scripts/generate_token_labels.py
+    dir: Optional[str] = None  # LABELDIR (labels.json, blocks/) of scripts/generate_token_labels.py or its import
     cls_weight: float = checked(1.0, AT_LEAST_0)  # TokenLabeling's defaults
     dense_weight: float = checked(1.0, AT_LEAST_0)
     mix_token_alpha: float = checked(1.0, AT_LEAST_0)  # MixToken's Beta(alpha, alpha); 0: off
@@ -558,13 +558,10 @@ def check_data_settings(cfg: Config) -> None:
 
 
 def _check_token_label_settings(cfg: Config) -> None:
-    """Token labels follow the Pillow pipeline's RandomResizedCrop, on a token grid that divides the image."""
+    """Token labels follow RandomResizedCrop (drawn on the host by both backends), on a token grid that divides the image."""
     label_dir = cfg.token_label.dir
     if label_dir is None:
         return
-    if cfg.data.backend == "dali":
-        raise ConfigError(f"token_label.dir={label_dir!r} with data.backend=dali: the label maps follow the crops of "
-                          "the Pillow pipeline; set data.backend=pil")
     if cfg.data.train_transform != "imagenet":
         raise ConfigError(f"token_label.dir={label_dir!r} with data.train_transform={cfg.data.train_transform!r}: "
                           "the label maps follow RandomResizedCrop; set data.train_transform=imagenet")

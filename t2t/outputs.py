@@ -248,21 +248,29 @@ def workers_stopped(loader: Iterable) -> Iterator[Iterator]:
     at once on leaving.
 
     A Ctrl-C that lands while the workers are forked interrupts Python's own at-fork handlers, where the
-    exception cannot propagate: Python prints its traceback and drops it. Held back (blocked) until the
-    workers run, it is raised in the main process right after. On leaving (Ctrl-C or an error), the workers
-    are stopped before the interpreter exits, where the thread that shares their tensors could print a
-    traceback after the one-line message.
+    exception cannot propagate: Python prints its traceback and drops it. While the workers start, Ctrl-C is
+    only noted (a handler that does not raise; blocking the signal in this thread would not do, as any other
+    thread of the process may take it); once they run, a Ctrl-C noted is raised as the handler before would
+    have raised it. On leaving (Ctrl-C or an error), the workers are stopped before the interpreter exits,
+    where the thread that shares their tensors could print a traceback after the one-line message.
     """
+    noted: list[int] = []
     held = threading.current_thread() is threading.main_thread()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if held else None
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum)) if held else None
+    batches = None
     try:
-        batches = iter(loader)
-    finally:
-        if held:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C held back is raised here
-    try:
+        try:
+            batches = iter(loader)
+        finally:
+            if held:
+                signal.signal(signal.SIGINT, previous)
+        if noted:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # e.g. CtrlC's handler: noted there too, then raised
+            if previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
         yield batches
-    finally:
+    finally:  # also when the Ctrl-C held back is raised: the workers just started are stopped too
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()

@@ -41,6 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("-c", "--config", help="a config.yaml whose keys override the checkpoint's stored config")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. eval.crop_pct=1.0 model.img_size=384")
+    p.add_help_config()
     p.add_argument("--topk", type=int, default=5, help="predictions per image (default 5; at most the class count)")
     p.add_argument("--output", help="CSV file, or JSON when the name ends in .json (default: CSV on stdout)")
     p.add_argument("--overwrite", action="store_true",

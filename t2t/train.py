@@ -16,7 +16,6 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch's first large
 
 from .cli import EXIT_IO, EXIT_NONFINITE, EXIT_USAGE, ArgumentParser, UsageError, check_output_folder, run_main
 from .config import Config, dump_config, load_config, recipe_names
-from .config_help import HelpConfigAction
 from .engine.failures import FAILURE_FILE, clear_failure, failure_of_this_job, record_failure
 from .engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, resume_config, run
 from .outputs import check_output_folder_inputs
@@ -40,8 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", help="run folder (default: runs/<model>-<time>)")
     parser.add_argument("--resume", help="'auto' (newest valid checkpoint in --output) or a checkpoint path")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--help-config", action=HelpConfigAction,
-                        help="list every config key (section.key) with its type, default and allowed values, and exit")
+    parser.add_help_config()
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, anywhere")
     return parser.parse_intermixed_args(argv)
 

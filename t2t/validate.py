@@ -99,6 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("-c", "--config", help="a config.yaml (e.g. a run's): its keys override the checkpoint's stored config")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. eval.crop_pct=1.0 eval.interpolation=bilinear")
+    p.add_help_config()
     p.add_argument("-m", "--model", help="model.name: registered model name, e.g. t2t_vit_14")
     p.add_argument("--img-size", help="model.img_size: eval resolution, or a comma-separated sweep such as 224,288,384: "
                    "one row per size, position table interpolated from the checkpoint's (default: the config's, "

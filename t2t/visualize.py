@@ -308,7 +308,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", help="batch: the run's YAML config (default: the checkpoint's)")
     p.add_argument("--data-dir", help="batch: the training data (default: the folder the checkpoint's run read)")
     p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
-                   help="batch: config overrides, as train.py takes them (e.g. mixup.mixup_alpha=0.8 data.reprob=0.25)")
+                   help="batch: config overrides, as t2t-train takes them (--help-config lists the keys; e.g. mixup.mixup_alpha=0.8 data.reprob=0.25)")
+    p.add_help_config()
     p.add_argument("--rank", type=int, default=0, help="batch: the process whose batch to show (default 0)")
     p.add_argument("--world-size", type=int, default=1, help="batch: processes of the run (default 1)")
     p.add_argument("--max-images", type=int, default=64, help="batch: images drawn (default 64; the .npy has all)")

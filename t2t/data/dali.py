@@ -62,6 +62,7 @@ from .dataset import _DECODE_ERRORS, DatasetError, ImageDataset
 from .loader import build_batch_loader
 from .rand_policy import _LEVEL_DENOM, RAND_INC_OPS, RAND_OPS, RandPolicy, parse_rand_policy  # noqa: F401
 from .sampler import ShardSampler, TrainSampler
+from .token_label import _GEOMETRIC_OPS, GEOMETRY_SIZE, TokenLabelDataset, _GeometryRecorder
 from .transforms import eval_resize_size
 
 __all__ = ["DaliEvalLoader", "DaliMissingError", "DaliTrainLoader", "RandPolicy", "SamplePlanner",
@@ -657,6 +658,9 @@ class BatchPlan(NamedTuple):
     ints: torch.Tensor  # int64 (B, columns): end offset in `encoded`, sample position, target, then per loader
     floats: torch.Tensor  # float32 (B, columns): per loader (empty for evaluation)
     bad_images: int  # unreadable files skipped for this batch (data.skip_bad_images)
+    # Token labels: each sample's top-k map (values (B, k, H, W) float16, indices) and the geometry its draws
+    # give it (B, GEOMETRY_SIZE), for DenseTokenTargets on the device; None without token labels.
+    labels: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
 
 def read_sample(dataset: ImageDataset, start: int) -> tuple[int, np.ndarray, int, int, int, int]:
@@ -687,6 +691,23 @@ def _pack_files(files: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
     return encoded, ends
 
 
+def token_label_geometry(draw: SampleDraw, width: int, height: int, img_size: int) -> np.ndarray:
+    """A sample's geometry as `TokenLabelTransform` records it on the Pillow backend, from the host's draws.
+
+    Every draw that moves pixels (crop box, flip, RandAugment's geometric ops and arguments) is made here,
+    on the host, before DALI runs, so the label map can follow the image exactly: the crop box as fractions
+    of the full image, the flip, and the affine map composed from timm's op names and arguments (at the
+    output size, where the ops run).
+    """
+    x, y, w, h = draw.box
+    recorder = _GeometryRecorder()
+    for name, arg in draw.op_args:
+        if arg is not None and name in _GEOMETRIC_OPS:
+            recorder.add(name, (img_size, img_size), arg)
+    geometry = [y / height, x / width, (y + h) / height, (x + w) / width, float(draw.flip)]
+    return np.array(geometry + recorder.matrix[:2].reshape(-1).tolist(), dtype=np.float32)
+
+
 class _TrainPlans(torch.utils.data.Dataset):
     """Item (epoch, sampler keys) -> the BatchPlan of those samples: read, header parsed, augmentation drawn."""
 
@@ -703,10 +724,15 @@ class _TrainPlans(torch.utils.data.Dataset):
         files, skipped = [], 0
         ints = np.zeros((len(keys), _FIRST_OP + layers), dtype=np.int64)
         floats = np.zeros((len(keys), 4 + _LAYER_FLOATS * layers + 3 * jitter), dtype=np.float32)
+        token_labels = isinstance(self.dataset, TokenLabelDataset)
+        maps, geometry = [], np.zeros((len(keys), GEOMETRY_SIZE), dtype=np.float32)
         for row, key in enumerate(keys):
             index, seed = sample_seed(self.dataset, epoch, key)
             position, data, width, height, target, bad = read_sample(self.dataset, index)
             draw = self.planner.draw(seed, width, height)
+            if token_labels:  # the map of the sample actually read, from its block (no file opened here)
+                maps.append(self.dataset.labels_at(position))
+                geometry[row] = token_label_geometry(draw, width, height, self.planner.img_size)
             files.append(data)
             skipped += bad
             ints[row, _POSITION:_FIRST_OP] = (position, target, draw.interp, draw.flip)
@@ -720,7 +746,10 @@ class _TrainPlans(torch.utils.data.Dataset):
             if jitter:
                 floats[row, -3:] = draw.jitter
         encoded, ints[:, _END] = _pack_files(files)
-        return BatchPlan(encoded, torch.from_numpy(ints), torch.from_numpy(floats), skipped)
+        labels = None
+        if token_labels:
+            labels = (torch.stack([v for v, _ in maps]), torch.stack([i for _, i in maps]), torch.from_numpy(geometry))
+        return BatchPlan(encoded, torch.from_numpy(ints), torch.from_numpy(floats), skipped, labels)
 
 
 class _EvalPlans(torch.utils.data.Dataset):
@@ -995,8 +1024,11 @@ class DaliTrainLoader(_LoaderBase):
             feeds["jitter"] = np.ascontiguousarray(floats[:, -3:])
         return feeds
 
-    def _produce(self, plan: BatchPlan, outputs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        targets = plan.ints[:, _TARGET].clone()
+    def _produce(self, plan: BatchPlan, outputs: list[Any]) -> tuple[torch.Tensor, Any]:
+        targets: Any = plan.ints[:, _TARGET].clone()
+        if plan.labels is not None:  # token labels: the structure the Pillow backend's workers hand over
+            values, indices, geometry = plan.labels
+            targets = {"label": targets, "values": values, "indices": indices, "geometry": geometry}
         if self.resize_in_dali:
             batch = _to_torch(outputs[0], self.device)
         else:

@@ -1,9 +1,11 @@
 """Token labels: dense score maps from a teacher, following their image's crop, flip and RandAugment, and MixToken.
 
-A label file holds a teacher's top-k class scores at every location of its token grid: `values`
-(k, H, W) float16 and `indices` (k, H, W) int16/int32 (and the teacher's sha256), written by
-scripts/generate_token_labels.py as LABELDIR/<class>/<image stem>.pt next to LABELDIR/labels.json.
-TokenLabeling's own files (one (2, k, H, W) tensor, indices stored as floats) are read too.
+A label map is a teacher's top-k class scores at every location of its token grid: `values`
+(k, H, W) float16 and `indices` (k, H, W) int16/int32. scripts/generate_token_labels.py stores them
+per block of images (t2t/data/label_blocks.py: LABELDIR/blocks/*.tlb next to LABELDIR/labels.json),
+read by sample position from memory-mapped files. The older layout, one file per image
+(LABELDIR/<class>/<image stem>.pt with the teacher's sha256), is still read, and TokenLabeling's
+own files (one (2, k, H, W) tensor, indices stored as floats) are read by its import.
 
 Training (`token_label.dir`): the loader workers send each image's top-k map unchanged (a few KB)
 with the geometry its transform drew (`TokenLabelTransform`: the crop box, the flip and the affine
@@ -17,7 +19,6 @@ See docs/teacher.md, "Fidelity to TokenLabeling", for each rule and its test.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -28,14 +29,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from ..outputs import write_failed
+from ..outputs import atomic_output
 from .dataset import DatasetError, ImageDataset
+from .label_blocks import BLOCK_FORMAT, BlockLabels, check_record
 from .readers import Reader
 
 __all__ = [
     "GEOMETRY_SIZE", "DenseTokenTargets", "LabelMapError", "MixToken", "TokenLabelDataset", "TokenLabelTransform",
     "crop_label_map", "dense_scores", "label_path", "label_targets", "mix_token", "open_label_dir", "read_label_map",
-    "read_label_record", "save_label_map", "token_box",
+    "read_label_record", "read_labels_json", "save_label_map", "token_box",
 ]
 
 # A sample's geometry: crop box (top, left, bottom, right) as fractions of the image, flip (0/1), and the
@@ -55,25 +57,15 @@ def label_path(label_dir: str, image_relpath: str) -> str:
 
 
 def save_label_map(path: str, values: torch.Tensor, indices: torch.Tensor, teacher: Optional[str] = None) -> None:
-    """Write one image's top-k map (and the teacher's sha256) whole or not at all (temporary file, then rename)."""
+    """Write one image's top-k map (and the teacher's sha256) in the per-image layout, whole or not at all."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     index_dtype = torch.int16 if int(indices.max()) < 2 ** 15 else torch.int32
-    tmp = f"{path}.tmp-{os.getpid()}"
     obj: dict[str, Any] = {"values": values.detach().to("cpu", torch.float16).contiguous(),
                            "indices": indices.detach().to("cpu", index_dtype).contiguous()}
     if teacher is not None:
         obj["teacher"] = str(teacher)
-    try:
-        with open(tmp, "wb") as f:  # a Python file: a full disk is an OSError naming its errno
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException as e:  # a full disk or Ctrl-C: no partial file stays behind
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        failed = write_failed(path, e)
-        if failed is e:
-            raise
-        raise failed from e
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def read_label_record(path: str) -> tuple[torch.Tensor, torch.Tensor, Optional[str]]:
@@ -351,12 +343,8 @@ class TokenLabelTransform:
         return f"{type(self).__name__}({self.base!r})"
 
 
-def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
-                   image_paths: Sequence[str]) -> dict[str, Any]:
-    """labels.json of `label_dir`, checked against the training classes and images; adds the maps' 'shape'.
-
-    Every image must have its map (one directory listing per class, not one stat per image).
-    """
+def read_labels_json(label_dir: str, classes: Sequence[str], image_root: str) -> dict[str, Any]:
+    """labels.json of `label_dir`, checked against the training classes (either layout)."""
     where = f"token_label.dir={label_dir!r}"
     if not os.path.isdir(label_dir):
         raise LabelMapError(f"{where} is not a folder: write the labels there with scripts/generate_token_labels.py")
@@ -378,6 +366,17 @@ def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
                             "were made for another data set")
     if not isinstance(record.get("topk"), int) or record["topk"] < 1:
         raise LabelMapError(f"{where}: labels.json has topk={record.get('topk')!r}; expected a positive integer")
+    return record
+
+
+def open_label_dir(label_dir: str, classes: Sequence[str], image_root: str,
+                   image_paths: Sequence[str]) -> dict[str, Any]:
+    """labels.json of a per-image `label_dir`, checked against the training classes and images; adds 'shape'.
+
+    Every image must have its map (one directory listing per class, not one stat per image).
+    """
+    where = f"token_label.dir={label_dir!r}"
+    record = read_labels_json(label_dir, classes, image_root)
     listed: dict[str, set[str]] = {}
     missing, first_missing = 0, None
     for image in image_paths:
@@ -413,9 +412,16 @@ class TokenLabelDataset(ImageDataset):
                  **kwargs: Any) -> None:
         super().__init__(reader, transform, **kwargs)
         self.label_dir = os.fspath(label_dir)
-        relpaths = [reader.relpath(i) for i in range(len(reader))]
-        self.record = open_label_dir(self.label_dir, self.classes, self.root,
-                                     [os.path.join(self.root, rel) for rel in relpaths])
+        record = read_labels_json(self.label_dir, self.classes, self.root)
+        self.blocks: Optional[BlockLabels] = None
+        if record.get("format") == BLOCK_FORMAT:  # a few block files, by position: nothing listed per image
+            where = f"token_label.dir={self.label_dir!r}"
+            check_record(record, where)
+            self.record, self.blocks = record, BlockLabels(self.label_dir, record, reader, where=where)
+        else:  # one file per image (older label folders): every image's file is looked for at start
+            relpaths = [reader.relpath(i) for i in range(len(reader))]
+            self.record = open_label_dir(self.label_dir, self.classes, self.root,
+                                         [os.path.join(self.root, rel) for rel in relpaths])
         self.index_dtype = torch.int16 if len(self.classes) <= 2 ** 15 else torch.int32
         self._decoded: Optional[int] = None
 
@@ -425,8 +431,30 @@ class TokenLabelDataset(ImageDataset):
 
     def __getitem__(self, key) -> tuple[Any, dict[str, Any]]:
         (image, geometry), target = super().__getitem__(key)
-        values, indices = self.label_map(os.path.join(self.root, self.reader.relpath(self._decoded)))
+        values, indices = self.labels_at(self._decoded)
         return image, {"label": target, "values": values, "indices": indices, "geometry": geometry}
+
+    def labels_at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values (k, H, W) float16, indices (k, H, W)) of the sample at `position`, from either layout."""
+        if self.blocks is not None:
+            return self.block_map(position)
+        return self.label_map(os.path.join(self.root, self.reader.relpath(position)))
+
+    def block_map(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k map of the sample at `position` from its block; a one-line LabelMapError naming it if unsound."""
+        if len(self.reader) != len(self.blocks):
+            raise LabelMapError(f"token_label.dir={self.label_dir!r} holds {len(self.blocks)} maps by position, the "
+                                f"training set now has {len(self.reader)} images: the positions no longer match")
+        values, indices, where = self.blocks.lookup(position)
+        problem = None
+        if int(indices.min()) < 0 or int(indices.max()) >= len(self.classes):
+            problem = f"names class {int(indices.max())}, outside the {len(self.classes)} classes of labels.json"
+        elif not bool(torch.isfinite(values).all()):
+            problem = "holds scores that are NaN or infinite"
+        if problem:
+            raise LabelMapError(f"token label {where} of image {self.reader.path(position)!r} {problem}: generate the "
+                                "labels again with scripts/generate_token_labels.py")
+        return values, indices.to(self.index_dtype)
 
     def label_map(self, image_path: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The image's top-k map, checked against labels.json; a one-line LabelMapError naming the image if not."""

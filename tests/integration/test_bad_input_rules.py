@@ -24,7 +24,8 @@ from t2t import predict, validate, visualize
 from t2t.cli import EXIT_INTERRUPTED, EXIT_IO, EXIT_USAGE, exit_status
 from t2t.config import ConfigError, load_config
 from t2t.data.dataset import open_folder
-from t2t.data.token_label import LabelMapError, TokenLabelDataset, open_label_dir, read_label_map, save_label_map
+from t2t.data.label_blocks import block_path, read_block, write_block
+from t2t.data.token_label import LabelMapError, TokenLabelDataset, open_label_dir
 from t2t.engine.run import RunError, _check_labels_on_resume, run
 from t2t.engine.run_folder import choose_resume
 from train_helpers import ROOT, load_script, make_data, write_config
@@ -131,23 +132,26 @@ def test_rule2_a_teacher_that_is_not_a_file_says_what_it_is(setup, tmp_path, cap
 # Rule 3: a resumable tool re-checks what it skips
 
 
-def test_rule3_generate_token_labels_rewrites_damaged_label_files(setup, tmp_path):
+def test_rule3_generate_token_labels_rewrites_damaged_label_blocks(setup, tmp_path):
     root, data, labels = setup
     out = tmp_path / "labels"
-    assert labels_main(_label_args(root, data, out)) == 0
-    files = [f for f in _files(out) if f.endswith(".pt")]
-    good = {f: read_label_map(str(out / f)) for f in files}
-    (out / files[0]).write_bytes(b"")  # 0 bytes
-    (out / files[1]).write_bytes((out / files[2]).read_bytes()[:100])  # truncated
-    values, indices = good[files[3]]
-    save_label_map(str(out / files[3]), values, indices + 5)  # class indices outside the 3 classes
-    save_label_map(str(out / files[4]), values * float("nan"), indices)  # NaN scores
-    kept = {f: os.stat(out / f).st_mtime_ns for f in files[5:]}
-    assert labels_main(_label_args(root, data, out)) == 0
-    for f in files:
-        v, i = read_label_map(str(out / f))
-        assert torch.equal(i, good[f][1]) and torch.equal(v, good[f][0]), f
-    assert all(os.stat(out / f).st_mtime_ns == t for f, t in kept.items())
+    args = _label_args(root, data, out, "teacher.pth", "--block-size", "1")  # 6 images: 6 blocks
+    assert labels_main(args) == 0
+    good = {b: read_block(block_path(str(out), b), mmap=False) for b in range(6)}
+    header, values, indices = good[2]
+    write = dict(start=2, data_sha256=header["relpaths_sha256"], teacher=header["teacher"], num_classes=3)
+    open(block_path(str(out), 0), "wb").close()  # 0 bytes
+    with open(block_path(str(out), 1), "r+b") as f:
+        f.truncate(100)  # cut short
+    write_block(block_path(str(out), 2), values, indices + 5, block=2, **write)  # class indices outside the 3
+    write_block(block_path(str(out), 3), values.astype(np.float32) * np.nan, good[3][2], block=3,
+                **dict(write, start=3))  # NaN scores
+    kept = {b: os.stat(block_path(str(out), b)).st_mtime_ns for b in (4, 5)}
+    assert labels_main(args) == 0
+    for b, (_, v, i) in good.items():
+        _, v2, i2 = read_block(block_path(str(out), b), mmap=False)
+        assert np.array_equal(v, v2) and np.array_equal(i, i2), b
+    assert all(os.stat(block_path(str(out), b)).st_mtime_ns == t for b, t in kept.items())
 
 
 def test_rule3_output_inside_the_images_through_a_symlink_is_refused(setup, tmp_path, capsys):
@@ -297,12 +301,15 @@ def test_rule6_a_full_disk_names_the_file_and_leaves_no_temporary(setup, tmp_pat
     root, data, _ = setup
     out = tmp_path / "out"
     if tool.startswith("generate"):
-        def full(obj, f, *args, **kwargs):  # half a file reaches the disk, then it is full
-            f.write(b"\0" * 64)
-            _enospc()
-        monkeypatch.setattr(torch, "save", full)
+        fsync = t2t.outputs._fsync_path
+
+        def full(path, **kwargs):  # a label block is written, then the disk is full when it is flushed
+            if path.endswith(".tlb"):
+                _enospc()
+            fsync(path, **kwargs)
+        monkeypatch.setattr(t2t.outputs, "_fsync_path", full)
         assert labels_main(_label_args(root, data, out)) == EXIT_IO
-        line = _one_line(capsys, "No space left on device", str(out))
+        line = _one_line(capsys, "No space left on device", str(out), "block-000000.tlb")
         assert [f for f in _files(out) if f != "labels.json"] == [], _files(out)
     elif tool.startswith("validate"):
         os.makedirs(out)
@@ -339,8 +346,8 @@ def test_rule6_ctrl_c_as_label_workers_start_is_one_line(setup, tmp_path):
     assert "Traceback" not in err and "interrupted (Ctrl-C)" in err.strip().splitlines()[-1]
     assert not [f for f in _files(out) if ".tmp" in f]
     for f in _files(out):
-        if f.endswith(".pt"):
-            read_label_map(str(out / f))  # every file there is whole
+        if f.endswith(".tlb"):
+            read_block(str(out / f), mmap=False)  # every block there is whole
 
 
 @pytest.mark.parametrize("tool", ["visualize.py", "predict.py", "generate_token_labels.py"])
@@ -408,20 +415,20 @@ def test_rule7_a_folder_holding_only_a_teacher_is_not_a_run(setup, tmp_path, cap
     assert choose_resume(str(folder), "auto") == str(folder / "last.pth")
 
 
-def test_rule7_nan_label_maps_name_the_file(setup, tmp_path):
+def test_rule7_nan_label_maps_name_the_block_and_image(setup, tmp_path):
     _, data, labels = setup
     out = tmp_path / "labels"
     import shutil
     shutil.copytree(labels, out)
-    target = sorted(f for f in _files(out) if f.endswith(".pt"))[0]
-    values, indices = read_label_map(str(out / target))
-    save_label_map(str(out / target), values * float("nan"), indices)
+    header, values, indices = read_block(block_path(str(out), 0), mmap=False)
+    values = values.copy()
+    values[4] = np.nan
+    write_block(block_path(str(out), 0), values, indices, block=0, start=0, data_sha256=header["relpaths_sha256"],
+                teacher=header["teacher"], num_classes=3)
     dataset = TokenLabelDataset(open_folder(os.path.join(data, "train")), label_dir=str(out))
-    paths = [os.path.join(dataset.root, dataset.reader.relpath(i)) for i in range(len(dataset))]
-    image = next(p for p in paths if p.endswith(os.path.splitext(target)[0] + ".jpg"))
     with pytest.raises(LabelMapError, match="NaN") as e:
-        dataset.label_map(image)
-    assert target in str(e.value)
+        dataset.labels_at(4)
+    assert f"{block_path(str(out), 0)}[4]" in str(e.value) and dataset.reader.path(4) in str(e.value)
 
 
 def test_rule7_dali_names_the_file_it_cannot_decode(tmp_path):

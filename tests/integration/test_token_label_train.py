@@ -1,12 +1,16 @@
-"""Training with token_label.dir: a SIGKILLed run resumes bit-identically; a missing map stops train.py in one line."""
+"""Training with token_label.dir: block labels train as per-image labels of the same values, bit for bit; a SIGKILLed
+run on blocks resumes bit-identically; a missing map or block stops train.py in one line."""
 import json
 import os
+import shutil
 import signal
 
 import pytest
 import torch
 
+from t2t.data.label_blocks import block_path
 from t2t.data.token_label import label_path, save_label_map
+from t2t.tools.token_labels import main as token_labels_main
 from train_helpers import TINY_CONFIG, assert_same_run, kill_run_at, load, make_data, run_train, write_config
 
 pytestmark = pytest.mark.slow
@@ -40,10 +44,29 @@ def labelled(tmp_path_factory):
     return data_dir, label_dir
 
 
-def test_killed_token_label_run_resumes_exactly(labelled, tmp_path):
+@pytest.fixture(scope="module")
+def blocks(labelled, tmp_path_factory):
+    """The same maps imported into the block layout (blocks of 10 of the 36 images)."""
+    data_dir, label_dir = labelled
+    out = str(tmp_path_factory.mktemp("blocks") / "labels")
+    assert token_labels_main(["import", "--from", label_dir, "--data-dir", data_dir, "--output", out,
+                              "--block-size", "10"]) == 0
+    return out
+
+
+def test_block_labels_train_as_per_image_labels_of_the_same_values(labelled, blocks, tmp_path):
     data_dir, label_dir = labelled
     config = write_config(str(tmp_path), TOKEN_LABEL_CONFIG)
-    common = ["--data-dir", data_dir, "data.workers=2", "checkpoint.every_steps=4", f"token_label.dir={label_dir}",
+    common = ["--data-dir", data_dir, "train.max_steps=5", *OVERRIDES]
+    run_train("-c", config, "--output", str(tmp_path / "blocks"), f"token_label.dir={blocks}", *common)
+    run_train("-c", config, "--output", str(tmp_path / "per-image"), f"token_label.dir={label_dir}", *common)
+    assert_same_run(str(tmp_path / "blocks" / "step-00000005.pth"), str(tmp_path / "per-image" / "step-00000005.pth"))
+
+
+def test_killed_token_label_run_on_blocks_resumes_exactly(labelled, blocks, tmp_path):
+    data_dir, _ = labelled
+    config = write_config(str(tmp_path), TOKEN_LABEL_CONFIG)
+    common = ["--data-dir", data_dir, "data.workers=2", "checkpoint.every_steps=4", f"token_label.dir={blocks}",
               *OVERRIDES]
     run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
     out = str(tmp_path / "killed")
@@ -76,4 +99,17 @@ def test_missing_map_stops_train_py_in_one_line(labelled, tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and os.path.join(data_dir, "train", classes[1], image) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_block_stops_train_py_in_one_line(labelled, blocks, tmp_path):
+    data_dir, _ = labelled
+    broken = str(tmp_path / "labels")
+    shutil.copytree(blocks, broken)
+    os.remove(block_path(broken, 2))
+    proc = run_train("-c", write_config(str(tmp_path), TOKEN_LABEL_CONFIG), "--data-dir", data_dir, "--output",
+                     str(tmp_path / "run"), f"token_label.dir={broken}", *OVERRIDES, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and block_path(broken, 2) in lines[0] and "missing" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr

@@ -90,6 +90,34 @@ def test_help_config_prints_every_key_with_type_default_and_allowed_values(capsy
     assert "| `optim.clip_grad` | float or null | `null` | > 0 or null | max global grad norm; None: no clipping |" in text
 
 
+def _help_text(module, capsys) -> str:
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args(["--help"])
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+# The tools whose arguments include a config (-c/--config) and section.key=value overrides.
+TOOLS_WITH_CONFIG = ("train", "validate", "predict", "visualize")
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_that_reads_a_config_answers_help_config(tool, capsys):
+    """--help names --help-config, which prints the config reference, for every tool taking config overrides;
+    a tool whose --help shows a config file or overrides but is not in the list fails here."""
+    module = importlib.import_module("t2t.run_curves" if tool == "plot" else f"t2t.{tool}")
+    text = _help_text(module, capsys)
+    takes_config = "--config" in text or "section.key" in text.lower()
+    assert takes_config == (tool in TOOLS_WITH_CONFIG), f"t2t-{tool} --help: config options {takes_config}"
+    if not takes_config:
+        assert "--help-config" not in text
+        return
+    assert "--help-config" in text and "type, default and allowed values" in " ".join(text.split())
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args(["--help-config"])
+    assert stop.value.code == 0 and capsys.readouterr().out == config_reference()
+
+
 def test_every_error_of_the_package_carries_its_exit_status():
     loose = []
     for info in pkgutil.walk_packages(t2t.__path__, "t2t."):

@@ -1,24 +1,21 @@
 """The way in: a README of at most 200 lines, a docs site that builds, a current config reference, and
 every t2t command shown in the README and docs/ accepted by that command."""
-import glob
 import importlib
 import os
-import re
 import shlex
 import subprocess
 import sys
 
 import pytest
 
+from docs_commands import all_commands
 from t2t.config import find_recipe, load_config
 from t2t.config_help import config_reference
 from train_helpers import ROOT
 
-PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 # command -> the module whose parse_args reads its arguments
 PARSERS = {"train": "t2t.train", "validate": "t2t.validate", "predict": "t2t.predict", "export": "t2t.export",
            "benchmark": "t2t.benchmark", "visualize": "t2t.visualize", "plot": "t2t.run_curves"}
-_BLOCK = re.compile(r"```(?:bash|sh|console)\n(.*?)```", re.S)
 _SHELL_END = {"|", "||", "&&", ";", ">", ">>", "2>", "&"}
 
 
@@ -46,34 +43,19 @@ def test_config_reference_check_command_fails_on_a_stale_page(tmp_path):
 def commands():
     """(page:line, command, arguments, needs_gpu) of every t2t command in the shell blocks of the pages."""
     found = []
-    for page in PAGES:
-        text = open(page, encoding="utf-8").read()
-        for block in _BLOCK.finditer(text):
-            first_line = text[:block.start(1)].count("\n") + 1
-            needs_gpu, variables = False, {}
-            lines = block.group(1).split("\n")
-            offset = 0
-            while offset < len(lines):
-                start, line = offset, lines[offset]
-                while line.rstrip().endswith("\\") and offset + 1 < len(lines):  # a command continued
-                    offset += 1
-                    line = line.rstrip()[:-1] + " " + lines[offset]
-                offset += 1
-                stripped = line.strip()
-                if stripped.startswith("#"):
-                    needs_gpu = needs_gpu or stripped == "# needs: gpu"
-                    continue
-                if not stripped:
-                    continue
-                for name, value in variables.items():  # an `export C="..."` earlier in the block, unquoted use
-                    stripped = stripped.replace(f"${name}", value)
-                words = [w.strip("[]") if w.startswith("[") or w.endswith("]") else w  # [--optional flags]
-                         for w in shlex.split(stripped, comments=True)]
-                if words[0] == "export":
-                    variables.update(w.split("=", 1) for w in words[1:] if "=" in w)
-                    continue
-                found += _t2t_commands(words, f"{os.path.relpath(page, ROOT)}:{first_line + start}", needs_gpu)
-                needs_gpu = False
+    variables: dict[str, str] = {}
+    block = None
+    for command in all_commands():
+        if (command.page, command.block) != block:  # an `export C="..."` earlier in the block, unquoted use
+            block, variables = (command.page, command.block), {}
+        line = command.text
+        for name, value in variables.items():
+            line = line.replace(f"${name}", value)
+        words = shlex.split(line, comments=True)
+        if words[0] == "export":
+            variables.update(w.split("=", 1) for w in words[1:] if "=" in w)
+            continue
+        found += _t2t_commands(words, command.where, command.needs == "gpu")
     return found
 
 
@@ -145,3 +127,21 @@ def test_mkdocs_build_strict(tmp_path):
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "config" / "index.html").is_file()
+
+
+def test_page_parser_tells_commands_output_and_marks_apart(tmp_path):
+    """bash lines and continuations are commands, console blocks only their `$ ` lines, text blocks none; a
+    `# needs:` line marks the command after it, a `needs:` in a command's comment marks that command."""
+    from docs_commands import page_commands
+
+    page = tmp_path / "page.md"
+    page.write_text("```bash\n# needs: gpu\nt2t-train -c t2t_vit_14 \\\n    --data-dir /data/imagenet\n"
+                    "t2t-validate --help   # plain\npip install .   # from a checkout; needs: network\n```\n\n"
+                    "```console\n$ t2t-predict --help\nusage: t2t-predict ...\n$ echo $?\n0\n```\n\n"
+                    "```text\nt2t-export --help\n```\n")
+    found = [(c.line, c.text, c.needs, c.output) for c in page_commands(str(page))]
+    assert found == [(3, "t2t-train -c t2t_vit_14 --data-dir /data/imagenet", "gpu", []),
+                     (5, "t2t-validate --help   # plain", None, []),
+                     (6, "pip install .   # from a checkout; needs: network", "network", []),
+                     (10, "t2t-predict --help", None, ["usage: t2t-predict ..."]),
+                     (12, "echo $?", None, ["0"])]

@@ -1,5 +1,6 @@
 """An output is a regular file or it is left alone: streams are written into, never renamed over."""
 import os
+import signal
 import socket
 import stat
 
@@ -65,3 +66,26 @@ def test_a_socket_is_refused_in_one_line(tmp_path):
         assert stat.S_ISSOCK(os.stat(path).st_mode) and os.listdir(tmp_path) == ["s.json"]
     finally:
         server.close()
+
+
+def test_a_ctrl_c_held_back_while_workers_start_stops_them_before_it_propagates():
+    from t2t.outputs import workers_stopped
+
+    class Started:  # what iter(DataLoader) returns: an iterator owning worker processes
+        stopped = False
+
+        def __next__(self):
+            raise StopIteration
+
+        def _shutdown_workers(self):
+            Started.stopped = True
+
+    class Loader:
+        def __iter__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # lands while the workers start: held back until they run
+            return Started()
+
+    with pytest.raises(KeyboardInterrupt):
+        with workers_stopped(Loader()):
+            raise AssertionError("the Ctrl-C held back is raised before the loop starts")
+    assert Started.stopped  # not left to the interpreter's exit, where its threads print tracebacks

@@ -256,10 +256,9 @@ def test_label_folder_of_other_classes_or_without_labels_json(quadrants, tmp_pat
     _one_line(err)
 
 
-def test_dali_and_cifar_transform_are_refused_in_one_line(quadrants):
+def test_cifar_transform_is_refused_in_one_line(quadrants):
     data_dir, label_dir = quadrants
-    for override, words in (("data.backend=dali", "data.backend=pil"),
-                            ("data.train_transform=cifar", "data.train_transform=imagenet")):
+    for override, words in (("data.train_transform=cifar", "data.train_transform=imagenet"),):
         with pytest.raises(ConfigError, match=words) as err:
             build_data(data_dir, label_dir, override)
         _one_line(err)
