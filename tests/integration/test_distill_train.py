@@ -140,6 +140,7 @@ def test_student_follows_a_permuted_teacher(tmp_path, capsys):
     """Teacher signal reaches the gradients: with type=hard, alpha=1 and a teacher whose classes were shifted by
     one, the student predicts the shifted class (the teacher), not the label. Five demo classes at 32 px, 60
     training images each: the teacher learns them in a few epochs (seeds 42, 1 and 2 leave a margin of NOTE)."""
+    torch.set_num_threads(1)  # one thread: a shared CPU otherwise spends its time waiting (restored after the test)
     n = 5
     data = make_data(str(tmp_path / "data"), classes=n, train=60, val=12, size=32)
     demo = os.path.join(RECIPE_DIR, "demo.yaml")
