@@ -139,7 +139,8 @@ def _top1(capsys, checkpoint: str, val_dir: str, config: str) -> float:
 def test_student_follows_a_permuted_teacher(tmp_path, capsys):
     """Teacher signal reaches the gradients: with type=hard, alpha=1 and a teacher whose classes were shifted by
     one, the student predicts the shifted class (the teacher), not the label. Five demo classes at 32 px, 60
-    training images each: the teacher learns them in a few epochs (seeds 42, 1 and 2 leave a margin of NOTE)."""
+    training images each: the teacher learns them in a few epochs. Measured with train.seed 42, 1 and 2: teacher
+    80 / 75 / 78 %, the student agrees with it on 67 / 72 / 65 % and with the labels on 8 / 10 / 10 %."""
     torch.set_num_threads(1)  # one thread: a shared CPU otherwise spends its time waiting (restored after the test)
     n = 5
     data = make_data(str(tmp_path / "data"), classes=n, train=60, val=12, size=32)
