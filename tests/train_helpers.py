@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import hashlib
 import pickle
+import shutil
 import socket
 import subprocess
 import threading
@@ -78,6 +80,34 @@ def run_train(*args: str, check: bool = True, timeout: int = 600) -> subprocess.
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def shared_folder(tmp_path_factory, name: str, fill) -> str:
+    """A folder `fill(folder)` filled once per test session, shared by the tests (and pytest-xdist workers)
+    that ask for the same `name`: e.g. the data set or the uninterrupted reference run that several kill and
+    resume tests compare against. The tests only read it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' common folder
+    folder = os.path.join(str(base), "shared", hashlib.sha256(name.encode()).hexdigest()[:16])
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with FileLock(folder + ".lock"):
+        if not os.path.exists(os.path.join(folder, ".done")):
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder)
+            fill(folder)
+            open(os.path.join(folder, ".done"), "w").close()
+    return folder
+
+
+def straight_run(tmp_path_factory, data_dir: str, *args: str, config: str = TINY_CONFIG) -> str:
+    """last.pth of an uninterrupted train.py run of `config` on `data_dir` with `args`, run once per session."""
+    def fill(folder):
+        run_train("-c", write_config(folder, config), "--output", os.path.join(folder, "run"),
+                  "--data-dir", data_dir, *args)
+    return os.path.join(shared_folder(tmp_path_factory, repr((data_dir, config, args)), fill), "run", "last.pth")
 
 
 def load(path: str) -> dict:

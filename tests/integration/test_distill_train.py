@@ -1,8 +1,8 @@
 """Training with a teacher: alpha = 0 is a plain run, exact resume, the teacher identity check, DDP."""
+import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import timm
@@ -127,43 +127,45 @@ def test_two_processes_with_a_teacher(data_dir, tmp_path, teachers):
     assert ckpt["train_state"]["global_step"] == 4 and not any(k.startswith("module.") for k in ckpt["model"])
 
 
-def _validate(checkpoint: str, val_dir: str, config: str) -> float:
-    """top-1 of the model weights (not the EMA) of `checkpoint` on the class folders `val_dir`."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "validate.py"), "--data-dir", val_dir, "-c", config,
-                           "--checkpoint", checkpoint, "--no-ema"], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
-    import json
-    return json.loads(proc.stdout.strip().splitlines()[-1])["top1"]
+def _top1(capsys, checkpoint: str, val_dir: str, config: str) -> float:
+    """top-1 of the model weights (not the EMA) of `checkpoint` on the class folders `val_dir`, by validate.py."""
+    from t2t import validate
+
+    capsys.readouterr()
+    assert validate.main(["--data-dir", val_dir, "-c", config, "--checkpoint", checkpoint, "--no-ema"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"]
 
 
-def test_student_follows_a_permuted_teacher(tmp_path):
+def test_student_follows_a_permuted_teacher(tmp_path, capsys):
     """Teacher signal reaches the gradients: with type=hard, alpha=1 and a teacher whose classes were shifted by
-    one, the student predicts the shifted class (the teacher), not the label."""
-    data = make_data(str(tmp_path / "data"), classes=10, train=100, val=20, size=40)  # the demo set, 40 px
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: a shared CPU otherwise spends its time waiting
+    one, the student predicts the shifted class (the teacher), not the label. Five demo classes at 32 px, 60
+    training images each: the teacher learns them in a few epochs. Measured with train.seed 42, 1 and 2: teacher
+    80 / 75 / 78 %, the student agrees with it on 67 / 72 / 65 % and with the labels on 8 / 10 / 10 %."""
+    torch.set_num_threads(1)  # one thread: a shared CPU otherwise spends its time waiting (restored after the test)
+    n = 5
+    data = make_data(str(tmp_path / "data"), classes=n, train=60, val=12, size=32)
     demo = os.path.join(RECIPE_DIR, "demo.yaml")
-    common = ["--data-dir", data, "model.img_size=32", "data.workers=0", "log.tensorboard=false"]
-    subprocess.run(train_cmd("-c", demo, "--output", str(tmp_path / "teacher"), *common, "train.epochs=8"),
-                   check=True, capture_output=True, env=env, cwd=ROOT, timeout=1200)
+    common = ["model.img_size=32", "data.workers=0", "log.tensorboard=false", "train.batch_size=16",
+              "train.seed=42"]
+    run(load_config(demo, common + ["train.epochs=8"]), data_dir=data, output=str(tmp_path / "teacher"))
     ckpt = load(str(tmp_path / "teacher" / "best.pth"))
-    shift = [(k + 1) % 10 for k in range(10)]  # logit k of the permuted teacher is logit k + 1: it says c - 1 for c
+    shift = [(k + 1) % n for k in range(n)]  # logit k of the permuted teacher is logit k + 1: it says c - 1 for c
     weights = {k: (v[shift].clone() if k.startswith("head.") else v) for k, v in ckpt["state_dict_ema"].items()}
     torch.save({"arch": "t2t_vit_7", "state_dict_ema": weights}, tmp_path / "permuted.pth")
-    subprocess.run(train_cmd("-c", demo, "--output", str(tmp_path / "student"), *common, "train.epochs=4",
-                             f"distill.teacher={tmp_path / 'permuted.pth'}", "distill.type=hard", "distill.alpha=1"),
-                   check=True, capture_output=True, env=env, cwd=ROOT, timeout=1200)
+    run(load_config(demo, common + ["train.epochs=6", f"distill.teacher={tmp_path / 'permuted.pth'}",
+                                    "distill.type=hard", "distill.alpha=1"]),
+        data_dir=data, output=str(tmp_path / "student"))
     classes = sorted(os.listdir(os.path.join(data, "val")))
     for c, name in enumerate(classes):  # the val images filed under the class the permuted teacher gives them
-        os.makedirs(tmp_path / "shifted" / classes[(c - 1) % 10], exist_ok=True)
+        os.makedirs(tmp_path / "shifted" / classes[(c - 1) % n], exist_ok=True)
         for f in os.listdir(os.path.join(data, "val", name)):
-            os.symlink(os.path.join(data, "val", name, f), tmp_path / "shifted" / classes[(c - 1) % 10] / f"{name}_{f}")
+            os.symlink(os.path.join(data, "val", name, f), tmp_path / "shifted" / classes[(c - 1) % n] / f"{name}_{f}")
     config = str(tmp_path / "student" / "config.yaml")
     student = str(tmp_path / "student" / "last.pth")
-    teacher_top1 = _validate(str(tmp_path / "teacher" / "best.pth"), os.path.join(data, "val"), config)
-    follows_teacher = _validate(student, str(tmp_path / "shifted"), config)
-    follows_labels = _validate(student, os.path.join(data, "val"), config)
+    teacher_top1 = _top1(capsys, str(tmp_path / "teacher" / "best.pth"), os.path.join(data, "val"), config)
+    follows_teacher = _top1(capsys, student, str(tmp_path / "shifted"), config)
+    follows_labels = _top1(capsys, student, os.path.join(data, "val"), config)
     print(f"teacher top-1 {teacher_top1}; student agrees with the shifted teacher {follows_teacher}%, "
-          f"with the labels {follows_labels}%")
+          f"with the labels {follows_labels}%")  # shown if it fails
     assert teacher_top1 > 50
     assert follows_teacher > 30 and follows_labels < 15

@@ -8,12 +8,17 @@ import pytest
 
 from t2t.engine.checkpoint import find_resume_checkpoint
 from t2t.engine.run import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
-from train_helpers import ROOT, assert_same_run, load, make_data, run_train, train_cmd, write_config
+from train_helpers import (ROOT, assert_same_run, load, make_data, run_train, shared_folder, straight_run, train_cmd,
+                           write_config)
+
+# Loader workers and a checkpoint every 4 steps: the mid-epoch resume and every kill below compare against
+# the one uninterrupted run of these settings (straight_run runs it once per session).
+WORKERS_2 = ("data.workers=2", "checkpoint.every_steps=4")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return make_data(str(tmp_path_factory.mktemp("data")))
+    return shared_folder(tmp_path_factory, "make_data()", make_data)
 
 
 def test_existing_run_folder_is_refused_without_resume(data_dir, tmp_path):
@@ -38,16 +43,17 @@ def test_print_config_shows_overrides(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_at,workers,extra", [(9, 0, ()), (13, 2, ()), (13, 2, ("data.repeated_aug=true",))],
+@pytest.mark.parametrize("stop_at,settings", [(9, ("data.workers=0",)), (13, WORKERS_2),
+                                              (13, ("data.workers=2", "data.repeated_aug=true"))],
                          ids=["epoch-boundary", "mid-epoch-workers", "mid-epoch-repeated-aug"])
-def test_resume_is_exact(data_dir, tmp_path, stop_at, workers, extra):
+def test_resume_is_exact(data_dir, tmp_path_factory, tmp_path, stop_at, settings):
     config = write_config(str(tmp_path))
-    common = ["--data-dir", data_dir, f"data.workers={workers}", *extra]
-    run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
+    common = ["--data-dir", data_dir, *settings]
+    straight = straight_run(tmp_path_factory, data_dir, *settings)
     run_train("-c", config, "--output", str(tmp_path / "resumed"), *common, f"train.max_steps={stop_at}")
     assert load(str(tmp_path / "resumed" / "last.pth"))["train_state"]["global_step"] == min(stop_at, 9)
     run_train("-c", config, "--output", str(tmp_path / "resumed"), "--resume", "auto", *common)
-    assert_same_run(str(tmp_path / "straight" / "last.pth"), str(tmp_path / "resumed" / "last.pth"))
+    assert_same_run(straight, str(tmp_path / "resumed" / "last.pth"))
 
 
 def _wait_for(path_test, proc, timeout=300):
@@ -65,12 +71,12 @@ def _wait_for(path_test, proc, timeout=300):
 @pytest.mark.parametrize("sig,group", [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGTERM, True),
                                        (signal.SIGINT, True)],
                          ids=["sigkill", "sigterm", "sigterm-process-group", "ctrl-c-process-group"])
-def test_killed_run_resumes_exactly(data_dir, tmp_path, sig, group):
+def test_killed_run_resumes_exactly(data_dir, tmp_path_factory, tmp_path, sig, group):
     """SIGTERM / SIGINT to the whole process group (as Slurm, `kill -- -PGID`, docker stop and Ctrl-C send
     them) reach the loader workers too: they ignore it, the main process saves and exits."""
     config = write_config(str(tmp_path))
-    common = ["--data-dir", data_dir, "data.workers=2", "checkpoint.every_steps=4"]
-    run_train("-c", config, "--output", str(tmp_path / "straight"), *common)
+    common = ["--data-dir", data_dir, *WORKERS_2]
+    straight = straight_run(tmp_path_factory, data_dir, *WORKERS_2)
     out = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd("-c", config, "--output", str(out), *common),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -89,7 +95,7 @@ def test_killed_run_resumes_exactly(data_dir, tmp_path, sig, group):
         ckpt, _ = find_resume_checkpoint(str(out))
         assert load(ckpt)["train_state"]["global_step"] >= 12
     run_train("-c", config, "--output", str(out), "--resume", "auto", *common)
-    assert_same_run(str(tmp_path / "straight" / "last.pth"), str(out / "last.pth"))
+    assert_same_run(straight, str(out / "last.pth"))
 
 
 @pytest.mark.slow
