@@ -393,7 +393,7 @@ def build_train_sampler(cfg: DataConfig, train_ds: SeededDataset, epoch_samples:
         train_ds.reader.read_ahead_shards = 2 * cfg.block_shards
         if isinstance(train_ds.reader, ParquetReader):
             train_ds.reader.cache_groups = cfg.block_shards
-    elif isinstance(train_ds.reader, ParquetReader):
+    elif isinstance(getattr(train_ds, "reader", None), ParquetReader):  # a CIFAR set has no reader
         _logger.warning("data.format=parquet with data.shuffle=global: nearly every sample reads its whole row group "
                         "(%d row groups of %d images on average); data.shuffle=block reads each once per epoch",
                         len(train_ds.reader.block_file), len(train_ds) // max(1, len(train_ds.reader.block_file)))
