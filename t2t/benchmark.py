@@ -470,7 +470,8 @@ def benchmark_data(args: argparse.Namespace) -> dict[str, Any]:
 
         results = run_feed_benchmark(args.data_dir, args.data_backend or ("pil", "dali"), augment=args.augment,
                                      img_size=args.img_size, batch_size=args.batch_size, workers=args.workers,
-                                     rounds=args.rounds, steps=args.steps, pin=args.pin)
+                                     rounds=args.rounds, steps=args.steps, pin=args.pin,
+                                     batch_buffers=not args.no_batch_buffers)
         return {"mode": "data", "data_dir": args.data_dir, "uptime_load": list(os.getloadavg()), **results}
     if args.shard_order:  # global against block order reading shards (t2t.tools.shard_bench)
         from t2t.tools.shard_bench import run_shard_order_benchmark
@@ -578,6 +579,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pin", action="store_true",
                    help="--feed: the training process on the first core, the loader's workers on the others "
                         "(as on a GPU node, where they do not share the loop's core)")
+    p.add_argument("--no-batch-buffers", action="store_true",
+                   help="--feed: the Pillow loader as with data.batch_buffers=false (a new shared tensor per batch)")
     p.add_argument("--shard-order", type=lambda v: v.split(","),
                    help="--mode data on shards (DIR/train/*.tar): comma-separated orders read side by side, of "
                         "global, block, folder (one thread, reading and parsing headers; the page cache dropped "

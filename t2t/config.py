@@ -101,6 +101,9 @@ class DataConfig:
     fast_decode: bool = True
     # batches each loader worker prepares ahead (shared memory: see docs/clusters.md)
     prefetch_factor: int = checked(2, AT_LEAST_1)
+    # pil: the training loader's workers write batches into shared buffers made once (workers x prefetch_factor
+    # + 3 of them), not into new shared memory per batch (docs/data-feed.md); false: the DataLoader's usual way
+    batch_buffers: bool = True
     # auto: an extracted CIFAR folder is read as CIFAR, DATA_DIR/train/*.tar as shards, else the ImageFolder layout;
     # DATA_DIR/train/*.parquet (or a Hugging Face download's DATA_DIR/data/train-*.parquet) as parquet;
     # shards: DATA_DIR/train/*.tar and DATA_DIR/val/*.tar in the webdataset layout (scripts/make_shards.py);

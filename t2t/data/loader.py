@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .batch_buffers import BufferedLoader, batch_buffers_available
 from .sampler import ShardSampler, TrainSampler
 
 __all__ = ["build_batch_loader", "build_eval_loader", "build_train_loader", "set_loader_epoch"]
@@ -84,26 +85,37 @@ def build_train_loader(
     persistent_workers: bool = True,
     drop_last: bool = True,
     prefetch_factor: int | None = None,
-) -> DataLoader:
+    batch_bytes: int | None = None,
+) -> DataLoader | BufferedLoader:
     """Training DataLoader over ``sampler``; worker randomness needs no init_fn (__getitem__ reseeds).
 
-    Call ``set_loader_epoch(loader, epoch, start_index)`` before iterating each epoch.
+    With ``batch_bytes`` (an upper bound of one batch's bytes) and persistent workers, the workers
+    collate into shared buffers made once (t2t/data/batch_buffers.py): the same batches, without a new
+    shared-memory tensor for each. Call ``set_loader_epoch(loader, epoch, start_index)`` before
+    iterating each epoch.
     """
     _check_loader_args(batch_size, workers)
     _register_exit_hook()
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+    common = dict(
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=drop_last,
-        persistent_workers=persistent_workers and workers > 0,
-        prefetch_factor=prefetch_factor if workers > 0 else None,
         worker_init_fn=init_loader_worker,
         # A private generator: otherwise every iter(loader) draws a worker base seed from torch's
         # global RNG in the main process, which would shift dropout / drop-path randomness.
         generator=torch.Generator().manual_seed(0),
+    )
+    if batch_bytes and workers > 0 and persistent_workers and batch_buffers_available():
+        common.pop("num_workers")
+        return BufferedLoader(dataset, batch_size=batch_size, sampler=sampler, workers=workers, drop_last=drop_last,
+                              prefetch_factor=prefetch_factor or 2, batch_bytes=batch_bytes, **common)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        persistent_workers=persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        **common,
     )
 
 

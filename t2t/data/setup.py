@@ -21,6 +21,7 @@ from .holdout import split_minival
 from .readers import FolderReader, Reader
 from .parquet import ParquetReader, has_parquet, open_parquet
 from .shards import find_shard_classes, open_shards
+from .batch_buffers import SPARE_BUFFERS
 from .loader import build_eval_loader, build_train_loader, set_loader_epoch
 from .mixup import build_mixup
 from .progressive import ResolutionSchedule, SizeScheduledTransform
@@ -147,18 +148,29 @@ class TrainData:
 
 
 def shared_memory_per_process(*, workers: int, prefetch_factor: int, batch_size: int, eval_batch_size: int,
-                              img_size: int, uint8_train: bool, uint8_eval: bool) -> int:
+                              img_size: int, uint8_train: bool, uint8_eval: bool, batch_buffers: bool = False) -> int:
     """Bytes of batches the training and evaluation loader workers of one process can hold in shared memory.
 
-    Each loader's workers hold up to workers x prefetch batches; the evaluation loader uses the
-    DataLoader's default prefetch of 2. Both are counted: their workers stay alive side by side.
+    Each loader's workers hold up to workers x prefetch batches (the training loader's batch buffers:
+    3 more); the evaluation loader uses the DataLoader's default prefetch of 2. Both are counted: their
+    workers stay alive side by side.
     """
     if workers == 0:
         return 0
     pixels = 3 * img_size * img_size
-    train = workers * prefetch_factor * batch_size * pixels * (1 if uint8_train else 4)
+    train_batches = workers * prefetch_factor + (SPARE_BUFFERS if batch_buffers else 0)
+    train = train_batches * batch_size * pixels * (1 if uint8_train else 4)
     evaluation = workers * 2 * eval_batch_size * pixels * (1 if uint8_eval else 4)
     return train + evaluation
+
+
+def train_batch_bytes(spec: DataSpec) -> int:
+    """An upper bound of one training batch's bytes, for the batch buffers: images at the largest size of the
+    run, and room for the targets (a token-label map each, with token labels)."""
+    size = max((spec.img_size,) + (spec.resolution.sizes if spec.resolution is not None else ()))
+    image = 3 * size * size * (1 if spec.uint8_train else 4)
+    extra = 64 * 1024 if spec.token_label_dir is not None else 1024
+    return spec.batch_size * (image + extra) + 64 * 1024
 
 
 def free_shared_memory(path: str = "/dev/shm") -> Optional[int]:
@@ -424,10 +436,12 @@ def _build_pil_loaders(spec: DataSpec, train_ds: SeededDataset, val_ds: SeededDa
     check_shared_memory(
         shared_memory_per_process(workers=cfg.workers, prefetch_factor=cfg.prefetch_factor,
                                   batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
-                                  img_size=spec.img_size, uint8_train=spec.uint8_train, uint8_eval=spec.uint8_eval),
+                                  img_size=spec.img_size, uint8_train=spec.uint8_train, uint8_eval=spec.uint8_eval,
+                                  batch_buffers=cfg.batch_buffers),
         processes_here, free_shared_memory())
     loader = build_train_loader(train_ds, batch_size=spec.batch_size, sampler=sampler, workers=cfg.workers,
-                                pin_memory=spec.pin_memory, prefetch_factor=cfg.prefetch_factor)
+                                pin_memory=spec.pin_memory, prefetch_factor=cfg.prefetch_factor,
+                                batch_bytes=train_batch_bytes(spec) if cfg.batch_buffers else None)
     # Persistent: an evaluation every epoch would otherwise fork its workers anew (seconds per epoch at scale).
     val_loader = build_eval_loader(val_ds, batch_size=spec.eval_batch_size, workers=cfg.workers,
                                    num_replicas=num_replicas, rank=rank, pin_memory=spec.pin_memory,

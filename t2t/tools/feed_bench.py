@@ -21,6 +21,7 @@ the workers' decoding.
 """
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import threading
@@ -58,14 +59,16 @@ def make_step_loop(width: int = 64, depth: int = 8, batch: int = 16) -> Callable
     return step
 
 
-def _pil_feed(root: str, img_size: int, aug: dict[str, Any], *, batch_size: int, workers: int,
-              seed: int) -> tuple[Callable[[int], Iterator[Any]], int]:
-    """(epoch -> the Pillow backend's training batches, samples per epoch): DataLoader workers, uint8 out."""
+def _pil_feed(root: str, img_size: int, aug: dict[str, Any], *, batch_size: int, workers: int, seed: int,
+              batch_buffers: bool = True) -> tuple[Callable[[int], Iterator[Any]], int]:
+    """(epoch -> the Pillow backend's training batches, samples per epoch): DataLoader workers, uint8 out,
+    into batch buffers as a training run's loader (data.batch_buffers) unless `batch_buffers` is false."""
     transform = build_train_transform(img_size, fast_decode=True, use_prefetcher=True, re_prob=0.0, **aug)
     dataset = ImageFolderDataset(root, transform, seed=seed)
     sampler = TrainSampler(len(dataset), seed=seed)
     loader = build_train_loader(dataset, batch_size=batch_size, sampler=sampler, workers=workers,
-                                prefetch_factor=2 if workers else None)
+                                prefetch_factor=2 if workers else None,
+                                batch_bytes=batch_size * (3 * img_size * img_size + 1024) if batch_buffers else None)
 
     def batches(epoch: int) -> Iterator[Any]:
         set_loader_epoch(loader, epoch)
@@ -175,7 +178,7 @@ def _step_loop_slowdown(batches: Callable[[int], Iterator[Any]], step: Callable[
 def run_feed_benchmark(data_dir: str, backends: Sequence[str] = FEED_BACKENDS, *, augment: str = "full",
                        img_size: int = 224, batch_size: int = 64, workers: int = 1, rounds: int = 3,
                        steps: int = 300, auto_augment: str = "rand-m9-mstd0.5-inc1", seed: int = 0,
-                       pin: bool = False) -> dict[str, Any]:
+                       pin: bool = False, batch_buffers: bool = True) -> dict[str, Any]:
     """Per backend: the training process's CPU time per sample, and the step loop's slowdown beside the feed
     (with `pin`, the loop's process on one core and the loader's workers on the others)."""
     unknown = [b for b in backends if b not in FEED_BACKENDS]
@@ -185,7 +188,8 @@ def run_feed_benchmark(data_dir: str, backends: Sequence[str] = FEED_BACKENDS, *
     root = _train_root(data_dir)
     aug = _augment_kwargs(augment, auto_augment)
     results: dict[str, Any] = {"feed_workers": workers, "batch_size": batch_size, "augment": augment,
-                               "img_size": img_size, "step_loop_steps": steps, "pinned": pin}
+                               "img_size": img_size, "step_loop_steps": steps, "pinned": pin,
+                               "pil_batch_buffers": batch_buffers}
     allowed = sorted(os.sched_getaffinity(0))
     if pin and (len(allowed) < 2 or not workers):
         raise ValueError(f"pinning needs workers > 0 and 2 or more cores; this process may use {len(allowed)}")
@@ -194,7 +198,7 @@ def run_feed_benchmark(data_dir: str, backends: Sequence[str] = FEED_BACKENDS, *
         step = make_step_loop()
         _time_steps(step, max(1, steps // 10))  # warm-up
         for backend in backends:
-            make = _pil_feed if backend == "pil" else _dali_feed
+            make = functools.partial(_pil_feed, batch_buffers=batch_buffers) if backend == "pil" else _dali_feed
             if worker_cores:
                 os.sched_setaffinity(0, worker_cores)  # the workers the warm-up starts inherit these
             batches, samples = make(root, img_size, aug, batch_size=batch_size, workers=workers, seed=seed)

@@ -291,3 +291,23 @@ def test_token_labels_on_shards_are_the_folders(quadrants, tmp_path):
         (a, ta), (b, tb) = next(iter(from_folder.train_batches(epoch))), next(iter(from_shards.train_batches(epoch)))
         assert torch.equal(a, b) and ta.keys() == tb.keys()
         assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_batch_buffers_hand_over_the_same_token_label_batches(quadrants):
+    """data.batch_buffers: the workers write the images and label maps into shared buffers, same values."""
+    from t2t.data.batch_buffers import BufferedLoader
+    data_dir, label_dir = quadrants
+    _, buffered = build_data(data_dir, label_dir, "data.workers=2", "data.batch_buffers=true", batch_size=2)
+    _, usual = build_data(data_dir, label_dir, "data.workers=2", "data.batch_buffers=false", batch_size=2)
+    assert isinstance(buffered.train_loader, BufferedLoader)
+    assert not isinstance(usual.train_loader, BufferedLoader)
+    for epoch in range(2):
+        count = 0
+        for (images, targets), (ref_images, ref_targets) in zip(buffered.train_batches(epoch),
+                                                                usual.train_batches(epoch)):
+            count += 1
+            assert torch.equal(images, ref_images) and targets.keys() == ref_targets.keys()
+            for key in targets:
+                assert targets[key].dtype == ref_targets[key].dtype and torch.equal(targets[key], ref_targets[key])
+        assert count == len(usual.train_loader) > 1
+    assert buffered.train_loader.fallbacks == 0  # every batch, label maps included, came through a buffer
