@@ -563,6 +563,10 @@ def check_data_settings(cfg: Config) -> None:
     if cfg.data.shuffle == "block" and cfg.data.format in ("imagefolder", "cifar"):
         raise ConfigError(f"data.shuffle=block with data.format={cfg.data.format}: block order reads shards or parquet row "
                           "groups; set data.format=shards, parquet (or auto) or data.shuffle=global")
+    if cfg.data.holdout_fraction and cfg.data.format in ("cifar", "shards", "parquet"):
+        raise ConfigError(f"data.holdout_fraction={cfg.data.holdout_fraction} with data.format={cfg.data.format}: the "
+                          "minival is held out of a class-folder training set (data.format=imagefolder) by the images' "
+                          "paths; set data.holdout_fraction=0")
     _check_token_label_settings(cfg)
 
 
@@ -577,6 +581,10 @@ def _check_token_label_settings(cfg: Config) -> None:
     if cfg.model.img_size % TOKEN_STRIDE:
         raise ConfigError(f"token_label.dir with model.img_size={cfg.model.img_size}: expected a multiple of "
                           f"{TOKEN_STRIDE} (the token grid MixToken cuts along)")
+    if cfg.data.holdout_fraction:
+        raise ConfigError(f"token_label.dir={label_dir!r} with data.holdout_fraction={cfg.data.holdout_fraction}: a "
+                          "minival is not held out of a training set read with its label maps; set "
+                          "data.holdout_fraction=0 (and evaluate on the validation set)")
 
 
 def img_size_phase_starts(train: TrainConfig) -> tuple[int, ...]:

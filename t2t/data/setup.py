@@ -358,9 +358,11 @@ def _split_minival(cfg: DataConfig, train_ds: SeededDataset, eval_tf: Callable,
     """data.holdout_fraction: move the held-out images out of `train_ds` into a minival read with `eval_tf`."""
     if cfg.holdout_fraction == 0:
         return None
-    if not isinstance(train_ds, ImageFolderDataset):
+    if not isinstance(train_ds, ImageFolderDataset):  # data.format=auto found one (config.validate refuses the rest)
+        found = "a CIFAR folder" if isinstance(train_ds, CIFARDataset) else \
+            "parquet files" if isinstance(train_ds.reader, ParquetReader) else "tar shards"
         raise ConfigError(f"data.holdout_fraction={cfg.holdout_fraction} holds out images of a class-folder training "
-                          f"set by their paths; {data_dir!r} is a CIFAR folder or shards: set it to 0")
+                          f"set by their paths; {data_dir!r} holds {found}: set it to 0")
     before = len(train_ds)
     minival = split_minival(train_ds, cfg.holdout_fraction, eval_tf)
     _logger.info("Held out %d of the %d training images as the minival (data.holdout_fraction=%g): %d left to train on",

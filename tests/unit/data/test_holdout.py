@@ -86,3 +86,13 @@ def test_minival_metric_needs_a_minival():
     cfg.data.holdout_fraction = 1.0
     with pytest.raises(ConfigError, match="holdout_fraction"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["data.format=shards"], "data.holdout_fraction=0.1 with data.format=shards"),
+    (["data.format=cifar"], "data.holdout_fraction=0.1 with data.format=cifar"),
+    (["token_label.dir=/labels"], "token_label.dir='/labels' with data.holdout_fraction=0.1"),
+])
+def test_a_minival_needs_a_class_folder_read_without_label_maps(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, ["data.holdout_fraction=0.1", *overrides])

@@ -288,6 +288,16 @@ def test_block_order_on_a_folder_read_as_auto_is_refused(folder_and_shards):
     _one_line(err)
 
 
+def test_a_minival_of_shards_read_as_auto_is_refused_naming_them(folder_and_shards):
+    _, shards = folder_and_shards
+    cfg = load_config(None, ["data.holdout_fraction=0.25", "data.workers=0", "model.img_size=32"])
+    spec = data_setup.DataSpec.from_config(cfg, global_batch_size=4, eval_crop_pct=0.9, eval_interpolation="bicubic",
+                                           batch_size=4)
+    with pytest.raises(ConfigError, match="holds tar shards: set it to 0") as err:
+        data_setup.build_train_and_val(spec, shards)
+    _one_line(err)
+
+
 # ---------------------------------------------------------------------------------------------
 # Through the data layer: repeated augmentation on shards is the folder's
 
