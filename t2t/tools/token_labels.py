@@ -13,7 +13,9 @@ autocast (bf16 on CUDA, float32 on the CPU; --precision overrides). The maps go 
 --block-size images per file (t2t/data/label_blocks.py), written whole (temporary name, fsync, rename);
 LABELDIR/labels.json records the teacher (path, size, sha256), the classes and what identifies the
 data (sample count, SHA-256 of the images' relative paths), so labels of two teachers or data sets
-are never mixed. Under torchrun, rank r of W labels blocks r, r + W, ... (no collective). An
+are never mixed. Under torchrun, rank 0 lists the data (or indexes the shards) and hands the listing
+to the others (a gloo group that lives for that broadcast only); rank r of W then labels blocks r,
+r + W, ... with no further collective. An
 interrupted run continues: every existing block is read and checked (its header, its size, class
 indices in range, finite scores) and only missing or unsound blocks are written again.
 
@@ -77,16 +79,22 @@ def open_train_reader(data_dir: str, fmt: str = "auto"):
     from ..data.setup import resolve_format
     from ..data.shards import find_shard_classes, open_shards
 
+    import time
+
     train_dir = os.path.join(data_dir, "train")
     fmt = resolve_format(data_dir, fmt)
+    start = time.perf_counter()
     if fmt == "shards":
-        return open_shards(train_dir, find_shard_classes(data_dir))
-    if fmt != "imagefolder":
+        reader = open_shards(train_dir, find_shard_classes(data_dir))
+    elif fmt == "imagefolder":
+        reader = open_folder(train_dir if os.path.isdir(train_dir) else data_dir)
+    else:
         from ..cli import UsageError
 
         raise UsageError(f"--data-dir {data_dir!r} is read as {fmt}: token labels are made for ImageFolder "
                          "training folders and tar shards")
-    return open_folder(train_dir if os.path.isdir(train_dir) else data_dir)
+    _logger.info("listed %d training images of %s in %.1f s", len(reader), reader.root, time.perf_counter() - start)
+    return reader
 
 
 class _Images(torch.utils.data.Dataset):
@@ -113,6 +121,33 @@ class _Images(torch.utils.data.Dataset):
             raise DatasetError(f"cannot read image {self.dataset.reader.path(position)!r}: {type(e).__name__}: {e}. "
                                "Replace or delete it (token labels are made for every training image)") from None
         return self.to_tensor(img.resize((self.img_size, self.img_size), self.bicubic)), position
+
+
+def open_reader_once(data_dir: str, fmt: str, world: int):
+    """open_train_reader on rank 0 only, its reader (or its error) broadcast to the other ranks of torchrun's
+    `world` processes: one directory walk or shard index per job, not one per process."""
+    if world == 1:
+        return open_train_reader(data_dir, fmt)
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from ..errors import T2TError
+
+    dist.init_process_group("gloo", timeout=timedelta(minutes=30))  # CPU objects only, whatever the devices
+    try:
+        holder: list[Any] = [None]
+        if dist.get_rank() == 0:
+            try:
+                holder[0] = open_train_reader(data_dir, fmt)
+            except (T2TError, OSError, ValueError) as e:  # every rank raises it, instead of waiting for a listing
+                holder[0] = e
+        dist.broadcast_object_list(holder, src=0)
+    finally:
+        dist.destroy_process_group()
+    if isinstance(holder[0], BaseException):
+        raise holder[0]
+    return holder[0]
 
 
 def _check_record(output: str, record: dict, keys=("sha256", "topk", "img_size", "model")) -> None:
@@ -236,7 +271,7 @@ def _generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", 0)),
                             int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    reader = open_train_reader(args.data_dir, args.format)  # the one listing (or shard index) of this process
+    reader = open_reader_once(args.data_dir, args.format, world)  # the job's one listing (or shard index)
     _check_output_outside(args.output, reader.root)
     classes = list(reader.classes)
     if args.topk > len(classes):

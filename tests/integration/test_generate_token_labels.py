@@ -143,6 +143,7 @@ def test_two_processes_label_their_blocks_as_one_does(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "rank 0 of 2: 5 images to label (2 blocks)" in proc.stderr and "rank 1 of 2: 4 images to label (1 blocks)" \
         in proc.stderr
+    assert proc.stderr.count("listed") == 1, proc.stderr  # rank 0 walked the folders; rank 1 got its listing
     assert _blocks(single) == _blocks(double)
     (v1, i1), (v2, i2) = _rows(single), _rows(double)
     assert np.array_equal(i1, i2)
