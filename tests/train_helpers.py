@@ -21,6 +21,8 @@ from t2t.checkpoint_schema import TRAINER_KEYS, TrainingCheckpoint
 from t2t.models.factory import create_model
 from t2t.tools.demo_data import make_demo_dataset
 
+import zygote
+
 CIFAR10, CIFAR100 = CIFAR_LAYOUTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +78,9 @@ def free_port() -> int:
 
 
 def run_train(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """`python train.py ARGS` from the repository root, as a fresh process runs it (forked from a process that
+    has imported torch and timm already: tests/zygote.py)."""
+    proc = zygote.run_script(train_cmd(*args)[1:], cwd=ROOT, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -25,7 +25,7 @@ import numpy as np
 
 from .dataset import DatasetError
 from .filelist import SampleList
-from .readers import Reader
+from .readers import BlockReader, Reader
 
 __all__ = ["ParquetReader", "find_parquet_split", "has_parquet", "open_parquet"]
 
@@ -76,7 +76,7 @@ def _hf_class_names(schema: Any) -> Optional[list[str]]:
     return [str(n) for n in names] if isinstance(names, list) and names else None
 
 
-class ParquetReader(Reader):
+class ParquetReader(BlockReader):
     """The images of parquet files, by position: file-name order, then row order; read by row group."""
 
     layout = "parquet"
@@ -100,20 +100,8 @@ class ParquetReader(Reader):
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()  # the DALI backend's reader threads share one reader
 
-    def __len__(self) -> int:
-        return len(self.row_of)
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self._targets
-
-    def target(self, i: int) -> int:
-        return int(self._targets[i])
-
-    @property
-    def block_sizes(self) -> list[int]:
-        """Samples per row group, in position order (the blocks of data.shuffle=block)."""
-        return np.bincount(self.block_of, minlength=len(self.block_file)).tolist()
+    def _blocks(self) -> tuple[np.ndarray, int]:
+        return self.block_of, len(self.block_file)  # the row groups
 
     def _group(self, block: int) -> Any:
         """The image bytes of row group `block` (a pyarrow BinaryArray), from the cache or read now."""

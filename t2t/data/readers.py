@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["FolderReader", "Reader"]
+__all__ = ["BlockReader", "FolderReader", "Reader"]
 
 
 class Reader:
@@ -57,6 +57,33 @@ class Reader:
     def subset(self, keep: Sequence[int]) -> "Reader":
         """A reader of the samples at positions `keep`, in that order."""
         raise NotImplementedError
+
+
+class BlockReader(Reader):
+    """A reader whose samples sit in blocks each read front to back (tar shards, parquet row groups): the
+    blocks of data.shuffle=block. Subclasses set ``_targets`` and name each position's block."""
+
+    _targets: np.ndarray
+
+    def _blocks(self) -> tuple[np.ndarray, int]:
+        """(the block of each position, the number of blocks)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self._targets
+
+    def target(self, i: int) -> int:
+        return int(self._targets[i])
+
+    @property
+    def block_sizes(self) -> list[int]:
+        """Samples per block, in block order."""
+        blocks, count = self._blocks()
+        return np.bincount(blocks, minlength=count).tolist()
 
 
 class FolderReader(Reader):

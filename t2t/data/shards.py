@@ -35,7 +35,7 @@ from PIL import Image
 
 from .dataset import _DECODE_ERRORS, IMG_EXTENSIONS, DatasetError, open_folder
 from .filelist import SampleList
-from .readers import Reader
+from .readers import BlockReader, Reader
 
 __all__ = ["INDEX_SUFFIX", "ShardIndex", "ShardReader", "find_shard_classes", "index_shard", "make_shards",
            "open_shards"]
@@ -195,7 +195,7 @@ def shard_index(shard: str) -> ShardIndex:
     return index
 
 
-class ShardReader(Reader):
+class ShardReader(BlockReader):
     """The images of a folder of tar shards, by position: shard-name order, then member order; read by offset."""
 
     layout = "shards"
@@ -231,20 +231,8 @@ class ShardReader(Reader):
                    targets=np.concatenate([i.targets for i in indices]),
                    members=joined([i.members for i in indices]), relpaths=joined([i.relpaths for i in indices]))
 
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self._targets
-
-    def target(self, i: int) -> int:
-        return int(self._targets[i])
-
-    @property
-    def block_sizes(self) -> list[int]:
-        """Samples per shard, in shard order (the blocks of data.shuffle=block)."""
-        return np.bincount(self.shard_of, minlength=len(self.shards)).tolist()
+    def _blocks(self) -> tuple[np.ndarray, int]:
+        return self.shard_of, len(self.shards)
 
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)

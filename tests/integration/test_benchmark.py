@@ -1,11 +1,10 @@
 """scripts/benchmark.py in smoke mode: both model modes run and report every figure."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from zygote import run_script
 from train_helpers import ROOT
 
 SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
@@ -18,10 +17,8 @@ KEYS = ("images_per_sec", "images_per_sec_min", "images_per_sec_max", "peak_memo
 @pytest.mark.parametrize("mode", ["train", "infer"])
 def test_benchmark_smoke(mode, tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, "-m", "t2t_vit_7", "--mode", mode, "--smoke", "--device", "cpu",
-         "--threads", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script([SCRIPT, "-m", "t2t_vit_7", "--mode", mode, "--smoke", "--device", "cpu",
+         "--threads", "1", "--json", str(out)], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for key in KEYS:
         assert key in proc.stdout, f"{key} missing from the printed table"
@@ -60,9 +57,7 @@ def test_benchmark_data_mode_compares_pipelines(tmp_path):
             pixels = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / f"c{label}" / f"{i}.jpg")
     out = tmp_path / "data.json"
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, "--mode", "data", "--data-dir", str(tmp_path), "--smoke", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script([SCRIPT, "--mode", "data", "--data-dir", str(tmp_path), "--smoke", "--json", str(out)], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["ours_images_per_sec_per_core"] > 0 and results["timm_images_per_sec_per_core"] > 0
@@ -72,8 +67,7 @@ def test_benchmark_data_mode_compares_pipelines(tmp_path):
 
 
 def test_benchmark_data_mode_needs_a_folder():
-    proc = subprocess.run([sys.executable, SCRIPT, "--mode", "data"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    proc = run_script([SCRIPT, "--mode", "data"], cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "--data-dir" in proc.stderr
 
 
@@ -108,10 +102,8 @@ def test_cpu_warmup_runs_until_steps_stop_page_faulting(monkeypatch):
 
 def test_benchmark_compare_smoke(tmp_path):
     out = tmp_path / "compare.json"
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, "-m", "t2t_vit_7", "--mode", "infer", "--smoke", "--device", "cpu", "--threads", "1",
-         "--compare", "plain,official,backend", "--rounds", "2", "--cpu-time", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script([SCRIPT, "-m", "t2t_vit_7", "--mode", "infer", "--smoke", "--device", "cpu", "--threads", "1",
+         "--compare", "plain,official,backend", "--rounds", "2", "--cpu-time", "--json", str(out)], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["clock"] == "process CPU time"
@@ -123,8 +115,7 @@ def test_benchmark_compare_smoke(tmp_path):
         assert results[f"{kind}_vs_plain_min"] <= results[f"{kind}_vs_plain"] <= results[f"{kind}_vs_plain_max"]
         assert results[f"{kind}_images_per_sec_best"] == max(rounds)
         assert results[f"{kind}_best_vs_plain_best"] == pytest.approx(max(rounds) / max(results["plain_images_per_sec_rounds"]))
-    bad = subprocess.run([sys.executable, SCRIPT, "--compare", "plain,fast"], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    bad = run_script([SCRIPT, "--compare", "plain,fast"], cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--compare plain,fast" in bad.stderr
 
 
@@ -147,10 +138,8 @@ def test_official_model_code_computes_the_same_function(name):
 def test_benchmark_img_sizes_smoke(tmp_path):
     """--img-sizes times the training step at each size on one model; each ratio is to the largest size's rate."""
     out = tmp_path / "sizes.json"
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, "-m", "t2t_vit_7", "--mode", "train", "--smoke", "--device", "cpu", "--threads", "1",
-         "--img-sizes", "32", "48", "--rounds", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script([SCRIPT, "-m", "t2t_vit_7", "--mode", "train", "--smoke", "--device", "cpu", "--threads", "1",
+         "--img-sizes", "32", "48", "--rounds", "2", "--json", str(out)], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["img_sizes"] == [32, 48]
@@ -159,6 +148,5 @@ def test_benchmark_img_sizes_smoke(tmp_path):
         assert len(rounds) == 2 and all(r > 0 for r in rounds)
         assert results[f"{size}_vs_48_rounds"] == pytest.approx([r / b for r, b in zip(rounds, results["48_images_per_sec_rounds"])])
     assert "t2t_vit_7 train at 32 px:" in proc.stdout and "at 48 px" in proc.stdout
-    bad = subprocess.run([sys.executable, SCRIPT, "--img-sizes", "40", "48"], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    bad = run_script([SCRIPT, "--img-sizes", "40", "48"], cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--img-sizes 40 48" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

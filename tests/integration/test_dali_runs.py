@@ -5,11 +5,11 @@ import importlib.util
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
 
+from zygote import run_script
 from train_helpers import ROOT, assert_same_run, kill_run_at, load, make_colour_dataset, make_data, run_train, \
     shared_folder, straight_run, torchrun_cmd, write_config
 
@@ -104,9 +104,8 @@ def test_validate_with_the_dali_backend(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_benchmark_cli_refuses_an_unknown_backend(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--mode", "data",
-                           "--data-dir", str(tmp_path), "--data-backend", "pil,tf"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = run_script([os.path.join(ROOT, "scripts", "benchmark.py"), "--mode", "data", "--data-dir", tmp_path,
+                       "--data-backend", "pil,tf"], cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "--data-backend pil,tf: expected some of pil, dali, timm" in proc.stderr
 
 

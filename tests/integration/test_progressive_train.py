@@ -3,12 +3,11 @@ evaluation and checkpoints are those of model.img_size."""
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from train_helpers import ROOT, TINY_CONFIG, assert_same_run, kill_run_at, load, make_data, run_train, write_config
+from zygote import run_script
+from train_helpers import ROOT, assert_same_run, kill_run_at, load, make_data, run_train, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +38,9 @@ def test_killed_across_the_size_change_resumes_exactly(data_dir, tmp_path):
     last = load(os.path.join(straight, "last.pth"))
     assert tuple(last["model"]["pos_embed"].shape[:2]) == (1, 1 + 3 * 3)
     results_file = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "validate.py"), "--device", "cpu", "--data-dir",
-                           data_dir, "--checkpoint", os.path.join(straight, "last.pth"), "--workers", "0",
-                           "--results-file", str(results_file)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_script([os.path.join(ROOT, "validate.py"), "--device", "cpu", "--data-dir", data_dir, "--checkpoint",
+                       os.path.join(straight, "last.pth"), "--workers", "0", "--results-file", results_file],
+                      cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(results_file.read_text())
     row = last["train_state"]["history"][-1]

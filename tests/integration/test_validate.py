@@ -8,8 +8,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import t2t
+from zygote import run_script
 from train_helpers import ROOT
 
 VALIDATE = os.path.join(ROOT, "validate.py")
@@ -116,8 +115,7 @@ def setup(tmp_path_factory):
 
 
 def run_validate(*args, timeout=300):
-    return subprocess.run([sys.executable, VALIDATE, "--device", "cpu", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return run_script([VALIDATE, "--device", "cpu", *args], cwd=ROOT, timeout=timeout)
 
 
 def validate_ok(tmp_path, *args):
@@ -262,8 +260,8 @@ def test_prepare_imagenet_val_then_validate(setup, tmp_path):
     (tmp_path / "solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n")
 
     def prepare(labels, out):
-        return subprocess.run([sys.executable, script, "--val-dir", raw, "--labels", tmp_path / labels,
-                               "--out", tmp_path / out], capture_output=True, text=True, timeout=120)
+        return run_script([script, "--val-dir", raw, "--labels", tmp_path / labels, "--out", tmp_path / out],
+                          timeout=120)
 
     expected = sorted(f"{s}/ILSVRC2012_val_{n:08d}.JPEG" for n, s in enumerate(synsets, start=1))
     for labels, out in (("labels.txt", "from_txt"), ("solution.csv", "from_csv")):

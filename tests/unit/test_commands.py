@@ -6,8 +6,6 @@ import importlib
 import inspect
 import os
 import pkgutil
-import subprocess
-import sys
 
 import pytest
 
@@ -15,6 +13,7 @@ import t2t
 from t2t.config import RECIPE_DIR, ConfigError, find_recipe, load_config, recipe_names
 from t2t.config_help import config_reference
 from t2t.errors import EXIT_USAGE, T2TError
+from zygote import run_script
 from train_helpers import ROOT
 
 TOOLS = ("train", "validate", "predict", "export", "benchmark", "visualize", "plot")
@@ -185,6 +184,5 @@ def test_no_import_circle_even_through_imports_inside_functions():
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", TOOLS)
 def test_python_m_tool_help(tool):
-    proc = subprocess.run([sys.executable, "-m", f"t2t.{tool}", "--help"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    proc = run_script(["-m", f"t2t.{tool}", "--help"], cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: t2t-{tool}"), proc.stdout + proc.stderr

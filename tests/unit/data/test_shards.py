@@ -278,23 +278,23 @@ def test_block_order_needs_shards():
     _one_line(err)
 
 
+def _small_spec(*overrides: str) -> data_setup.DataSpec:
+    cfg = load_config(None, ["data.workers=0", "model.img_size=32", *overrides])
+    return data_setup.DataSpec.from_config(cfg, global_batch_size=4, eval_crop_pct=0.9, eval_interpolation="bicubic",
+                                           batch_size=4)
+
+
 def test_block_order_on_a_folder_read_as_auto_is_refused(folder_and_shards):
     data, _ = folder_and_shards
-    cfg = load_config(None, ["data.shuffle=block", "data.workers=0", "model.img_size=32"])
-    spec = data_setup.DataSpec.from_config(cfg, global_batch_size=4, eval_crop_pct=0.9, eval_interpolation="bicubic",
-                                           batch_size=4)
     with pytest.raises(DatasetError, match="data.shuffle=block") as err:
-        data_setup.build_train_and_val(spec, data)
+        data_setup.build_train_and_val(_small_spec("data.shuffle=block"), data)
     _one_line(err)
 
 
 def test_a_minival_of_shards_read_as_auto_is_refused_naming_them(folder_and_shards):
     _, shards = folder_and_shards
-    cfg = load_config(None, ["data.holdout_fraction=0.25", "data.workers=0", "model.img_size=32"])
-    spec = data_setup.DataSpec.from_config(cfg, global_batch_size=4, eval_crop_pct=0.9, eval_interpolation="bicubic",
-                                           batch_size=4)
     with pytest.raises(ConfigError, match="holds tar shards: set it to 0") as err:
-        data_setup.build_train_and_val(spec, shards)
+        data_setup.build_train_and_val(_small_spec("data.holdout_fraction=0.25"), shards)
     _one_line(err)
 
 
