@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for one GPU. The default part (issue 28: data at scale) takes under 8 minutes with DALI installed:
 #   driver / CUDA / DALI versions; the DALI GPU graph builds and runs 3 batches (read from tar shards);
-#   the DALI and Pillow loaders' images/s alone and beside a step-shaped GPU loop; the recompile count of
+#   the Pillow loader's batches the same with and without batch buffers (pinned on CUDA); the DALI and
+#   Pillow loaders' images/s alone and beside a step-shaped GPU loop; the recompile count of
 #   train.compile=true data.backend=dali (TORCH_LOGS=recompiles); model-bound training images/s of
 #   t2t_vit_14 and t2t_vit_7 at batch 128 bf16, eager and compiled.
 #   scripts/gpu_check.sh           the default part
@@ -87,6 +88,8 @@ else
   record "dali" SKIP 'nvidia.dali not importable: pip install -e ".[dali]"'
   LOADERS=pil
 fi
+check "pil batch buffers: same, pinned" "$WORK/buffers.log" \
+  "$PY" -m t2t.tools.gpu_check buffers "$SHARDS" --device "$DEVICE" --batch-size "$BATCH" --workers "$WORKERS"
 check "loaders alone / beside a step loop" "$WORK/loaders.log" \
   "$PY" -m t2t.tools.gpu_check loaders "$SHARDS" --device "$DEVICE" --backends "$LOADERS" --batch-size "$BATCH" \
   --batches "$BATCHES" --workers "$WORKERS" --launches "$LAUNCHES"

@@ -6,7 +6,9 @@ does those imports and nothing else (no tensor op, so no thread pool exists to b
 Each run forks it; the child takes the run's argv, working folder and output files, and runs the
 script as ``python SCRIPT ARGS`` would (``__main__``, sys.path[0] the script's folder), then exits
 through the interpreter's normal shutdown (atexit hooks, non-daemon threads joined, streams
-flushed). The environment is the test worker's, as for ``subprocess.run`` without ``env``.
+flushed). The environment is the test worker's, as for ``subprocess.run`` without ``env``: a run asked for
+while the worker's environment differs from the one the zygote started with (a test's monkeypatch.setenv)
+starts a real process instead, since the zygote's imports may have read the old one.
 
 Tests that need a process of their own (signals sent to it, a ``sitecustomize`` on PYTHONPATH, an
 environment of their own, torchrun) start real subprocesses; so does every run when
@@ -28,7 +30,15 @@ import tempfile
 import time
 from typing import Optional
 
-_server: Optional[tuple[subprocess.Popen, str]] = None
+_server: Optional[tuple[subprocess.Popen, str]] = None  # the process, its socket
+_ENVIRONMENT = dict(os.environ)  # the test worker's, before any test changed it: the zygote's
+_PER_TEST = {"PYTEST_CURRENT_TEST"}  # what pytest sets for each test (no tool reads it)
+
+
+def _same_environment() -> bool:
+    def ours(env) -> dict:
+        return {k: v for k, v in env.items() if k not in _PER_TEST}
+    return ours(os.environ) == ours(_ENVIRONMENT)
 
 
 def _send(conn: socket.socket, obj) -> None:
@@ -157,7 +167,7 @@ def _start() -> tuple[subprocess.Popen, str]:
         return _server
     path = os.path.join(tempfile.mkdtemp(prefix="t2t-zygote-"), "socket")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), path], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, cwd=os.path.dirname(path))
+                            stdout=subprocess.DEVNULL, cwd=os.path.dirname(path), env=_ENVIRONMENT)
     deadline = time.monotonic() + 120
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -190,7 +200,7 @@ def run_script(argv: list, *, cwd: Optional[str] = None, timeout: float) -> subp
     gives."""
     argv = [str(a) for a in argv]
     cwd = cwd or os.getcwd()
-    if os.environ.get("T2T_TESTS_NO_ZYGOTE") == "1":
+    if os.environ.get("T2T_TESTS_NO_ZYGOTE") == "1" or not _same_environment():
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=cwd)
     _, path = _start()
     with tempfile.TemporaryDirectory(prefix="t2t-run-") as folder:

@@ -4,6 +4,7 @@
     python -m t2t.tools.gpu_check photos DIR [--per-class 512]
     python -m t2t.tools.gpu_check dali-graph DIR [--device cpu]
     python -m t2t.tools.gpu_check loaders DIR [--backends pil,dali] [--device cpu] [--batches 20]
+    python -m t2t.tools.gpu_check buffers DIR [--device cpu] [--batches 8]
 
 Every command runs on the CPU with ``--device cpu`` (small sizes; what the tests check), so the script
 can be trusted before a GPU session spends its minutes on it. Each prints one JSON line.
@@ -65,13 +66,13 @@ def photos(root: str, per_class: int = 512) -> dict[str, Any]:
 
 
 def _train_loader(backend: str, data_dir: str, device: torch.device, *, batch_size: int, workers: int,
-                  img_size: int = 224) -> Any:
+                  img_size: int = 224, overrides: Sequence[str] = ()) -> Any:
     """The training loader train.py builds for `backend` (the recipe's augmentation), through the data layer."""
     from ..config import load_config
     from ..data import setup as data_setup
 
     cfg = load_config(None, [f"data.backend={backend}", f"data.workers={workers}", f"model.img_size={img_size}",
-                             f"train.batch_size={batch_size}"])
+                             f"train.batch_size={batch_size}", *overrides])
     spec = data_setup.DataSpec.from_config(cfg, global_batch_size=batch_size, eval_crop_pct=0.875,
                                            eval_interpolation="bicubic", device=device)
     return data_setup.build_train_and_val(spec, data_dir)
@@ -172,6 +173,23 @@ def loaders_beside_a_loop(data_dir: str, device: torch.device, *, backends: Sequ
     return out
 
 
+def batch_buffers_agree(data_dir: str, device: torch.device, *, batches: int, batch_size: int,
+                        workers: int) -> dict[str, Any]:
+    """The Pillow loader's first `batches` batches with data.batch_buffers on and off: the same values (on CUDA
+    both come out of the DataLoader's pinning thread), the buffered ones pinned there, none the usual way."""
+    loaders = [_train_loader("pil", data_dir, device, batch_size=batch_size, workers=workers,
+                             overrides=[f"data.batch_buffers={on}"]) for on in ("true", "false")]
+    same, pinned, count = True, True, 0
+    for (images, targets), (ref_images, ref_targets) in zip(*(data.train_batches(0) for data in loaders)):
+        same = same and torch.equal(images, ref_images) and torch.equal(targets, ref_targets)
+        pinned = pinned and (images.is_pinned() if device.type == "cuda" else True)
+        count += 1
+        if count == batches:
+            break
+    return {"pil_batch_buffers_same_batches": same, "pil_batch_buffers_pinned": pinned, "batches": count,
+            "pil_batch_buffers_fallbacks": loaders[0].train_loader.fallbacks}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ph = sub.add_parser("photos")
     ph.add_argument("root")
     ph.add_argument("--per-class", type=int, default=512)
-    for name in ("dali-graph", "loaders"):
+    for name in ("dali-graph", "loaders", "buffers"):
         s = sub.add_parser(name)
         s.add_argument("data_dir")
         s.add_argument("--device", default="cuda")
@@ -196,6 +214,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.command == "dali-graph":
         result = dali_graph(args.data_dir, torch.device(args.device), batch_size=args.batch_size,
                             batches=min(args.batches, 3))
+    elif args.command == "buffers":
+        result = batch_buffers_agree(args.data_dir, torch.device(args.device), batches=min(args.batches, 8),
+                                     batch_size=args.batch_size, workers=args.workers)
+        if not (result["pil_batch_buffers_same_batches"] and result["pil_batch_buffers_pinned"]):
+            print(json.dumps(result), flush=True)
+            return 1
     else:
         result = loaders_beside_a_loop(args.data_dir, torch.device(args.device), backends=args.backends,
                                        batches=args.batches, batch_size=args.batch_size, workers=args.workers,
