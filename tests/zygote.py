@@ -32,7 +32,8 @@ from typing import Optional
 
 _server: Optional[tuple[subprocess.Popen, str]] = None  # the process, its socket
 _ENVIRONMENT = dict(os.environ)  # the test worker's, before any test changed it: the zygote's
-_PER_TEST = {"PYTEST_CURRENT_TEST"}  # what pytest sets for each test (no tool reads it)
+# Set by pytest for each test, and by torch's inductor for itself once something compiled: not a test's change.
+_PER_TEST = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
 
 
 def _same_environment() -> bool:
