@@ -13,6 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+import zygote  # noqa: E402  (from the folder just put on sys.path)
 # Under pytest-xdist (`-n N`) the cores are shared by N workers: each takes its share, and the tools the
 # tests start as subprocesses inherit it through OMP_NUM_THREADS, so no core is oversubscribed.
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -33,6 +34,7 @@ def _restore_process_settings():
     process-wide settings; put them back, so no later test computes with another thread count (which
     changes the summation order of reductions, hence the last bits of bit-exact comparisons)."""
     threads, environ = torch.get_num_threads(), dict(os.environ)
+    zygote.test_starts()
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

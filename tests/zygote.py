@@ -6,9 +6,10 @@ does those imports and nothing else (no tensor op, so no thread pool exists to b
 Each run forks it; the child takes the run's argv, working folder and output files, and runs the
 script as ``python SCRIPT ARGS`` would (``__main__``, sys.path[0] the script's folder), then exits
 through the interpreter's normal shutdown (atexit hooks, non-daemon threads joined, streams
-flushed). The environment is the test worker's, as for ``subprocess.run`` without ``env``: a run asked for
-while the worker's environment differs from the one the zygote started with (a test's monkeypatch.setenv)
-starts a real process instead, since the zygote's imports may have read the old one.
+flushed). The environment is the test worker's, as for ``subprocess.run`` without ``env``. A run asked
+for by a test that changed the environment itself (monkeypatch.setenv: conftest.py tells this module
+when each test starts) gets a real process instead, since the zygote's imports may have read the old
+value; what libraries set for themselves in earlier tests is passed on as a subprocess inherits it.
 
 Tests that need a process of their own (signals sent to it, a ``sitecustomize`` on PYTHONPATH, an
 environment of their own, torchrun) start real subprocesses; so does every run when
@@ -31,15 +32,20 @@ import time
 from typing import Optional
 
 _server: Optional[tuple[subprocess.Popen, str]] = None  # the process, its socket
-_ENVIRONMENT = dict(os.environ)  # the test worker's, before any test changed it: the zygote's
-# Set by pytest for each test, and by torch's inductor for itself once something compiled: not a test's change.
-_PER_TEST = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+_at_test_start: Optional[dict] = None  # the environment as the running test found it
+_PER_TEST = {"PYTEST_CURRENT_TEST"}  # pytest's, set anew for each test
 
 
-def _same_environment() -> bool:
+def test_starts() -> None:
+    """Called as each test starts (conftest.py): what the environment is before the test changes it."""
+    global _at_test_start
+    _at_test_start = dict(os.environ)
+
+
+def _changed_by_the_test() -> bool:
     def ours(env) -> dict:
         return {k: v for k, v in env.items() if k not in _PER_TEST}
-    return ours(os.environ) == ours(_ENVIRONMENT)
+    return _at_test_start is not None and ours(os.environ) != ours(_at_test_start)
 
 
 def _send(conn: socket.socket, obj) -> None:
@@ -111,11 +117,13 @@ def _serve(path: str) -> None:
         conn.close()
 
 
-def _become(argv: list[str], cwd: str, stdout: str, stderr: str) -> None:
-    """In the forked child: be `python argv[0] argv[1:]` started in `cwd`, writing to the two files."""
+def _become(argv: list[str], cwd: str, stdout: str, stderr: str, env: dict) -> None:
+    """In the forked child: be `python argv[0] argv[1:]` started in `cwd` with `env`, writing to the two files."""
     import runpy
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.environ.clear()
+    os.environ.update(env)
     os.chdir(cwd)
     for fd, name in ((1, stdout), (2, stderr)):
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -168,7 +176,7 @@ def _start() -> tuple[subprocess.Popen, str]:
         return _server
     path = os.path.join(tempfile.mkdtemp(prefix="t2t-zygote-"), "socket")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), path], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, cwd=os.path.dirname(path), env=_ENVIRONMENT)
+                            stdout=subprocess.DEVNULL, cwd=os.path.dirname(path))
     deadline = time.monotonic() + 120
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -201,14 +209,14 @@ def run_script(argv: list, *, cwd: Optional[str] = None, timeout: float) -> subp
     gives."""
     argv = [str(a) for a in argv]
     cwd = cwd or os.getcwd()
-    if os.environ.get("T2T_TESTS_NO_ZYGOTE") == "1" or not _same_environment():
+    if os.environ.get("T2T_TESTS_NO_ZYGOTE") == "1" or _changed_by_the_test():
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=cwd)
     _, path = _start()
     with tempfile.TemporaryDirectory(prefix="t2t-run-") as folder:
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.connect(path)
-            _send(conn, dict(argv=list(argv), cwd=cwd, stdout=out, stderr=err))
+            _send(conn, dict(argv=list(argv), cwd=cwd, stdout=out, stderr=err, env=dict(os.environ)))
             pid = _recv(conn)
             conn.settimeout(timeout)
             try:
