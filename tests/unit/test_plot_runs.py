@@ -52,6 +52,7 @@ def test_plots_every_run_with_model_and_ema(tmp_path):
     assert [t.get_text() for t in top1.get_legend().get_texts()] == ["a", "a (EMA)", "b"]
 
 
+@pytest.mark.slow  # matplotlib renders four figures (2.3 s)
 def test_cli_writes_the_same_png_twice_and_keeps_existing_files(tmp_path, capsys):
     runs = [_run(tmp_path / "r1", _history(4, 0.001)), _run(tmp_path / "r2", _history(6, 0.002))]
     (tmp_path / "one").mkdir()

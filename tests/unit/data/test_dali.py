@@ -175,6 +175,7 @@ def test_label_alignment_repeats_and_partial_eval_batch(tmp_path):
     assert sizes == [4, 4, 1] and len(val) == 3 and found == sorted(found)
 
 
+@pytest.mark.slow  # three DALI loaders built (3 s)
 @needs_dali
 def test_order_follows_the_sampler_and_resume_inside_an_epoch(tmp_path):
     data_dir = make_data(str(tmp_path / "data"), train=8)  # 24 images
@@ -209,6 +210,7 @@ def test_order_follows_the_sampler_and_resume_inside_an_epoch(tmp_path):
     assert not torch.equal(full[0][0], next(iter(data.train_batches(2)))[0])
 
 
+@pytest.mark.slow  # three DALI loaders built (2.5 s)
 @needs_dali
 def test_two_ranks_share_the_global_order(tmp_path):
     data_dir = make_data(str(tmp_path / "data"), train=8)
@@ -264,6 +266,7 @@ def _truncated_jpeg() -> bytes:
 
 
 @needs_dali
+@pytest.mark.slow  # a DALI plan worker started twice (about 10 s)
 @pytest.mark.parametrize("kind", ["truncated", "not-an-image"])
 def test_bad_file_same_error_as_pillow_or_skipped(tmp_path, kind):
     content = _truncated_jpeg() if kind == "truncated" else b"<html>not a picture</html>"
@@ -326,6 +329,7 @@ def data_dir(tmp_path_factory):
 
 
 @needs_dali
+@pytest.mark.slow  # a DALI eval worker started (about 10 s)
 def test_eval_images_match_the_pillow_transform(tmp_path):
     from t2t.data.transforms import build_eval_transform
     from t2t.tools.data_bench import make_benchmark_images
@@ -437,6 +441,7 @@ def test_cpu_path_crops_equal_the_pillow_backend(tmp_path, interpolation):
     assert 0 < sum(flips) < len(flips)  # both flipped and unflipped samples were compared
 
 
+@pytest.mark.slow  # DALI pipelines with RandAugment (2 s)
 @needs_dali
 def test_cpu_path_runs_randaugment_on_the_resized_images(tmp_path):
     """With RandAugment the resized batch goes through DALI's augmentation graph: the images are close to the

@@ -50,6 +50,7 @@ def test_mlflow_sends_steps_once_a_checkpoint_covers_them_and_a_resume_continues
     assert run.data.params["run_plan.global_batch_size"] == "4" and "a" in run.data.tags
 
 
+@pytest.mark.slow  # two offline wandb runs (2.5 s)
 def test_wandb_offline_resume_rewinds_the_same_run_to_the_checkpoint_step(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")

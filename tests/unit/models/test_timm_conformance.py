@@ -219,6 +219,7 @@ def _onnxruntime_logits(onnx_bytes: bytes, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
+@pytest.mark.slow  # an ONNX export and an onnxruntime session per model (2 s)
 @pytest.mark.parametrize("name", TINY)
 def test_onnx_legacy_exporter_matches_onnxruntime(name):
     pytest.importorskip("onnx")
