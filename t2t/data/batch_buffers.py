@@ -204,19 +204,8 @@ class _Filled:
 
     def pin_memory(self, device: Optional[str] = None) -> Any:
         """Called by the DataLoader's pinning thread: pinned copies, and the buffer is free again."""
-        batch = self.tensors()
-        return _build(self.structure, iter([t.pin_memory() for t in _leaves_of(batch, self.structure)]))
-
-
-def _leaves_of(batch: Any, structure: Any) -> list[Any]:
-    if structure is None:
-        return [batch]
-    kind, children = structure
-    out: list[Any] = []
-    for i, child in enumerate(children):
-        key, child = child if kind is dict else (i, child)
-        out.extend(_leaves_of(batch[key], child))
-    return out
+        leaves = (values[0].pin_memory() for values in _leaves([self.tensors()], self.structure))
+        return _build(self.structure, leaves)
 
 
 class _BufferedDataset(Dataset):
