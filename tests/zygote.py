@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -201,6 +202,7 @@ def stop() -> None:
             proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             proc.kill()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def run_script(argv: list, *, cwd: Optional[str] = None, timeout: float) -> subprocess.CompletedProcess:
