@@ -403,25 +403,41 @@ def benchmark_compare(args: argparse.Namespace) -> dict[str, Any]:
     weights = create_model(named_model_config(args.model, args.img_size)).state_dict()
     steps = {k: make_step(build_variant(k, args, device, weights), args.mode, args.batch_size, args.img_size,
                           device, args.amp) for k in kinds}
-    warmups = {k: warm_up(step, device, args.warmup, args.max_warmup) for k, step in steps.items()}
-    rounds: dict[str, list[float]] = {k: [] for k in kinds}
-    for _ in range(args.rounds):
-        for k, step in steps.items():
-            times, _ = time_steps(step, device, args.steps, clock=time.process_time if args.cpu_time else time.perf_counter)
-            rounds[k].append(args.batch_size / statistics.median(times))
+    warmups, rounds = _alternating_rounds(steps, args, device)
     results: dict[str, Any] = {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(amp_dtype(args.amp)).replace("torch.", ""),
         "threads": torch.get_num_threads(), "batch_size": args.batch_size, "img_size": args.img_size,
         "rounds": args.rounds, "steps": args.steps, "clock": "process CPU time" if args.cpu_time else "wall"}
     for k in kinds:
-        ratios = [rate / base for rate, base in zip(rounds[k], rounds[kinds[0]])]
-        results.update({f"{k}_warmup_steps": warmups[k], f"{k}_images_per_sec_rounds": rounds[k],
-                        f"{k}_images_per_sec": statistics.median(rounds[k]),
-                        f"{k}_vs_{kinds[0]}_rounds": ratios, f"{k}_vs_{kinds[0]}": statistics.median(ratios),
-                        f"{k}_vs_{kinds[0]}_min": min(ratios), f"{k}_vs_{kinds[0]}_max": max(ratios),
+        ratios = _rate_row(results, k, kinds[0], warmups, rounds)
+        results.update({f"{k}_vs_{kinds[0]}_min": min(ratios), f"{k}_vs_{kinds[0]}_max": max(ratios),
                         f"{k}_images_per_sec_best": max(rounds[k]),
                         f"{k}_best_vs_{kinds[0]}_best": max(rounds[k]) / max(rounds[kinds[0]])})
     return results
+
+
+def _alternating_rounds(steps: dict[Any, Callable[[], Any]], args: argparse.Namespace,
+                        device: torch.device) -> tuple[dict[Any, int], dict[Any, list[float]]]:
+    """(warm-up steps, images/s per round) of each step: --rounds rounds, each timing --steps steps of every one
+    in turn, so a shared machine's drift hits them alike."""
+    warmups = {k: warm_up(step, device, args.warmup, args.max_warmup) for k, step in steps.items()}
+    rounds: dict[Any, list[float]] = {k: [] for k in steps}
+    for _ in range(args.rounds):
+        for k, step in steps.items():
+            times, _ = time_steps(step, device, args.steps, clock=time.process_time if args.cpu_time else time.perf_counter)
+            rounds[k].append(args.batch_size / statistics.median(times))
+    return warmups, rounds
+
+
+def _rate_row(results: dict[str, Any], k: Any, base: Any, warmups: dict[Any, int],
+              rounds: dict[Any, list[float]]) -> list[float]:
+    """Add `k`'s warm-up, images/s per round and median, and its ratio to `base` per round and median, to
+    `results`; return the ratios."""
+    ratios = [rate / ref for rate, ref in zip(rounds[k], rounds[base])]
+    results.update({f"{k}_warmup_steps": warmups[k], f"{k}_images_per_sec_rounds": rounds[k],
+                    f"{k}_images_per_sec": statistics.median(rounds[k]),
+                    f"{k}_vs_{base}_rounds": ratios, f"{k}_vs_{base}": statistics.median(ratios)})
+    return ratios
 
 
 def benchmark_sizes(args: argparse.Namespace) -> dict[str, Any]:
@@ -443,22 +459,14 @@ def benchmark_sizes(args: argparse.Namespace) -> dict[str, Any]:
     tables = PositionTables(unwrap_model(model))
     steps = {size: make_step(model, args.mode, args.batch_size, size, device, args.amp,
                              positions=lambda size=size: tables.at(size)) for size in sizes}
-    warmups = {size: warm_up(step, device, args.warmup, args.max_warmup) for size, step in steps.items()}
-    rounds: dict[int, list[float]] = {size: [] for size in sizes}
-    for _ in range(args.rounds):
-        for size, step in steps.items():
-            times, _ = time_steps(step, device, args.steps, clock=time.process_time if args.cpu_time else time.perf_counter)
-            rounds[size].append(args.batch_size / statistics.median(times))
+    warmups, rounds = _alternating_rounds(steps, args, device)
     results: dict[str, Any] = {
         "model": args.model, "mode": args.mode, "device": str(device), "dtype": str(amp_dtype(args.amp)).replace("torch.", ""),
         "compile": args.compile, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
         "img_sizes": sizes, "rounds": args.rounds, "steps": args.steps,
         "clock": "process CPU time" if args.cpu_time else "wall", "uptime_load": list(os.getloadavg())}
     for size in sizes:
-        ratios = [rate / base for rate, base in zip(rounds[size], rounds[full])]
-        results.update({f"{size}_warmup_steps": warmups[size], f"{size}_images_per_sec_rounds": rounds[size],
-                        f"{size}_images_per_sec": statistics.median(rounds[size]),
-                        f"{size}_vs_{full}_rounds": ratios, f"{size}_vs_{full}": statistics.median(ratios)})
+        _rate_row(results, size, full, warmups, rounds)
     return results
 
 

@@ -132,22 +132,23 @@ def open_reader_once(data_dir: str, fmt: str, world: int):
 
     import torch.distributed as dist
 
+    from ..engine.collectives import broadcast_object
     from ..errors import T2TError
 
     dist.init_process_group("gloo", timeout=timedelta(minutes=30))  # CPU objects only, whatever the devices
     try:
-        holder: list[Any] = [None]
+        reader: Any = None
         if dist.get_rank() == 0:
             try:
-                holder[0] = open_train_reader(data_dir, fmt)
+                reader = open_train_reader(data_dir, fmt)
             except (T2TError, OSError, ValueError) as e:  # every rank raises it, instead of waiting for a listing
-                holder[0] = e
-        dist.broadcast_object_list(holder, src=0)
+                reader = e
+        reader = broadcast_object(reader)  # on the CPU: the collective device stays the CPU without init_distributed
     finally:
         dist.destroy_process_group()
-    if isinstance(holder[0], BaseException):
-        raise holder[0]
-    return holder[0]
+    if isinstance(reader, BaseException):
+        raise reader
+    return reader
 
 
 def _check_record(output: str, record: dict, keys=("sha256", "topk", "img_size", "model")) -> None:

@@ -18,7 +18,7 @@ KEYS = ("images_per_sec", "images_per_sec_min", "images_per_sec_max", "peak_memo
 def test_benchmark_smoke(mode, tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script([SCRIPT, "-m", "t2t_vit_7", "--mode", mode, "--smoke", "--device", "cpu",
-         "--threads", "1", "--json", str(out)], cwd=ROOT, timeout=300)
+                       "--threads", "1", "--json", str(out)], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for key in KEYS:
         assert key in proc.stdout, f"{key} missing from the printed table"
@@ -57,7 +57,8 @@ def test_benchmark_data_mode_compares_pipelines(tmp_path):
             pixels = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / f"c{label}" / f"{i}.jpg")
     out = tmp_path / "data.json"
-    proc = run_script([SCRIPT, "--mode", "data", "--data-dir", str(tmp_path), "--smoke", "--json", str(out)], cwd=ROOT, timeout=300)
+    proc = run_script([SCRIPT, "--mode", "data", "--data-dir", str(tmp_path), "--smoke", "--json", str(out)],
+                      cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["ours_images_per_sec_per_core"] > 0 and results["timm_images_per_sec_per_core"] > 0
@@ -100,18 +101,26 @@ def test_cpu_warmup_runs_until_steps_stop_page_faulting(monkeypatch):
     assert bench.warm_up(lambda: step([90_000] * 10), torch.device("meta"), 2, 30) == 2
 
 
+def _check_rates(results, keys, base) -> None:
+    """Two rounds of positive images/s per key, and each round's ratio to `base`'s in the same round."""
+    for k in keys:
+        rounds = results[f"{k}_images_per_sec_rounds"]
+        assert len(rounds) == 2 and all(r > 0 for r in rounds)
+        ratios = [r / ref for r, ref in zip(rounds, results[f"{base}_images_per_sec_rounds"])]
+        assert results[f"{k}_vs_{base}_rounds"] == pytest.approx(ratios)
+
+
 def test_benchmark_compare_smoke(tmp_path):
     out = tmp_path / "compare.json"
     proc = run_script([SCRIPT, "-m", "t2t_vit_7", "--mode", "infer", "--smoke", "--device", "cpu", "--threads", "1",
-         "--compare", "plain,official,backend", "--rounds", "2", "--cpu-time", "--json", str(out)], cwd=ROOT, timeout=300)
+                       "--compare", "plain,official,backend", "--rounds", "2", "--cpu-time", "--json", str(out)],
+                      cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["clock"] == "process CPU time"
+    _check_rates(results, ("plain", "official", "backend"), "plain")
     for kind in ("plain", "official", "backend"):
         rounds = results[f"{kind}_images_per_sec_rounds"]
-        assert len(rounds) == 2 and all(r > 0 for r in rounds)
-        ratios = [r / base for r, base in zip(rounds, results["plain_images_per_sec_rounds"])]
-        assert results[f"{kind}_vs_plain_rounds"] == pytest.approx(ratios)
         assert results[f"{kind}_vs_plain_min"] <= results[f"{kind}_vs_plain"] <= results[f"{kind}_vs_plain_max"]
         assert results[f"{kind}_images_per_sec_best"] == max(rounds)
         assert results[f"{kind}_best_vs_plain_best"] == pytest.approx(max(rounds) / max(results["plain_images_per_sec_rounds"]))
@@ -139,14 +148,11 @@ def test_benchmark_img_sizes_smoke(tmp_path):
     """--img-sizes times the training step at each size on one model; each ratio is to the largest size's rate."""
     out = tmp_path / "sizes.json"
     proc = run_script([SCRIPT, "-m", "t2t_vit_7", "--mode", "train", "--smoke", "--device", "cpu", "--threads", "1",
-         "--img-sizes", "32", "48", "--rounds", "2", "--json", str(out)], cwd=ROOT, timeout=300)
+                       "--img-sizes", "32", "48", "--rounds", "2", "--json", str(out)], cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results["img_sizes"] == [32, 48]
-    for size in (32, 48):
-        rounds = results[f"{size}_images_per_sec_rounds"]
-        assert len(rounds) == 2 and all(r > 0 for r in rounds)
-        assert results[f"{size}_vs_48_rounds"] == pytest.approx([r / b for r, b in zip(rounds, results["48_images_per_sec_rounds"])])
+    _check_rates(results, (32, 48), 48)
     assert "t2t_vit_7 train at 32 px:" in proc.stdout and "at 48 px" in proc.stdout
     bad = run_script([SCRIPT, "--img-sizes", "40", "48"], cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--img-sizes 40 48" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
